@@ -1,0 +1,32 @@
+"""wdb: a database for neural-network checkpoints.
+
+    import wdb
+    db = wdb.open(".wdb")            # creates or upgrades the database directory
+    db.ingest("zoo/")
+    ids = [c["checkpoint_id"] for c in db.checkpoints(where="kind = 'training'")]
+    X = db.weights(ids)              # np.ndarray [n, D]
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from wdb.db import Database
+
+
+def open(path: Any = None, catalog_url: str | None = None) -> Database:  # noqa: A001
+    """Open (creating or upgrading) the database directory at ``path`` (default ``./.wdb``)."""
+    from wdb.db import open as _open
+
+    return _open(path, catalog_url)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Database":
+        from wdb.db import Database
+
+        return Database
+    raise AttributeError(name)

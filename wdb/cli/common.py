@@ -1,0 +1,83 @@
+"""Shared CLI pieces: opening the database from the global ``--db``, and table/JSON/CSV output."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+
+def get_db(ctx: click.Context | None = None):
+    """The database named by the global ``--db`` (created or upgraded on first use)."""
+    from wdb.db import open as open_db
+
+    ctx = ctx or click.get_current_context()
+    return open_db(ctx.find_root().obj["db_path"])
+
+
+def output_options(fn: Callable) -> Callable:
+    """Add ``--json`` / ``--csv`` to a command; the chosen format arrives as ``fmt``."""
+    fn = click.option(
+        "--csv", "fmt", flag_value="csv", help="Print CSV with a header row."
+    )(fn)
+    fn = click.option(
+        "--json", "fmt", flag_value="json", help="Print one JSON array of objects."
+    )(fn)
+    return click.option("--table", "fmt", flag_value="table", default=True, hidden=True)(fn)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _cell(value: Any) -> str:
+    value = _plain(value)
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def emit(
+    rows: Sequence[dict],
+    fmt: str = "table",
+    columns: Sequence[str] | None = None,
+    title: str | None = None,
+) -> None:
+    """Print rows as a rich table, a JSON array of objects, or CSV."""
+    rows = list(rows)
+    columns = list(columns or (rows[0].keys() if rows else []))
+    if fmt == "json":
+        data = [{c: _plain(r.get(c)) for c in columns} for r in rows]
+        click.echo(json.dumps(data, indent=1, default=str))
+        return
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([_cell(r.get(c)) for c in columns])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[_cell(r.get(c)) for c in columns])
+    Console(width=max(160, Console().width)).print(table)
+    if not rows:
+        click.echo("(no rows)", err=True)

@@ -1,0 +1,83 @@
+"""The ``wdb`` command line: a thin layer over the library.
+
+Each command parses its arguments, calls one library function, and formats the result. Commands
+live in small modules loaded only when invoked (``COMMANDS``), so ``wdb ls`` never imports torch
+or FAISS and ``wdb query nearest`` starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+from wdb.errors import WdbError
+
+#: command name → "module:attribute"; a module that does not exist (yet) hides its command.
+COMMANDS: dict[str, str] = {
+    "init": "wdb.cli.store:init",
+    "ingest": "wdb.cli.store:ingest",
+    "ls": "wdb.cli.store:ls",
+    "show": "wdb.cli.store:show",
+    "sql": "wdb.cli.store:sql",
+    "export": "wdb.cli.store:export",
+    "fsck": "wdb.cli.store:fsck",
+    "zoo": "wdb.cli.zoo:zoo",
+    "evaluate": "wdb.cli.zoo:evaluate",
+    "index": "wdb.cli.query:index",
+    "query": "wdb.cli.query:query",
+    "generate": "wdb.cli.generate:generate",
+    "analyze": "wdb.cli.analyze:analyze",
+    "experiment": "wdb.cli.analyze:experiment",
+    "reproduce": "wdb.cli.analyze:reproduce",
+    "demo": "wdb.cli.analyze:demo",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [
+            name
+            for name, target in COMMANDS.items()
+            if importlib.util.find_spec(target.split(":")[0]) is not None
+        ]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        if importlib.util.find_spec(module) is None:
+            return None
+        return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except WdbError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    "db_path",
+    envvar="WDB_DB",
+    default=".wdb",
+    show_default=True,
+    help="Database directory (also WDB_DB). Created on first use.",
+)
+@click.version_option(package_name="wdb")
+@click.pass_context
+def cli(ctx: click.Context, db_path: str) -> None:
+    """wdb: a database for neural-network checkpoints.
+
+    Weights live in chunked Zarr arrays, everything else in a SQL catalog you can open with
+    `duckdb DB/catalog.duckdb`. Start with `wdb ingest FOLDER`, then `wdb ls runs`.
+    """
+    ctx.obj = {"db_path": db_path}

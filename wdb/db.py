@@ -1,0 +1,511 @@
+"""The ``Database``: a directory holding the SQL catalog and the Zarr stores, and the one API
+that the CLI, ingest readers, generators and analyses all go through.
+
+Layout of a database directory::
+
+    catalog.duckdb   the SQL catalog (unless WDB_CATALOG_URL points elsewhere)
+    weights.zarr/    one 2-D array per weight space: spaces/<space id>
+    outputs.zarr/    predictions and point clouds per eval set
+    index/           FAISS indexes
+    .write.lock      serialises writers (bytes first, then one catalog transaction)
+
+Write protocol (``_commit``): under the write lock, read the catalog (existing rows, next free row),
+close it, write the bytes to Zarr, then insert every catalog row in one transaction. A crash before
+the commit leaves only unreferenced rows past the last referenced one; the next write reuses them
+and ``wdb fsck`` reports them. A row is visible only once its bytes are on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wdb.catalog import Catalog
+from wdb.errors import BadInput, NotFound, WdbError
+from wdb.spaces import Layout, row_sha256
+from wdb.store import ArrayStore
+
+DEFAULT_DB = ".wdb"
+KINDS = ("training", "generated", "baseline", "reconstructed", "model")
+
+
+def resolve_path(path: str | os.PathLike | None = None) -> Path:
+    """``--db`` beats ``WDB_DB`` beats ``./.wdb``."""
+    return Path(path or os.environ.get("WDB_DB") or DEFAULT_DB)
+
+
+@dataclass(frozen=True)
+class Space:
+    """A weight space as stored: catalog id, name, layout, and its Zarr array path."""
+
+    id: int
+    name: str
+    layout: Layout
+    array_path: str
+
+    @property
+    def n_params(self) -> int:
+        return self.layout.n_params
+
+
+@dataclass
+class NewCheckpoint:
+    """One checkpoint waiting to be written: its row plus everything the catalog records."""
+
+    run: str
+    step: int
+    row: np.ndarray
+    kind: str = "training"
+    zoo: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    split: str | None = None
+    source: str | None = None
+    run_config: dict | None = None
+    generator_run_id: int | None = None
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            self.sha256 = row_sha256(self.row)
+
+
+@dataclass
+class CommitResult:
+    """What one ``_commit`` did: ids of new checkpoints, and the ones it left alone."""
+
+    added: list[int] = field(default_factory=list)
+    existing: list[int] = field(default_factory=list)
+    conflicts: list[tuple[NewCheckpoint, str]] = field(default_factory=list)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+class Database:
+    """A wdb database directory. Cheap to construct; connections open per operation."""
+
+    def __init__(self, path: str | os.PathLike | None = None, catalog_url: str | None = None):
+        self.path = resolve_path(path)
+        url = catalog_url or os.environ.get("WDB_CATALOG_URL")
+        self.catalog = Catalog(url or f"duckdb:///{self.path / 'catalog.duckdb'}")
+        self.weights_store = ArrayStore(self.path / "weights.zarr")
+        self.outputs_store = ArrayStore(self.path / "outputs.zarr")
+        self._spaces: dict[int, Space] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def init(self) -> Database:
+        """Create the directory and bring the catalog schema to this code's head."""
+        if self.path.exists() and not self.path.is_dir():
+            raise WdbError(f"{self.path}: exists and is not a directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.catalog.ensure_schema()
+        return self
+
+    @property
+    def index_dir(self) -> Path:
+        return self.path / "index"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.path / "outputs"
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Serialise writers across processes (Zarr row allocation + catalog commit)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with (self.path / ".write.lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # -- SQL -------------------------------------------------------------------------------
+    def sql(self, query: str, params: dict | None = None, write: bool = False) -> list[dict]:
+        """Run SQL against the catalog; rows as dicts. Read-only unless ``write``."""
+        if write:
+            cols, rows = self.catalog.execute(query, params)
+            return [dict(zip(cols, r, strict=True)) for r in rows]
+        return self.catalog.query(query, params)
+
+    # -- spaces ----------------------------------------------------------------------------
+    def _space_from_row(self, row: Mapping[str, Any]) -> Space:
+        space = Space(
+            int(row["id"]), row["name"], Layout.from_json(row["layout"]), row["array_path"]
+        )
+        self._spaces[space.id] = space
+        return space
+
+    def space(self, key: int | str) -> Space:
+        """A space by id, name, or hash prefix."""
+        if isinstance(key, int | np.integer) and int(key) in self._spaces:
+            return self._spaces[int(key)]
+        if isinstance(key, int | np.integer) or (isinstance(key, str) and key.isdigit()):
+            rows = self.sql("SELECT * FROM spaces WHERE id = :k", {"k": int(key)})
+        else:
+            rows = self.sql(
+                "SELECT * FROM spaces WHERE name = :k OR hash LIKE :p", {"k": key, "p": f"{key}%"}
+            )
+        if len(rows) != 1:
+            raise NotFound(f"space '{key}' not found" if not rows else f"space '{key}' is ambiguous")
+        return self._space_from_row(rows[0])
+
+    def spaces(self) -> list[dict]:
+        return self.sql(
+            "SELECT s.id, s.name, s.n_params, s.dtype, count(c.id) AS checkpoints, s.hash "
+            "FROM spaces s LEFT JOIN checkpoints c ON c.space_id = s.id "
+            "GROUP BY s.id, s.name, s.n_params, s.dtype, s.hash ORDER BY s.id"
+        )
+
+    def ensure_space(self, layout: Layout, name: str | None = None) -> Space:
+        """The space of ``layout``, creating its catalog row and Zarr array on first use."""
+        rows = self.sql("SELECT * FROM spaces WHERE hash = :h", {"h": layout.hash})
+        if rows:
+            return self._space_from_row(rows[0])
+        import sqlalchemy as sa
+
+        from wdb.schema import spaces
+
+        with self.write_lock(), self.catalog.begin() as conn:
+            found = conn.execute(sa.select(spaces).where(spaces.c.hash == layout.hash)).first()
+            if found is not None:
+                return self._space_from_row(found._mapping)
+            wanted = name or layout.default_name()
+            taken = {r[0] for r in conn.execute(sa.select(spaces.c.name))}
+            final, i = wanted, 2
+            while final in taken:
+                final, i = f"{wanted}-{i}", i + 1
+            new_id = conn.execute(sa.text("SELECT nextval('spaces_id_seq')")).scalar_one()
+            path = f"spaces/{new_id}"
+            self.weights_store.create(
+                path, layout.n_params, layout.storage_dtype, attrs={"space": final}
+            )
+            conn.execute(
+                spaces.insert().values(
+                    id=new_id,
+                    name=final,
+                    hash=layout.hash,
+                    n_params=layout.n_params,
+                    dtype=layout.storage_dtype,
+                    layout=layout.to_json(),
+                    array_path=path,
+                )
+            )
+        return self.space(int(new_id))
+
+    # -- runs and checkpoints --------------------------------------------------------------
+    def runs(self, where: str | None = None, params: dict | None = None) -> list[dict]:
+        """Runs with their checkpoint counts; ``where`` filters over ``runs`` columns."""
+        clause = f"WHERE ({where})" if where else ""
+        return self.sql(
+            "SELECT * FROM (SELECT r.id AS run_id, r.name AS run, r.zoo, r.kind, "
+            "r.generator_run_id, count(c.id) AS checkpoints, min(c.step) AS first_step, "
+            "max(c.step) AS last_step, r.config, r.source "
+            "FROM runs r LEFT JOIN checkpoints c ON c.run_id = r.id "
+            "GROUP BY r.id, r.name, r.zoo, r.kind, r.generator_run_id, r.config, r.source) "
+            f"AS runs {clause} ORDER BY run_id",
+            params,
+        )
+
+    def run(self, name: str) -> dict:
+        rows = self.runs("run = :name", {"name": name})
+        if not rows:
+            raise NotFound(f"run '{name}' not found (see `wdb ls runs`)")
+        return rows[0]
+
+    def checkpoints(self, where: str | None = None, params: dict | None = None) -> list[dict]:
+        """Checkpoints as rows of the ``checkpoint_info`` view, filtered by a SQL ``where``."""
+        clause = f"WHERE ({where})" if where else ""
+        return self.sql(f"SELECT * FROM checkpoint_info {clause} ORDER BY checkpoint_id", params)
+
+    def checkpoint(self, run: str, step: int | None = None) -> dict:
+        """One checkpoint of a run: the given step, or its last one."""
+        rows = self.checkpoints("run = :run", {"run": run})
+        if not rows:
+            self.run(run)  # raises NotFound for an unknown run
+            raise NotFound(f"run '{run}' has no checkpoints")
+        if step is None:
+            return max(rows, key=lambda r: r["step"])
+        for r in rows:
+            if r["step"] == step:
+                return r
+        steps = sorted({r["step"] for r in rows})
+        raise NotFound(f"run '{run}' has no step {step} (steps: {steps[:10]}...)")
+
+    def _locate(self, ids: Sequence[int]) -> list[dict]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return []
+        rows = self.sql(
+            "SELECT id, space_id, row FROM checkpoints WHERE id IN "
+            "(SELECT unnest(CAST(:ids AS BIGINT[])))"
+            if self.catalog.duckdb_file
+            else "SELECT id, space_id, row FROM checkpoints WHERE id = ANY(:ids)",
+            {"ids": ids},
+        )
+        by_id = {r["id"]: r for r in rows}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise NotFound(f"checkpoint ids not found: {missing[:10]}")
+        return [by_id[i] for i in ids]
+
+    def weights(self, ids: Sequence[int], cols: Any = None) -> np.ndarray:
+        """Rows of the given checkpoints, ``[n, D]`` in the order given (one space only)."""
+        located = self._locate(ids)
+        if not located:
+            return np.empty((0, 0), dtype=np.float32)
+        space_ids = {r["space_id"] for r in located}
+        if len(space_ids) > 1:
+            raise WdbError(f"checkpoints span {len(space_ids)} weight spaces; select one space")
+        space = self.space(space_ids.pop())
+        rows = np.array([r["row"] for r in located], dtype=np.int64)
+        return self.weights_store.read(space.array_path, rows, cols)
+
+    def iter_weights(
+        self, ids: Sequence[int], batch: int = 4096
+    ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Stream ``(ids, rows)`` blocks for selections too large to hold at once."""
+        ids = list(ids)
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            yield chunk, self.weights(chunk)
+
+    def state_dict(self, checkpoint: int | dict, as_numpy: bool = False) -> dict[str, Any]:
+        """The checkpoint as a state dict of torch tensors in their original dtypes."""
+        info = checkpoint if isinstance(checkpoint, dict) else self._locate([checkpoint])[0]
+        cid = int(info.get("checkpoint_id", info.get("id")))
+        space = self.space(int(info["space_id"]))
+        row = self.weights([cid])[0]
+        arrays = space.layout.unflatten(row)
+        if as_numpy:
+            return arrays
+        from wdb.tensors import to_torch
+
+        return {e.name: to_torch(arrays[e.name], e.dtype) for e in space.layout.entries}
+
+    # -- writing ---------------------------------------------------------------------------
+    def add_checkpoints(
+        self,
+        space: Space | Layout | str | int,
+        rows: np.ndarray,
+        run: str | Sequence[str] | None = None,
+        kind: str = "generated",
+        steps: Sequence[int] | None = None,
+        zoo: str | None = None,
+        metrics: Sequence[dict[str, float]] | None = None,
+        generator_run_id: int | None = None,
+        run_config: dict | None = None,
+        run_prefix: str = "gen_",
+    ) -> list[int]:
+        """Write rows (``[n, D]``) as checkpoints; returns their ids in order.
+
+        ``run`` names one run for all rows (steps 0..n-1 unless ``steps``), a list names a run
+        per row, and ``None`` makes each row its own run named ``<run_prefix><run id>``
+        (``gen_123``), as generators do.
+        """
+        if kind not in KINDS:
+            raise BadInput(f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
+        if isinstance(space, Layout):
+            space = self.ensure_space(space)
+        elif not isinstance(space, Space):
+            space = self.space(space)
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != space.n_params:
+            raise BadInput(
+                f"rows have shape {list(rows.shape)}, space '{space.name}' needs [n, {space.n_params}]"
+            )
+        if not np.isfinite(rows).all():
+            raise BadInput("rows contain NaN or Inf values")
+        rows = rows.astype(space.layout.storage_dtype, copy=False)
+        n = rows.shape[0]
+        if run is None:
+            names: list[str | None] = [None] * n
+        elif isinstance(run, str):
+            names = [run] * n
+        else:
+            names = list(run)
+        step_list = list(steps) if steps is not None else (list(range(n)) if isinstance(run, str) else [0] * n)
+        items = [
+            NewCheckpoint(
+                run=names[i] or "",
+                step=int(step_list[i]),
+                row=rows[i],
+                kind=kind,
+                zoo=zoo,
+                metrics=dict(metrics[i]) if metrics else {},
+                generator_run_id=generator_run_id,
+                run_config=run_config,
+            )
+            for i in range(n)
+        ]
+        result = self._commit(space, items, run_prefix=run_prefix)
+        if result.conflicts:
+            item, why = result.conflicts[0]
+            raise BadInput(f"run '{item.run}' step {item.step}: {why}")
+        return result.added + result.existing
+
+    def reported_eval_set(self, conn, zoo: str | None) -> int:
+        """Eval set for metrics a source reported (wdb did not compute them): ``reported:<zoo>``."""
+        import sqlalchemy as sa
+
+        from wdb.schema import eval_sets
+
+        name = f"reported:{zoo or 'default'}"
+        found = conn.execute(sa.select(eval_sets.c.id).where(eval_sets.c.name == name)).first()
+        if found:
+            return int(found[0])
+        return int(
+            conn.execute(
+                eval_sets.insert()
+                .values(name=name, task=None, split="reported")
+                .returning(eval_sets.c.id)
+            ).scalar_one()
+        )
+
+    def _commit(self, space: Space, items: list[NewCheckpoint], run_prefix: str = "gen_") -> CommitResult:
+        """Bytes first, then one catalog transaction (see the module docstring)."""
+        import sqlalchemy as sa
+
+        from wdb.schema import checkpoints, metrics, runs
+
+        result = CommitResult()
+        if not items:
+            return result
+        with self.write_lock():
+            # 1. what exists, and where the free rows start
+            named = sorted({it.run for it in items if it.run})
+            existing: dict[tuple[str, int], tuple[int, str]] = {}
+            with self.catalog.begin() as conn:
+                if named:
+                    q = (
+                        sa.select(runs.c.name, checkpoints.c.step, checkpoints.c.id, checkpoints.c.sha256)
+                        .select_from(checkpoints.join(runs, runs.c.id == checkpoints.c.run_id))
+                        .where(checkpoints.c.space_id == space.id, runs.c.name.in_(named))
+                    )
+                    for name, step, cid, sha in conn.execute(q):
+                        existing[(name, int(step))] = (int(cid), sha)
+                max_row = conn.execute(
+                    sa.select(sa.func.max(checkpoints.c.row)).where(checkpoints.c.space_id == space.id)
+                ).scalar()
+            start = 0 if max_row is None else int(max_row) + 1
+            fresh: list[NewCheckpoint] = []
+            seen: set[tuple[str, int]] = set()
+            for it in items:
+                key = (it.run, it.step)
+                if it.run and key in existing:
+                    cid, sha = existing[key]
+                    if sha == it.sha256:
+                        result.existing.append(cid)
+                    else:
+                        result.conflicts.append((it, "already stored with different content"))
+                    continue
+                if it.run and key in seen:
+                    result.conflicts.append((it, "appears twice in this batch"))
+                    continue
+                seen.add(key)
+                fresh.append(it)
+            if not fresh:
+                return result
+            # 2. bytes
+            block = np.stack([it.row for it in fresh]).astype(space.layout.storage_dtype, copy=False)
+            self.weights_store.write(space.array_path, start, block)
+            # 3. one catalog transaction
+            with self.catalog.begin() as conn:
+                run_ids: dict[str, int] = {}
+                if named:
+                    for rid, name in conn.execute(
+                        sa.select(runs.c.id, runs.c.name).where(runs.c.name.in_(named))
+                    ):
+                        run_ids[name] = int(rid)
+                eval_set_id = None
+                ck_rows, metric_rows = [], []
+                for i, it in enumerate(fresh):
+                    if not it.run or it.run not in run_ids:
+                        rid = int(conn.execute(sa.text("SELECT nextval('runs_id_seq')")).scalar_one())
+                        it.run = it.run or f"{run_prefix}{rid}"
+                        conn.execute(
+                            runs.insert().values(
+                                id=rid,
+                                name=it.run,
+                                zoo=it.zoo,
+                                kind=it.kind,
+                                generator_run_id=it.generator_run_id,
+                                config=_json(it.run_config),
+                                source=str(Path(it.source).parent) if it.source else None,
+                            )
+                        )
+                        run_ids[it.run] = rid
+                    cid = int(conn.execute(sa.text("SELECT nextval('checkpoints_id_seq')")).scalar_one())
+                    ck_rows.append(
+                        dict(
+                            id=cid,
+                            run_id=run_ids[it.run],
+                            space_id=space.id,
+                            step=it.step,
+                            row=start + i,
+                            sha256=it.sha256,
+                            split=it.split,
+                            source=it.source,
+                        )
+                    )
+                    if it.metrics:
+                        if eval_set_id is None:
+                            eval_set_id = self.reported_eval_set(conn, it.zoo)
+                        metric_rows += [
+                            dict(checkpoint_id=cid, eval_set_id=eval_set_id, name=k, value=float(v))
+                            for k, v in it.metrics.items()
+                        ]
+                    result.added.append(cid)
+                conn.execute(checkpoints.insert(), ck_rows)
+                if metric_rows:
+                    conn.execute(metrics.insert(), metric_rows)
+        return result
+
+    def add_metrics(self, rows: Iterable[dict], replace: bool = True) -> int:
+        """Insert metric rows ``{checkpoint_id, eval_set_id, name, value}`` (upsert by key)."""
+        import sqlalchemy as sa
+
+        from wdb.schema import metrics
+
+        rows = list(rows)
+        if not rows:
+            return 0
+        with self.catalog.begin() as conn:
+            if replace:
+                for r in rows:
+                    conn.execute(
+                        sa.delete(metrics).where(
+                            metrics.c.checkpoint_id == r["checkpoint_id"],
+                            metrics.c.eval_set_id == r["eval_set_id"],
+                            metrics.c.name == r["name"],
+                        )
+                    )
+            conn.execute(metrics.insert(), rows)
+        return len(rows)
+
+    # -- higher-level operations (implemented in their own modules) -------------------------
+    def ingest(self, path: str | os.PathLike, **options: Any):
+        """Ingest a folder of checkpoints; see ``wdb.importer.ingest``."""
+        from wdb.importer import ingest
+
+        return ingest(self, Path(path), **options)
+
+    def fsck(self, fix: bool = False):
+        """Check hashes, orphans and missing bytes; see ``wdb.fsck.fsck``."""
+        from wdb.fsck import fsck
+
+        return fsck(self, fix=fix)
+
+
+def open(path: str | os.PathLike | None = None, catalog_url: str | None = None) -> Database:  # noqa: A001
+    """Open (creating or upgrading if needed) the database at ``path``."""
+    return Database(path, catalog_url).init()

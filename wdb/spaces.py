@@ -1,0 +1,174 @@
+"""Weight spaces: the ordered parameter layout that maps a state dict to one row of numbers.
+
+A layout is a list of entries (name, shape, dtype, offset). Its identity is the sha256 of the
+canonical JSON of (names, shapes, dtypes, storage dtype), so the same architecture always lands in
+the same Zarr array, whoever ingests it.
+
+Storage dtype: one per space, so a row is a plain numeric vector that FAISS and numpy use as is.
+It is float32, unless every float tensor is float16 (then float16, and no integer buffers) or any
+is float64 (then float64). bf16 and fp16 widen to float32 exactly; integer buffers such as BatchNorm's
+``num_batches_tracked`` are stored as numbers and checked to round-trip exactly, so nothing is
+dropped and ``state_dict`` gives back the original dtypes bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from math import prod
+
+import numpy as np
+
+from wdb.errors import BadInput
+from wdb.tensors import FLOAT_DTYPES, from_storage
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of a layout: where its values live in the row."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def stop(self) -> int:
+        return self.offset + self.size
+
+
+def _storage_dtype(dtypes: list[str]) -> str:
+    floats = [d for d in dtypes if d in FLOAT_DTYPES]
+    if "float64" in floats:
+        return "float64"
+    if floats and all(d == "float16" for d in floats) and len(floats) == len(dtypes):
+        return "float16"
+    return "float32"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """An ordered parameter layout plus the dtype its rows are stored in."""
+
+    entries: tuple[Entry, ...]
+    storage_dtype: str
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: Mapping[str, np.ndarray], dtypes: Mapping[str, str] | None = None
+    ) -> Layout:
+        """Layout of a state dict given as numpy arrays (and original dtype names)."""
+        dtypes = dtypes or {k: v.dtype.name for k, v in arrays.items()}
+        entries, offset = [], 0
+        for name, arr in arrays.items():
+            shape = tuple(int(s) for s in np.shape(arr))
+            entries.append(Entry(name, shape, dtypes[name], offset))
+            offset += prod(shape)
+        return cls(tuple(entries), _storage_dtype([e.dtype for e in entries]))
+
+    @classmethod
+    def from_json(cls, text: str | list) -> Layout:
+        """Parse the JSON form stored in ``spaces.layout`` (or a user's layout file)."""
+        data = json.loads(text) if isinstance(text, str) else text
+        if isinstance(data, dict):
+            items, storage = data["entries"], data.get("storage_dtype")
+        else:
+            items, storage = data, None
+        entries, offset = [], 0
+        for item in items:
+            shape = tuple(int(s) for s in item["shape"])
+            entries.append(Entry(item["name"], shape, item.get("dtype", "float32"), offset))
+            offset += prod(shape)
+        storage = storage or _storage_dtype([e.dtype for e in entries])
+        return cls(tuple(entries), storage)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "storage_dtype": self.storage_dtype,
+                "entries": [
+                    {"name": e.name, "shape": list(e.shape), "dtype": e.dtype, "offset": e.offset}
+                    for e in self.entries
+                ],
+            }
+        )
+
+    @cached_property
+    def hash(self) -> str:
+        canon = [[e.name, list(e.shape), e.dtype] for e in self.entries] + [self.storage_dtype]
+        return hashlib.sha256(json.dumps(canon, separators=(",", ":")).encode()).hexdigest()
+
+    @property
+    def n_params(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.entries)
+
+    def entry(self, name: str) -> Entry:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    def default_name(self) -> str:
+        """A readable default space name: parameter count plus a short hash."""
+        return f"{self.n_params}p-{self.hash[:8]}"
+
+    def flatten(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        """State dict (numpy form) → one storage row. Refuses anything not exactly storable."""
+        row = np.empty(self.n_params, dtype=self.storage_dtype)
+        if set(arrays) != set(self.names):
+            missing = sorted(set(self.names) - set(arrays))
+            extra = sorted(set(arrays) - set(self.names))
+            raise BadInput(f"tensor names differ from the space (missing {missing}, extra {extra})")
+        for e in self.entries:
+            arr = np.asarray(arrays[e.name])
+            if tuple(arr.shape) != e.shape:
+                raise BadInput(f"'{e.name}' has shape {list(arr.shape)}, expected {list(e.shape)}")
+            flat = arr.reshape(-1).astype(self.storage_dtype)
+            if e.dtype not in FLOAT_DTYPES or e.dtype == "float64":
+                back = from_storage(flat, e.dtype)
+                if not np.array_equal(back, arr.reshape(-1)):
+                    raise BadInput(
+                        f"'{e.name}' ({e.dtype}) is not exactly representable as {self.storage_dtype}"
+                    )
+            row[e.offset : e.stop] = flat
+        return row
+
+    def unflatten(self, row: np.ndarray) -> dict[str, np.ndarray]:
+        """One storage row → {name: array in the original dtype} (bf16 as float32)."""
+        if row.shape[-1] != self.n_params:
+            raise BadInput(f"row has {row.shape[-1]} values, space has {self.n_params}")
+        return {
+            e.name: from_storage(row[e.offset : e.stop], e.dtype).reshape(e.shape)
+            for e in self.entries
+        }
+
+    def subset(self, names: list[str]) -> Layout:
+        """A layout of some of the tensors (e.g. "last two BN layers"), offsets renumbered."""
+        picked, offset = [], 0
+        for e in self.entries:
+            if e.name in names:
+                picked.append(Entry(e.name, e.shape, e.dtype, offset))
+                offset += e.size
+        if len(picked) != len(set(names)):
+            raise BadInput(f"unknown tensor names: {sorted(set(names) - set(self.names))}")
+        return Layout(tuple(picked), _storage_dtype([e.dtype for e in picked]))
+
+    def columns(self, names: list[str]) -> np.ndarray:
+        """Row indices of the given tensors, in layout order (for column slices)."""
+        return np.concatenate([np.arange(e.offset, e.stop) for e in self.entries if e.name in names])
+
+
+def row_sha256(row: np.ndarray) -> str:
+    """Content hash of a stored row: sha256 of its raw bytes in the storage dtype."""
+    return hashlib.sha256(np.ascontiguousarray(row).tobytes()).hexdigest()

@@ -1,0 +1,120 @@
+"""The weight store: one 2-D Zarr array per weight space, ``[checkpoints, parameters]``.
+
+Chunking. A chunk is ``ROWS_PER_CHUNK`` rows by up to ``COLS_PER_CHUNK`` columns. Reading one
+checkpoint decompresses ``ceil(D / COLS_PER_CHUNK)`` chunks; a column slice across N checkpoints
+(e.g. "the last two BN layers of every model") decompresses ``N / ROWS_PER_CHUNK`` chunks of only
+the columns it needs. 32 x 8192 float32 is 1 MiB raw: large enough for zstd to work with and for
+file counts to stay small (a 10k-param space grows by one or two files per 32 checkpoints), small
+enough that a single-row read costs about a millisecond. ``benchmarks/bench_store.py`` measures it.
+
+Codec: Blosc(zstd, bitshuffle) with ``typesize`` set to the item size (zarr 3 otherwise uses 1,
+which makes the shuffle useless on floats; STACK.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+ROWS_PER_CHUNK = 32
+COLS_PER_CHUNK = 8192
+
+
+def _compressor(dtype: np.dtype) -> BloscCodec:
+    return BloscCodec(
+        cname="zstd", clevel=5, shuffle="bitshuffle", typesize=np.dtype(dtype).itemsize
+    )
+
+
+class ArrayStore:
+    """A Zarr group of 2-D row-appendable arrays (weights, predictions, point clouds)."""
+
+    def __init__(self, root: Path | str):
+        self.root = str(root)
+        self._group: zarr.Group | None = None
+
+    @property
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            self._group = zarr.open_group(self.root, mode="a")
+        return self._group
+
+    def create(
+        self,
+        path: str,
+        n_cols: int | tuple[int, ...],
+        dtype: str,
+        rows_per_chunk: int = ROWS_PER_CHUNK,
+        attrs: dict | None = None,
+    ) -> zarr.Array:
+        """Create an empty array with rows of shape ``n_cols`` (idempotent)."""
+        if path in self.group:
+            return self.group[path]
+        tail = (n_cols,) if isinstance(n_cols, int) else tuple(n_cols)
+        chunks = (rows_per_chunk, min(tail[0], COLS_PER_CHUNK), *tail[1:])
+        arr = self.group.create_array(
+            path,
+            shape=(0, *tail),
+            chunks=chunks,
+            dtype=dtype,
+            compressors=_compressor(np.dtype(dtype)),
+            fill_value=0,
+        )
+        if attrs:
+            arr.attrs.update(attrs)
+        return arr
+
+    def array(self, path: str) -> zarr.Array:
+        return self.group[path]
+
+    def has(self, path: str) -> bool:
+        return path in self.group
+
+    def n_rows(self, path: str) -> int:
+        return self.array(path).shape[0]
+
+    def write(self, path: str, start: int, rows: np.ndarray) -> None:
+        """Write ``rows`` at ``start``, growing the array as needed (append = start == n_rows)."""
+        arr = self.array(path)
+        stop = start + rows.shape[0]
+        if stop > arr.shape[0]:
+            arr.resize((stop, *arr.shape[1:]))
+        arr[start:stop] = rows
+
+    def truncate(self, path: str, n_rows: int) -> None:
+        arr = self.array(path)
+        arr.resize((n_rows, *arr.shape[1:]))
+
+    def read(self, path: str, rows: np.ndarray | list[int], cols=None) -> np.ndarray:
+        """Rows in the order given. Contiguous runs of sorted rows are read as slices."""
+        rows = np.asarray(rows, dtype=np.int64)
+        arr = self.array(path)
+        col_sel = slice(None) if cols is None else cols
+        if rows.size == 0:
+            width = arr.shape[1] if cols is None else len(np.arange(arr.shape[1])[cols])
+            return np.empty((0, width, *arr.shape[2:]), dtype=arr.dtype)
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        if srt[-1] - srt[0] + 1 == srt.size or srt.size > 0.5 * (srt[-1] - srt[0] + 1):
+            block = arr[int(srt[0]) : int(srt[-1]) + 1]
+            out_sorted = block[srt - srt[0]]
+            if cols is not None:
+                out_sorted = out_sorted[:, col_sel]
+        else:
+            out_sorted = arr.get_orthogonal_selection((srt, col_sel))
+        out = np.empty_like(out_sorted)
+        out[order] = out_sorted
+        return out
+
+    def iter_read(
+        self, path: str, rows: np.ndarray | list[int], batch: int = 4096
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream ``(positions, block)`` for large selections with bounded memory."""
+        rows = np.asarray(rows, dtype=np.int64)
+        for start in range(0, rows.size, batch):
+            pos = np.arange(start, min(start + batch, rows.size))
+            yield pos, self.read(path, rows[pos])
