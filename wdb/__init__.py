@@ -1,10 +1,10 @@
 """wdb: a database for neural-network checkpoints.
 
-    import wdb
-    db = wdb.open(".wdb")            # creates or upgrades the database directory
-    db.ingest("zoo/")
-    ids = [c["checkpoint_id"] for c in db.checkpoints(where="kind = 'training'")]
-    X = db.weights(ids)              # np.ndarray [n, D]
+import wdb
+db = wdb.open(".wdb")            # creates or upgrades the database directory
+db.ingest("zoo/")
+ids = [c["checkpoint_id"] for c in db.checkpoints(where="kind = 'training'")]
+X = db.weights(ids)              # np.ndarray [n, D]
 """
 
 from __future__ import annotations

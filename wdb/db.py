@@ -156,7 +156,9 @@ class Database:
                 "SELECT * FROM spaces WHERE name = :k OR hash LIKE :p", {"k": key, "p": f"{key}%"}
             )
         if len(rows) != 1:
-            raise NotFound(f"space '{key}' not found" if not rows else f"space '{key}' is ambiguous")
+            raise NotFound(
+                f"space '{key}' not found" if not rows else f"space '{key}' is ambiguous"
+            )
         return self._space_from_row(rows[0])
 
     def spaces(self) -> list[dict]:
@@ -333,7 +335,11 @@ class Database:
             names = [run] * n
         else:
             names = list(run)
-        step_list = list(steps) if steps is not None else (list(range(n)) if isinstance(run, str) else [0] * n)
+        step_list = (
+            list(steps)
+            if steps is not None
+            else (list(range(n)) if isinstance(run, str) else [0] * n)
+        )
         items = [
             NewCheckpoint(
                 run=names[i] or "",
@@ -371,7 +377,9 @@ class Database:
             ).scalar_one()
         )
 
-    def _commit(self, space: Space, items: list[NewCheckpoint], run_prefix: str = "gen_") -> CommitResult:
+    def _commit(
+        self, space: Space, items: list[NewCheckpoint], run_prefix: str = "gen_"
+    ) -> CommitResult:
         """Bytes first, then one catalog transaction (see the module docstring)."""
         import sqlalchemy as sa
 
@@ -387,14 +395,18 @@ class Database:
             with self.catalog.begin() as conn:
                 if named:
                     q = (
-                        sa.select(runs.c.name, checkpoints.c.step, checkpoints.c.id, checkpoints.c.sha256)
+                        sa.select(
+                            runs.c.name, checkpoints.c.step, checkpoints.c.id, checkpoints.c.sha256
+                        )
                         .select_from(checkpoints.join(runs, runs.c.id == checkpoints.c.run_id))
                         .where(checkpoints.c.space_id == space.id, runs.c.name.in_(named))
                     )
                     for name, step, cid, sha in conn.execute(q):
                         existing[(name, int(step))] = (int(cid), sha)
                 max_row = conn.execute(
-                    sa.select(sa.func.max(checkpoints.c.row)).where(checkpoints.c.space_id == space.id)
+                    sa.select(sa.func.max(checkpoints.c.row)).where(
+                        checkpoints.c.space_id == space.id
+                    )
                 ).scalar()
             start = 0 if max_row is None else int(max_row) + 1
             fresh: list[NewCheckpoint] = []
@@ -416,7 +428,9 @@ class Database:
             if not fresh:
                 return result
             # 2. bytes
-            block = np.stack([it.row for it in fresh]).astype(space.layout.storage_dtype, copy=False)
+            block = np.stack([it.row for it in fresh]).astype(
+                space.layout.storage_dtype, copy=False
+            )
             self.weights_store.write(space.array_path, start, block)
             # 3. one catalog transaction
             with self.catalog.begin() as conn:
@@ -430,7 +444,9 @@ class Database:
                 ck_rows, metric_rows = [], []
                 for i, it in enumerate(fresh):
                     if not it.run or it.run not in run_ids:
-                        rid = int(conn.execute(sa.text("SELECT nextval('runs_id_seq')")).scalar_one())
+                        rid = int(
+                            conn.execute(sa.text("SELECT nextval('runs_id_seq')")).scalar_one()
+                        )
                         it.run = it.run or f"{run_prefix}{rid}"
                         conn.execute(
                             runs.insert().values(
@@ -444,7 +460,9 @@ class Database:
                             )
                         )
                         run_ids[it.run] = rid
-                    cid = int(conn.execute(sa.text("SELECT nextval('checkpoints_id_seq')")).scalar_one())
+                    cid = int(
+                        conn.execute(sa.text("SELECT nextval('checkpoints_id_seq')")).scalar_one()
+                    )
                     ck_rows.append(
                         dict(
                             id=cid,
@@ -498,6 +516,30 @@ class Database:
         from wdb.importer import ingest
 
         return ingest(self, Path(path), **options)
+
+    def nearest(self, *args: Any, **kwargs: Any):
+        """k nearest checkpoints in weight space; see ``wdb.query.nearest``."""
+        from wdb.query import nearest
+
+        return nearest(self, *args, **kwargs)
+
+    def novelty(self, *args: Any, **kwargs: Any):
+        """Per-target min L2 / max error-IoU to a reference set; see ``wdb.query.novelty``."""
+        from wdb.query import novelty
+
+        return novelty(self, *args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any):
+        """Evaluate checkpoints on their task; see ``wdb.evaluate.evaluate``."""
+        from wdb.evaluate import evaluate
+
+        return evaluate(self, *args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any):
+        """Fit a generator on a selection and write its samples; see ``wdb.generate.generate``."""
+        from wdb.generate import generate
+
+        return generate(self, *args, **kwargs)
 
     def fsck(self, fix: bool = False):
         """Check hashes, orphans and missing bytes; see ``wdb.fsck.fsck``."""

@@ -166,7 +166,9 @@ class Layout:
 
     def columns(self, names: list[str]) -> np.ndarray:
         """Row indices of the given tensors, in layout order (for column slices)."""
-        return np.concatenate([np.arange(e.offset, e.stop) for e in self.entries if e.name in names])
+        return np.concatenate(
+            [np.arange(e.offset, e.stop) for e in self.entries if e.name in names]
+        )
 
 
 def row_sha256(row: np.ndarray) -> str:

@@ -23,12 +23,10 @@ def get_db(ctx: click.Context | None = None):
 
 def output_options(fn: Callable) -> Callable:
     """Add ``--json`` / ``--csv`` to a command; the chosen format arrives as ``fmt``."""
-    fn = click.option(
-        "--csv", "fmt", flag_value="csv", help="Print CSV with a header row."
-    )(fn)
-    fn = click.option(
-        "--json", "fmt", flag_value="json", help="Print one JSON array of objects."
-    )(fn)
+    fn = click.option("--csv", "fmt", flag_value="csv", help="Print CSV with a header row.")(fn)
+    fn = click.option("--json", "fmt", flag_value="json", help="Print one JSON array of objects.")(
+        fn
+    )
     return click.option("--table", "fmt", flag_value="table", default=True, hidden=True)(fn)
 
 
