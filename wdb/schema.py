@@ -116,9 +116,11 @@ predictions = sa.Table(
     metadata,
     sa.Column("checkpoint_id", sa.BigInteger, nullable=False),
     sa.Column("eval_set_id", sa.BigInteger, nullable=False),
-    sa.Column("array", sa.Text, nullable=False),  # Zarr path under the database's outputs store
+    sa.Column(
+        "array_path", sa.Text, nullable=False
+    ),  # Zarr path under the database's outputs store
     sa.Column("row", sa.BigInteger, nullable=False),
-    sa.PrimaryKeyConstraint("checkpoint_id", "eval_set_id", "array"),
+    sa.PrimaryKeyConstraint("checkpoint_id", "eval_set_id", "array_path"),
 )
 
 # Derived relations (revision 0003): materialised by the query engines, each row tied to the

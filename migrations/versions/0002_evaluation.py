@@ -38,9 +38,9 @@ def upgrade() -> None:
         "predictions",
         sa.Column("checkpoint_id", sa.BigInteger, nullable=False),
         sa.Column("eval_set_id", sa.BigInteger, nullable=False),
-        sa.Column("array", sa.Text, nullable=False),
+        sa.Column("array_path", sa.Text, nullable=False),
         sa.Column("row", sa.BigInteger, nullable=False),
-        sa.PrimaryKeyConstraint("checkpoint_id", "eval_set_id", "array"),
+        sa.PrimaryKeyConstraint("checkpoint_id", "eval_set_id", "array_path"),
     )
 
 
