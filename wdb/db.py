@@ -243,6 +243,37 @@ class Database:
         steps = sorted({r["step"] for r in rows})
         raise NotFound(f"run '{run}' has no step {step} (steps: {steps[:10]}...)")
 
+    def checkpoint_table(self, where: str | None = None, params: dict | None = None) -> list[dict]:
+        """Checkpoints with one column per metric, for humans (``wdb show``).
+
+        Metrics computed by ``wdb evaluate`` keep their name; metrics a source reported at ingest
+        (eval set ``reported:*``) are named ``reported_<name>`` when a computed one of the same name
+        exists in the result, else plain ``<name>``.
+        """
+        base = self.checkpoints(where, params)
+        if not base:
+            return []
+        ids = [r["checkpoint_id"] for r in base]
+        mrows = self.sql(
+            "SELECT m.checkpoint_id, m.name, m.value, e.name AS eval_set FROM metrics m "
+            "JOIN eval_sets e ON e.id = m.eval_set_id WHERE m.checkpoint_id IN "
+            "(SELECT checkpoint_id FROM checkpoint_info WHERE " + (where or "TRUE") + ")",
+            params,
+        )
+        computed = {m["name"] for m in mrows if not m["eval_set"].startswith("reported:")}
+        cols: dict[int, dict] = {i: {} for i in ids}
+        for m in mrows:
+            name = m["name"]
+            if m["eval_set"].startswith("reported:") and name in computed:
+                name = f"reported_{name}"
+            cols[m["checkpoint_id"]][name] = m["value"]
+        names = sorted({k for c in cols.values() for k in c})
+        keep = ("checkpoint_id", "run", "step", "kind", "space", "split")
+        return [
+            {**{k: r[k] for k in keep}, **{n: cols[r["checkpoint_id"]].get(n) for n in names}}
+            for r in base
+        ]
+
     def _locate(self, ids: Sequence[int]) -> list[dict]:
         ids = [int(i) for i in ids]
         if not ids:

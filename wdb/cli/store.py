@@ -1,0 +1,221 @@
+"""Store commands: init, ingest, ls, show, sql, export, fsck."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from wdb.cli.common import emit, get_db, output_options
+
+LS_SQL = {
+    "runs": (
+        "SELECT run_id, run, zoo, kind, generator_run_id, checkpoints, first_step, last_step "
+        "FROM ({runs}) AS r {where} ORDER BY run_id"
+    ),
+    "checkpoints": (
+        "SELECT checkpoint_id, run, step, kind, zoo, space, split, sha256 "
+        "FROM checkpoint_info {where} ORDER BY checkpoint_id"
+    ),
+    "spaces": (
+        "SELECT * FROM (SELECT s.id AS space_id, s.name AS space, s.n_params, s.dtype, "
+        "count(c.id) AS checkpoints, s.hash FROM spaces s "
+        "LEFT JOIN checkpoints c ON c.space_id = s.id "
+        "GROUP BY s.id, s.name, s.n_params, s.dtype, s.hash) AS s {where} ORDER BY space_id"
+    ),
+    "generators": (
+        "SELECT * FROM (SELECT g.id AS generator_run_id, g.method, g.status, g.seed, "
+        "g.wall_time_s, g.train_selection, "
+        "(SELECT count(*) FROM runs r WHERE r.generator_run_id = g.id) AS runs, "
+        "g.model_checkpoint_id, g.created_at FROM generator_runs g) AS g {where} "
+        "ORDER BY generator_run_id"
+    ),
+    "eval-sets": (
+        "SELECT * FROM (SELECT e.id AS eval_set_id, e.name, e.task, e.split, e.n_items, "
+        "(SELECT count(DISTINCT m.checkpoint_id) FROM metrics m WHERE m.eval_set_id = e.id) "
+        "AS checkpoints, e.labels_sha256 FROM eval_sets e) AS e {where} ORDER BY eval_set_id"
+    ),
+}
+
+RUNS_SUBQUERY = (
+    "SELECT r.id AS run_id, r.name AS run, r.zoo, r.kind, r.generator_run_id, "
+    "count(c.id) AS checkpoints, min(c.step) AS first_step, max(c.step) AS last_step "
+    "FROM runs r LEFT JOIN checkpoints c ON c.run_id = r.id "
+    "GROUP BY r.id, r.name, r.zoo, r.kind, r.generator_run_id"
+)
+
+
+@click.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create (or upgrade) the database directory."""
+    db = get_db(ctx)
+    click.echo(f"wdb database at {db.path} (schema {db.catalog.current_revision()})")
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=True, dir_okay=True))
+@click.option("--zoo", help="Collection name for the runs (default: the folder's name).")
+@click.option(
+    "--kind",
+    type=click.Choice(["training", "generated", "baseline", "reconstructed", "model"]),
+    help="Kind of the runs when the source does not say (default: training).",
+)
+@click.option(
+    "--format",
+    "fmt_name",
+    type=click.Choice(["folder", "modelzoo", "flat", "pdiff"]),
+    help="Reader to use; detected from the folder's contents when omitted.",
+)
+@click.option(
+    "--space", help="Space name to use or create; for flat .npy rows, a space or layout JSON."
+)
+@click.option("--strict", is_flag=True, help="Fail on the first bad file and commit nothing.")
+@output_options
+@click.pass_context
+def ingest(ctx, path, zoo, kind, fmt_name, space, strict, fmt) -> None:
+    """Ingest a folder of checkpoints (state dicts, Model Zoo runs, flat .npy rows, P-diff).
+
+    Idempotent: files already stored (same run, step and content) are not added again. Bad files
+    (corrupt, truncated, unsafe pickle, NaN/Inf, wrong shape) are reported one line each and
+    skipped; the exit code is 3 when anything was skipped, 0 when everything was stored.
+    """
+    db = get_db(ctx)
+    report = db.ingest(path, zoo=zoo, kind=kind, format=fmt_name, strict=strict, space=space)
+    for source, reason in report.skipped:
+        click.echo(f"skipped {source}: {reason}", err=True)
+    emit(
+        [
+            {
+                "format": report.format,
+                "runs_added": report.runs_added,
+                "checkpoints_added": report.checkpoints_added,
+                "already_stored": report.checkpoints_existing,
+                "skipped": len(report.skipped),
+                "spaces": ", ".join(report.spaces),
+                "bytes_written": report.bytes_written,
+            }
+        ],
+        fmt,
+        title=f"ingest {path}",
+    )
+    if report.skipped:
+        sys.exit(3)
+
+
+@click.command()
+@click.argument("what", type=click.Choice(list(LS_SQL)), default="runs")
+@click.option("--where", help="SQL filter over the listed columns, e.g. \"kind = 'training'\".")
+@click.option("--limit", type=int, default=None, help="Show at most this many rows.")
+@output_options
+@click.pass_context
+def ls(ctx, what, where, limit, fmt) -> None:
+    """List runs, checkpoints, spaces, generator runs or eval sets."""
+    db = get_db(ctx)
+    sql = LS_SQL[what].format(runs=RUNS_SUBQUERY, where=f"WHERE ({where})" if where else "")
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    emit(db.sql(sql), fmt, title=what)
+
+
+@click.command()
+@click.argument("run")
+@output_options
+@click.pass_context
+def show(ctx, run, fmt) -> None:
+    """Show one run: its checkpoints with their metrics (one column per metric)."""
+    db = get_db(ctx)
+    info = db.run(run)
+    rows = db.checkpoint_table("run = :run", {"run": run})
+    if fmt == "table":
+        click.echo(
+            f"run {info['run']} (id {info['run_id']}): kind={info['kind']} zoo={info['zoo']} "
+            f"checkpoints={info['checkpoints']} generator_run={info['generator_run_id']}"
+        )
+        if info["config"]:
+            click.echo(f"config: {info['config']}")
+    emit(rows, fmt, title=f"checkpoints of {run}")
+
+
+@click.command()
+@click.argument("query")
+@click.option("--write", is_flag=True, help="Allow statements that change the catalog.")
+@output_options
+@click.pass_context
+def sql(ctx, query, write, fmt) -> None:
+    """Run SQL on the catalog (read-only unless --write).
+
+    Tables: spaces, runs, checkpoints, metrics, eval_sets, predictions, generator_runs,
+    relations, neighbors, similarity; view checkpoint_info.
+    """
+    db = get_db(ctx)
+    try:
+        rows = db.sql(query, write=write)
+    except Exception as exc:  # SQL errors from the engine: one line, not a traceback
+        from wdb.errors import WdbError
+
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WdbError(f"SQL failed: {first}") from None
+    emit(rows, fmt)
+
+
+@click.command()
+@click.argument("run")
+@click.option("--step", type=int, default=None, help="Step to export (default: the run's last).")
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["safetensors", "pt"]),
+    default="safetensors",
+    show_default=True,
+)
+@click.option("--out", type=click.Path(dir_okay=False), help="Output file for the state dict.")
+@click.option(
+    "--mesh",
+    type=click.Path(dir_okay=False),
+    help="Neural fields: write the decoded mesh (.ply/.obj/.stl).",
+)
+@output_options
+@click.pass_context
+def export(ctx, run, step, file_format, out, mesh, fmt) -> None:
+    """Export a checkpoint as a state dict file (bit-exact) or, for neural fields, a mesh."""
+    from wdb.errors import BadInput
+    from wdb.export import export_checkpoint, export_mesh
+
+    if not out and not mesh:
+        raise BadInput("give --out FILE (state dict) and/or --mesh FILE (neural-field mesh)")
+    db = get_db(ctx)
+    rows = []
+    if out:
+        rows.append(export_checkpoint(db, run, step, file_format, out))
+    if mesh:
+        rows.append(export_mesh(db, run, step, mesh))
+    emit(rows, fmt, title="exported")
+
+
+@click.command()
+@click.option("--fix", is_flag=True, help="Reclaim unreferenced rows and repair what is safe.")
+@output_options
+@click.pass_context
+def fsck(ctx, fix, fmt) -> None:
+    """Check the store: content hashes, rows without bytes, orphaned bytes."""
+    db = get_db(ctx)
+    report = db.fsck(fix=fix)
+    for line in report.problems:
+        click.echo(f"problem: {line}", err=True)
+    for line in report.fixed:
+        click.echo(f"fixed: {line}", err=True)
+    emit(
+        [
+            {
+                "checked": report.checked,
+                "problems": len(report.problems),
+                "unreferenced_rows": sum(report.unreferenced.values()),
+                "fixed": len(report.fixed),
+            }
+        ],
+        fmt,
+        title="fsck",
+    )
+    if not report.ok:
+        sys.exit(1)
