@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from wdb.errors import CatalogLocked, SchemaError
-from wdb.schema import SCHEMA_HEAD
+
+#: The Alembic revision this code expects. A constant, so that opening a database imports neither
+#: Alembic nor SQLAlchemy (startup time); ``tests/test_migrations.py`` checks it equals the head.
+SCHEMA_HEAD = "0004_views"
 
 LOCK_WAIT_S = float(os.environ.get("WDB_LOCK_WAIT", "20"))
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-#: The Alembic revision this code expects. Kept as a constant so that opening a database needs
-#: no Alembic import (startup time); ``tests/test_migrations.py`` checks it equals Alembic's head.
-SCHEMA_HEAD = "0004_views"
+from wdb.catalog import SCHEMA_HEAD  # noqa: F401  (re-exported: the revision these tables are at)
 
 metadata = sa.MetaData()
 

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec
+
+if TYPE_CHECKING:
+    import zarr
 
 ROWS_PER_CHUNK = 32
 COLS_PER_CHUNK = 8192
 
 
-def _compressor(dtype: np.dtype) -> BloscCodec:
+def _compressor(dtype: np.dtype) -> Any:
+    from zarr.codecs import BloscCodec
+
     return BloscCodec(
         cname="zstd", clevel=5, shuffle="bitshuffle", typesize=np.dtype(dtype).itemsize
     )
@@ -40,6 +44,8 @@ class ArrayStore:
     @property
     def group(self) -> zarr.Group:
         if self._group is None:
+            import zarr  # imported lazily: ~0.3 s that catalog-only commands need not pay
+
             self._group = zarr.open_group(self.root, mode="a")
         return self._group
 
