@@ -1,0 +1,622 @@
+"""The generator framework: read a training set from the store, fit, sample, write samples back.
+
+``generate(db, "pdiff", train="zoo = 'mnist-bn-s0' AND kind = 'training'")`` runs one *generator
+run*:
+
+1. resolve the config (method defaults for ``size`` → ``--config FILE`` → ``--set key=value``),
+2. load the training rows, their metrics and run configs (:func:`load_training_set`); the catalog
+   is closed again before anything long starts (every ``db.sql`` opens and closes its own
+   connection),
+3. insert the ``generator_runs`` row with status ``running`` (one short transaction),
+4. ``fit`` and ``sample`` with **no catalog connection open**, so other processes can read and
+   write the database while a generator trains,
+5. write the generator's own network (run ``genmodel_<gid>``, kind ``model``) and every sample
+   (each row its own run ``gen_<run id>``), then flip the status to ``done`` with the wall time and
+   the config as finally resolved (methods may record derived values in it, e.g. the ``sigma_used``
+   of the noise baseline).
+
+Failure: any exception or ``KeyboardInterrupt`` during 4 or 5 deletes whatever rows of this
+generator run were already committed, marks the run ``failed`` with the error, and re-raises. So
+an interrupted run never shows ``done`` and never leaves a half set of samples. (A process killed
+with SIGKILL between the sample commit and the status flip leaves ``running`` with its samples:
+never ``done``; ``wdb fsck`` reclaims any bytes without rows.)
+
+Lineage is plain SQL: ``runs.generator_run_id`` → ``generator_runs.id``, whose ``train_ids`` is a
+JSON list of checkpoint ids, e.g.::
+
+    SELECT r.name, g.method, t.train_id
+    FROM runs r JOIN generator_runs g ON g.id = r.generator_run_id,
+         unnest(CAST(json_extract(g.train_ids, '$') AS BIGINT[])) AS t(train_id)
+
+A sample's run config inherits every key on which all training runs' configs agree (``task``, and
+for P-diff the base model the BN parameters belong to), then the method's per-sample ``info``
+(e.g. ``source_checkpoint``), plus ``generator`` and ``generator_run_id``: so ``wdb evaluate`` can
+evaluate a sample exactly like its training checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import subprocess
+import sys
+import time
+import tomllib
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wdb.errors import BadInput, NotFound, WdbError
+
+#: method name → "module" or "module:object"; the target exposes NAME, KIND, default_config, fit,
+#: sample (see /work/notes/GENERATORS.md).
+METHODS: dict[str, str] = {
+    "pdiff": "generators.pdiff",
+    "hyperrep": "generators.hyperrep",
+    "gpt": "generators.gpt",
+    "hyperdiffusion": "generators.hyperdiffusion",
+    "noise": "generators.baselines:noise",
+    "average": "generators.baselines:average",
+    "gaussian": "generators.baselines:gaussian",
+}
+
+#: Config keys the framework itself records (never method options).
+FRAMEWORK_KEYS = ("seed", "from_run", "timings")
+
+
+@dataclass
+class TrainingSet:
+    """A generator's training data, loaded once so that fitting needs no catalog."""
+
+    ids: np.ndarray  # checkpoint ids [N] (int64)
+    weights: np.ndarray  # [N, D] float32 rows in `space`
+    space: Any  # wdb.db.Space
+    info: list[dict]  # checkpoint_info rows, same order
+    metrics: dict[str, np.ndarray]  # name -> [N] float, NaN where missing
+    run_configs: dict[str, dict]  # run name -> parsed runs.config
+    selection: str  # the SQL filter it came from
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def layout(self):
+        return self.space.layout
+
+    def metric(self, name: str) -> np.ndarray | None:
+        """The metric as [N] floats, or None when no row has it."""
+        values = self.metrics.get(name)
+        if values is None or not np.isfinite(values).any():
+            return None
+        return values
+
+
+@dataclass
+class Samples:
+    """One block of generated rows; the framework writes each row as its own run."""
+
+    rows: np.ndarray  # [n, D'] float32
+    kind: str = "generated"  # generated | baseline | reconstructed
+    info: list[dict] | None = None  # per-row provenance, stored in each run's config
+    space: Any = None  # None = the training space; or a wdb.spaces.Layout
+
+
+@dataclass
+class GenerateReport:
+    """What one generator run did."""
+
+    generator_run_id: int
+    method: str
+    status: str
+    wall_time_s: float
+    n_train: int
+    config: dict
+    model_checkpoint_id: int | None = None
+    runs: list[dict] = field(default_factory=list)  # run, run_id, checkpoint_id, kind, space
+
+    def to_dict(self) -> dict:
+        return {
+            "generator_run_id": self.generator_run_id,
+            "method": self.method,
+            "status": self.status,
+            "wall_time_s": self.wall_time_s,
+            "n_train": self.n_train,
+            "model_checkpoint_id": self.model_checkpoint_id,
+            "config": self.config,
+            "runs": self.runs,
+        }
+
+
+# -- methods and configs -----------------------------------------------------------------------
+def get_method(name: str) -> Any:
+    """The method object (module or namespace) registered as ``name``."""
+    if name not in METHODS:
+        raise NotFound(f"unknown generator method '{name}' (known: {', '.join(METHODS)})")
+    module, _, attr = METHODS[name].partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            raise NotFound(f"generator method '{name}' is not installed ({module})") from None
+        raise
+    return getattr(mod, attr) if attr else mod
+
+
+def parse_value(text: str) -> Any:
+    """``--set`` values: JSON when they parse (numbers, booleans, lists), else the string."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        return text
+
+
+def parse_sets(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["sigma=0.06", "size=small"]`` → ``{"sigma": 0.06, "size": "small"}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"--set '{item}': expected key=value")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A JSON or TOML file of config keys."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise BadInput(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}")
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: config file must hold a table/object of keys")
+    return data
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Keep a user value's type in line with the default's (``--set steps=1e3`` → int)."""
+    if isinstance(default, bool) or default is None:
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(default, int | float) and isinstance(value, str):
+        raise BadInput(f"config key '{key}' needs a number, got '{value}'")
+    return value
+
+
+def resolve_config(
+    method: Any,
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> dict:
+    """Method defaults for the chosen size, then the config file, then ``--set`` overrides.
+
+    ``size`` is read first (from overrides, the file, or ``base``) because it picks the defaults.
+    Unknown keys are refused, naming the known ones, so a typo never silently does nothing.
+    """
+    layered: dict[str, Any] = {}
+    if config_file:
+        layered.update(read_config_file(config_file))
+    layered.update(overrides or {})
+    base = {k: v for k, v in (base or {}).items() if k not in FRAMEWORK_KEYS}
+    size = layered.get("size", base.get("size", "default"))
+    try:
+        config = dict(method.default_config(size))
+    except (KeyError, ValueError) as exc:
+        raise BadInput(f"{method.NAME}: unknown size '{size}' (small or default): {exc}") from None
+    config.setdefault("size", size)
+    config.update(base)
+    defaults = method.default_config(size)
+    for key, value in layered.items():
+        if key not in config:
+            raise BadInput(
+                f"{method.NAME}: unknown config key '{key}' (known: {', '.join(sorted(config))})"
+            )
+        config[key] = _coerce(key, value, defaults.get(key, config[key]))
+    config["size"] = size
+    return config
+
+
+def code_version() -> str:
+    """``wdb <version>`` plus ``git describe`` of the source tree when there is one; never fails."""
+    import wdb
+
+    version = f"wdb {wdb.__version__}"
+    try:
+        root = Path(wdb.__file__).resolve().parent.parent
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            version += f" ({out.stdout.strip()})"
+    except Exception:  # noqa: BLE001 - the version string is best effort by design
+        pass
+    return version
+
+
+# -- loading -----------------------------------------------------------------------------------
+def _metrics_for(db, ids: list[int]) -> dict[str, np.ndarray]:
+    """Metric name → [N]; values computed by ``wdb evaluate`` beat source-reported ones."""
+    if not ids:
+        return {}
+    rows = db.sql(
+        "SELECT m.checkpoint_id, m.name, m.value, e.name AS eval_set FROM metrics m "
+        "JOIN eval_sets e ON e.id = m.eval_set_id "
+        "WHERE m.checkpoint_id IN (SELECT unnest(CAST(:ids AS BIGINT[])))",
+        {"ids": ids},
+    )
+    pos = {cid: i for i, cid in enumerate(ids)}
+    out: dict[str, np.ndarray] = {}
+    rank: dict[tuple[str, int], int] = {}
+    for r in sorted(rows, key=lambda r: r["eval_set"]):
+        name, i = r["name"], pos[int(r["checkpoint_id"])]
+        level = 0 if str(r["eval_set"]).startswith("reported:") else 1
+        if r["value"] is None or rank.get((name, i), -1) > level:
+            continue
+        out.setdefault(name, np.full(len(ids), np.nan))[i] = float(r["value"])
+        rank[(name, i)] = level
+    return out
+
+
+def _run_configs(db, run_ids: list[int]) -> dict[str, dict]:
+    if not run_ids:
+        return {}
+    rows = db.sql(
+        "SELECT name, config FROM runs WHERE id IN (SELECT unnest(CAST(:ids AS BIGINT[])))",
+        {"ids": run_ids},
+    )
+    out = {}
+    for r in rows:
+        try:
+            out[r["name"]] = json.loads(r["config"]) if r["config"] else {}
+        except (TypeError, ValueError):
+            out[r["name"]] = {}
+    return out
+
+
+def load_training_set(
+    db, where: str | None, ids: list[int] | None = None, params: dict | None = None
+) -> TrainingSet:
+    """Load the checkpoints selected by a SQL filter over ``checkpoint_info`` (or exact ``ids``).
+
+    Every query opens and closes its own catalog connection: nothing stays open afterwards.
+    """
+    if ids is not None:
+        info = db.checkpoints(
+            "checkpoint_id IN (SELECT unnest(CAST(:train_ids AS BIGINT[])))",
+            {"train_ids": [int(i) for i in ids]},
+        )
+        found = {r["checkpoint_id"] for r in info}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise NotFound(f"training checkpoints no longer exist: {missing[:10]}")
+    else:
+        if not where or not where.strip():
+            raise BadInput("--train: give a SQL filter over checkpoint_info selecting the set")
+        try:
+            info = db.checkpoints(where, params)
+        except WdbError:
+            raise
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BadInput(f"--train {where!r}: {msg}") from None
+    if not info:
+        raise BadInput(f"--train {where!r} selects no checkpoints")
+    space_ids = sorted({int(r["space_id"]) for r in info})
+    if len(space_ids) > 1:
+        names = sorted({r["space"] for r in info})
+        raise BadInput(
+            f"--train {where!r} spans {len(space_ids)} weight spaces ({', '.join(names)}); "
+            "select one (e.g. add AND space = '...')"
+        )
+    id_list = [int(r["checkpoint_id"]) for r in info]
+    weights = np.asarray(db.weights(id_list), dtype=np.float32)
+    return TrainingSet(
+        ids=np.asarray(id_list, dtype=np.int64),
+        weights=weights,
+        space=db.space(space_ids[0]),
+        info=info,
+        metrics=_metrics_for(db, id_list),
+        run_configs=_run_configs(db, sorted({int(r["run_id"]) for r in info})),
+        selection=where or "",
+    )
+
+
+# -- writing -----------------------------------------------------------------------------------
+def _common_config(train: TrainingSet) -> dict:
+    """Config keys on which every training run agrees (task, base model, ...)."""
+    configs = [train.run_configs.get(r["run"]) or {} for r in train.info]
+    if not configs:
+        return {}
+    common = dict(configs[0])
+    for c in configs[1:]:
+        common = {k: v for k, v in common.items() if k in c and c[k] == v}
+        if not common:
+            break
+    return common
+
+
+def _common_zoo(train: TrainingSet) -> str | None:
+    zoos = {r.get("zoo") for r in train.info}
+    return zoos.pop() if len(zoos) == 1 else None
+
+
+def _update_run(db, gid: int, **values: Any) -> None:
+    import sqlalchemy as sa
+
+    from wdb.schema import generator_runs
+
+    with db.catalog.begin() as conn:
+        conn.execute(
+            sa.update(generator_runs).where(generator_runs.c.id == gid).values(**values)
+        )
+
+
+def _discard_outputs(db, gid: int, error: str) -> None:
+    """Delete every row this generator run wrote and mark it failed (one transaction)."""
+    import sqlalchemy as sa
+
+    from wdb.schema import checkpoints, generator_runs, metrics, runs
+
+    with db.catalog.begin() as conn:
+        run_ids = sa.select(runs.c.id).where(runs.c.generator_run_id == gid)
+        ck_ids = sa.select(checkpoints.c.id).where(checkpoints.c.run_id.in_(run_ids))
+        conn.execute(sa.delete(metrics).where(metrics.c.checkpoint_id.in_(ck_ids)))
+        conn.execute(sa.delete(checkpoints).where(checkpoints.c.run_id.in_(run_ids)))
+        conn.execute(sa.delete(runs).where(runs.c.generator_run_id == gid))
+        conn.execute(
+            sa.update(generator_runs)
+            .where(generator_runs.c.id == gid)
+            .values(
+                status="failed",
+                error=error[:2000],
+                model_checkpoint_id=None,
+                finished_at=sa.func.current_timestamp(),
+            )
+        )
+
+
+def _store_model(db, gid: int, method: str, state: Mapping[str, Any]) -> int:
+    """The generator's own network as one checkpoint in its own space (run ``genmodel_<gid>``)."""
+    from wdb.db import NewCheckpoint
+    from wdb.spaces import Layout
+    from wdb.tensors import state_to_numpy
+
+    arrays, dtypes = state_to_numpy(dict(state))
+    layout = Layout.from_arrays(arrays, dtypes)
+    space = db.ensure_space(layout, name=f"genmodel-{method}-{layout.hash[:8]}")
+    item = NewCheckpoint(
+        run=f"genmodel_{gid}",
+        step=0,
+        row=layout.flatten(arrays),
+        kind="model",
+        generator_run_id=gid,
+        run_config={"generator": method, "generator_run_id": gid},
+    )
+    result = db._commit(space, [item])
+    return (result.added + result.existing)[0]
+
+
+def _write_samples(
+    db, gid: int, method: str, train: TrainingSet, blocks: list[Samples]
+) -> list[dict]:
+    from wdb.db import NewCheckpoint
+    from wdb.spaces import Layout
+
+    base_config = {**_common_config(train), "generator": method, "generator_run_id": gid}
+    zoo = _common_zoo(train)
+    written: list[dict] = []
+    for block in blocks:
+        space = train.space
+        if isinstance(block.space, Layout):
+            space = db.ensure_space(block.space)
+        elif block.space is not None:
+            space = block.space
+        rows = np.asarray(block.rows)
+        items = [
+            NewCheckpoint(
+                run="",
+                step=0,
+                row=rows[i].astype(space.layout.storage_dtype, copy=False),
+                kind=block.kind,
+                zoo=zoo,
+                run_config={**base_config, **(block.info[i] if block.info else {})},
+                generator_run_id=gid,
+            )
+            for i in range(len(rows))
+        ]
+        result = db._commit(space, items)
+        for it, cid in zip(items, result.added, strict=True):
+            written.append(
+                {"run": it.run, "checkpoint_id": cid, "kind": it.kind, "space": space.name}
+            )
+    return written
+
+
+def _check_samples(blocks: Any, train: TrainingSet, method: str) -> list[Samples]:
+    if isinstance(blocks, Samples):
+        blocks = [blocks]
+    if not isinstance(blocks, list | tuple) or not all(isinstance(b, Samples) for b in blocks):
+        raise WdbError(f"{method}: sample() must return a list of Samples")
+    from wdb.db import KINDS
+
+    for b in blocks:
+        b.rows = np.asarray(b.rows, dtype=np.float32)
+        d = train.space.n_params if b.space is None else b.space.n_params
+        if b.rows.ndim != 2 or b.rows.shape[1] != d:
+            raise WdbError(f"{method}: samples have shape {list(b.rows.shape)}, expected [n, {d}]")
+        if not np.isfinite(b.rows).all():
+            raise WdbError(f"{method}: samples contain NaN or Inf (the generator diverged)")
+        if b.kind not in KINDS:
+            raise WdbError(f"{method}: sample kind '{b.kind}' is not one of {KINDS}")
+        if b.info is not None and len(b.info) != len(b.rows):
+            raise WdbError(f"{method}: {len(b.info)} info entries for {len(b.rows)} rows")
+    return list(blocks)
+
+
+def _seed_everything(seed: int) -> None:
+    np.random.seed(seed % 2**32)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+# -- the entry point ---------------------------------------------------------------------------
+def generate(
+    db,
+    method: str,
+    train: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    overrides: dict | None = None,
+    config_file: str | Path | None = None,
+    from_run: int | None = None,
+) -> GenerateReport:
+    """Fit ``method`` on the checkpoints ``train`` selects (or reuse ``from_run``'s network) and
+    write ``n`` samples as runs; returns the report (generator run id, runs, wall time)."""
+    t_start = time.perf_counter()
+    mod = get_method(method)
+    state: dict | None = None
+    model_id: int | None = None
+    if from_run is not None:
+        rec = db.sql("SELECT * FROM generator_runs WHERE id = :id", {"id": int(from_run)})
+        if not rec:
+            raise NotFound(f"generator run {from_run} not found (see `wdb ls generators`)")
+        rec = rec[0]
+        if rec["method"] != method:
+            raise BadInput(f"generator run {from_run} is a '{rec['method']}' run, not '{method}'")
+        if rec["status"] != "done":
+            raise BadInput(f"generator run {from_run} is '{rec['status']}', not done")
+        if train:
+            raise BadInput("--from reuses the recorded training set; drop --train")
+        config = resolve_config(mod, overrides, config_file, base=json.loads(rec["config"] or "{}"))
+        train = rec["train_selection"]
+        t_load = time.perf_counter()
+        ts = load_training_set(db, train, ids=json.loads(rec["train_ids"]))
+        ts.selection = train or ""
+        model_id = rec["model_checkpoint_id"]
+        if model_id is not None:
+            state = dict(db.state_dict(int(model_id)))
+        config["from_run"] = int(from_run)
+    else:
+        config = resolve_config(mod, overrides, config_file)
+        t_load = time.perf_counter()
+        ts = load_training_set(db, train)
+    if n is not None:
+        config["n"] = int(n)
+    n_samples = int(config.get("n", 100))
+    if n_samples < 1:
+        raise BadInput(f"--n must be at least 1, not {n_samples}")
+    config["seed"] = int(seed)
+    timings = {"load_s": round(time.perf_counter() - t_load, 3)}
+
+    import sqlalchemy as sa
+
+    from wdb.schema import generator_runs
+
+    with db.catalog.begin() as conn:
+        gid = int(
+            conn.execute(
+                generator_runs.insert()
+                .values(
+                    method=method,
+                    config=json.dumps(config, sort_keys=True, default=str),
+                    status="running",
+                    train_selection=ts.selection,
+                    train_ids=json.dumps([int(i) for i in ts.ids]),
+                    seed=int(seed),
+                    code_version=code_version(),
+                )
+                .returning(generator_runs.c.id)
+            ).scalar_one()
+        )
+    # -- long work: no catalog connection is open from here until the write below --------------
+    try:
+        work_config = copy.deepcopy(config)
+        t0 = time.perf_counter()
+        if state is None and from_run is None:
+            _seed_everything(seed)
+            state = mod.fit(ts, work_config, seed)
+        timings["fit_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        _seed_everything(seed)
+        blocks = _check_samples(
+            mod.sample(
+                state,
+                ts,
+                n_samples,
+                work_config,
+                seed,
+                lambda where: load_training_set(db, where),
+            ),
+            ts,
+            method,
+        )
+        timings["sample_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        if state is not None and model_id is None:
+            model_id = _store_model(db, gid, method, state)
+        written = _write_samples(db, gid, method, ts, blocks)
+        timings["write_s"] = round(time.perf_counter() - t0, 3)
+        wall = round(time.perf_counter() - t_start, 3)
+        work_config["timings"] = timings
+        _update_run(
+            db,
+            gid,
+            status="done",
+            config=json.dumps(work_config, sort_keys=True, default=str),
+            wall_time_s=wall,
+            model_checkpoint_id=model_id,
+            finished_at=sa.func.current_timestamp(),
+        )
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+        try:
+            _discard_outputs(db, gid, error)
+        except Exception as cleanup:  # noqa: BLE001 - report the original error, mention this
+            print(f"warning: could not clean up generator run {gid}: {cleanup}", file=sys.stderr)
+        raise
+    return GenerateReport(
+        generator_run_id=gid,
+        method=method,
+        status="done",
+        wall_time_s=wall,
+        n_train=len(ts),
+        config=work_config,
+        model_checkpoint_id=model_id,
+        runs=written,
+    )
+
+
+def no_fit(train: TrainingSet, config: dict, seed: int) -> None:
+    """``fit`` of methods without a network (the baselines)."""
+    return None
+
+
+def method_namespace(
+    name: str,
+    kind: str,
+    default_config: Callable[[str], dict],
+    sample: Callable[..., list[Samples]],
+    fit: Callable[..., Any] = no_fit,
+    doc: str = "",
+) -> types.SimpleNamespace:
+    """Bundle plain functions as a method object (for files holding several methods)."""
+    return types.SimpleNamespace(
+        NAME=name, KIND=kind, default_config=default_config, fit=fit, sample=sample, __doc__=doc
+    )
