@@ -176,7 +176,9 @@ def read_config_file(path: str | Path) -> dict:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise BadInput(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}")
+        raise BadInput(
+            f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}"
+        ) from None
     if not isinstance(data, dict):
         raise BadInput(f"{path}: config file must hold a table/object of keys")
     return data
@@ -363,9 +365,7 @@ def _update_run(db, gid: int, **values: Any) -> None:
     from wdb.schema import generator_runs
 
     with db.catalog.begin() as conn:
-        conn.execute(
-            sa.update(generator_runs).where(generator_runs.c.id == gid).values(**values)
-        )
+        conn.execute(sa.update(generator_runs).where(generator_runs.c.id == gid).values(**values))
 
 
 def _discard_outputs(db, gid: int, error: str) -> None:
