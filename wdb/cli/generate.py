@@ -65,6 +65,10 @@ def generate(ctx, method, train, n, seed, sets, config_file, from_run, fmt) -> N
         click.echo(
             f"generator run {report.generator_run_id} ({report.method}): {made} from "
             f"{report.n_train} training checkpoints in {report.wall_time_s:.1f} s"
-            + (f"; model checkpoint {report.model_checkpoint_id}" if report.model_checkpoint_id else "")
+            + (
+                f"; model checkpoint {report.model_checkpoint_id}"
+                if report.model_checkpoint_id
+                else ""
+            )
         )
     emit(report.runs, fmt, columns=["run", "checkpoint_id", "kind", "space"])
