@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Iterator
 from functools import partial
@@ -37,13 +38,15 @@ def _natural(p: Path) -> list:
 
 def checkpoint_files(root: Path) -> list[Path]:
     """Checkpoint files under ``root`` (hidden files and folders skipped), in natural order."""
-    out = [
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in STATE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        base = Path(dirpath)
+        out += [
+            base / f
+            for f in filenames
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in STATE_SUFFIXES
+        ]
     return sorted(out, key=lambda p: _natural(p.relative_to(root)))
 
 
@@ -136,7 +139,7 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
     if path.is_file():
         yield Found(str(path.resolve()), path.stem, 0, partial(load_file, path))
         return
-    root = path
+    root = path.resolve()
     mname, records = read_manifest(root)
     listed: set[Path] = set()
     for line, rec, problem in records:
@@ -147,12 +150,15 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
         if "file" not in rec:
             yield Found(where, "", 0, lambda: None, problem="no 'file' field")
             continue
-        fpath = (root / str(rec["file"])).resolve()
+        fpath = root / str(rec["file"])
+        listed.add(fpath)
+        if ".." in Path(str(rec["file"])).parts or fpath.is_symlink():
+            fpath = fpath.resolve()
         listed.add(fpath)
         if not fpath.is_file():
             yield Found(str(fpath), "", 0, lambda: None, problem=f"listed in {mname} but missing")
             continue
-        rel = fpath.relative_to(root.resolve()) if fpath.is_relative_to(root.resolve()) else None
+        rel = fpath.relative_to(root) if fpath.is_relative_to(root) else None
         run = str(
             rec.get("run")
             or (rel.parent.as_posix() if rel and len(rel.parts) > 1 else None)
@@ -182,6 +188,6 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
             run_config=config,
             problem=cproblem,
         )
-    rest = [f for f in checkpoint_files(root) if f.resolve() not in listed]
+    rest = [f for f in checkpoint_files(root) if f not in listed]
     for f, run, step in _derived(root, rest):
-        yield Found(str(f.resolve()), run, step, partial(load_file, f))
+        yield Found(str(f), run, step, partial(load_file, f))

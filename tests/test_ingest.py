@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import wdb
 from wdb.errors import BadInput
 from wdb.importer import IngestReport, _fast_torch_load, load_file
 
@@ -51,11 +50,6 @@ def total_rows(db) -> int:
     return sum(
         db.weights_store.n_rows(s["array_path"]) for s in db.sql("SELECT array_path FROM spaces")
     )
-
-
-@pytest.fixture
-def db(tmp_path: Path):
-    return wdb.open(tmp_path / "db")
 
 
 def test_loader_matches_torch_load(tmp_path: Path) -> None:

@@ -90,6 +90,37 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True, default=str)
 
 
+def _next_ids(conn, sequence: str, n: int) -> list[int]:
+    """``n`` fresh values of a sequence in one round trip (ascending)."""
+    import sqlalchemy as sa
+
+    if n == 0:
+        return []
+    rows = conn.execute(
+        sa.text(f"SELECT nextval('{sequence}') FROM generate_series(1, :n)"), {"n": n}
+    )
+    return sorted(int(r[0]) for r in rows)
+
+
+def _insert_many(conn, table, rows: list[dict]) -> None:
+    """Insert rows; on DuckDB as one ``INSERT ... SELECT unnest(list), ...`` (column lists bound
+    as parameters), which is ~10x faster than executemany for thousands of rows."""
+    import sqlalchemy as sa
+
+    if not rows:
+        return
+    if conn.dialect.name != "duckdb" or len(rows) == 1:
+        conn.execute(table.insert(), rows)
+        return
+    cols = list(rows[0])
+    types = {c: table.c[c].type.compile(dialect=conn.dialect) for c in cols}
+    select = ", ".join(f"unnest(CAST(:{c} AS {types[c]}[]))" for c in cols)
+    conn.execute(
+        sa.text(f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT {select}"),
+        {c: [r[c] for r in rows] for c in cols},
+    )
+
+
 class Database:
     """A wdb database directory. Cheap to construct; connections open per operation."""
 
@@ -471,29 +502,35 @@ class Database:
                         sa.select(runs.c.id, runs.c.name).where(runs.c.name.in_(named))
                     ):
                         run_ids[name] = int(rid)
+                # ids come from the sequences in one round trip each (not one per row)
+                opening: list[NewCheckpoint] = []
+                opening_names: set[str] = set()
+                for it in fresh:
+                    if not it.run or (it.run not in run_ids and it.run not in opening_names):
+                        opening.append(it)
+                        if it.run:
+                            opening_names.add(it.run)
+                run_rows = []
+                for it, rid in zip(
+                    opening, _next_ids(conn, "runs_id_seq", len(opening)), strict=True
+                ):
+                    it.run = it.run or f"{run_prefix}{rid}"
+                    run_ids[it.run] = rid
+                    run_rows.append(
+                        dict(
+                            id=rid,
+                            name=it.run,
+                            zoo=it.zoo,
+                            kind=it.kind,
+                            generator_run_id=it.generator_run_id,
+                            config=_json(it.run_config),
+                            source=str(Path(it.source).parent) if it.source else None,
+                        )
+                    )
                 eval_set_id = None
                 ck_rows, metric_rows = [], []
-                for i, it in enumerate(fresh):
-                    if not it.run or it.run not in run_ids:
-                        rid = int(
-                            conn.execute(sa.text("SELECT nextval('runs_id_seq')")).scalar_one()
-                        )
-                        it.run = it.run or f"{run_prefix}{rid}"
-                        conn.execute(
-                            runs.insert().values(
-                                id=rid,
-                                name=it.run,
-                                zoo=it.zoo,
-                                kind=it.kind,
-                                generator_run_id=it.generator_run_id,
-                                config=_json(it.run_config),
-                                source=str(Path(it.source).parent) if it.source else None,
-                            )
-                        )
-                        run_ids[it.run] = rid
-                    cid = int(
-                        conn.execute(sa.text("SELECT nextval('checkpoints_id_seq')")).scalar_one()
-                    )
+                cids = _next_ids(conn, "checkpoints_id_seq", len(fresh))
+                for i, (it, cid) in enumerate(zip(fresh, cids, strict=True)):
                     ck_rows.append(
                         dict(
                             id=cid,
@@ -514,9 +551,9 @@ class Database:
                             for k, v in it.metrics.items()
                         ]
                     result.added.append(cid)
-                conn.execute(checkpoints.insert(), ck_rows)
-                if metric_rows:
-                    conn.execute(metrics.insert(), metric_rows)
+                _insert_many(conn, runs, run_rows)
+                _insert_many(conn, checkpoints, ck_rows)
+                _insert_many(conn, metrics, metric_rows)
         return result
 
     def add_metrics(self, rows: Iterable[dict], replace: bool = True) -> int:

@@ -45,8 +45,10 @@ import io
 import math
 import os
 import pickle
+import struct
 import warnings
 import zipfile
+import zlib
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -155,9 +157,9 @@ class _FastUnpickler(pickle.Unpickler):
     """The C unpickler restricted to the globals of a plain tensor state dict (Python docs'
     "restricting globals" recipe): any other global declines before anything is called."""
 
-    def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str):
-        super().__init__(io.BytesIO(data))
-        self.zf, self.prefix = zf, prefix
+    def __init__(self, records: dict[str, memoryview], prefix: str):
+        super().__init__(io.BytesIO(records[f"{prefix}data.pkl"]))
+        self.records, self.prefix = records, prefix
         self.storages: dict[str, np.ndarray] = {}
 
     def find_class(self, module: str, name: str) -> Any:
@@ -179,8 +181,8 @@ class _FastUnpickler(pickle.Unpickler):
             raise _Decline("storage type")
         if key not in self.storages:
             dt = _np_dtype(stype.dtype)
-            raw = self.zf.read(f"{self.prefix}data/{key}")
-            if len(raw) < int(numel) * dt.itemsize:
+            raw = self.records.get(f"{self.prefix}data/{key}")
+            if raw is None or len(raw) < int(numel) * dt.itemsize:
                 raise _Decline("short storage")
             self.storages[key] = np.frombuffer(raw, dtype=dt, count=int(numel))
         return (self.storages[key], stype.dtype)
@@ -206,26 +208,58 @@ class _FastUnpickler(pickle.Unpickler):
         return _Tensor(arr, dtype)
 
 
+def _zip_records(data: bytes) -> dict[str, memoryview]:
+    """Members of an uncompressed zip (what ``torch.save`` writes) as zero-copy views, each
+    CRC-checked. Anything unusual (compression, zip64 sizes, bad bounds) declines."""
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - 65557))
+    if end < 0 or end + 22 > len(data):
+        raise _Decline("no end of central directory")
+    _, _, _, _, n, cd_size, cd_off, _ = struct.unpack_from("<IHHHHIIH", data, end)
+    if n == 0xFFFF or cd_off == 0xFFFFFFFF or cd_off + cd_size > end:
+        raise _Decline("zip64 or bad central directory")
+    view, out, pos = memoryview(data), {}, cd_off
+    for _ in range(n):
+        if data[pos : pos + 4] != b"PK\x01\x02":
+            raise _Decline("bad central directory entry")
+        fields = struct.unpack_from("<IHHHHHHIIIHHHHHII", data, pos)
+        method, crc, csize, usize = fields[4], fields[7], fields[8], fields[9]
+        name_len, extra_len, comment_len, local = fields[10], fields[11], fields[12], fields[16]
+        name = data[pos + 46 : pos + 46 + name_len].decode("utf-8", "replace")
+        pos += 46 + name_len + extra_len + comment_len
+        if method != 0 or csize != usize or csize == 0xFFFFFFFF or local == 0xFFFFFFFF:
+            raise _Decline("compressed or zip64 member")
+        if data[local : local + 4] != b"PK\x03\x04" or local + 30 > len(data):
+            raise _Decline("bad local header")
+        lname, lextra = struct.unpack_from("<HH", data, local + 26)
+        start = local + 30 + lname + lextra
+        if start + usize > len(data):
+            raise _Decline("member past the end of the file")
+        member = view[start : start + usize]
+        if zlib.crc32(member) != crc:
+            raise _Decline("CRC mismatch")
+        out[name] = member
+    return out
+
+
 def _fast_torch_load(path: Path) -> Any:
     """Read a ``torch.save`` zip of tensors without torch (or raise ``_Decline``)."""
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+        records = _zip_records(Path(path).read_bytes())
+    except (OSError, struct.error) as exc:
         raise _Decline(str(exc)) from None
-    with zf:
-        names = zf.namelist()
-        pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
-        if len(pkl) != 1:
-            raise _Decline("no data.pkl")
-        prefix = pkl[0][: -len("data.pkl")]
-        if f"{prefix}byteorder" in names and zf.read(f"{prefix}byteorder") != b"little":
-            raise _Decline("big-endian")
-        try:
-            return _FastUnpickler(zf.read(pkl[0]), zf, prefix).load()
-        except _Decline:
-            raise
-        except Exception as exc:  # corrupt zip member, bad pickle: let torch give the verdict
-            raise _Decline(str(exc)) from None
+    pkl = [n for n in records if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pkl) != 1:
+        raise _Decline("no data.pkl")
+    prefix = pkl[0][: -len("data.pkl")]
+    order = records.get(f"{prefix}byteorder")
+    if order is not None and bytes(order) != b"little":
+        raise _Decline("big-endian")
+    try:
+        return _FastUnpickler(records, prefix).load()
+    except _Decline:
+        raise
+    except Exception as exc:  # a bad pickle: let torch give the verdict
+        raise _Decline(str(exc)) from None
 
 
 def _torch_load(path: Path) -> Any:
@@ -372,6 +406,7 @@ class _Ingest:
         self.buffered = 0
         self.run_zoo: dict[str, str | None] = {}
         self.new_runs: set[str] = set()
+        self.created_runs: set[str] = set()
 
     # ---- skipping
     def skip(self, source: str, reason: str) -> None:
@@ -576,8 +611,18 @@ class _Ingest:
             * space.layout.n_params
             * np.dtype(space.layout.storage_dtype).itemsize
         )
-        ids = self._ids(space, [(n.run, n.step) for n in news])
+        # ids per (run, step): _commit returns new ids in order of the new items and existing
+        # ids in order of the existing ones; when both kinds are mixed, ask the catalog.
+        clean = [n for n in news if (n.run, n.step) in by_key]
+        if not result.existing and len(result.added) == len(clean):
+            ids = {(n.run, n.step): c for n, c in zip(clean, result.added, strict=True)}
+        elif not result.added and len(result.existing) == len(clean):
+            ids = {(n.run, n.step): c for n, c in zip(clean, result.existing, strict=True)}
+        else:
+            ids = self._ids(space, [(n.run, n.step) for n in clean])
         self.report.checkpoint_ids += [ids[k] for k in by_key if k in ids]
+        # a run unknown before this ingest was created by the commit of its first checkpoint
+        self.created_runs |= {n.run for n in clean} & self.new_runs
         self._write_errors(ids, by_key)
 
     def _reload(self, it: _Item) -> np.ndarray | None:
@@ -722,7 +767,5 @@ def ingest(
             job.add(item)
     job.finish_pending()
     job.flush_all()
-    if job.new_runs:
-        stored = {r["name"] for r in db.sql("SELECT name FROM runs WHERE zoo = :z", {"z": zoo})}
-        job.report.runs_added = len(job.new_runs & stored)
+    job.report.runs_added = len(job.created_runs)
     return job.report
