@@ -1,0 +1,132 @@
+"""``wdb index build|status`` and ``wdb query nearest|novelty|relations``: thin wrappers over
+``wdb.index`` and ``wdb.query``. Imports stay inside the commands so ``wdb query nearest`` starts
+fast (no torch; FAISS only when the index is used)."""
+
+from __future__ import annotations
+
+import click
+
+from wdb.cli.common import emit, get_db, output_options
+
+
+@click.group()
+def index() -> None:
+    """FAISS indexes of the weight spaces (built on demand by queries; build them ahead here)."""
+
+
+@index.command("build")
+@click.option("--space", default=None, help="Space id or name (default: every space).")
+@click.option(
+    "--approx",
+    type=click.Choice(["ivf"]),
+    default=None,
+    help="Approximate IVF index for spaces too large for flat search; candidates are still "
+    "re-ranked exactly, and the measured recall@10 is printed.",
+)
+@click.option("--nlist", type=int, default=None, help="IVF lists (default 4·sqrt(n)).")
+@click.option(
+    "--nprobe", type=int, default=None, help="IVF lists probed per query (default nlist/8)."
+)
+@click.option("--rebuild", is_flag=True, help="Rebuild from scratch even when fresh.")
+@output_options
+def build_cmd(space, approx, nlist, nprobe, rebuild, fmt) -> None:
+    """Build or update indexes: new checkpoints are added incrementally, changed rows rebuild."""
+    from wdb.index import build
+
+    rows = build(get_db(), space, approx=approx, rebuild=rebuild, nlist=nlist, nprobe=nprobe)
+    emit(rows, fmt, title="indexes")
+
+
+@index.command("status")
+@click.option("--space", default=None, help="Space id or name (default: every space).")
+@output_options
+def status_cmd(space, fmt) -> None:
+    """Per space: fresh | stale (new checkpoints) | changed (rows rewritten) | missing."""
+    from wdb.index import status
+
+    emit(status(get_db(), space), fmt, title="indexes")
+
+
+@click.group()
+def query() -> None:
+    """Nearest neighbours and novelty (min L2, max error-set IoU) of checkpoints."""
+
+
+@query.command("nearest")
+@click.option("--run", required=True, help="Run of the query checkpoint.")
+@click.option("--step", type=int, default=None, help="Step (default: the run's last).")
+@click.option("--k", "k", type=int, default=3, show_default=True, help="Neighbours to list.")
+@click.option(
+    "--among",
+    default=None,
+    help="Reference set as a SQL filter over checkpoint_info (run, step, kind, zoo, split, ...); "
+    "default kind = 'training'. Always the query's space, never the query itself.",
+)
+@click.option(
+    "--aligned",
+    is_flag=True,
+    help="Permutation-aligned L2 (one-hidden-layer MLPs; Hungarian matching of hidden neurons). "
+    "Exact over the WHOLE reference set, not a candidate set: every reference gets a cheap lower "
+    "bound (each neuron matched to its closest), references are solved in lower-bound order, and "
+    "the search stops once the next bound exceeds the k-th exact distance.",
+)
+@click.option("--eval-set", default=None, help="Eval set for error_iou (default: best covered).")
+@output_options
+def nearest_cmd(run, step, k, among, aligned, eval_set, fmt) -> None:
+    """The k nearest checkpoints of RUN in weight space, with exact L2 distances.
+
+    FAISS proposes candidates; distances are recomputed in float64 from the stored rows and the
+    candidate set grows until the float32 error bound proves the exact top-k is inside it.
+    Columns: rank, run, step, checkpoint_id, kind, distance, the neighbour's metrics, and
+    error_iou (IoU of the two error sets where both have predictions on one eval set).
+    """
+    from wdb.query import nearest
+
+    rows = nearest(get_db(), run, step=step, k=k, among=among, aligned=aligned, eval_set=eval_set)
+    what = "aligned L2" if aligned else "L2"
+    emit(
+        rows,
+        fmt,
+        title=f"nearest to {run}" + (f" step {step}" if step is not None else "") + f" ({what})",
+    )
+
+
+@query.command("novelty")
+@click.option(
+    "--targets", required=True, help="Target checkpoints: SQL filter over checkpoint_info."
+)
+@click.option(
+    "--reference",
+    default=None,
+    help="Reference set: SQL filter over checkpoint_info (default kind = 'training'), taken in "
+    "each target's space, the target itself excluded.",
+)
+@click.option(
+    "--k", "k", type=int, default=1, show_default=True, help="Neighbours stored per target."
+)
+@click.option("--aligned", is_flag=True, help="Min distance by permutation-aligned L2 (exact).")
+@click.option("--eval-set", default=None, help="Eval set for error sets (default: best covered).")
+@click.option("--no-save", is_flag=True, help="Do not store the result in relations/similarity.")
+@output_options
+def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, fmt) -> None:
+    """Per target: min L2 to the reference set, nearest reference, max error-set IoU, accuracy.
+
+    Stored as tables (relations, neighbors, similarity; join on relation_id / checkpoint_id);
+    `wdb query relations` says which stored results are stale.
+    """
+    from wdb.query import novelty
+
+    rows = novelty(
+        get_db(), targets, reference, k=k, aligned=aligned, eval_set=eval_set, save=not no_save
+    )
+    emit(rows, fmt, title="novelty")
+
+
+@query.command("relations")
+@click.option("--id", "relation_id", type=int, default=None, help="One relation.")
+@output_options
+def relations_cmd(relation_id, fmt) -> None:
+    """Stored relations and whether each is stale (selection or predictions changed since)."""
+    from wdb.query import relation_status
+
+    emit(relation_status(get_db(), relation_id), fmt, title="relations")

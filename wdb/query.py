@@ -1,0 +1,604 @@
+"""Nearest-neighbour and novelty queries: exact L2 (or aligned L2) joined with behaviour.
+
+``nearest`` answers "which training checkpoints is this one closest to?" for one checkpoint;
+``novelty`` answers, for every checkpoint of a selection, "how far is it from the reference set
+(min L2) and how similar is its error set to the most similar reference (max IoU)?" and stores
+the answer as catalog rows (``relations`` + ``neighbors`` + ``similarity``) that users join in SQL.
+
+Exactness. FAISS (``wdb.index``) only proposes candidates. Their distances are recomputed in
+float64 from the stored rows, and the candidate set is widened (x4 per round, up to the whole
+reference set) until the float32 error bound proves that no reference outside it can be closer
+than the k-th exact distance. So every distance reported is the exact L2 and every neighbour list
+is the exact one, unless the user built an approximate index (``wdb index build --approx ivf``).
+
+Reference sets are SQL filters over the ``checkpoint_info`` view (columns checkpoint_id, run,
+step, kind, zoo, space, split, generator_run_id, ...), restricted to the query's weight space.
+The default is ``kind = 'training'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from wdb.errors import BadInput, NotFound
+
+DEFAULT_REFERENCE = "kind = 'training'"
+#: reference sets up to this size are scanned exactly without FAISS
+BRUTE_MAX = 256
+READ_BATCH = 2048
+QUERY_BATCH = 256
+
+
+@dataclass
+class RefSet:
+    """A selection of checkpoints in one space: ids (sorted), Zarr rows, and display columns."""
+
+    ids: np.ndarray
+    rows: np.ndarray
+    info: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def position(self) -> dict[int, int]:
+        return {int(i): p for p, i in enumerate(self.ids)}
+
+
+def _in_list(db, column: str, name: str = "ids") -> str:
+    if db.catalog.duckdb_file:
+        return f"{column} IN (SELECT unnest(CAST(:{name} AS BIGINT[])))"
+    return f"{column} = ANY(:{name})"
+
+
+def select(db, where: str | None, space_id: int | None = None) -> RefSet:
+    """Checkpoints matching a SQL filter over ``checkpoint_info`` (optionally in one space)."""
+    clauses = []
+    params: dict = {}
+    if space_id is not None:
+        clauses.append("space_id = :space_id")
+        params["space_id"] = int(space_id)
+    if where:
+        clauses.append(f"({where})")
+    clause = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    try:
+        info = db.sql(
+            "SELECT checkpoint_id, row, sha256, run, step, kind, space_id FROM checkpoint_info "
+            f"{clause} ORDER BY checkpoint_id",
+            params,
+        )
+    except Exception as exc:
+        mod = type(exc).__module__
+        if "duckdb" in mod or mod.startswith("sqlalchemy"):
+            msg = str(exc).splitlines()[0]
+            raise BadInput(f"selection '{where}' over checkpoint_info failed: {msg}") from None
+        raise
+    return RefSet(
+        np.array([r["checkpoint_id"] for r in info], dtype=np.int64),
+        np.array([r["row"] for r in info], dtype=np.int64),
+        info,
+    )
+
+
+def _fp(items: Sequence) -> str:
+    return hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()
+
+
+def _read(db, space, rows: np.ndarray) -> np.ndarray:
+    return db.weights_store.read(space.array_path, rows)
+
+
+# -- exact k-NN -------------------------------------------------------------------------------
+def _brute(
+    db, space, q: np.ndarray, q_ids: np.ndarray, ref: RefSet, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float64 scan of the whole reference set, streamed from Zarr."""
+    nq = q.shape[0]
+    best_d = np.full((nq, k), np.inf)
+    best_i = np.full((nq, k), -1, dtype=np.int64)
+    q64 = q.astype(np.float64)
+    for s in range(0, len(ref), READ_BATCH):
+        ids = ref.ids[s : s + READ_BATCH]
+        block = _read(db, space, ref.rows[s : s + READ_BATCH]).astype(np.float64)
+        d = np.empty((nq, len(ids)))
+        for j in range(nq):
+            diff = block - q64[j]
+            d[j] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        d[q_ids[:, None] == ids[None, :]] = np.inf
+        d = np.concatenate([best_d, d], 1)
+        i = np.concatenate([best_i, np.broadcast_to(ids, (nq, len(ids)))], 1)
+        o = np.lexsort((i, d), axis=1)[:, :k]
+        best_d, best_i = np.take_along_axis(d, o, 1), np.take_along_axis(i, o, 1)
+    best_i[~np.isfinite(best_d)] = -1
+    best_d[~np.isfinite(best_d)] = np.nan
+    return best_i, best_d
+
+
+def _fetch(db, space, ref: RefSet, pos: dict, cache: dict, ids) -> None:
+    """Read the rows of ``ids`` not yet in ``cache`` (one Zarr read)."""
+    todo = sorted({int(i) for i in ids} - cache.keys())
+    if todo:
+        rows = _read(db, space, np.array([ref.rows[pos[i]] for i in todo], dtype=np.int64))
+        cache.update(zip(todo, rows, strict=True))
+
+
+def _exact_to(cache: dict, ids: np.ndarray, q64: np.ndarray) -> np.ndarray:
+    if not len(ids):
+        return np.empty(0)
+    diff = np.stack([cache[int(i)] for i in ids]).astype(np.float64) - q64
+    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+
+
+def knn(
+    db,
+    space,
+    q_rows: np.ndarray,
+    q_ids: Sequence[int | None],
+    ref: RefSet,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Exact k nearest references (L2) of each query row, each query's own id excluded.
+
+    Returns ids ``[nq, k]`` (-1 where fewer exist), float64 distances ``[nq, k]`` (nan there),
+    and info (index version, whether approximate, candidates examined).
+    """
+    from wdb.index import ensure, error_bound
+
+    q_rows = np.atleast_2d(q_rows)
+    nq = q_rows.shape[0]
+    qid = np.array([-1 if i is None else int(i) for i in q_ids], dtype=np.int64)
+    k = max(1, int(k))
+    if nq > QUERY_BATCH:  # bounded memory: the row cache holds one batch's candidates
+        parts = [
+            knn(db, space, q_rows[s : s + QUERY_BATCH], list(q_ids[s : s + QUERY_BATCH]), ref, k)
+            for s in range(0, nq, QUERY_BATCH)
+        ]
+        info = dict(parts[-1][2], rounds=max(p[2]["rounds"] for p in parts))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), info
+    if len(ref) <= BRUTE_MAX:
+        ids, dist = _brute(db, space, q_rows, qid, ref, k)
+        return ids, dist, {"index_version": "scan", "approximate": False, "rounds": 0}
+    idx = ensure(db, space)
+    pos = ref.position()
+    qc = idx.centre(q_rows)
+    bound = error_bound(
+        np.sqrt(np.einsum("ij,ij->i", qc, qc, dtype=np.float64)),
+        float(np.sqrt(idx.meta["r2max"])),
+        space.n_params,
+    )
+    in_ref = np.isin(qid, ref.ids)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    out_d = np.full((nq, k), np.nan)
+    pending = np.arange(nq)
+    kp = max(4 * k, 32)
+    rounds = 0
+    cache: dict[int, np.ndarray] = {}
+    q64 = q_rows.astype(np.float64)
+    while len(pending):
+        rounds += 1
+        want = min(kp + 1, len(ref))
+        approx_d, cand = idx.search(qc[pending], want, among=ref.ids)
+        lists = []
+        for r, qi in enumerate(pending):
+            keep = (cand[r] >= 0) & (cand[r] != qid[qi])
+            lists.append((cand[r][keep][:kp], approx_d[r][keep][:kp].astype(np.float64)))
+        # Read lazily: the first k+2 candidates give an upper bound on the k-th exact distance;
+        # only candidates whose approximate distance minus the error bound is below it can be
+        # in the top k, so only those rows are read (typically a handful, not kp).
+        first = [c[: k + 2] for c, _ in lists]
+        _fetch(db, space, ref, pos, cache, np.concatenate(first) if first else [])
+        prefix = []
+        for (c_ids, c_ad), qi in zip(lists, pending, strict=True):
+            ex = _exact_to(cache, c_ids[: k + 2], q64[qi])
+            dk2 = np.sort(ex)[k - 1] ** 2 if len(ex) >= k else np.inf
+            prefix.append(max(k + 2, int(np.searchsorted(c_ad - bound[qi], dk2, side="right"))))
+        more = [c[:m] for (c, _), m in zip(lists, prefix, strict=True)]
+        _fetch(db, space, ref, pos, cache, np.concatenate(more) if more else [])
+        still = []
+        for (c_ids, _), m, qi in zip(lists, prefix, pending, strict=True):
+            ids_m = c_ids[:m]
+            exact = _exact_to(cache, ids_m, q64[qi])
+            o = np.lexsort((ids_m, exact))[:k]
+            n_avail = len(ref) - int(in_ref[qi])
+            done = (
+                idx.approximate
+                or m < len(c_ids)  # stopped by the bound: proven exact
+                or len(c_ids) >= n_avail
+                or len(c_ids) < kp
+            )
+            if done:
+                out_i[qi, : len(o)] = ids_m[o]
+                out_d[qi, : len(o)] = exact[o]
+            else:
+                still.append(qi)
+        pending = np.array(still, dtype=np.int64)
+        kp *= 4
+        if len(pending) and kp + 1 >= len(ref):
+            ids, dist = _brute(db, space, q_rows[pending], qid[pending], ref, k)
+            out_i[pending], out_d[pending] = ids, dist
+            break
+    info = {"index_version": idx.version, "approximate": idx.approximate, "rounds": rounds}
+    if idx.approximate:
+        info["recall"] = idx.meta.get("recall")
+    return out_i, out_d, info
+
+
+def aligned_knn(
+    db, space, q_rows: np.ndarray, q_ids: Sequence[int | None], ref: RefSet, k: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Exact k nearest references by permutation-aligned L2 over the whole reference set."""
+    from wdb.align import AlignedSearch, neuron_layout
+
+    nl = neuron_layout(space.layout)
+    q_rows = np.atleast_2d(q_rows)
+    nq = q_rows.shape[0]
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    out_d = np.full((nq, k), np.nan)
+    pos = ref.position()
+    search = AlignedSearch(_read(db, space, ref.rows), nl)
+    solved = 0
+    for j in range(nq):
+        ex = pos.get(-1 if q_ids[j] is None else int(q_ids[j]), -1)
+        res = search.knn(q_rows[j], k, exclude=ex)
+        out_i[j, : len(res.index)] = ref.ids[res.index]
+        out_d[j, : len(res.index)] = res.distance
+        solved += res.solved
+    info = {"index_version": "aligned-scan", "approximate": False, "hungarian_solved": solved}
+    return out_i, out_d, info
+
+
+# -- metrics and error sets -------------------------------------------------------------------
+def _metrics(db, ids: Sequence[int]) -> list[dict]:
+    ids = sorted({int(i) for i in ids})
+    if not ids:
+        return []
+    return db.sql(
+        "SELECT m.checkpoint_id, m.name, m.value, m.eval_set_id, e.name AS eval_set, e.split "
+        "FROM metrics m JOIN eval_sets e ON e.id = m.eval_set_id WHERE "
+        + _in_list(db, "m.checkpoint_id"),
+        {"ids": ids},
+    )
+
+
+def pick_metrics(rows: list[dict], ids: Sequence[int]) -> tuple[dict[int, dict], dict[str, str]]:
+    """One eval set per metric name: the one covering most of ``ids``, computed before reported.
+
+    Mixing eval sets within one column would compare numbers measured on different data.
+    """
+    by_name: dict[str, dict[int, list[dict]]] = {}
+    for r in rows:
+        by_name.setdefault(r["name"], {}).setdefault(r["eval_set_id"], []).append(r)
+    values: dict[int, dict] = {int(i): {} for i in ids}
+    chosen: dict[str, str] = {}
+    for name in sorted(by_name):
+        sets = by_name[name]
+
+        def score(es: int, sets=sets) -> tuple:
+            rs = sets[es]
+            reported = rs[0]["split"] == "reported"
+            return (-len({r["checkpoint_id"] for r in rs}), reported, es)
+
+        es = min(sets, key=score)
+        chosen[name] = sets[es][0]["eval_set"]
+        for r in sets[es]:
+            if int(r["checkpoint_id"]) in values:
+                values[int(r["checkpoint_id"])][name] = r["value"]
+    return values, chosen
+
+
+def _output_sets(db, ids: Sequence[int]) -> dict[int, set[int]]:
+    """eval_set_id -> checkpoints (among ``ids``) that have predictions or error masks there."""
+    ids = sorted({int(i) for i in ids})
+    if not ids:
+        return {}
+    rows = db.sql(
+        "SELECT eval_set_id, checkpoint_id FROM predictions WHERE "
+        + _in_list(db, "checkpoint_id")
+        + " AND (array_path LIKE 'predictions/%' OR array_path LIKE 'errors/%')",
+        {"ids": ids},
+    )
+    out: dict[int, set[int]] = {}
+    for r in rows:
+        out.setdefault(int(r["eval_set_id"]), set()).add(int(r["checkpoint_id"]))
+    return out
+
+
+def _pick_eval_set(
+    sets: dict[int, set[int]], must: Sequence[int], others: Sequence[int]
+) -> int | None:
+    """The eval set where most of ``must`` (then of ``others``) have outputs."""
+    best, key = None, None
+    must_s, others_s = set(must), set(others)
+    for es, have in sets.items():
+        k = (len(have & must_s), len(have & others_s), -es)
+        if k[0] and k[1] and (key is None or k > key):
+            best, key = es, k
+    return best
+
+
+def _eval_set_id(db, key: int | str | None) -> int | None:
+    if key is None:
+        return None
+    from wdb.outputs import eval_set
+
+    return int(eval_set(db, key)["id"])
+
+
+# -- nearest ----------------------------------------------------------------------------------
+def nearest(
+    db,
+    run: str,
+    step: int | None = None,
+    k: int = 3,
+    among: str | None = None,
+    aligned: bool = False,
+    eval_set: int | str | None = None,
+) -> list[dict]:
+    """The k nearest checkpoints of ``run`` (its last step unless ``step``), exact.
+
+    Reference set: ``among`` (SQL over ``checkpoint_info``), default training checkpoints, always
+    in the query's weight space and without the query itself. Each row: rank, run, step,
+    checkpoint_id, kind, distance (exact L2, or exact aligned L2 with ``aligned``), the
+    neighbour's metrics (one eval set per metric name), and ``error_iou`` of the two error sets
+    where both have predictions on the same eval set (``eval_set`` forces which).
+    """
+    if k < 1:
+        raise BadInput(f"k must be at least 1, not {k}")
+    with db.catalog.reading():
+        return _nearest(db, run, step, k, among, aligned, eval_set)
+
+
+def _nearest(db, run, step, k, among, aligned, eval_set) -> list[dict]:
+    q = db.checkpoint(run, step)
+    space = db.space(int(q["space_id"]))
+    ref = select(db, among or DEFAULT_REFERENCE, space.id)
+    if not len(ref):
+        raise NotFound(
+            f"no reference checkpoints in space '{space.name}' match '{among or DEFAULT_REFERENCE}'"
+        )
+    qid = int(q["checkpoint_id"])
+    q_row = _read(db, space, np.array([q["row"]], dtype=np.int64))
+    engine = aligned_knn if aligned else knn
+    ids, dist, _info = engine(db, space, q_row, [qid], ref, k)
+    pos = ref.position()
+    found = [(int(i), float(d)) for i, d in zip(ids[0], dist[0], strict=True) if i >= 0]
+    nb_ids = [i for i, _ in found]
+    values, _ = pick_metrics(_metrics(db, nb_ids), nb_ids)
+    iou: dict[int, float] = {}
+    sets = _output_sets(db, [qid, *nb_ids])
+    es = _eval_set_id(db, eval_set)
+    if es is None:
+        es = _pick_eval_set(sets, [qid], nb_ids)
+    if es is not None and qid in sets.get(es, set()):
+        from wdb.outputs import error_masks
+        from wdb.similarity import iou_matrix
+
+        have = [i for i in nb_ids if i in sets[es]]
+        if have:
+            masks = error_masks(db, [qid, *have], es)
+            vals = iou_matrix(masks[:1], masks[1:])[0]
+            iou = {i: float(v) for i, v in zip(have, vals, strict=True)}
+    out = []
+    for rank, (cid, d) in enumerate(found, 1):
+        info = ref.info[pos[cid]]
+        row = {
+            "rank": rank,
+            "run": info["run"],
+            "step": info["step"],
+            "checkpoint_id": cid,
+            "kind": info["kind"],
+            "distance": d,
+        }
+        row.update(values.get(cid, {}))
+        row["error_iou"] = iou.get(cid)
+        out.append(row)
+    return out
+
+
+# -- novelty ----------------------------------------------------------------------------------
+def _reference_fingerprint(db, ref: RefSet, eval_set_id: int | None) -> str:
+    parts = [f"{i}:{r}:{x['sha256']}" for i, r, x in zip(ref.ids, ref.rows, ref.info, strict=True)]
+    if eval_set_id is not None and len(ref):
+        preds = db.sql(
+            "SELECT checkpoint_id, array_path, row FROM predictions WHERE eval_set_id = :e AND "
+            + _in_list(db, "checkpoint_id")
+            + " ORDER BY checkpoint_id, array_path",
+            {"e": eval_set_id, "ids": [int(i) for i in ref.ids]},
+        )
+        parts += [f"p{p['checkpoint_id']}:{p['array_path']}:{p['row']}" for p in preds]
+    return _fp(parts)
+
+
+def novelty(
+    db,
+    targets: str,
+    reference: str | None = None,
+    k: int = 1,
+    aligned: bool = False,
+    eval_set: int | str | None = None,
+    save: bool = True,
+) -> list[dict]:
+    """Per target: min L2 to the reference set, nearest reference, max error-set IoU, accuracy.
+
+    ``targets`` and ``reference`` are SQL filters over ``checkpoint_info``; the reference set is
+    taken in each target's weight space (default ``kind = 'training'``), the target itself
+    excluded. ``aligned`` uses permutation-aligned L2 (one-hidden-layer MLPs). The error-set eval
+    set is ``eval_set`` or the one where most targets have predictions. With ``save`` the result
+    is stored as one ``relations`` row per space (kind 'novelty', with the selections, the
+    reference fingerprint, index version and time), its ``neighbors`` (k per target) and
+    ``similarity`` rows; ``relation_status`` tells whether it is still current. Rows carry
+    ``relation_id``.
+    """
+    with db.catalog.reading():
+        return _novelty(db, targets, reference, k, aligned, eval_set, save)
+
+
+def _novelty(db, targets, reference, k, aligned, eval_set, save) -> list[dict]:
+    tgt = select(db, targets)
+    if not len(tgt):
+        raise NotFound(f"no checkpoints match targets '{targets}'")
+    ref_sql = reference or DEFAULT_REFERENCE
+    forced_es = _eval_set_id(db, eval_set)
+    out: list[dict] = []
+    by_space: dict[int, list[int]] = {}
+    for p, info in enumerate(tgt.info):
+        by_space.setdefault(int(info["space_id"]), []).append(p)
+    for space_id, picks in sorted(by_space.items()):
+        space = db.space(space_id)
+        t0 = time.time()
+        t_ids = tgt.ids[picks]
+        t_info = [tgt.info[p] for p in picks]
+        ref = select(db, ref_sql, space_id)
+        q_rows = _read(db, space, tgt.rows[picks])
+        if len(ref):
+            engine = aligned_knn if aligned else knn
+            nn_ids, nn_d, info = engine(db, space, q_rows, list(t_ids), ref, k)
+        else:
+            nn_ids = np.full((len(picks), k), -1, dtype=np.int64)
+            nn_d = np.full((len(picks), k), np.nan)
+            info = {"index_version": None, "approximate": False}
+        # error sets
+        sets = _output_sets(db, [*t_ids.tolist(), *ref.ids.tolist()])
+        es = forced_es if forced_es is not None else _pick_eval_set(sets, t_ids, ref.ids)
+        max_iou = np.full(len(picks), np.nan)
+        max_id = np.full(len(picks), -1, dtype=np.int64)
+        if es is not None and sets.get(es):
+            from wdb.outputs import error_masks
+            from wdb.similarity import max_iou as engine_iou
+
+            have_t = [j for j, i in enumerate(t_ids) if int(i) in sets[es]]
+            have_r = [int(i) for i in ref.ids if int(i) in sets[es]]
+            if have_t and have_r:
+                r_pos = {i: j for j, i in enumerate(have_r)}
+                tm = error_masks(db, [int(t_ids[j]) for j in have_t], es)
+                rm = error_masks(db, have_r, es)
+                exclude = np.array([r_pos.get(int(t_ids[j]), -1) for j in have_t])
+                best, arg = engine_iou(tm, rm, exclude)
+                max_iou[have_t] = best
+                max_id[have_t] = np.where(arg >= 0, np.array(have_r)[np.maximum(arg, 0)], -1)
+        mvals, chosen = pick_metrics(_metrics(db, t_ids), t_ids)
+        if es is not None:  # accuracy on the same eval set as the error sets when it exists
+            acc_rows = [
+                r for r in _metrics(db, t_ids) if r["eval_set_id"] == es and r["name"] == "accuracy"
+            ]
+            for r in acc_rows:
+                mvals[int(r["checkpoint_id"])]["accuracy"] = r["value"]
+        metric = ("aligned_l2" if aligned else "l2") + ("+error_iou" if es is not None else "")
+        rel = {
+            "kind": "novelty",
+            "metric": metric,
+            "space_id": space_id,
+            "target_selection": targets,
+            "reference_selection": ref_sql,
+            "reference_fingerprint": _reference_fingerprint(db, ref, es),
+            "index_version": info.get("index_version"),
+            "params": json.dumps(
+                {
+                    "k": k,
+                    "aligned": aligned,
+                    "eval_set_id": es,
+                    "n_targets": len(picks),
+                    "n_reference": len(ref),
+                    "target_fingerprint": _fp(
+                        [f"{i}:{x['sha256']}" for i, x in zip(t_ids, t_info, strict=True)]
+                    ),
+                    "approximate": bool(info.get("approximate")),
+                    "seconds": round(time.time() - t0, 3),
+                },
+                sort_keys=True,
+            ),
+        }
+        rows = []
+        for j, (cid, ti) in enumerate(zip(t_ids, t_info, strict=True)):
+            nid = int(nn_ids[j, 0])
+            rows.append(
+                {
+                    "checkpoint_id": int(cid),
+                    "run": ti["run"],
+                    "step": ti["step"],
+                    "kind": ti["kind"],
+                    "min_l2": None if nid < 0 else float(nn_d[j, 0]),
+                    "nearest_id": None if nid < 0 else nid,
+                    "max_iou": None if max_id[j] < 0 else float(max_iou[j]),
+                    "max_iou_id": None if max_id[j] < 0 else int(max_id[j]),
+                    "accuracy": mvals.get(int(cid), {}).get("accuracy"),
+                }
+            )
+        rid = _save(db, rel, rows, nn_ids, nn_d) if save else None
+        for r in rows:
+            r["relation_id"] = rid
+        out.extend(rows)
+    return out
+
+
+def _save(db, rel: dict, rows: list[dict], nn_ids: np.ndarray, nn_d: np.ndarray) -> int:
+    """One short write transaction: the relation row, its neighbours, its similarity rows."""
+    from wdb.schema import neighbors, relations, similarity
+
+    nb = [
+        {
+            "checkpoint_id": r["checkpoint_id"],
+            "rank": rank + 1,
+            "neighbor_id": int(nn_ids[j, rank]),
+            "distance": float(nn_d[j, rank]),
+        }
+        for j, r in enumerate(rows)
+        for rank in range(nn_ids.shape[1])
+        if nn_ids[j, rank] >= 0
+    ]
+    cols = ("checkpoint_id", "min_l2", "nearest_id", "max_iou", "max_iou_id", "accuracy")
+    with db.write_lock(), db.catalog.begin() as conn:
+        rid = int(
+            conn.execute(relations.insert().values(**rel).returning(relations.c.id)).scalar_one()
+        )
+        if nb:
+            conn.execute(neighbors.insert(), [dict(d, relation_id=rid) for d in nb])
+        conn.execute(
+            similarity.insert(), [{"relation_id": rid, **{c: r[c] for c in cols}} for r in rows]
+        )
+    return rid
+
+
+def relation_status(db, relation_id: int | None = None) -> list[dict]:
+    """Whether stored relations are current: targets and reference set (and their predictions)
+    re-selected now and fingerprinted as when computed. ``stale`` says why when they differ."""
+    where = "WHERE id = :id" if relation_id is not None else ""
+    rels = db.sql(
+        f"SELECT * FROM relations {where} ORDER BY id", {"id": relation_id} if where else None
+    )
+    if relation_id is not None and not rels:
+        raise NotFound(f"relation {relation_id} not found")
+    out = []
+    for rel in rels:
+        params = json.loads(rel["params"] or "{}")
+        reasons = []
+        ref = select(db, rel["reference_selection"], rel["space_id"])
+        if (
+            _reference_fingerprint(db, ref, params.get("eval_set_id"))
+            != rel["reference_fingerprint"]
+        ):
+            reasons.append("reference set or its predictions changed")
+        if "target_fingerprint" in params:
+            tgt = select(db, rel["target_selection"], rel["space_id"])
+            fp = _fp([f"{i}:{x['sha256']}" for i, x in zip(tgt.ids, tgt.info, strict=True)])
+            if fp != params["target_fingerprint"]:
+                reasons.append("target selection changed")
+        out.append(
+            {
+                "relation_id": rel["id"],
+                "kind": rel["kind"],
+                "metric": rel["metric"],
+                "space_id": rel["space_id"],
+                "targets": rel["target_selection"],
+                "reference": rel["reference_selection"],
+                "created_at": rel["created_at"],
+                "stale": bool(reasons),
+                "why": "; ".join(reasons) or None,
+            }
+        )
+    return out
