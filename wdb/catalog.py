@@ -47,6 +47,7 @@ class Catalog:
         if url.startswith("duckdb:///"):
             self.duckdb_file = url.removeprefix("duckdb:///")
         self._engine = None
+        self._reader = None  # a read-only duckdb connection held by ``reading()``
 
     # -- connections -------------------------------------------------------------------------
     @property
@@ -74,8 +75,29 @@ class Catalog:
                 time.sleep(0.2)
 
     @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Share one read-only connection among the reads of a short block (each DuckDB connect
+        costs ~20-40 ms; ``wdb query nearest`` makes several reads within its 1 s budget).
+        A write (``begin``) inside the block closes it first; later reads reconnect."""
+        if self.duckdb_file is None or self._reader is not None:
+            yield
+            return
+        import duckdb
+
+        self._reader = self._retry(lambda: duckdb.connect(self.duckdb_file, read_only=True))
+        try:
+            yield
+        finally:
+            if self._reader is not None:
+                self._reader.close()
+            self._reader = None
+
+    @contextlib.contextmanager
     def begin(self) -> Iterator[Any]:
         """A write transaction (SQLAlchemy Connection); commits on success, rolls back on error."""
+        if self._reader is not None:  # same file, different configuration: release it first
+            self._reader.close()
+            self._reader = None
         conn = self._retry(self.engine.connect)
         try:
             with conn.begin():
@@ -93,13 +115,15 @@ class Catalog:
         if self.duckdb_file is not None:
             import duckdb
 
-            con = self._retry(lambda: duckdb.connect(self.duckdb_file, read_only=True))
+            held = self._reader
+            con = held or self._retry(lambda: duckdb.connect(self.duckdb_file, read_only=True))
             try:
                 cur = con.execute(_PARAM.sub(r"$\1", sql), params or None)
                 cols = [d[0] for d in cur.description] if cur.description else []
                 return cols, cur.fetchall() if cols else []
             finally:
-                con.close()
+                if held is None:
+                    con.close()
         import sqlalchemy as sa
 
         with self.engine.connect() as conn:
