@@ -1,0 +1,137 @@
+"""G.pt: shapes, seeds, prompting, conditioning fallback, lineage through `wdb generate`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from generators import gpt
+from wdb import generate as G
+from wdb.db import NewCheckpoint
+from wdb.tasks import get
+
+TINY = {"size": "small", "width": 16, "train_steps": 6, "diffusion_steps": 12, "batch": 8}
+
+
+def _layout():
+    return get("mnist-mlp").layout()
+
+
+def _space(layout):
+    return type("S", (), {"layout": layout, "id": 7, "name": "s", "n_params": layout.n_params})()
+
+
+def synthetic(runs=4, steps=3, seed=0, metrics=("loss",), offset=0):
+    """``runs`` x ``steps`` checkpoints per run drifting from an init, loss falling with step."""
+    layout = _layout()
+    rng = np.random.default_rng(seed)
+    rows, info, loss = [], [], []
+    for r in range(runs):
+        base = rng.normal(0, 0.03, layout.n_params)
+        for s in range(steps):
+            rows.append(base + 0.02 * s)
+            info.append({"run": f"r{r + offset}", "step": s * 10, "zoo": "toy", "split": "train"})
+            loss.append(2.3 - 0.5 * s)
+    m = {}
+    if "loss" in metrics:
+        m["loss"] = np.array(loss)
+    if "accuracy" in metrics:
+        m["accuracy"] = 1 - np.array(loss) / 3
+    ids = np.arange(100 + offset * steps, 100 + offset * steps + len(rows))
+    W = np.asarray(rows, dtype=np.float32)
+    return G.TrainingSet(ids, W, _space(layout), info, m, {}, "synthetic")
+
+
+def fit_sample(ts, n=5, seed=0, load=None, **over):
+    cfg = G.resolve_config(gpt, {**TINY, **over})
+    state = gpt.fit(ts, cfg, seed)
+    return state, gpt.sample(state, ts, n, cfg, seed, load), cfg
+
+
+def test_shapes_scale_and_determinism():
+    ts = synthetic()
+    state, (s,), cfg = fit_sample(ts, n=5)
+    assert s.kind == "generated" and s.rows.shape == (5, 7960) and s.rows.dtype == np.float32
+    assert np.isfinite(s.rows).all() and len(s.info) == 5
+    assert cfg["weight_scale"] == pytest.approx(0.538 / ts.weights.std(), rel=1e-5)
+    assert float(state["norm.scale"]) == pytest.approx(cfg["weight_scale"], rel=1e-6)
+    assert cfg["condition_used"] == "loss" and cfg["augment_used"] is True
+    # no loader: the earliest checkpoint of each run is the prompt
+    assert {i["prompt_checkpoint"] for i in s.info} <= set(ts.ids[::3].tolist())
+    _, (again,), _ = fit_sample(ts, n=5)
+    np.testing.assert_array_equal(again.rows, s.rows)
+    _, (other,), _ = fit_sample(ts, n=5, seed=1)
+    assert not np.allclose(other.rows, s.rows)
+
+
+def test_untrained_model_returns_its_prompts():
+    """Output projections start at zero, so the x0 prediction is the start: DDPM ends on it."""
+    ts = synthetic()
+    prompts = synthetic(runs=2, seed=5, offset=10)
+    called = []
+
+    def load(where):
+        called.append(where)
+        return prompts
+
+    _, (s,), cfg = fit_sample(ts, n=4, load=load, train_steps=0)
+    assert "split = 'test' AND step = 0" in called[0] and cfg["prompt_used"] == called[0]
+    src = np.array([i["prompt_checkpoint"] for i in s.info])
+    assert set(src) <= set(prompts.ids.tolist())
+    expected = prompts.weights[np.searchsorted(prompts.ids, src)]
+    np.testing.assert_allclose(s.rows, expected, atol=1e-5)
+    assert all(i["target_loss"] == 0.0 for i in s.info)
+
+
+def test_condition_falls_back_to_error_then_none():
+    values, name = gpt.condition(synthetic(metrics=("accuracy",)))
+    assert name == "error" and np.all((values >= 0) & (values <= 1))
+    ts = synthetic(metrics=())
+    _, (s,), cfg = fit_sample(ts, n=2, augment_permutations=False)
+    assert gpt.condition(ts)[1] == "none" and cfg["condition_used"] == "none"
+    assert cfg["augment_used"] is False and s.rows.shape == (2, 7960)
+
+
+def test_generate_writes_lineage_and_reloads(db):
+    layout = _layout()
+    space = db.ensure_space(layout)
+    rng = np.random.default_rng(0)
+    items = []
+    for r in range(5):
+        base = rng.normal(0, 0.03, layout.n_params).astype(np.float32)
+        split = "test" if r == 4 else "train"
+        for s in range(3):
+            items.append(
+                NewCheckpoint(
+                    run=f"toy-{r}",
+                    step=s,
+                    row=base + 0.01 * s,
+                    zoo="toy",
+                    split=split,
+                    metrics={"loss": 2.3 - 0.5 * s},
+                    run_config={"task": "mnist-mlp", "seed": r},
+                )
+            )
+    db._commit(space, items)
+    rep = G.generate(
+        db, "gpt", train="zoo = 'toy' AND split = 'train'", n=3, overrides=dict(TINY), seed=2
+    )
+    assert rep.status == "done" and len(rep.runs) == 3 and rep.model_checkpoint_id is not None
+    test_init = db.checkpoints("run = 'toy-4' AND step = 0")[0]["checkpoint_id"]
+    runs = db.sql(
+        "SELECT r.config, g.train_ids, g.config AS gconfig FROM runs r "
+        "JOIN generator_runs g ON g.id = r.generator_run_id WHERE g.id = :g AND r.name NOT LIKE 'genmodel%'",
+        {"g": rep.generator_run_id},
+    )
+    assert len(runs) == 3
+    for r in runs:
+        cfg = json.loads(r["config"])
+        assert cfg["prompt_checkpoint"] == test_init and cfg["task"] == "mnist-mlp"
+    assert len(json.loads(runs[0]["train_ids"])) == 12
+    gcfg = json.loads(runs[0]["gconfig"])
+    assert gcfg["weight_scale"] > 0 and "split = 'test'" in gcfg["prompt_used"]
+    first = db.weights([x["checkpoint_id"] for x in rep.runs])
+    again = G.generate(db, "gpt", n=3, seed=2, from_run=rep.generator_run_id)
+    np.testing.assert_array_equal(db.weights([x["checkpoint_id"] for x in again.runs]), first)
