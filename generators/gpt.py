@@ -126,7 +126,11 @@ class GPT(nn.Module):
         s = self.scalar_scale
         values = [t.float(), (target_loss - cur_loss) * s, target_loss * s, cur_loss * s]
         scal = torch.stack(
-            [f(timestep_embedding(v, self.width)) for f, v in zip(self.scalars, values)], dim=1
+            [
+                f(timestep_embedding(v, self.width))
+                for f, v in zip(self.scalars, values, strict=True)
+            ],
+            dim=1,
         )
         tokens = torch.cat([self.target.encode(x_t), self.start.encode(start), scal], dim=1)
         h = self.encoder(tokens)

@@ -64,7 +64,9 @@ class TokenCodec(nn.Module):
                 nn.init.zeros_(lin.bias)
 
     def encode(self, row: torch.Tensor) -> torch.Tensor:
-        return torch.stack([f(row[:, a:b]) for f, (a, b) in zip(self.enc, self.slices)], dim=1)
+        return torch.stack(
+            [f(row[:, a:b]) for f, (a, b) in zip(self.enc, self.slices, strict=True)], dim=1
+        )
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         assert self.dec is not None
