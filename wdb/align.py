@@ -93,8 +93,8 @@ def split(rows: np.ndarray, nl: NeuronLayout) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``[n, D]`` -> (neurons ``[n, H, F]``, rest ``[n, R]``) in float64."""
     rows = np.asarray(rows)
     return (
-        rows[:, nl.unit_cols].astype(np.float64),
-        rows[:, nl.rest_cols].astype(np.float64),
+        np.ascontiguousarray(rows[:, nl.unit_cols], dtype=np.float64),
+        np.ascontiguousarray(rows[:, nl.rest_cols], dtype=np.float64),
     )
 
 

@@ -364,7 +364,15 @@ def _nearest(db, run, step, k, among, aligned, eval_set) -> list[dict]:
     qid = int(q["checkpoint_id"])
     q_row = _read(db, space, np.array([q["row"]], dtype=np.int64))
     engine = aligned_knn if aligned else knn
-    ids, dist, _info = engine(db, space, q_row, [qid], ref, k)
+    ids, dist, info = engine(db, space, q_row, [qid], ref, k)
+    if info.get("approximate"):
+        import sys
+
+        print(
+            f"note: approximate index ({info['index_version']}, measured recall@10 "
+            f"{info.get('recall')}): neighbours may be missed; distances are exact",
+            file=sys.stderr,
+        )
     pos = ref.position()
     found = [(int(i), float(d)) for i, d in zip(ids[0], dist[0], strict=True) if i >= 0]
     nb_ids = [i for i, _ in found]
