@@ -53,7 +53,22 @@ def timed(fn) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument(
+        "--codec",
+        choices=["store", "lz4", "zstd1"],
+        default="store",
+        help="compress with the store's codec, or (to measure the alternative) Blosc lz4/zstd1",
+    )
     args = ap.parse_args()
+    if args.codec != "store":
+        from zarr.codecs import BloscCodec
+
+        from wdb import store
+
+        cname, level = ("lz4", 5) if args.codec == "lz4" else ("zstd", 1)
+        store._compressor = lambda dt: BloscCodec(
+            cname=cname, clevel=level, shuffle="bitshuffle", typesize=dt.itemsize
+        )
     torch.set_num_threads(1)
     os.environ.setdefault("WDB_PROGRESS", "0")
     import wdb
@@ -79,7 +94,7 @@ def main() -> None:
         t_again = timed(lambda: db.ingest(zoo))
         cli = Path(sys.executable).with_name("wdb")
         t_cli = None
-        if cli.exists():
+        if cli.exists() and args.codec == "store":
             wdb.open(tmp / "db_cli")
             t = time.perf_counter()
             proc = subprocess.run(

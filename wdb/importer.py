@@ -407,6 +407,7 @@ class _Ingest:
         self.run_zoo: dict[str, str | None] = {}
         self.new_runs: set[str] = set()
         self.created_runs: set[str] = set()
+        self.layout_cache: dict[tuple, Layout] = {}
 
     # ---- skipping
     def skip(self, source: str, reason: str) -> None:
@@ -426,7 +427,10 @@ class _Ingest:
                 row = _check_row(layout, row)
             else:
                 arrays, dtypes = normalise(f.load())
-                layout = Layout.from_arrays(arrays, dtypes)
+                key = tuple((k, a.shape, dtypes[k]) for k, a in arrays.items())
+                layout = self.layout_cache.get(key)
+                if layout is None:
+                    layout = self.layout_cache[key] = Layout.from_arrays(arrays, dtypes)
                 row = layout.flatten(arrays)
         except WdbError as exc:
             self.skip(f.source, str(exc))
