@@ -18,6 +18,7 @@ demo: setup
 	$(VENV)/bin/wdb --db demo-out/db demo
 
 test: setup
+	-sh tests/install_chromium.sh  # headless Chromium for the report test (skips if impossible)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
