@@ -1,0 +1,328 @@
+"""``wdb demo`` and ``wdb reproduce METHOD``: the whole study, end to end, on a laptop.
+
+For each method (Hyper-Representations, G.pt, HyperDiffusion, P-diff): train its zoo
+(``wdb zoo train``), ingest it, evaluate it, fit the generator on the zoo's training selection and
+sample, draw the paper's baselines in the same weight space, evaluate the samples, and run the
+``memorization`` analysis; then the experiments that fit the time budget and one report.
+
+Every step first checks whether its output already exists (a zoo in the catalog, a finished
+generator run with the same method + training selection + size, a baseline with the same σ, an
+analysis record for the same generator run) and skips it, so a rerun after an interruption
+continues where it stopped. A method whose task or generator module is missing, or that fails,
+is reported and skipped; the rest continues.
+
+Sizes (``PLANS``): ``demo`` is tuned to finish all four methods in ≲ 15 minutes on 2 cores —
+small zoos with more runs than ``--size small``, generators at ``size=small`` with more steps;
+``quick`` is the tiny version the tests run; ``default`` uses the CPU-scale defaults of METHODS.md
+(about 5 minutes per zoo and per generator).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wdb.errors import NotFound, WdbError
+
+ORDER = ("hyperrep", "gpt", "hyperdiffusion", "pdiff")
+TASKS = {
+    "hyperrep": "mnist-cnn",
+    "gpt": "mnist-mlp",
+    "hyperdiffusion": "shapes-occupancy",
+    "pdiff": "mnist-bn",
+}
+#: paper σ per method (METHODS.md / generators.baselines); G.pt's are in its normalised space
+NOISE = {
+    "hyperrep": dict(sigmas=(0.02, 0.04), select="top"),
+    "gpt": dict(sigmas=(0.05, 0.1), select="final", ref_std=0.538),
+    "hyperdiffusion": dict(sigmas=(0.02, 0.04), select="final"),
+    "pdiff": dict(sigmas=(0.06, 0.12), select="all"),
+}
+
+
+@dataclass
+class Plan:
+    """Sizes for one method: zoo (size, runs) and generator (overrides, samples)."""
+
+    zoo_size: str
+    zoo_runs: int | None
+    gen: dict[str, Any]
+    n: int
+    n_baseline: int
+    options: dict[str, dict] = field(default_factory=dict)  # analysis options (engine.run)
+
+
+QUICK = {"boundary": {"grid": 48}}
+PLANS: dict[str, dict[str, Plan]] = {
+    "quick": {
+        "hyperrep": Plan("small", 8, {"size": "small"}, 8, 10, QUICK),
+        "gpt": Plan("small", 12, {"size": "small"}, 8, 10, QUICK),
+        "hyperdiffusion": Plan("small", 6, {"size": "small"}, 4, 4, QUICK),
+        "pdiff": Plan("small", None, {"size": "small"}, 8, 10, QUICK),
+    },
+    "demo": {
+        "hyperrep": Plan("small", 40, {"size": "small", "steps": 400}, 50, 50),
+        "gpt": Plan("small", 60, {"size": "small", "train_steps": 600}, 40, 50),
+        "hyperdiffusion": Plan("small", 24, {"size": "small"}, 12, 12),
+        "pdiff": Plan(
+            "default", None, {"size": "small", "ae_steps": 600, "ddpm_steps": 600}, 100, 100
+        ),
+    },
+    "default": {
+        m: Plan(
+            "default", None, {"size": "default"}, 200 if m in ("hyperrep", "pdiff") else 100, 100
+        )
+        for m in ORDER
+    },
+}
+
+
+@dataclass
+class Log:
+    """Progress lines on stderr with the elapsed time; the outcome per method."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    outcome: dict[str, str] = field(default_factory=dict)
+    quiet: bool = False
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            s = int(time.perf_counter() - self.t0)
+            print(f"[demo {s // 60:02d}:{s % 60:02d}] {msg}", file=sys.stderr, flush=True)
+
+
+def _zoo_name(task: str, size: str, seed: int = 0) -> str:
+    from wdb.tasks.base import zoo_name
+
+    return zoo_name(task, size, seed)
+
+
+def ensure_zoo(db, method: str, plan: Plan, work: Path, log: Log) -> str:
+    """Train + ingest + evaluate the method's zoo unless the catalog already has it."""
+    import wdb.tasks
+
+    task_name = TASKS[method]
+    task = wdb.tasks.get(task_name)
+    zoo = _zoo_name(task_name, plan.zoo_size)
+    have = db.sql("SELECT count(*) AS n FROM checkpoint_info WHERE zoo = :z", {"z": zoo})[0]["n"]
+    if not have:
+        folder = work / "zoos" / zoo
+        if not (folder / "zoo.json").exists():
+            log(
+                f"{method}: training zoo {task_name} ({plan.zoo_size}, runs={plan.zoo_runs or 'default'})"
+            )
+            task.train_zoo(folder, runs=plan.zoo_runs, size=plan.zoo_size, seed=0)
+        log(f"{method}: ingesting {folder}")
+        db.ingest(folder, zoo=zoo)
+    else:
+        log(f"{method}: zoo {zoo} already in the database ({have} checkpoints)")
+    _evaluate(db, f"zoo = '{zoo}' AND kind = 'training'", log, f"{method}: zoo")
+    return zoo
+
+
+def _evaluate(db, where: str, log: Log, what: str) -> None:
+    t = time.perf_counter()
+    res = db.evaluate(where=where)
+    n = getattr(res, "evaluated", None) or (res.get("evaluated") if isinstance(res, dict) else None)
+    log(f"{what}: evaluated{f' {n}' if n is not None else ''} ({time.perf_counter() - t:.0f} s)")
+
+
+def _find_run(db, method: str, selection: str, match: dict[str, Any]) -> int | None:
+    rows = db.sql(
+        "SELECT id, config FROM generator_runs WHERE method = :m AND status = 'done' AND "
+        "train_selection = :s ORDER BY id DESC",
+        {"m": method, "s": selection},
+    )
+    for r in rows:
+        cfg = json.loads(r["config"] or "{}")
+        if cfg.get("variant") is None and all(cfg.get(k) == v for k, v in match.items()):
+            return int(r["id"])
+    return None
+
+
+def ensure_generated(db, method: str, plan: Plan, selection: str, log: Log) -> int:
+    found = _find_run(db, method, selection, {"size": plan.gen.get("size"), "n": plan.n})
+    if found is not None:
+        log(f"{method}: reusing generator run {found}")
+        return found
+    log(f"{method}: fitting the generator ({plan.gen}) and drawing {plan.n} samples")
+    rep = db.generate(method, train=selection, n=plan.n, seed=0, overrides=dict(plan.gen))
+    log(f"{method}: generator run {rep.generator_run_id} done in {rep.wall_time_s:.0f} s")
+    return int(rep.generator_run_id)
+
+
+def ensure_baselines(db, method: str, plan: Plan, selection: str, gid: int, log: Log) -> list[int]:
+    """The paper's baselines for this method, in the same weight space."""
+    noise = NOISE[method]
+    src = (
+        f"generator_run_id = {gid} AND kind = 'reconstructed'"
+        if method == "hyperrep"
+        else selection
+    )
+    jobs: list[tuple[str, dict]] = []
+    for s in noise["sigmas"]:
+        over = {"size": "small", "sigma": s, "select": noise["select"]}
+        if "ref_std" in noise:
+            over["ref_std"] = noise["ref_std"]
+        jobs.append(("noise", over))
+    if method == "pdiff":
+        n_train = db.sql(f"SELECT count(*) AS n FROM checkpoint_info WHERE {selection}")[0]["n"]
+        jobs += [
+            ("average", {"size": "small", "k": int(min(16, n_train))}),
+            ("gaussian", {"size": "small"}),
+        ]
+    out = []
+    for b, over in jobs:
+        found = _find_run(
+            db, b, src, {**{k: v for k, v in over.items() if k != "size"}, "n": plan.n_baseline}
+        )
+        if found is None:
+            rep = db.generate(b, train=src, n=plan.n_baseline, seed=0, overrides=over)
+            found = int(rep.generator_run_id)
+            log(f"{method}: baseline {b} {over} → generator run {found}")
+        out.append(found)
+    return out
+
+
+def run_method(db, method: str, size: str, out: Path, work: Path, log: Log) -> dict:
+    """Zoo → generator → baselines → evaluation → memorization analysis, for one method."""
+    from analyses import engine
+
+    plan = PLANS[size][method]
+    zoo = ensure_zoo(db, method, plan, work, log)
+    selection = f"zoo = '{zoo}' AND kind = 'training'"
+    if method != "pdiff":
+        selection += " AND split = 'train'"
+    gid = ensure_generated(db, method, plan, selection, log)
+    ensure_baselines(db, method, plan, selection, gid, log)
+    _evaluate(
+        db,
+        f"zoo = '{zoo}' AND kind IN ('generated', 'baseline', 'reconstructed')",
+        log,
+        f"{method}: samples",
+    )
+    rec_path = out / f"memorization_{method}.json"
+    ctx = engine.resolve_context(db, method)
+    if rec_path.exists():
+        old = json.loads(rec_path.read_text()).get("context", {})
+        if old.get("generator_run") == ctx.gen and old.get("baselines") == ctx.baselines:
+            log(f"{method}: analysis already up to date ({rec_path.name})")
+            return json.loads(rec_path.read_text())
+    log(f"{method}: running the memorization analysis")
+    rec = engine.run(db, "memorization", method=method, out=out, options=plan.options)
+    log(
+        f"{method}: {len(rec['figures'])} figures, {len(rec['tables'])} tables "
+        f"({rec['wall_time_s']:.0f} s)"
+    )
+    return rec
+
+
+def _available(method: str) -> str | None:
+    """Why a method cannot run here (missing module), or None."""
+    import importlib.util
+
+    from wdb.generate import METHODS
+
+    target = METHODS.get(method)
+    if target is None:
+        return f"generator '{method}' is not registered"
+    mod = target.split(":")[0]
+    if importlib.util.find_spec(mod) is None:
+        return f"module {mod} is not installed"
+    import wdb.tasks
+
+    try:
+        wdb.tasks.get(TASKS[method])
+    except (WdbError, ImportError) as exc:
+        return f"task {TASKS[method]} unavailable: {exc}"
+    return None
+
+
+def demo(
+    db,
+    methods: list[str] | None = None,
+    size: str = "demo",
+    out: str | Path | None = None,
+    experiments: bool = True,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run every available method end to end, the experiments, and the report."""
+    from analyses import experiments as exps
+    from analyses.api import default_out
+    from analyses.report import build
+
+    if size not in PLANS:
+        raise NotFound(f"unknown demo size '{size}' (known: {', '.join(PLANS)})")
+    out = Path(out) if out else default_out(db)
+    work = out.parent
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    log = Log(quiet=quiet)
+    todo = list(methods or ORDER)
+    log(f"database {db.path}, report {out}, size '{size}', methods {', '.join(todo)}")
+    for m in todo:
+        why = _available(m)
+        if why:
+            log(f"{m}: SKIPPED — {why}")
+            log.outcome[m] = f"skipped: {why}"
+            continue
+        try:
+            run_method(db, m, size, out, work, log)
+            log.outcome[m] = "done"
+        except Exception as exc:  # noqa: BLE001 - one method failing must not stop the others
+            log(f"{m}: FAILED — {type(exc).__name__}: {exc}")
+            if not quiet:
+                traceback.print_exc(limit=3, file=sys.stderr)
+            log.outcome[m] = f"failed: {type(exc).__name__}: {exc}"
+    if experiments:
+        exp_size = "small"
+        for name, method, needs in (
+            ("symmetry", "hyperrep", "hyperrep"),
+            ("modeling-factors", "hyperrep", "hyperrep"),
+            ("hd-augmentation", "hyperdiffusion", "hyperdiffusion"),
+        ):
+            key = f"experiment {name}"
+            if log.outcome.get(needs) != "done":
+                log.outcome[key] = f"skipped: {needs} did not run"
+                continue
+            rec_path = out / f"experiment_{name}_{method}.json"
+            if rec_path.exists():
+                log(f"{key}: already done ({rec_path.name})")
+                log.outcome[key] = "done"
+                continue
+            try:
+                log(f"{key}: running")
+                n = PLANS["quick"][method].n
+                if name == "symmetry":
+                    exps.symmetry(db, out)
+                elif name == "modeling-factors":
+                    exps.modeling_factors(db, method, out, size=exp_size, n=n)
+                else:
+                    exps.hd_augmentation(db, out, size=exp_size, n=n)
+                log.outcome[key] = "done"
+            except Exception as exc:  # noqa: BLE001
+                log(f"{key}: FAILED — {type(exc).__name__}: {exc}")
+                log.outcome[key] = f"failed: {type(exc).__name__}: {exc}"
+    log("building the report")
+    rep = build(db, out)
+    log(f"report: {rep['html']}")
+    log(f"summary: {rep['summary']}")
+    return {
+        "outcome": log.outcome,
+        "report": rep,
+        "wall_time_s": round(time.perf_counter() - log.t0, 1),
+    }
+
+
+def reproduce(db, method: str, size: str = "demo", out: str | Path | None = None) -> dict[str, Any]:
+    """One method end to end (zoo, generator, baselines, evaluation, analysis) and the report."""
+    if method not in ORDER:
+        raise NotFound(f"unknown method '{method}' (known: {', '.join(ORDER)})")
+    why = _available(method)
+    if why:
+        raise NotFound(f"{method}: {why}")
+    return demo(db, [method], size=size, out=out, experiments=False)

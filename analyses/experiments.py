@@ -1,0 +1,488 @@
+"""The paper's further experiments (METHODS.md): modeling factors and weight-space symmetries.
+
+``wdb experiment NAME`` runs one and writes its table ``x_<name>_<method>`` into the catalog,
+a figure, and a result record ``<out>/experiment_<name>_<method>.json`` that the report picks up.
+
+- ``modeling-factors``: retrain a method with each variant of its config (shorter training 33% /
+  50%, wider, narrower, deeper, shallower, dropout +0.1 / +0.2, input noise) on the same training
+  selection as its latest run, evaluate the samples, and tabulate accuracy (MMD for shapes) against
+  mean min-L2 novelty. A variant whose knob the method's config does not have is reported as
+  skipped — a method's config keys are its own, so the mapping below names them explicitly.
+- ``symmetry``: function-preserving permutation and positive scaling (``wdb.symmetry``) of
+  training weights, passed with the originals through the trained Hyper-Representations
+  autoencoder; mean accuracy difference and 1 − prediction agreement of the two reconstructions,
+  against pairs of reconstructions of different models.
+- ``hd-augmentation``: HyperDiffusion retrained with 1, 3, 7 random permutations per MLP; the
+  fraction of non-empty meshes and the Chamfer distance of its samples.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analyses import relations as rel
+from analyses.engine import create_table_as, write_table
+from wdb.errors import BadInput, NotFound, WdbError
+
+EXPERIMENTS = ("modeling-factors", "symmetry", "hd-augmentation")
+
+
+def _latest(db, method: str) -> dict:
+    rows = db.sql(
+        "SELECT * FROM generator_runs WHERE method = :m AND status = 'done' "
+        "AND json_extract_string(config, '$.variant') IS NULL ORDER BY id DESC LIMIT 1",
+        {"m": method},
+    )
+    if not rows:
+        raise NotFound(f"no finished '{method}' generator run (generate one first, or `wdb demo`)")
+    return rows[0]
+
+
+def _evaluate(db, where: str) -> None:
+    """Evaluate what ``where`` selects (skips what is already evaluated)."""
+    try:
+        db.evaluate(where=where)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise WdbError(f"evaluation is not available: {exc}") from None
+
+
+# -- modeling factors --------------------------------------------------------------------------
+def _scale_keys(keys: tuple[str, ...], factor: float, minimum: int = 1) -> Callable[[dict], dict]:
+    def f(cfg: dict) -> dict:
+        return {
+            k: max(minimum, int(round(cfg[k] * factor)))
+            for k in keys
+            if isinstance(cfg.get(k), int) and not isinstance(cfg.get(k), bool)
+        }
+
+    return f
+
+
+def _add_keys(keys: tuple[str, ...], delta: float, minimum: float = 0) -> Callable[[dict], dict]:
+    def f(cfg: dict) -> dict:
+        out = {}
+        for k in keys:
+            v = cfg.get(k)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[k] = type(v)(max(minimum, v + delta))
+        return out
+
+    return f
+
+
+STEP_KEYS = ("steps", "train_steps", "ae_steps", "ddpm_steps")
+WIDTH_KEYS = ("width", "channels", "denoiser_channels")
+DEPTH_KEYS = ("depth", "enc_blocks", "dec_blocks", "blocks")
+
+VARIANTS: dict[str, Callable[[dict], dict]] = {
+    "shorter 33%": _scale_keys(STEP_KEYS, 0.33),
+    "shorter 50%": _scale_keys(STEP_KEYS, 0.5),
+    "wider": _scale_keys(WIDTH_KEYS, 2.0),
+    "narrower": _scale_keys(WIDTH_KEYS, 0.5, minimum=2),
+    "deeper": _add_keys(DEPTH_KEYS, 1, minimum=1),
+    "shallower": _add_keys(DEPTH_KEYS, -1, minimum=1),
+    "dropout +10%": _add_keys(("dropout",), 0.1),
+    "dropout +20%": _add_keys(("dropout",), 0.2),
+    "input noise": lambda cfg: (
+        {"input_noise": max(0.01, 10 * float(cfg["input_noise"]))}
+        if "input_noise" in cfg
+        else {"aug_noise": 2 * float(cfg["aug_noise"])}
+        if "aug_noise" in cfg
+        else {}
+    ),
+}
+
+
+def _reference_sql(method: str, gid: int) -> str:
+    if method == "hyperrep":
+        return f"generator_run_id = {gid} AND kind = 'reconstructed'"
+    return (
+        "checkpoint_id IN (SELECT unnest(from_json(g.train_ids, '[\"BIGINT\"]')) "
+        f"FROM generator_runs g WHERE g.id = {gid}) AND kind = 'training'"
+    )
+
+
+def _variant_stats(db, method: str, gid: int, field: bool) -> dict[str, float]:
+    gen = f"generator_run_id = {gid} AND kind = 'generated'"
+    ref = _reference_sql(method, gid)
+    rid = rel.novelty(db, gen, ref, metric="l2")
+    s = db.sql(
+        f"SELECT avg(min_l2) AS l2, avg(accuracy) AS acc, count(*) AS n FROM similarity "
+        f"WHERE relation_id = {rid}"
+    )[0]
+    perf = s["acc"]
+    if field:  # MMD: mean over training shapes of the min Chamfer to the generated shapes
+        d = rel.shape_distances(db, ref, gen)
+        perf = float(np.mean([v[0] for v in d.values()])) if d else float("nan")
+    return {"mean_min_l2": s["l2"], "performance": perf, "n": s["n"]}
+
+
+def modeling_factors(
+    db,
+    method: str,
+    out: Path,
+    size: str = "small",
+    n: int | None = None,
+    variants: list[str] | None = None,
+) -> dict[str, Any]:
+    """Retrain ``method`` per variant, evaluate, tabulate performance vs novelty."""
+    from analyses import figures as figs
+
+    base = _latest(db, method)
+    base_cfg = json.loads(base["config"] or "{}")
+    from wdb.generate import get_method, resolve_config
+
+    mod = get_method(method)
+    cfg = resolve_config(mod, {"size": size})
+    field = _is_field(db, base)
+    n = int(n or cfg.get("n", 8))
+    rows, notes = [], []
+    todo = ["base", *(variants or VARIANTS)]
+    for v in todo:
+        over = {} if v == "base" else VARIANTS[v](cfg)
+        if v != "base" and not over:
+            notes.append(f"{v}: skipped ({method}'s config has no knob for it)")
+            continue
+        if v == "base" and base_cfg.get("size") == size and int(base_cfg.get("n", -1)) >= 1:
+            gid = int(base["id"])
+        else:
+            found = _find_variant(db, method, base["train_selection"], size, v)
+            if found is None:
+                t0 = time.perf_counter()
+                r = db.generate(
+                    method,
+                    train=base["train_selection"],
+                    n=n,
+                    seed=0,
+                    overrides={"size": size, **over},
+                )
+                gid = r.generator_run_id
+                _tag_variant(db, gid, v)
+                notes.append(f"{v}: trained in {time.perf_counter() - t0:.1f} s with {over}")
+            else:
+                gid = found
+        _evaluate(db, f"generator_run_id = {gid}")
+        st = _variant_stats(db, method, gid, field)
+        rows.append({"variant": v, "overrides": json.dumps(over), "generator_run_id": gid, **st})
+    name = f"x_modeling_factors_{method}"
+    write_table(db, name, {k: [r[k] for r in rows] for k in rows[0]})
+    perf = "mmd" if field else "accuracy"
+    path = Path(out) / "figures" / f"experiment_modeling_factors_{method}.png"
+    data = db.sql(f"SELECT * FROM {name}")
+    figs.scatter(
+        [dict(r, selection=r["variant"]) for r in data],
+        path,
+        title=f"{method}: modeling factors — {perf} vs novelty",
+        x="mean_min_l2",
+        y="performance",
+        xlabel="mean min-L2 to training (higher = more novel)",
+        ylabel="MMD to training shapes (lower = better)" if field else "mean test accuracy",
+    )
+    return _record(
+        out,
+        "modeling-factors",
+        method,
+        name,
+        f"SELECT * FROM {name}",
+        "Each variant retrains the generator on the same training selection; novelty = mean min-L2 "
+        "of its samples to the training set, performance = mean accuracy (MMD for shapes).",
+        notes,
+        [{"name": "modeling_factors", "path": str(path.relative_to(out)), "table": name}],
+        performance=perf,
+    )
+
+
+def _is_field(db, gen_run: dict) -> bool:
+    one = db.sql(
+        f"SELECT space_id FROM checkpoint_info WHERE generator_run_id = {int(gen_run['id'])} LIMIT 1"
+    )
+    if not one:
+        return False
+    try:
+        import wdb.tasks
+
+        task = wdb.tasks.for_space(db.space(int(one[0]["space_id"])))
+    except (ImportError, WdbError):
+        return False
+    return getattr(task, "kind", "") == "field"
+
+
+def _tag_variant(db, gid: int, variant: str) -> None:
+    """Record the variant in the generator run's config so reruns can find it."""
+    row = db.sql(f"SELECT config FROM generator_runs WHERE id = {int(gid)}")[0]
+    cfg = json.loads(row["config"] or "{}")
+    cfg["variant"] = variant
+    db.sql(
+        "UPDATE generator_runs SET config = :c WHERE id = :i",
+        {"c": json.dumps(cfg), "i": int(gid)},
+        write=True,
+    )
+
+
+def _find_variant(db, method: str, selection: str, size: str, variant: str) -> int | None:
+    rows = db.sql(
+        "SELECT id, config FROM generator_runs WHERE method = :m AND status = 'done' AND "
+        "train_selection = :s ORDER BY id DESC",
+        {"m": method, "s": selection},
+    )
+    for r in rows:
+        cfg = json.loads(r["config"] or "{}")
+        if cfg.get("variant") == variant and cfg.get("size") == size:
+            return int(r["id"])
+    return None
+
+
+# -- symmetry ----------------------------------------------------------------------------------
+def symmetry(db, out: Path, n_models: int = 40, seed: int = 0) -> dict[str, Any]:
+    """Permuted / scaled training weights through the HR autoencoder vs different models."""
+    import torch
+
+    from analyses import figures as figs
+    from generators import hyperrep
+    from wdb import similarity
+    from wdb import symmetry as sym
+    from wdb.tasks import for_space
+
+    base = _latest(db, "hyperrep")
+    if base["model_checkpoint_id"] is None:
+        raise NotFound(f"hyperrep run {base['id']} stored no autoencoder")
+    cfg = json.loads(base["config"] or "{}")
+    model = db.state_dict(int(base["model_checkpoint_id"]))
+    ids = json.loads(base["train_ids"])
+    rng = np.random.default_rng(seed)
+    ids = sorted(rng.choice(ids, size=min(n_models, len(ids)), replace=False).tolist())
+    info = db.checkpoints(f"checkpoint_id IN ({','.join(map(str, ids))})")
+    space = db.space(int(info[0]["space_id"]))
+    layout = space.layout
+    task = for_space(space)
+    if task is None:
+        raise NotFound(f"no task evaluates space {space.name}")
+    W = db.weights(ids)
+    net = hyperrep.load_model(model, layout, cfg)
+    mean, std = model["norm.mean"].float(), model["norm.std"].float()
+    covered = np.zeros(layout.n_params, dtype=bool)
+    for c in hyperrep.token_columns(layout):
+        covered[c.reshape(-1)] = True
+
+    @torch.no_grad()
+    def reconstruct(rows: np.ndarray) -> np.ndarray:
+        x = (torch.from_numpy(rows.astype(np.float32)) - mean) / std
+        r = (net.decode(net.encode(x), torch.zeros(x.shape[1])) * std + mean).numpy()
+        r[:, ~covered] = rows[:, ~covered]
+        return r.astype(np.float32)
+
+    perms = [sym.random_permutations(layout, rng) for _ in ids]
+    P = np.stack([sym.permute(W[i], layout, perms[i]) for i in range(len(ids))])
+    hidden = sym.hidden_sizes(layout)
+    scales = [[np.exp(rng.uniform(np.log(0.5), np.log(2.0), h)) for h in hidden] for _ in ids]
+    S = np.stack([sym.scale(W[i], layout, scales[i]) for i in range(len(ids))])
+    # the transforms preserve function: check on the original weights first
+    check = {
+        k: task.evaluate_rows(np.stack([W[0], M[0]]))["predictions"]
+        for k, M in (("p", P), ("s", S))
+    }
+    preserved = {k: float((v[0] == v[1]).mean()) for k, v in check.items()}
+    res = {
+        k: task.evaluate_rows(reconstruct(M)) for k, M in (("orig", W), ("perm", P), ("scale", S))
+    }
+    acc = {k: np.asarray(v["accuracy"], float) for k, v in res.items()}
+    pred = {k: np.asarray(v["predictions"]) for k, v in res.items()}
+
+    def agree(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.array(
+            [similarity.agreement_matrix(a[i : i + 1], b[i : i + 1])[0, 0] for i in range(len(a))]
+        )
+
+    other = np.roll(np.arange(len(ids)), 1)
+    rows = [
+        {
+            "comparison": "permuted",
+            "n_pairs": len(ids),
+            "accuracy_diff": float(np.abs(acc["orig"] - acc["perm"]).mean()),
+            "disagreement": float(1 - agree(pred["orig"], pred["perm"]).mean()),
+        },
+        {
+            "comparison": "scaled",
+            "n_pairs": len(ids),
+            "accuracy_diff": float(np.abs(acc["orig"] - acc["scale"]).mean()),
+            "disagreement": float(1 - agree(pred["orig"], pred["scale"]).mean()),
+        },
+        {
+            "comparison": "different models",
+            "n_pairs": len(ids),
+            "accuracy_diff": float(np.abs(acc["orig"] - acc["orig"][other]).mean()),
+            "disagreement": float(1 - agree(pred["orig"], pred["orig"][other]).mean()),
+        },
+    ]
+    name = "x_symmetry_hyperrep"
+    write_table(db, name, {k: [r[k] for r in rows] for k in rows[0]})
+    path = Path(out) / "figures" / "experiment_symmetry_hyperrep.png"
+    long = [
+        {"comparison": r["comparison"], "measure": m, "value": 100 * r[k]}
+        for r in rows
+        for m, k in (("accuracy diff (%)", "accuracy_diff"), ("1 − agreement (%)", "disagreement"))
+    ]
+    figs.bars(
+        long,
+        path,
+        title="HR autoencoder: reconstructions of transformed weights",
+        x="comparison",
+        y="value",
+        hue="measure",
+        ylabel="%",
+    )
+    notes = [
+        f"transforms are function-preserving on the original weights: prediction agreement "
+        f"{preserved['p']:.3f} (permuted), {preserved['s']:.3f} (scaled)",
+        f"{len(ids)} training models of generator run {base['id']}; scales log-uniform in [0.5, 2]",
+    ]
+    return _record(
+        out,
+        "symmetry",
+        "hyperrep",
+        name,
+        f"SELECT * FROM {name}",
+        "Original and transformed training weights through the HR autoencoder: mean |accuracy "
+        "difference| and 1 − prediction agreement of the two reconstructions, vs pairs of "
+        "reconstructions of different models.",
+        notes,
+        [{"name": "symmetry", "path": str(path.relative_to(out)), "table": name}],
+    )
+
+
+def hd_augmentation(
+    db, out: Path, size: str = "small", n: int | None = None, perms: tuple[int, ...] = (0, 1, 3, 7)
+) -> dict[str, Any]:
+    """HyperDiffusion with 0/1/3/7 permutations per MLP: non-empty meshes and Chamfer."""
+    from analyses import figures as figs
+
+    base = _latest(db, "hyperdiffusion")
+    rows, notes = [], []
+    for k in perms:
+        v = f"augment {k}"
+        gid = _find_variant(db, "hyperdiffusion", base["train_selection"], size, v)
+        if gid is None:
+            over = {"size": size, "augment_permutations": k}
+            r = db.generate(
+                "hyperdiffusion", train=base["train_selection"], n=n, seed=0, overrides=over
+            )
+            gid = r.generator_run_id
+            _tag_variant(db, gid, v)
+        _evaluate(db, f"generator_run_id = {gid}")
+        gen = f"generator_run_id = {gid} AND kind = 'generated'"
+        total = db.sql(f"SELECT count(*) AS n FROM checkpoint_info WHERE {gen}")[0]["n"]
+        d = rel.shape_distances(db, gen, _reference_sql("hyperdiffusion", int(base["id"])))
+        rows.append(
+            {
+                "augment_permutations": k,
+                "generator_run_id": gid,
+                "n": total,
+                "nonempty_fraction": len(d) / total if total else float("nan"),
+                "mean_chamfer_train": float(np.mean([x[0] for x in d.values()]))
+                if d
+                else float("nan"),
+            }
+        )
+    name = "x_hd_augmentation"
+    write_table(db, name, {k: [r[k] for r in rows] for k in rows[0]})
+    path = Path(out) / "figures" / "experiment_hd_augmentation.png"
+    figs.bars(
+        [dict(r, variant=f"+{r['augment_permutations']} perms") for r in rows],
+        path,
+        title="HyperDiffusion with permutation augmentation",
+        x="variant",
+        y="nonempty_fraction",
+        ylabel="fraction of non-empty meshes",
+    )
+    return _record(
+        out,
+        "hd-augmentation",
+        "hyperdiffusion",
+        name,
+        f"SELECT * FROM {name}",
+        "HyperDiffusion retrained with k random hidden-neuron permutations of each "
+        "training MLP added (x2, x4, x8 data).",
+        notes,
+        [{"name": "hd_augmentation", "path": str(path.relative_to(out)), "table": name}],
+    )
+
+
+def _record(
+    out: Path,
+    experiment: str,
+    method: str,
+    table: str,
+    sql: str,
+    description: str,
+    notes: list[str],
+    figures: list[dict],
+    **extra: Any,
+) -> dict[str, Any]:
+    rec = {
+        "experiment": experiment,
+        "method": method,
+        "table": table,
+        "description": description,
+        "notes": notes,
+        "figures": [dict(f, title=f"{experiment} ({method})", sql=sql) for f in figures],
+        "tables": [
+            {
+                "name": table,
+                "kind": "table",
+                "sql": sql,
+                "description": description,
+                "n_rows": 0,
+                "columns": [],
+                "preview": [],
+            }
+        ],
+        **extra,
+    }
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"experiment_{experiment}_{method}.json").write_text(
+        json.dumps(rec, indent=1, default=str)
+    )
+    return rec
+
+
+def run(
+    db,
+    name: str,
+    method: str | None = None,
+    out: str | Path | None = None,
+    size: str = "small",
+    n: int | None = None,
+) -> dict[str, Any]:
+    """Run experiment ``name`` (see ``EXPERIMENTS``); writes its record and refreshes the report."""
+    from analyses.api import default_out
+    from analyses.report import build
+
+    out = Path(out) if out else default_out(db)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    if name == "modeling-factors":
+        if not method:
+            raise BadInput("modeling-factors needs --method (hyperrep, gpt or hyperdiffusion)")
+        rec = modeling_factors(db, method, out, size=size, n=n)
+    elif name == "symmetry":
+        rec = symmetry(db, out)
+    elif name == "hd-augmentation":
+        rec = hd_augmentation(db, out, size=size, n=n)
+    else:
+        raise NotFound(f"unknown experiment '{name}' (known: {', '.join(EXPERIMENTS)})")
+    for t in rec["tables"]:
+        rows = db.sql(f"SELECT * FROM {t['name']}")
+        t.update(n_rows=len(rows), columns=list(rows[0]) if rows else [], preview=rows[:30])
+    (out / f"experiment_{name}_{rec['method']}.json").write_text(
+        json.dumps(rec, indent=1, default=str)
+    )
+    rec["report"] = build(db, out)
+    return rec
+
+
+__all__ = ["EXPERIMENTS", "run", "create_table_as"]
