@@ -239,3 +239,37 @@ def test_cli_json_keys(db):
         cli, ["--db", str(db.path), "query", "nearest", "--run", run, "--among", "bogus_col = 1"]
     )
     assert res.exit_code != 0 and "error:" in res.output
+
+
+def test_novelty_aligned_and_multiple_spaces(db):
+    """Aligned novelty finds the permuted copy; targets in two spaces give two relations."""
+    from wdb.symmetry import permute
+
+    z = np.zeros
+    mlp = Layout.from_arrays(
+        {
+            "fc1.weight": z((4, 20), np.float32),
+            "fc1.bias": z(4, np.float32),
+            "fc2.weight": z((3, 4), np.float32),
+            "fc2.bias": z(3, np.float32),
+        }
+    )
+    rng = np.random.default_rng(11)
+    train = rng.normal(size=(12, mlp.n_params)).astype(np.float32)
+    t_ids = add_training(db, mlp, train, prefix="mlp")
+    copy = permute(train[4], mlp, [rng.permutation(4)])
+    g = db.add_checkpoints(mlp, copy[None], kind="generated")
+    other = layout(16)
+    add_training(db, other, rng.normal(size=(5, 16)).astype(np.float32), prefix="o")
+    db.add_checkpoints(other, rng.normal(size=(2, 16)).astype(np.float32), kind="generated")
+    rows = db.novelty(
+        targets="kind = 'generated' AND space = :x".replace(":x", f"'{mlp.default_name()}'"),
+        aligned=True,
+    )
+    assert rows[0]["checkpoint_id"] == g[0]
+    assert rows[0]["nearest_id"] == t_ids[4] and rows[0]["min_l2"] == 0.0
+    assert rows[0]["max_iou"] is None  # no predictions stored
+    both = db.novelty(targets="kind = 'generated'")
+    assert len(both) == 3 and len({r["relation_id"] for r in both}) == 2
+    rel = db.sql("SELECT metric, space_id FROM relations ORDER BY id")
+    assert rel[0]["metric"] == "aligned_l2" and {r["metric"] for r in rel[1:]} == {"l2"}

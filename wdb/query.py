@@ -560,14 +560,15 @@ def _save(db, rel: dict, rows: list[dict], nn_ids: np.ndarray, nn_d: np.ndarray)
         if nn_ids[j, rank] >= 0
     ]
     cols = ("checkpoint_id", "min_l2", "nearest_id", "max_iou", "max_iou_id", "accuracy")
+    from wdb.db import _insert_many
+
     with db.write_lock(), db.catalog.begin() as conn:
         rid = int(
             conn.execute(relations.insert().values(**rel).returning(relations.c.id)).scalar_one()
         )
-        if nb:
-            conn.execute(neighbors.insert(), [dict(d, relation_id=rid) for d in nb])
-        conn.execute(
-            similarity.insert(), [{"relation_id": rid, **{c: r[c] for c in cols}} for r in rows]
+        _insert_many(conn, neighbors, [dict(d, relation_id=rid) for d in nb])
+        _insert_many(
+            conn, similarity, [{"relation_id": rid, **{c: r[c] for c in cols}} for r in rows]
         )
     return rid
 
