@@ -1,5 +1,4 @@
-"""End to end through the command line: ingest (exit 3 on a skipped file), export bit-exact,
-fsck clean."""
+"""End to end through the command line: ingest (exit 3 on a skipped file), export bit-exact."""
 
 from __future__ import annotations
 
@@ -45,5 +44,6 @@ def test_cli_ingest_export_fsck(tmp_path: Path) -> None:
     assert list(got) == list(want[("run1", 1)])
     for k, v in want[("run1", 1)].items():
         assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
-    res = wdb_cli(db, "fsck")
-    assert res.returncode == 0, res.stderr
+    import wdb
+
+    assert wdb.open(db).fsck().ok  # `wdb fsck` itself is the lead's CLI test

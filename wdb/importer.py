@@ -69,8 +69,10 @@ READERS: dict[str, str] = {
     "folder": "ingest.folder",
 }
 
-#: checkpoints per commit (one Zarr write + one catalog transaction each).
-BATCH = 1024
+#: checkpoints per commit (one Zarr write + one catalog transaction each), and the most row
+#: bytes one commit holds in memory (large models commit in smaller batches).
+BATCH = 4096
+BATCH_BYTES = 256 << 20
 #: file suffixes the generic loader understands.
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", "")
 STATE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
@@ -399,6 +401,7 @@ class _Ingest:
         self.accepted: dict[str, bool] = {}
         self.pending: dict[str, list[_Item]] = defaultdict(list)
         self.ready: dict[str, list[_Item]] = defaultdict(list)
+        self.ready_bytes: Counter = Counter()
         self.layouts: dict[str, Layout] = {}
         self.spaces: dict[str, Any] = {}
         self.keys: dict[tuple[str, int, str], str] = {}
@@ -459,10 +462,10 @@ class _Ingest:
             )
             self.skip(item.found.source, why)
             return
+        self.count[h] += 1
         if forced is not None or h in self.accepted:
             self.route(item)
             return
-        self.count[h] += 1
         self.pending[h].append(item)
         if self.count[h] >= 2:
             self.accepted[h] = True
@@ -484,7 +487,10 @@ class _Ingest:
             if self.buffered > self.buffer_budget:
                 item.row = None  # re-read at commit time
         self.ready[want.hash].append(item)
-        if not self.strict and len(self.ready[want.hash]) >= BATCH:
+        self.ready_bytes[want.hash] += item.nbytes
+        if not self.strict and (
+            len(self.ready[want.hash]) >= BATCH or self.ready_bytes[want.hash] >= BATCH_BYTES
+        ):
             self.flush(want.hash)
 
     def finish_pending(self) -> None:
@@ -573,6 +579,7 @@ class _Ingest:
         from wdb.db import NewCheckpoint
 
         items = self.ready.pop(h, [])
+        self.ready_bytes.pop(h, None)
         if not items:
             return
         items = self.check_runs(items)
