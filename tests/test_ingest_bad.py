@@ -55,6 +55,8 @@ def make_bad_folder(root: Path, marker: Path) -> tuple[list[str], list[str]]:
     torch.save(inf, root / "inf_half.pt")
     torch.save({"fc1.weight": torch.zeros(4, 8), "note": "hello"}, root / "non_tensor.pt")
     np.savez(root / "objects.npz", a=np.array([{"x": 1}], dtype=object))
+    # a stride-0 view: a few bytes on disk that would expand to a huge array in memory
+    torch.save({"fc1.weight": torch.zeros(1, 8).expand(4096, 8)}, root / "broadcast.pt")
     bad = [
         "a_wrong_shape.pt",
         "evil_torch.pt",
@@ -65,6 +67,7 @@ def make_bad_folder(root: Path, marker: Path) -> tuple[list[str], list[str]]:
         "inf_half.pt",
         "non_tensor.pt",
         "objects.npz",
+        "broadcast.pt",
     ]
     return good, bad
 
@@ -86,6 +89,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
     assert reasons["inf_half.pt"] == "'fc1.bias' contains Inf values"
     assert "'note' is a str, not a tensor" in reasons["non_tensor.pt"]
     assert "pickle" in reasons["objects.npz"].lower()
+    assert "broadcast view" in reasons["broadcast.pt"]
     # re-ingest: the same report, nothing new, still no code run
     again = db.ingest(tmp_path / "zoo")
     assert again.checkpoints_added == 0 and len(again.skipped) == len(bad)

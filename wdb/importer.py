@@ -9,11 +9,14 @@ Decisions (the spec is silent on these):
 
 - **Format detection.** ``READERS`` is tried in order (modelzoo, flat, pdiff, folder); the first
   whose ``detect`` says yes wins; ``format=`` overrides. wdb never imports ``ingest`` otherwise.
-- **Safe loading.** torch files are read by a restricted C unpickler that knows only the handful
-  of globals a tensor state dict needs (``_rebuild_tensor_v2``, ``*Storage``, ``OrderedDict``)
-  and reads tensor bytes straight from the zip; it is ~6x faster than ``torch.load`` on small
-  files. Anything else it declines (it never decides "malicious"), and ``torch.load(...,
-  weights_only=True)`` decides. No other code can run from a pickle on either path.
+- **Safe loading.** torch files are read by a restricted C unpickler (the Python docs'
+  "restricting globals" recipe) that knows only the globals a tensor state dict needs
+  (``_rebuild_tensor_v2``, ``_rebuild_parameter``, ``torch.*Storage``, ``OrderedDict``), over a
+  small zip reader that takes the (uncompressed, CRC-checked) members as zero-copy views: several
+  times faster than ``torch.load`` on small files and no torch import. Anything unusual it
+  declines (it never decides "malicious") and ``torch.load(..., weights_only=True, mmap=True)``
+  gives the verdict. No code from a pickle can run on either path. safetensors via
+  ``safetensors.torch.load_file``; ``.npz`` with ``allow_pickle=False``.
 - **Validation.** Containers ``{"state_dict": ...}``, ``{"model_state_dict": ...}``,
   ``{"model": {...}}`` (and ``"state"``/``"params"``) are unwrapped; every value must then be a
   tensor; floats must be finite; integer buffers must fit the storage dtype exactly.
@@ -25,7 +28,8 @@ Decisions (the spec is silent on these):
   accepted layout). Singletons wait in memory until the scan ends. With ``--space`` naming an
   existing space, every file must have exactly that layout. Scan order is deterministic, so a
   rerun decides the same way.
-- **Space names.** ``--space`` if given; else the zoo name for the first layout that this ingest
+- **Space names.** ``--space`` if given (an existing space: every file must fit it; a JSON
+  layout file: the layout, named as below; another name: the name of the new space); else the zoo name for the first layout that this ingest
   creates and ``<zoo>-<n_params>p-<hash8>`` for further ones. A layout that already has a space keeps
   it (spaces are identified by layout hash).
 - **Run names** are global in the catalog. A run that already exists in *another* zoo is not
@@ -134,6 +138,9 @@ _STORAGE_DTYPES = {
 }
 
 
+_STORAGE_NAMES = frozenset(_STORAGE_DTYPES.values())
+
+
 class _Decline(Exception):
     """The fast loader does not handle this file; ``torch.load(weights_only=True)`` decides."""
 
@@ -198,8 +205,8 @@ class _FastUnpickler(pickle.Unpickler):
         if any(s < 0 for s in size + stride) or offset < 0:
             raise _Decline("negative stride")
         extent = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) + 1
-        if math.prod(size) and extent > flat.size:
-            raise _Decline("tensor past its storage")
+        if math.prod(size) and (extent > flat.size or math.prod(size) > flat.size):
+            raise _Decline("tensor past its storage, or a broadcast view")
         item = flat.itemsize
         view = np.lib.stride_tricks.as_strided(
             flat[offset:], shape=size, strides=tuple(s * item for s in stride), writeable=False
@@ -313,7 +320,17 @@ def normalise(state: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                 raise BadInput("state dict keys are not all strings")
             arrays = {k: v.array for k, v in state.items()}
             dtypes = {k: v.dtype for k, v in state.items()}
+            for k in arrays:  # the pickle could have rewritten these attributes (BUILD)
+                if not isinstance(arrays[k], np.ndarray) or dtypes[k] not in _STORAGE_NAMES:
+                    raise BadInput(f"entry '{k}' is not a plain tensor")
         else:
+            for k, v in state.items():
+                if (
+                    type(v).__module__.startswith("torch")
+                    and hasattr(v, "untyped_storage")
+                    and v.numel() > v.untyped_storage().nbytes() // max(1, v.element_size())
+                ):
+                    raise BadInput(f"entry '{k}' is a broadcast view larger than its storage")
             state = {k: (v.array if isinstance(v, _Tensor) else v) for k, v in state.items()}
             arrays, dtypes = state_to_numpy(state)
     for name, arr in arrays.items():
