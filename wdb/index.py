@@ -267,7 +267,8 @@ def _new_index(dim: int, n: int, approx: str | None, sample: np.ndarray, nlist: 
     ivf.train(sample)
     ivf.make_direct_map()
     index = faiss.IndexIDMap2(ivf)
-    index.own_fields = True
+    index.own_fields = True  # the C++ objects own each other; Python lets go of both
+    ivf.own_fields = True
     ivf.this.disown()
     quantizer.this.disown()
     return index, {"kind": "ivf", "nlist": nlist, "nprobe": max(1, nlist // 8)}
