@@ -44,6 +44,7 @@ Decisions (the spec is silent on these):
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import math
@@ -62,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from wdb.errors import BadInput, WdbError
-from wdb.spaces import Layout, row_sha256
+from wdb.spaces import Layout
 from wdb.tensors import FLOAT_DTYPES, state_to_numpy
 
 #: format name → reader module, in detection order.
@@ -207,11 +208,20 @@ class _FastUnpickler(pickle.Unpickler):
         extent = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) + 1
         if math.prod(size) and (extent > flat.size or math.prod(size) > flat.size):
             raise _Decline("tensor past its storage, or a broadcast view")
-        item = flat.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            flat[offset:], shape=size, strides=tuple(s * item for s in stride), writeable=False
-        )
-        arr = np.array(view, copy=True)
+        n, contiguous, expect = math.prod(size), True, 1
+        for dim, st in zip(reversed(size), reversed(stride), strict=True):
+            if dim != 1 and st != expect:
+                contiguous = False
+                break
+            expect *= dim
+        if contiguous:  # the common case: a read-only view of the file's bytes, no copy
+            arr = flat[offset : offset + n].reshape(size)
+        else:
+            item = flat.itemsize
+            view = np.lib.stride_tricks.as_strided(
+                flat[offset:], shape=size, strides=tuple(s * item for s in stride), writeable=False
+            )
+            arr = np.array(view, copy=True)
         if dtype == "bfloat16":  # exact widening: bf16 is the top half of a float32
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         return _Tensor(arr, dtype)
@@ -334,10 +344,21 @@ def normalise(state: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             state = {k: (v.array if isinstance(v, _Tensor) else v) for k, v in state.items()}
             arrays, dtypes = state_to_numpy(state)
     for name, arr in arrays.items():
-        if dtypes[name] in FLOAT_DTYPES and not np.isfinite(arr).all():
+        # a float64 sum is finite iff no value is NaN/Inf (for float16/32 it cannot overflow;
+        # for float64 an overflowing sum falls through to the exact test)
+        if (
+            dtypes[name] in FLOAT_DTYPES
+            and not np.isfinite(arr.sum(dtype=np.float64))
+            and not np.isfinite(arr).all()
+        ):
             kind = "NaN" if np.isnan(arr).any() else "Inf"
             raise BadInput(f"'{name}' contains {kind} values")
     return arrays, dtypes
+
+
+def _sha256(row: np.ndarray) -> str:
+    """``wdb.spaces.row_sha256`` without the ``tobytes`` copy (same digest)."""
+    return hashlib.sha256(np.ascontiguousarray(row).data).hexdigest()
 
 
 def load_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -466,7 +487,7 @@ class _Ingest:
             return None
         f.kind = kind
         self.layouts.setdefault(layout.hash, layout)
-        return _Item(f, layout, row, row_sha256(row), row.nbytes)
+        return _Item(f, layout, row, _sha256(row), row.nbytes)
 
     def add(self, item: _Item) -> None:
         h = item.layout.hash
@@ -664,7 +685,7 @@ class _Ingest:
         except WdbError as exc:
             self.skip(f.source, str(exc))
             return None
-        if row_sha256(row) != it.sha256:
+        if _sha256(row) != it.sha256:
             self.skip(f.source, "file changed while being ingested")
             return None
         return row
