@@ -267,3 +267,42 @@ def test_run_names_are_not_merged_across_zoos(db, tmp_path: Path) -> None:
     rep = db.ingest(tmp_path / "zooA")
     assert rep.skipped and "different content" in rep.skipped[0][1]
     assert db.sql("SELECT count(*) AS n FROM checkpoints")[0]["n"] == 1
+
+
+def test_space_option_forces_the_layout(db, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    first.mkdir()
+    torch.save(torch.nn.Linear(3, 2).state_dict(), first / "a.pt")
+    assert db.ingest(first, space="lin32").spaces == ["lin32"]
+    second = tmp_path / "second"
+    second.mkdir()
+    torch.save(torch.nn.Linear(3, 2).state_dict(), second / "good.pt")
+    torch.save(torch.nn.Linear(4, 2).state_dict(), second / "wide.pt")
+    torch.save({"other": torch.zeros(2)}, second / "other.pt")
+    rep = db.ingest(second, space="lin32")
+    assert rep.checkpoints_added == 1 and rep.spaces == ["lin32"]
+    reasons = {Path(f).name: why for f, why in rep.skipped}
+    assert reasons == {
+        "wide.pt": "shape mismatch: 'weight' is [2, 4], expected [2, 3]",
+        "other.pt": "tensor names differ from the layout given with --space",
+    }
+
+
+def test_modelzoo_single_run_folder_with_ray_iterations(db, tmp_path: Path) -> None:
+    run = tmp_path / "one_run"
+    run.mkdir()
+    (run / "params.json").write_text('{"seed": 7}')
+    lines = []
+    for it in (1, 2):
+        (run / f"checkpoint_{it:06d}").mkdir()
+        torch.save(torch.nn.Linear(2, 2).state_dict(), run / f"checkpoint_{it:06d}" / "checkpoints")
+        lines.append(json.dumps({"training_iteration": it, "test_acc": 50.0 + it, "pid": 3}))
+    (run / "result.json").write_text("\n".join(lines))
+    rep = db.ingest(run)
+    assert rep.ok() and rep.format == "modelzoo" and rep.checkpoints_added == 2
+    acc = db.sql(
+        "SELECT c.step, m.value FROM metrics m JOIN checkpoint_info c "
+        "ON c.checkpoint_id = m.checkpoint_id WHERE m.name = 'accuracy' ORDER BY c.step"
+    )
+    assert [(r["step"], r["value"]) for r in acc] == [(1, 0.51), (2, 0.52)]
+    assert not db.sql("SELECT * FROM metrics WHERE name = 'pid'")
