@@ -15,7 +15,7 @@ shapes; the zoo's "first weights" alignment is exactly what the permutations des
 
 Deviations from the original and why:
 
-- Size: width 192, 4 blocks, ~1500 AdamW steps, batch 32 on CPU (the original: GPT-style
+- Size: width 192, 4 blocks (MLP ratio 2), 1500 AdamW steps, batch 32 on CPU (the original: GPT-style
   transformer of width 1440-2880 on 36,737-parameter MLPs, trained for thousands of epochs on
   GPU), so that fitting and sampling take minutes on 2 cores.
 - Normalisation: the original diffuses the raw weights. Here each parameter is standardised by
@@ -41,7 +41,14 @@ import torch
 from torch import nn
 
 from generators.diffusion import LinearSchedule, timestep_embedding
-from generators.transformer import EMA, Encoder, TokenCodec, random_permutation_index, token_slices
+from generators.transformer import (
+    EMA,
+    Encoder,
+    TokenCodec,
+    adamw,
+    random_permutation_index,
+    token_slices,
+)
 from wdb.errors import BadInput
 from wdb.generate import Samples, TrainingSet
 
@@ -154,9 +161,7 @@ def fit(train: TrainingSet, config: dict, seed: int) -> dict[str, torch.Tensor]:
 
     model = _build(config, train.layout)
     ema = EMA(model, float(config["ema"]))
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=float(config["lr"]), weight_decay=float(config["weight_decay"])
-    )
+    opt = adamw(list(model.parameters()), float(config["lr"]), float(config["weight_decay"]))
     sched = _schedule(config)
     steps, B = int(config["train_steps"]), int(config["batch"])
     warmup = max(1, steps // 20)
@@ -256,6 +261,8 @@ def nearest_training_chamfer(
         es_id = ensure_eval_set(db, task.eval_set_name(), task.name, task.eval_split, None)
         rows = []
         for r in out:
+            if r["nearest"] is None:
+                continue  # empty mesh: no distance (like wdb evaluate, NaN is not stored)
             rows.append(
                 {
                     "checkpoint_id": r["checkpoint_id"],
@@ -264,15 +271,14 @@ def nearest_training_chamfer(
                     "value": r["chamfer_train_min"],
                 }
             )
-            if r["nearest"] is not None:
-                rows.append(
-                    {
-                        "checkpoint_id": r["checkpoint_id"],
-                        "eval_set_id": es_id,
-                        "name": "chamfer_train_nearest",
-                        "value": float(r["nearest"]),
-                    }
-                )
+            rows.append(
+                {
+                    "checkpoint_id": r["checkpoint_id"],
+                    "eval_set_id": es_id,
+                    "name": "chamfer_train_nearest",
+                    "value": float(r["nearest"]),
+                }
+            )
         db.add_metrics(rows)
     return out
 
