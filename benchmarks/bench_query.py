@@ -188,7 +188,7 @@ def bench_aligned(n_q: int, n_r: int, workers: int) -> None:
 
     t0 = time.perf_counter()
     search = AlignedSearch(ref, nl)
-    ours_res = [search.knn(q, 3) for q in queries]
+    ours_res = search.knn_many(queries, 3)
     ours = time.perf_counter() - t0
     solved = sum(r.solved for r in ours_res)
     with ProcessPoolExecutor(workers, initializer=_init, initargs=(ref, nl)) as pool:

@@ -65,9 +65,12 @@ def test_aligned_knn_matches_per_pair_hungarian(structured):
             ]
         ).astype(np.float32)
     search = AlignedSearch(refs, nl)
+    many = search.knn_many(refs[:5], 7, exclude=list(range(5)))  # one block of 5 queries
     for qi in range(5):
         q = refs[qi]
         res = search.knn(q, 7, exclude=qi)
+        assert np.array_equal(many[qi].index, res.index)
+        assert np.array_equal(many[qi].distance, res.distance)
         ref = brute_aligned(q, refs, nl)
         ref[qi] = np.inf
         order = np.argsort(ref, kind="stable")[:7]

@@ -154,27 +154,50 @@ class AlignedSearch:
         self.n = self.rn.shape[0]
 
     def costs(self, qn: np.ndarray, qr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """All cost matrices ``[n, H, H]`` and rest terms ``[n]`` of one query."""
+        """Cost matrices ``[b, n, H, H]`` and rest terms ``[b, n]`` of a block of queries.
+
+        One matrix product per block of queries and chunk of references: a block shares each
+        pass over the reference neurons (8·n·D bytes), which otherwise dominates the time.
+        """
         h, f = self.nl.hidden, self.nl.features
-        qq = np.einsum("if,if->i", qn, qn)
-        chunk = max(1, CHUNK_BYTES // (8 * h * f))
-        costs = np.empty((self.n, h, h))
+        b = qn.shape[0]
+        qq = np.einsum("bif,bif->bi", qn, qn)
+        chunk = max(1, CHUNK_BYTES // (8 * h * max(f, b * h)))
+        costs = np.empty((b, self.n, h, h))
+        q2 = qn.reshape(b * h, f)
         for s in range(0, self.n, chunk):
             rn = self.rn[s : s + chunk]
             m = rn.shape[0]
-            cross = (qn @ rn.reshape(m * h, f).T).reshape(h, m, h).transpose(1, 0, 2)
-            costs[s : s + m] = qq[None, :, None] + self.rnorm[s : s + m, None, :] - 2.0 * cross
+            cross = (q2 @ rn.reshape(m * h, f).T).reshape(b, h, m, h).transpose(0, 2, 1, 3)
+            costs[:, s : s + m] = (
+                qq[:, None, :, None] + self.rnorm[None, s : s + m, None, :] - 2.0 * cross
+            )
         np.maximum(costs, 0.0, out=costs)
-        rest = ((self.rr - qr[None]) ** 2).sum(1)
+        rest = ((self.rr[None] - qr[:, None]) ** 2).sum(2)
         return costs, rest
 
     def knn(self, query: np.ndarray, k: int, exclude: int = -1) -> AlignedResult:
         """k nearest references of one row ``[D]``; ``exclude`` a position to skip (itself)."""
-        lsap = _lsap()
-        qn, qr = split(query[None], self.nl)
-        qn, qr = qn[0], qr[0]
+        return self.knn_many(query[None], k, [exclude])[0]
+
+    def knn_many(
+        self, queries: np.ndarray, k: int, exclude: list[int] | None = None
+    ) -> list[AlignedResult]:
+        """``knn`` for each row of ``queries`` ``[nq, D]``, cost matrices built per block."""
         h = self.nl.hidden
-        costs, rest = self.costs(qn, qr)
+        exclude = [-1] * len(queries) if exclude is None else list(exclude)
+        block = max(1, min(64, CHUNK_BYTES // max(1, 8 * self.n * h * h)))
+        out = []
+        for b0 in range(0, len(queries), block):
+            qn, qr = split(queries[b0 : b0 + block], self.nl)
+            costs, rest = self.costs(qn, qr)
+            for j in range(qn.shape[0]):
+                out.append(self._solve(qn[j], qr[j], costs[j], rest[j], k, exclude[b0 + j]))
+        return out
+
+    def _solve(self, qn, qr, costs, rest, k: int, exclude: int) -> AlignedResult:
+        lsap = _lsap()
+        h = self.nl.hidden
         lower = np.maximum(costs.min(2).sum(1), costs.min(1).sum(1)) + rest
         if 0 <= exclude < self.n:
             lower[exclude] = np.inf

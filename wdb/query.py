@@ -242,9 +242,8 @@ def aligned_knn(
     pos = ref.position()
     search = AlignedSearch(_read(db, space, ref.rows), nl)
     solved = 0
-    for j in range(nq):
-        ex = pos.get(-1 if q_ids[j] is None else int(q_ids[j]), -1)
-        res = search.knn(q_rows[j], k, exclude=ex)
+    exclude = [pos.get(-1 if i is None else int(i), -1) for i in q_ids]
+    for j, res in enumerate(search.knn_many(q_rows, k, exclude)):
         out_i[j, : len(res.index)] = ref.ids[res.index]
         out_d[j, : len(res.index)] = res.distance
         solved += res.solved
@@ -376,7 +375,9 @@ def _nearest(db, run, step, k, among, aligned, eval_set) -> list[dict]:
     pos = ref.position()
     found = [(int(i), float(d)) for i, d in zip(ids[0], dist[0], strict=True) if i >= 0]
     nb_ids = [i for i, _ in found]
-    values, _ = pick_metrics(_metrics(db, nb_ids), nb_ids)
+    values, chosen = pick_metrics(_metrics(db, nb_ids), nb_ids)
+    fixed = ("rank", "run", "step", "checkpoint_id", "kind", "distance", "error_iou")
+    names = [n for n in chosen if n not in fixed]  # same keys in every row
     iou: dict[int, float] = {}
     sets = _output_sets(db, [qid, *nb_ids])
     es = _eval_set_id(db, eval_set)
@@ -393,16 +394,16 @@ def _nearest(db, run, step, k, among, aligned, eval_set) -> list[dict]:
             iou = {i: float(v) for i, v in zip(have, vals, strict=True)}
     out = []
     for rank, (cid, d) in enumerate(found, 1):
-        info = ref.info[pos[cid]]
+        meta = ref.info[pos[cid]]
         row = {
             "rank": rank,
-            "run": info["run"],
-            "step": info["step"],
+            "run": meta["run"],
+            "step": meta["step"],
             "checkpoint_id": cid,
-            "kind": info["kind"],
+            "kind": meta["kind"],
             "distance": d,
         }
-        row.update(values.get(cid, {}))
+        row.update({n: values.get(cid, {}).get(n) for n in names})
         row["error_iou"] = iou.get(cid)
         out.append(row)
     return out
