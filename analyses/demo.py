@@ -68,7 +68,7 @@ PLANS: dict[str, dict[str, Plan]] = {
     "demo": {
         "hyperrep": Plan("small", 40, {"size": "small", "steps": 400}, 50, 50),
         "gpt": Plan("small", 60, {"size": "small", "train_steps": 600}, 40, 50),
-        "hyperdiffusion": Plan("small", 24, {"size": "small"}, 12, 12),
+        "hyperdiffusion": Plan("small", 24, {"size": "small", "train_steps": 400}, 12, 12),
         "pdiff": Plan(
             "default", None, {"size": "small", "ae_steps": 600, "ddpm_steps": 600}, 100, 100
         ),

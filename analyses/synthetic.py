@@ -54,6 +54,11 @@ class ToyTask:
             out.append((h @ p["fc2.weight"].T + p["fc2.bias"]).argmax(1))
         return np.stack(out)
 
+    def evaluate_rows(self, rows: np.ndarray, context=None) -> dict:
+        X, y = self.data("test")
+        P = self.predict(rows, X)
+        return {"accuracy": (y[None] == P).mean(1), "predictions": P}
+
     def fit_rows(self, n: int, seed: int) -> np.ndarray:
         """Rough 'trained' weights: random hidden layer, least-squares readout per model."""
         X, y = self.data("train")
@@ -113,8 +118,6 @@ def build(
     seed: int = 0,
 ) -> dict:
     """Fill ``db`` with a toy zoo, a generator's near-copies and the baselines; evaluate all."""
-    from wdb import outputs
-
     task = task or ToyTask()
     rng = np.random.default_rng(seed)
     W = task.fit_rows(n_train, seed)
@@ -144,11 +147,22 @@ def build(
     S = rng.normal(W.mean(0), W.std(0), (n_base, W.shape[1])).astype(np.float32)
     made["gaussian"] = db.add_checkpoints(space, S, kind="baseline", generator_run_id=b, zoo="toy")
     # evaluate everything: predictions + accuracy on the toy eval set
+    es = evaluate(db, task, [i for k, v in made.items() if k != "gen" for i in v])
+    made["eval_set_id"] = es
+    made["task"] = task
+    return made
+
+
+def evaluate(db, task: ToyTask, ids: list[int]) -> int:
+    """What ``wdb evaluate`` does for a registered task: predictions + accuracy on its eval set."""
+    from wdb import outputs
+
     X, y = task.data("test")
     es = outputs.ensure_eval_set(db, f"{task.name}:test", task.name, "test", y)
-    ids = [i for k, v in made.items() if k != "gen" for i in v]
-    rows = db.weights(ids)
-    P = task.predict(rows, X)
+    ids = [int(i) for i in ids]
+    if not ids:
+        return es
+    P = task.predict(db.weights(ids), X)
     outputs.write_outputs(db, es, "predictions", ids, P)
     acc = (y[None] == P).mean(1)
     db.add_metrics(
@@ -157,6 +171,18 @@ def build(
             for i, a in zip(ids, acc, strict=True)
         ]
     )
-    made["eval_set_id"] = es
-    made["task"] = task
-    return made
+    return es
+
+
+def evaluator(task: ToyTask):
+    """A ``db.evaluate``-like callable (``where=``) for the toy task, for the experiments."""
+
+    def run(db, where: str) -> None:
+        done = {
+            r["checkpoint_id"]
+            for r in db.sql("SELECT checkpoint_id FROM metrics WHERE name = 'accuracy'")
+        }
+        ids = [c["checkpoint_id"] for c in db.checkpoints(where) if c["checkpoint_id"] not in done]
+        evaluate(db, task, ids)
+
+    return run
