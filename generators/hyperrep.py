@@ -70,6 +70,7 @@ def default_config(size: str) -> dict:
         "enc_blocks": 1 if small else 2,
         "dec_blocks": 1 if small else 2,
         "latent_dim": 8 if small else 32,
+        "ff_mult": 2,
         "dropout": 0.0,
         "gamma": 0.5,
         "temperature": 0.1,
@@ -77,7 +78,7 @@ def default_config(size: str) -> dict:
         "aug_noise": 0.05,
         "perm_bank": 16 if small else 256,
         "steps": 30 if small else 2000,
-        "batch": 16 if small else 64,
+        "batch": 16 if small else 32,
         "lr": 1e-3,
         "weight_decay": 0.0,
         "top_frac": 0.3,
@@ -112,9 +113,9 @@ def tensor_stats(train: TrainingSet) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- model -------------------------------------------------------------------------------------
-def _blocks(width: int, heads: int, n: int, dropout: float) -> nn.TransformerEncoder:
+def _blocks(width: int, heads: int, n: int, dropout: float, ff: int) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(
-        width, heads, 4 * width, dropout, activation="gelu", batch_first=True, norm_first=True
+        width, heads, ff * width, dropout, activation="gelu", batch_first=True, norm_first=True
     )
     return nn.TransformerEncoder(layer, n, enable_nested_tensor=False)
 
@@ -136,8 +137,9 @@ class HyperAE(nn.Module):
         self.out = nn.ModuleList([nn.Linear(width, n) for n in self.lens])
         self.pos_enc = nn.Parameter(0.02 * torch.randn(n_tok, width))
         self.pos_dec = nn.Parameter(0.02 * torch.randn(n_tok, width))
-        self.encoder = _blocks(width, heads, int(config["enc_blocks"]), drop)
-        self.decoder = _blocks(width, heads, int(config["dec_blocks"]), drop)
+        ff = int(config["ff_mult"])
+        self.encoder = _blocks(width, heads, int(config["enc_blocks"]), drop, ff)
+        self.decoder = _blocks(width, heads, int(config["dec_blocks"]), drop, ff)
         self.to_latent = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, lat))
         self.from_latent = nn.Linear(lat, width)
         proj = int(config["proj_dim"])

@@ -55,7 +55,7 @@ def default_config(size: str) -> dict:
     return {
         "size": size,
         "n": 8 if small else 200,
-        "channels": 8 if small else 64,
+        "channels": 4 if small else 8,
         "latent_dim": 16 if small else 128,
         "input_noise": 0.001,
         "latent_noise": 0.1,
@@ -66,7 +66,7 @@ def default_config(size: str) -> dict:
         "timesteps": 50 if small else 1000,
         "beta_start": 1e-4,
         "beta_end": 0.02,
-        "denoiser_channels": 8 if small else 64,
+        "denoiser_channels": 8 if small else 16,
         "time_dim": 16 if small else 64,
     }
 
@@ -77,7 +77,11 @@ def _padded(d: int) -> int:
 
 # -- model -------------------------------------------------------------------------------------
 class AutoEncoder(nn.Module):
-    """[B, D] standardised row → [B, latent_dim] → [B, D]; conv stacks fold the length by 8."""
+    """[B, D] standardised row → [B, latent_dim] → [B, D].
+
+    Three stride-2 convs fold the (padded) length by 8 while the channels grow c → 2c → 4c; the
+    decoder mirrors them (4c → 2c → c, transposed convs) so the cost per position stays small.
+    """
 
     def __init__(self, d: int, channels: int, latent_dim: int):
         super().__init__()
@@ -85,13 +89,14 @@ class AutoEncoder(nn.Module):
         c = channels
         act = nn.LeakyReLU(0.2)
         self.enc = nn.Sequential(
-            nn.Conv1d(1, c, 4, 2, 1), act, nn.Conv1d(c, c, 4, 2, 1), act,
-            nn.Conv1d(c, c, 4, 2, 1), act, nn.Flatten(),
-            nn.Linear(c * self.p // 8, latent_dim),
+            nn.Conv1d(1, c, 4, 2, 1), act, nn.Conv1d(c, 2 * c, 4, 2, 1), act,
+            nn.Conv1d(2 * c, 4 * c, 4, 2, 1), act, nn.Flatten(),
+            nn.Linear(4 * c * self.p // 8, latent_dim),
         )  # fmt: skip
-        self.dec_in = nn.Linear(latent_dim, c * self.p // 8)
+        self.dec_in = nn.Linear(latent_dim, 4 * c * self.p // 8)
         self.dec = nn.Sequential(
-            act, nn.ConvTranspose1d(c, c, 4, 2, 1), act, nn.ConvTranspose1d(c, c, 4, 2, 1), act,
+            act, nn.ConvTranspose1d(4 * c, 2 * c, 4, 2, 1), act,
+            nn.ConvTranspose1d(2 * c, c, 4, 2, 1), act,
             nn.ConvTranspose1d(c, c, 4, 2, 1), act, nn.Conv1d(c, 1, 3, 1, 1),
         )  # fmt: skip
         self.c = c
@@ -101,7 +106,7 @@ class AutoEncoder(nn.Module):
         return self.enc(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.dec_in(z).reshape(len(z), self.c, self.p // 8)
+        h = self.dec_in(z).reshape(len(z), 4 * self.c, self.p // 8)
         return self.dec(h)[:, 0, : self.d]
 
 
