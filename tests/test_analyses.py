@@ -200,3 +200,42 @@ def test_unknown_method_is_a_clear_error(analysed):
     db, *_ = analysed
     with pytest.raises(NotFound, match="no finished generator run"):
         engine.run(db, "memorization", method="nope", out="/tmp/unused")
+
+
+def test_neural_field_method_gets_shapes_and_chamfer_tables(tmp_path):
+    """A 'field' task: stored point clouds instead of predictions → shape figure, Chamfer table."""
+    import wdb
+    from wdb import outputs
+    from wdb.tasks.shapes import chamfer
+
+    db = wdb.open(tmp_path / "db")
+    task = synthetic.ToyTask(kind="field")
+    made = synthetic.build(db, task=task, n_train=8, n_gen=4, n_base=3, method="hyperdiffusion")
+    test_ids = made["training"][-2:]
+    db.sql(
+        f"UPDATE checkpoints SET split = 'test' WHERE id IN ({test_ids[0]}, {test_ids[1]})",
+        write=True,
+    )
+    ids = [i for k in ("training", "generated", "noise_1", "noise_2") for i in made[k]]
+    rng = np.random.default_rng(0)
+    sphere = rng.normal(size=(256, 3))
+    sphere /= np.linalg.norm(sphere, axis=1, keepdims=True)
+    W = db.weights(ids)
+    clouds = np.stack([sphere * (1 + np.abs(w[:3])) for w in W]).astype(np.float32)
+    es = outputs.ensure_eval_set(db, "toy:points", "toy", "points", n_items=256)
+    outputs.write_outputs(db, es, "points", ids, clouds)
+    rec = engine.run(db, "memorization", method="hyperdiffusion", out=tmp_path / "r", task=task)
+    names = {f["name"] for f in rec["figures"]}
+    assert {"shapes", "shape_novelty", "heatmap", "min_l2_hist"} <= names
+    assert "decision_boundaries" not in names
+    rows = _table(db, rec, "chamfer")
+    pos = {c: k for k, c in enumerate(ids)}
+    train = made["training"]
+    for r in rows[:6]:
+        c = r["checkpoint_id"]
+        d = [chamfer(clouds[pos[c]], clouds[pos[t]]) for t in train if t != c]
+        assert r["min_chamfer_train"] == pytest.approx(min(d))
+        dt = [chamfer(clouds[pos[c]], clouds[pos[t]]) for t in test_ids if t != c]
+        assert r["min_chamfer_test"] == pytest.approx(min(dt))
+    shapes = _table(db, rec, "shapes")
+    assert {r["role"] for r in shapes} == {"generated", "nearest training"}
