@@ -1,0 +1,143 @@
+"""``wdb evaluate``: run each selected checkpoint's task on its eval set; store metrics and outputs.
+
+Flow: select checkpoints (``db.checkpoints(where)``) → group by weight space → resolve the task
+(``task=`` or ``wdb.tasks.for_space``; an unknown space is a one-line error naming it and a
+checkpoint, raised before anything is computed) → skip checkpoints that already have the task's
+primary metric on its eval set (unless ``force``) → evaluate in batches: read rows (the catalog
+connection is closed again before computing), compute, then store outputs
+(``wdb.outputs.write_outputs``: bytes, then catalog rows) and metrics (``db.add_metrics``).
+Outputs are written before metrics, and "done" means "has the metric", so an interrupted run
+re-evaluates the unfinished batch and replaces its outputs.
+
+Classifiers store ``accuracy`` (fraction), ``loss`` and per-item ``predictions`` on
+``<task>:test``; neural fields store 2048 surface ``points``, ``mesh_empty`` (0/1) and, when the
+run config names its shape, ``chamfer`` to that shape's ground truth, on ``<task>:points``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wdb.errors import BadInput, WdbError
+
+OUTPUT_KINDS = ("predictions", "points", "errors")
+
+
+@dataclass
+class EvalReport:
+    """What one ``evaluate`` call did, per task."""
+
+    evaluated: int = 0
+    skipped: int = 0
+    by_task: dict[str, dict] = field(default_factory=dict)
+
+    def rows(self) -> list[dict]:
+        """One summary row per task (for the CLI table)."""
+        return [{"task": k, **v} for k, v in self.by_task.items()]
+
+
+def primary_metric(task) -> str:
+    return "mesh_empty" if getattr(task, "kind", "classifier") == "field" else "accuracy"
+
+
+def evaluate(
+    db,
+    where: str | None = None,
+    task: str | None = None,
+    force: bool = False,
+    batch: int = 256,
+    params: dict | None = None,
+) -> EvalReport:
+    """Evaluate the checkpoints matching ``where`` (SQL over ``checkpoint_info``) on their task."""
+    from wdb import tasks as registry
+    from wdb.outputs import ensure_eval_set
+    from wdb.progress import progress
+
+    if batch < 1:
+        raise BadInput(f"batch must be ≥ 1, not {batch}")
+    selected = db.checkpoints(where, params)
+    forced = registry.get(task) if task else None
+    groups: dict[int, list[dict]] = defaultdict(list)
+    for c in selected:
+        groups[int(c["space_id"])].append(c)
+    plan = []
+    for space_id, cks in groups.items():
+        space = db.space(space_id)
+        t = forced or registry.for_space(space)
+        if t is None:
+            raise WdbError(
+                f"checkpoint {cks[0]['checkpoint_id']} (run '{cks[0]['run']}'): space "
+                f"'{space.name}' ({space.n_params} params) belongs to no known task; "
+                f"pass --task ({', '.join(registry.names())})"
+            )
+        if space.layout.hash not in {lay.hash for lay in t.layouts()}:
+            raise WdbError(
+                f"checkpoint {cks[0]['checkpoint_id']} (run '{cks[0]['run']}'): space "
+                f"'{space.name}' is not a weight space of task '{t.name}'"
+            )
+        plan.append((t, space, cks))
+
+    report = EvalReport()
+    for t, _space, cks in plan:
+        eid = ensure_eval_set(db, t.eval_set_name(), t.name, t.eval_split, t.eval_labels())
+        metric = primary_metric(t)
+        done = {
+            r["checkpoint_id"]
+            for r in db.sql(
+                "SELECT checkpoint_id FROM metrics WHERE eval_set_id = :e AND name = :n",
+                {"e": eid, "n": metric},
+            )
+        }
+        todo = [c for c in cks if force or c["checkpoint_id"] not in done]
+        stats = report.by_task.setdefault(
+            t.name,
+            {"eval_set": t.eval_set_name(), "evaluated": 0, "skipped": 0, metric: []},
+        )
+        stats["skipped"] += len(cks) - len(todo)
+        report.skipped += len(cks) - len(todo)
+        bar = progress(total=len(todo), desc=f"evaluate {t.name}")
+        for start in range(0, len(todo), batch):
+            part = todo[start : start + batch]
+            ids = [int(c["checkpoint_id"]) for c in part]
+            rows = db.weights(ids)
+            context = t.prepare(db, part)
+            result = t.evaluate_rows(rows, context)
+            _store(db, eid, ids, result)
+            values = np.asarray(result.get(metric, []), dtype=float)
+            stats[metric].extend(values[np.isfinite(values)].tolist())
+            stats["evaluated"] += len(ids)
+            report.evaluated += len(ids)
+            bar.update(len(ids))
+        bar.close()
+    for stats in report.by_task.values():
+        for key in ("accuracy", "mesh_empty"):
+            if key in stats:
+                vals = stats.pop(key)
+                stats[f"mean_{key}"] = float(np.mean(vals)) if vals else None
+    return report
+
+
+def _store(db, eval_set_id: int, ids: list[int], result: dict) -> None:
+    """Outputs first (bytes, then catalog rows), then metric rows."""
+    from wdb.outputs import write_outputs
+
+    for kind in OUTPUT_KINDS:
+        if kind in result:
+            write_outputs(db, eval_set_id, kind, ids, result[kind])
+    metric_rows = []
+    for name, values in result.items():
+        if name in OUTPUT_KINDS:
+            continue
+        values = np.asarray(values, dtype=float)
+        if values.shape != (len(ids),):
+            continue
+        for cid, v in zip(ids, values, strict=True):
+            if np.isfinite(v):
+                metric_rows.append(
+                    dict(checkpoint_id=cid, eval_set_id=eval_set_id, name=name, value=float(v))
+                )
+    with db.write_lock():
+        db.add_metrics(metric_rows)

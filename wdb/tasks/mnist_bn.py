@@ -1,0 +1,375 @@
+"""mnist-bn: the P-diff zoo. A conv net with BatchNorm; the generated space is the affine
+weight+bias of its last two BN layers (``bn1``, ``bn2``: 4 × 128 = 512 params).
+
+Base model (55k params, stored as one run of kind ``model``)::
+
+    conv1 1→8 5×5 → bn_c1 → ReLU → max-pool → conv2 8→16 5×5 → bn_c2 → ReLU → max-pool
+    → fc1 256→128 → bn1 → ReLU → fc2 128→128 → bn2 → ReLU → fc3 128→10
+
+trained with Adam (lr 1e-3, batch 64) on MNIST-5k. Then one extra epoch trains only bn1/bn2's
+weight and bias (AdamW, constant lr, batch 13 so that an epoch has ≥ 300 steps), saving after
+every step → 300 consecutive checkpoints of one run (partial state dicts of the four tensors).
+Features before bn1 (the fc1 outputs) are frozen, so they are computed once and cached.
+
+Deviation from P-diff, on purpose: during the BN-only epoch the BN layers use their stored
+running statistics (eval mode) instead of batch statistics, so a checkpoint = base model with its
+four affine tensors replaced, *exactly*, and evaluating a generated row means filling it into the
+base model. (P-diff trains in train mode and evaluates in the final model's statistics.)
+
+Finding the base model for evaluation (``base_state``): the BN run's config names it
+(``{"base_run": "<run>", "base_step": n}``); a generated checkpoint's run config usually does
+not, so its generator run's training ids are followed to a run that does; failing both, the
+only ``kind = 'model'`` checkpoint in the base space is used (more than one → a clear error).
+Rows of the full base space are evaluated as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from wdb.errors import NotFound, WdbError
+from wdb.spaces import Layout
+from wdb.tasks.base import (
+    Adam,
+    EvalContext,
+    Task,
+    ZooWriter,
+    check_size,
+    classifier_metrics,
+    mnist_split,
+)
+
+BN_NAMES = ["bn1.weight", "bn1.bias", "bn2.weight", "bn2.bias"]
+SIZES = {
+    "small": dict(base_epochs=1, bn_steps=20),
+    "default": dict(base_epochs=8, bn_steps=300),
+}
+BN_BATCH = 13
+BN_LR = 3e-3
+
+
+def _net():
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class BNNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 8, 5)
+            self.bn_c1 = nn.BatchNorm2d(8)
+            self.conv2 = nn.Conv2d(8, 16, 5)
+            self.bn_c2 = nn.BatchNorm2d(16)
+            self.fc1 = nn.Linear(256, 128)
+            self.bn1 = nn.BatchNorm1d(128)
+            self.fc2 = nn.Linear(128, 128)
+            self.bn2 = nn.BatchNorm1d(128)
+            self.fc3 = nn.Linear(128, 10)
+
+        def features(self, x):
+            """Everything before bn1 (frozen during the BN-only epoch)."""
+            x = x.reshape(-1, 1, 28, 28)
+            x = F.max_pool2d(F.relu(self.bn_c1(self.conv1(x))), 2)
+            x = F.max_pool2d(F.relu(self.bn_c2(self.conv2(x))), 2)
+            return self.fc1(x.flatten(1))
+
+        def head(self, h):
+            return self.fc3(F.relu(self.bn2(self.fc2(F.relu(self.bn1(h))))))
+
+        def forward(self, x):
+            return self.head(self.features(x))
+
+    return BNNet()
+
+
+def head_forward(base: dict, affine: dict, h):
+    """Logits ``[n, T, 10]`` of the head after bn1 for ``n`` stacked affine sets; ``h`` = cached
+    fc1 outputs ``[T, 128]``; BN in eval mode (running statistics of ``base``)."""
+    import torch
+
+    def bn(x, layer):
+        mean, var = base[f"{layer}.running_mean"], base[f"{layer}.running_var"]
+        xhat = (x - mean) / torch.sqrt(var + 1e-5)
+        return xhat * affine[f"{layer}.weight"][:, None] + affine[f"{layer}.bias"][:, None]
+
+    x = torch.relu(bn(h[None], "bn1"))  # [n, T, 128]
+    x = x @ base["fc2.weight"].T + base["fc2.bias"]
+    x = torch.relu(bn(x, "bn2"))
+    return x @ base["fc3.weight"].T + base["fc3.bias"]
+
+
+class MnistBN(Task):
+    name = "mnist-bn"
+
+    def __init__(self) -> None:
+        self._features: dict[str, object] = {}
+
+    def build_model(self):
+        return _net()
+
+    def layout(self) -> Layout:
+        """The generated space: bn1/bn2 weight+bias (512 params)."""
+        return self.base_layout().subset(BN_NAMES)
+
+    def data(self, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+        return mnist_split(split)
+
+    # -- the base model ----------------------------------------------------------------
+    def base_state(self, db, checkpoints: list[dict] | None = None) -> dict:
+        """The stored base model (torch state dict) that BN rows belong to: that of the given
+        checkpoints (rows of ``checkpoint_info``), or the only base model stored."""
+        if not checkpoints:
+            base_space = [s for s in db.spaces() if s["hash"] == self.base_layout().hash]
+            run, step = self._only_base(db, base_space)
+            return db.state_dict(db.checkpoint(run, step))
+        states = {id(s): s for s in self._base_states(db, checkpoints) if s is not None}
+        if len(states) != 1:
+            raise WdbError("mnist-bn: these checkpoints belong to different (or no) base models")
+        return next(iter(states.values()))
+
+    def _base_states(self, db, checkpoints: list[dict]) -> list[dict]:
+        """One base state dict per checkpoint (shared objects for the same base run)."""
+        base_space = [s for s in db.spaces() if s["hash"] == self.base_layout().hash]
+        cache: dict[str, dict] = {}
+
+        def load(run: str, step: int | None) -> dict:
+            key = f"{run}@{step}"
+            if key not in cache:
+                ck = db.checkpoint(run, step)
+                cache[key] = db.state_dict(ck)
+            return cache[key]
+
+        def from_config(cfg: dict | None) -> tuple[str, int | None] | None:
+            if cfg and cfg.get("base_run"):
+                return cfg["base_run"], cfg.get("base_step")
+            return None
+
+        run_cfg: dict[int, dict | None] = {}
+        run_ids = sorted({int(c["run_id"]) for c in checkpoints})
+        if run_ids:
+            for r in db.sql(
+                "SELECT id, config, generator_run_id FROM runs "
+                "WHERE id IN (SELECT unnest(CAST(:ids AS BIGINT[])))",
+                {"ids": run_ids},
+            ):
+                cfg = json.loads(r["config"]) if r["config"] else None
+                ref = from_config(cfg)
+                if ref is None and r["generator_run_id"] is not None:
+                    ref = self._ref_from_generator(db, int(r["generator_run_id"]))
+                run_cfg[int(r["id"])] = {"ref": ref}
+        fallback = None
+        out = []
+        for c in checkpoints:
+            if int(c["space_id"]) in {s["id"] for s in base_space}:
+                out.append(None)  # a full model: evaluated as it is
+                continue
+            ref = run_cfg.get(int(c["run_id"]), {}).get("ref")
+            if ref is None:
+                if fallback is None:
+                    fallback = self._only_base(db, base_space)
+                ref = fallback
+            out.append(load(*ref))
+        return out
+
+    def _ref_from_generator(self, db, gid: int) -> tuple[str, int | None] | None:
+        rows = db.sql("SELECT train_ids FROM generator_runs WHERE id = :g", {"g": gid})
+        if not rows or not rows[0]["train_ids"]:
+            return None
+        try:
+            ids = [int(i) for i in json.loads(rows[0]["train_ids"])][:1]
+        except (TypeError, ValueError):
+            return None
+        if not ids:
+            return None
+        found = db.sql(
+            "SELECT r.config FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE c.id = :i",
+            {"i": ids[0]},
+        )
+        if found and found[0]["config"]:
+            cfg = json.loads(found[0]["config"])
+            if cfg.get("base_run"):
+                return cfg["base_run"], cfg.get("base_step")
+        return None
+
+    def _only_base(self, db, base_space: list[dict]) -> tuple[str, int | None]:
+        if not base_space:
+            raise NotFound(
+                "mnist-bn: no base model stored (ingest the zoo's base run, kind 'model')"
+            )
+        rows = db.checkpoints("space_id = :s AND kind = 'model'", {"s": int(base_space[0]["id"])})
+        runs = sorted({r["run"] for r in rows})
+        if len(runs) != 1:
+            raise WdbError(
+                f"mnist-bn: cannot tell which base model to use ({len(runs)} stored: "
+                f"{', '.join(runs[:5])}); put 'base_run' in the run config"
+            )
+        return runs[0], None
+
+    def prepare(self, db, checkpoints: list[dict]) -> EvalContext:
+        ctx = super().prepare(db, checkpoints)
+        ctx.bases = self._base_states(db, checkpoints) if db is not None else None  # type: ignore[attr-defined]
+        return ctx
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _features_of(self, base_np: dict, X: np.ndarray):
+        import hashlib
+
+        import torch
+
+        digest = hashlib.sha1()
+        for name in ("conv1.weight", "conv2.weight", "fc1.weight", "bn_c2.running_var"):
+            digest.update(np.asarray(base_np[name], dtype=np.float32).tobytes())
+        digest.update(np.ascontiguousarray(X, dtype=np.float32).tobytes())
+        k = digest.hexdigest()
+        if k not in self._features:
+            model = self._model_from(base_np)
+            with torch.no_grad():
+                self._features[k] = model.features(torch.from_numpy(np.asarray(X, np.float32)))
+            if len(self._features) > 8:
+                self._features.pop(next(iter(self._features)))
+        return self._features[k]
+
+    def _model_from(self, state: dict):
+        import torch
+
+        model = _net()
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+        return model.eval()
+
+    def logits(self, rows: np.ndarray, X: np.ndarray, context=None, batch: int = 256):
+        """Logits ``[n, T, 10]``. BN rows need the base (``context.bases`` / ``base_state``
+        / a state dict as ``context``); full-model rows are evaluated as they are."""
+        import torch
+
+        rows = np.asarray(rows, dtype=np.float32)
+        full = self.base_layout()
+        if rows.shape[1] == full.n_params:
+            out = []
+            with torch.no_grad():
+                for r in rows:
+                    state = full.unflatten(r)
+                    out.append(self._model_from(state)(torch.from_numpy(np.asarray(X, np.float32))))
+            return torch.stack(out) if out else torch.empty(0, len(X), 10)
+        bases = self._bases_for(rows, context)
+        out = [None] * len(rows)
+        groups: dict[int, list[int]] = {}
+        for i, b in enumerate(bases):
+            groups.setdefault(id(b), []).append(i)
+        lay = self.layout()
+        with torch.no_grad():
+            for members in groups.values():
+                base = {k: torch.as_tensor(v) for k, v in bases[members[0]].items()}
+                h = self._features_of(bases[members[0]], X)
+                for s in range(0, len(members), batch):
+                    idx = members[s : s + batch]
+                    t = torch.from_numpy(rows[idx])
+                    aff = {e.name: t[:, e.offset : e.stop] for e in lay.entries}
+                    res = head_forward(base, aff, h)
+                    for j, i in enumerate(idx):
+                        out[i] = res[j]
+        return torch.stack(out) if out else torch.empty(0, len(X), 10)
+
+    def _bases_for(self, rows, context) -> list:
+        if isinstance(context, dict) and "conv1.weight" in context:
+            return [context] * len(rows)
+        bases = getattr(context, "bases", None)
+        if bases is None and isinstance(context, dict):
+            bases = [context["base_state"]] * len(rows) if "base_state" in context else None
+        if bases is None:
+            raise WdbError(
+                "mnist-bn: BN rows need the base model (pass the base state dict as context, "
+                "or evaluate through wdb so it is found in the database)"
+            )
+        return bases
+
+    def evaluate_rows(self, rows: np.ndarray, context: EvalContext | dict | None = None) -> dict:
+        X, y = self.data(self.eval_split)
+        return classifier_metrics(self.logits(rows, X, context), y)
+
+    def predict(self, rows: np.ndarray, X: np.ndarray, context=None):
+        return self.logits(rows, X, context).argmax(-1).numpy()
+
+    # -- training ------------------------------------------------------------------------
+    def train_zoo(
+        self, out: Path, runs: int | None = None, size: str = "default", seed: int = 0
+    ) -> Path:
+        """Base model, then one BN-only epoch saving after every step (``runs`` = checkpoints)."""
+        import torch
+        import torch.nn.functional as F
+
+        from wdb.progress import progress
+
+        check_size(size)
+        cfg = SIZES[size]
+        n_ckpt = int(runs or cfg["bn_steps"])
+        torch.manual_seed(seed)
+        Xtr, ytr = (torch.from_numpy(a) for a in self.data("train"))
+        Xte, yte = (torch.from_numpy(a) for a in self.data("test"))
+        writer = ZooWriter(out, self.name, size, seed)
+        base_run, bn_run = f"{writer.zoo}-base", f"{writer.zoo}-bn"
+        model = _net()
+        opt = Adam(model.parameters(), lr=1e-3)
+        rng = np.random.default_rng(seed)
+        spe = len(Xtr) // 64
+        bar = progress(total=cfg["base_epochs"] * spe + n_ckpt, desc=f"train {self.name}")
+        for _epoch in range(cfg["base_epochs"]):
+            model.train()
+            order = torch.from_numpy(rng.permutation(len(Xtr)))
+            for b in range(spe):
+                idx = order[b * 64 : (b + 1) * 64]
+                loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
+                loss.backward()
+                opt.step()
+                bar.update(1)
+        model.eval()
+        with torch.no_grad():
+            m = classifier_metrics(model(Xte)[None], yte.numpy())
+        base_cfg = {"task": self.name, "seed": seed, "role": "base", "epochs": cfg["base_epochs"]}
+        writer.add(
+            base_run,
+            cfg["base_epochs"],
+            model.state_dict(),
+            base_cfg,
+            kind="model",
+            split="train",
+            accuracy=m["accuracy"][0],
+            loss=m["loss"][0],
+        )
+        # the BN-only epoch: cached frozen features, eval-mode BN, AdamW on bn1/bn2 affine
+        base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            h_tr, h_te = model.features(Xtr), model.features(Xte)
+        affine = {k: base[k].clone()[None].requires_grad_() for k in BN_NAMES}
+        opt = Adam(affine.values(), lr=BN_LR, weight_decay=0.01)
+        bn_cfg = {
+            "task": self.name,
+            "seed": seed,
+            "base_run": base_run,
+            "base_step": cfg["base_epochs"],
+            "optimizer": "adamw",
+            "lr": BN_LR,
+            "batch": BN_BATCH,
+        }
+        order = torch.from_numpy(rng.permutation(len(Xtr)))
+        for step in range(1, n_ckpt + 1):
+            b = (step - 1) % (len(Xtr) // BN_BATCH)
+            idx = order[b * BN_BATCH : (b + 1) * BN_BATCH]
+            loss = F.cross_entropy(head_forward(base, affine, h_tr[idx])[0], ytr[idx])
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                m = classifier_metrics(head_forward(base, affine, h_te), yte.numpy())
+            writer.add(
+                bn_run,
+                step,
+                {k: v[0] for k, v in affine.items()},
+                bn_cfg,
+                split="train",
+                accuracy=m["accuracy"][0],
+                loss=m["loss"][0],
+            )
+            bar.update(1)
+        bar.close()
+        return writer.close(base_run=base_run, bn_run=bn_run, bn_steps=n_ckpt)
