@@ -53,7 +53,7 @@ def timed(fn) -> float:
 
 def cpu_of(fn) -> float:
     """CPU seconds (user + sys) of this process and its children while ``fn`` runs: unlike
-    wall time, this does not depend on how busy the machine's other tenants are."""
+    wall time, it barely counts time spent waiting for a busy machine's other tenants."""
 
     def now() -> float:
         a, b = (
@@ -141,7 +141,7 @@ def main() -> None:
         )
         print(
             f"CPU time: cp -r {c_cp:.3f} s, ingest (API) {c_api:.3f} s   "
-            f"ratio {c_cp / c_api:.2f}x  (load-independent)"
+            f"ratio {c_cp / c_api:.2f}x  (less sensitive to other load)"
         )
         if t_cli is not None:
             print(
