@@ -37,6 +37,8 @@ Deviations from the original and why:
 - One separate linear projection per token instead of G.pt's per-layer encoders with
   normalisation; no gradient clipping beyond norm 1; no classifier-free guidance (the original
   offers none either by default).
+- Target: ``target_loss`` defaults to 0 as in the paper's prompting; ``target_min=true``
+  prompts for the lowest loss seen in training instead (0 lies outside the training range).
 - Prompts: ``prompt`` is a SQL filter over checkpoint_info; by default the step-0 checkpoints of
   the held-out (split = 'test') runs of the training zoo and space. When it selects nothing (or
   no loader is given, e.g. in unit tests) the earliest checkpoint of every training run is used;
@@ -96,6 +98,7 @@ def default_config(size: str) -> dict:
         "scalar_scale": 1000.0,
         "augment_permutations": True,
         "target_loss": 0.0,
+        "target_min": False,
         "prompt": None,
     }
 
@@ -279,6 +282,15 @@ def prompts(
     return train.weights[idx].astype(np.float32), train.ids[idx], cond_train[idx]
 
 
+def _target(config: dict, train: TrainingSet) -> float:
+    """The prompted loss: ``target_loss``, or with ``target_min`` the lowest training value."""
+    if config.get("condition_used") == "none":
+        return 0.0
+    if config.get("target_min"):
+        return float(np.min(condition(train)[0]))
+    return float(config["target_loss"])
+
+
 def sample(
     model: dict[str, torch.Tensor] | None,
     train: TrainingSet,
@@ -303,7 +315,8 @@ def sample(
     pick = np.arange(n) % len(rows)
     start = torch.from_numpy(rows[pick] * scale)
     cur_t = torch.from_numpy(cur[pick].astype(np.float32))
-    target = float(config["target_loss"]) if config.get("condition_used") != "none" else 0.0
+    target = _target(config, train)
+    config["target_loss_used"] = target
     tgt_t = torch.full((n,), target, dtype=torch.float32)
     sched = LinearSchedule(
         int(config["diffusion_steps"]), float(config["beta_start"]), float(config["beta_end"])

@@ -88,6 +88,10 @@ def test_untrained_model_returns_its_prompts():
 def test_condition_falls_back_to_error_then_none():
     values, name = gpt.condition(synthetic(metrics=("accuracy",)))
     assert name == "error" and np.all((values >= 0) & (values <= 1))
+    ts = synthetic()
+    cfg = G.resolve_config(gpt, {"target_min": True})
+    assert gpt._target({**cfg, "condition_used": "loss"}, ts) == pytest.approx(1.3)
+    assert gpt._target({**cfg, "condition_used": "loss", "target_min": False}, ts) == 0.0
     ts = synthetic(metrics=())
     _, (s,), cfg = fit_sample(ts, n=2, augment_permutations=False)
     assert gpt.condition(ts)[1] == "none" and cfg["condition_used"] == "none"
