@@ -8,9 +8,10 @@ ground-truth surface is the zero level set (marching cubes at 80³, then 2048 su
 sampled with a fixed seed): everything is regenerated from ``{"seed", "shape_index"}`` in a run
 config, nothing extra is stored. Parts are ≥ 0.08 thick so a 64³ grid resolves them.
 
-Model: positional encoding (x, sin/cos(2^k π x), k = 0..3 → 27 inputs) → 64 → 64 → 1, ReLU
-(6,017 params; the original is 128-128-128 on ShapeNet planes). Fitting: BCE on near-surface
-(surface + N(0, 0.01²) / N(0, 0.05²)) and uniform points; the first shape's MLP is fitted from a
+Model: positional encoding (x, sin/cos(2^k π x/2), k = 0..3 → 27 inputs) → 64 → 64 → 1, ReLU
+(6,017 params; the original is 128-128-128 on ShapeNet planes normalised to a smaller box, which
+is why coordinates are halved inside the sin/cos here). Fitting: BCE on near-surface
+(surface + N(0, 0.01²) / N(0, 0.05²)) and, in every batch, fresh uniform points in [-1.1, 1.1]³; the first shape's MLP is fitted from a
 seeded initialisation, then *every* MLP starts from its weights (HyperDiffusion's "first weights",
 which keeps the zoo aligned) and all are fitted at once as one stacked model (``torch.bmm``).
 Default 300 shapes, split 250 train / 50 test.
@@ -46,10 +47,14 @@ GT_RES = 80
 N_FREQS = 4
 SIZES = {
     # shapes, steps for the first MLP, steps for all, points per model and step
-    "small": dict(runs=6, first_steps=400, steps=300, batch=1024),
-    "default": dict(runs=300, first_steps=1500, steps=700, batch=512),
+    "small": dict(runs=6, first_steps=300, steps=400, batch=1024),
+    "default": dict(runs=300, first_steps=1500, steps=800, batch=512),
 }
-LR = 2e-3
+LR = 5e-3
+N_NEAR, N_UNIFORM = 8000, 2000
+#: uniform samples cover a box a little larger than the [-1, 1]³ grid: without supervision at
+#: the faces of the cube the fields grow floaters there
+UNIFORM_BOX = 1.1
 
 
 # -- shapes ---------------------------------------------------------------------------------
@@ -115,13 +120,28 @@ def _fin(p: np.ndarray, f: dict) -> np.ndarray:
 
 
 def sdf(params: dict, p: np.ndarray) -> np.ndarray:
-    """Approximate signed distance (negative inside) of the plane at points ``p [..., 3]``."""
-    a, b, c = params["fuselage"]
-    q = p / np.array([a, b, c], dtype=p.dtype)
-    body = (np.sqrt((q**2).sum(-1)) - 1.0) * np.float32(min(a, b, c))
+    """Approximate signed distance (negative inside) of the plane at points ``p [..., 3]``.
+
+    Works on one shape's params (floats) or on ``stack_params`` of many (arrays ``[n, 1]``
+    against points ``[n, B, 3]``)."""
+    a, b, c = (np.asarray(v, dtype=p.dtype) for v in params["fuselage"])
+    q = p / np.stack(np.broadcast_arrays(a, b, c), -1)
+    body = (np.sqrt((q**2).sum(-1)) - 1.0) * np.minimum(np.minimum(a, b), c)
     return np.minimum.reduce(
         [body, _wing(p, params["wing"]), _wing(p, params["stab"]), _fin(p, params["fin"])]
     )
+
+
+def stack_params(many: list[dict]) -> dict:
+    """Shape params of ``n`` shapes as arrays ``[n, 1]`` (for ``sdf`` on ``[n, B, 3]`` points)."""
+
+    def col(values):
+        return np.asarray(values, dtype=np.float32)[:, None]
+
+    out: dict = {"fuselage": tuple(col([m["fuselage"][k] for m in many]) for k in range(3))}
+    for part in ("wing", "stab", "fin"):
+        out[part] = {key: col([m[part][key] for m in many]) for key in many[0][part]}
+    return out
 
 
 def _grid(res: int) -> np.ndarray:
@@ -193,13 +213,19 @@ def chamfer(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # -- the model ------------------------------------------------------------------------------
+#: coordinates are halved before the sin/cos features: their longest period (2) then spans
+#: [-2, 2], so points near +1 and -1 do not share an encoding (that aliasing grew floaters)
+PE_SCALE = 0.5
+
+
 def encode(p):
-    """Positional encoding: [x, sin(2^k π x), cos(2^k π x)] for k < 4 → 27 features."""
+    """Positional encoding: [x, sin(2^k π x/2), cos(2^k π x/2)] for k < 4 → 27 features."""
     import torch
 
     feats = [p]
+    q = p * PE_SCALE
     for k in range(N_FREQS):
-        feats += [torch.sin((2.0**k) * math.pi * p), torch.cos((2.0**k) * math.pi * p)]
+        feats += [torch.sin((2.0**k) * math.pi * q), torch.cos((2.0**k) * math.pi * q)]
     return torch.cat(feats, -1)
 
 
@@ -302,15 +328,18 @@ class ShapesOccupancy(Task):
             return (forward(p, x) > LEVEL).numpy()
 
     # -- training --------------------------------------------------------------------------
-    def _pool(self, seed: int, index: int, n_surface: int = 6000, n_uniform: int = 4000):
-        """Training points and occupancy labels of one shape (deterministic)."""
+    def _pool(self, seed: int, index: int, n_surface: int = N_NEAR, n_uniform: int = N_UNIFORM):
+        """Fixed training points and occupancy labels of one shape (deterministic): near-surface
+        and some uniform ones. Every batch adds as many *fresh* uniform points labelled by the
+        analytic field: with a fixed set of far-away samples the positional encoding leaves
+        floaters in empty space, which Chamfer distance punishes hard."""
         params = shape_params(seed, index)
         mesh = gt_mesh(seed, index)
         rng = np.random.default_rng([seed, index, 99])
         surf = sample_points(mesh, n_surface, seed=int(index) + 7)
         sigma = np.where(np.arange(n_surface) % 2 == 0, 0.01, 0.05)[:, None]
         near = surf + rng.normal(size=surf.shape) * sigma
-        uni = rng.uniform(-1, 1, size=(n_uniform, 3))
+        uni = rng.uniform(-UNIFORM_BOX, UNIFORM_BOX, size=(n_uniform, 3))
         pts = np.concatenate([near, uni]).astype(np.float32)
         occ = (sdf(params, pts) < 0).astype(np.float32)
         return pts, occ
@@ -337,15 +366,34 @@ class ShapesOccupancy(Task):
         P = torch.from_numpy(np.stack([p for p, _ in pools]))  # [n, M, 3]
         Occ = torch.from_numpy(np.stack([o for _, o in pools]))  # [n, M]
         gen = torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng([seed, 4242])
+        shapes = [shape_params(seed, i) for i in range(n)]
+        stacked = stack_params(shapes)
 
         def fit(params: dict, members: list[int], steps: int) -> float:
             opt = Adam(params.values(), lr=LR)
             sel = torch.tensor(members)
             loss = torch.zeros(())
             for step in range(steps):
-                idx = torch.randint(0, P.shape[1], (len(members), B), generator=gen)
-                x = torch.gather(P[sel], 1, idx[..., None].expand(-1, -1, 3))
-                y = torch.gather(Occ[sel], 1, idx)
+                idx = torch.randint(0, P.shape[1], (len(members), B // 2), generator=gen)
+                uni = rng.uniform(-UNIFORM_BOX, UNIFORM_BOX, size=(len(members), B // 2, 3)).astype(
+                    np.float32
+                )
+                sub = stacked if len(members) == n else stack_params([shapes[m] for m in members])
+                x = torch.cat(
+                    [
+                        torch.gather(P[sel], 1, idx[..., None].expand(-1, -1, 3)),
+                        torch.from_numpy(uni),
+                    ],
+                    1,
+                )
+                y = torch.cat(
+                    [
+                        torch.gather(Occ[sel], 1, idx),
+                        torch.from_numpy((sdf(sub, uni) < 0).astype(np.float32)),
+                    ],
+                    1,
+                )
                 logits = forward(params, encode(x))
                 loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(1).sum()
                 loss.backward()
