@@ -209,6 +209,8 @@ def test_bn_generated_rows_find_the_base_model(zoo_db):
     base = t.base_state(db)
     direct = t.evaluate_rows(row, base)["accuracy"][0]
     assert direct == acc[gid]
+    X, y = t.data("test")
+    assert (t.predict(row, X, db)[0] == y).mean() == acc[gid]  # the database as context
 
 
 def test_unknown_space_is_a_clear_error(zoo_db, tmp_path):

@@ -105,7 +105,7 @@ def evaluate(
             rows = db.weights(ids)
             context = t.prepare(db, part)
             result = t.evaluate_rows(rows, context)
-            _store(db, eid, ids, result)
+            _store(db, eid, ids, result, replace=force)
             values = np.asarray(result.get(metric, []), dtype=float)
             stats[metric].extend(values[np.isfinite(values)].tolist())
             stats["evaluated"] += len(ids)
@@ -120,8 +120,10 @@ def evaluate(
     return report
 
 
-def _store(db, eval_set_id: int, ids: list[int], result: dict) -> None:
-    """Outputs first (bytes, then catalog rows), then metric rows."""
+def _store(db, eval_set_id: int, ids: list[int], result: dict, replace: bool) -> None:
+    """Outputs first (bytes, then catalog rows), then metric rows (one transaction). Without
+    ``force`` the checkpoints have no metric on this eval set yet (that is how they were picked,
+    and a batch's metrics commit together), so the per-row delete of an upsert is skipped."""
     from wdb.outputs import write_outputs
 
     for kind in OUTPUT_KINDS:
@@ -140,4 +142,4 @@ def _store(db, eval_set_id: int, ids: list[int], result: dict) -> None:
                     dict(checkpoint_id=cid, eval_set_id=eval_set_id, name=name, value=float(v))
                 )
     with db.write_lock():
-        db.add_metrics(metric_rows)
+        db.add_metrics(metric_rows, replace=replace)

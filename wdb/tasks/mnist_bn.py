@@ -239,8 +239,9 @@ class MnistBN(Task):
         return model.eval()
 
     def logits(self, rows: np.ndarray, X: np.ndarray, context=None, batch: int = 256):
-        """Logits ``[n, T, 10]``. BN rows need the base (``context.bases`` / ``base_state``
-        / a state dict as ``context``); full-model rows are evaluated as they are."""
+        """Logits ``[n, T, 10]``. BN rows need the base model: ``context`` is what
+        ``prepare`` returned, the base state dict, ``{"base_state": ...}``, or a ``Database``
+        holding exactly one base model. Full-model rows are evaluated as they are."""
         import torch
 
         rows = np.asarray(rows, dtype=np.float32)
@@ -274,6 +275,8 @@ class MnistBN(Task):
     def _bases_for(self, rows, context) -> list:
         if isinstance(context, dict) and "conv1.weight" in context:
             return [context] * len(rows)
+        if hasattr(context, "checkpoints") and hasattr(context, "sql"):  # a Database
+            return [self.base_state(context)] * len(rows)
         bases = getattr(context, "bases", None)
         if bases is None and isinstance(context, dict):
             bases = [context["base_state"]] * len(rows) if "base_state" in context else None
