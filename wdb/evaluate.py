@@ -59,6 +59,11 @@ def evaluate(
     if batch < 1:
         raise BadInput(f"batch must be ≥ 1, not {batch}")
     selected = db.checkpoints(where, params)
+    # A generator's own network (run genmodel_<id>, kind 'model') is no task's model: skip it, so
+    # a bare `wdb evaluate` after `wdb generate` works.
+    selected = [
+        c for c in selected if not (c["kind"] == "model" and c["generator_run_id"] is not None)
+    ]
     forced = registry.get(task) if task else None
     groups: dict[int, list[dict]] = defaultdict(list)
     for c in selected:
