@@ -176,16 +176,21 @@ def resolve_context(db, method: str | None, task: Any = None) -> Context:
         "checkpoint_info c WHERE c.generator_run_id = g.id AND c.space_id = :s) ORDER BY g.id DESC",
         {"s": ctx.space_id},
     )
-    noise: dict[float, int] = {}
+    noise: dict[float, tuple[int, float]] = {}  # σ actually used -> (run id, σ as configured)
     for b in base:
         cfg = json.loads(b["config"] or "{}")
         if b["method"] == "noise":
-            noise.setdefault(_sigma(cfg), int(b["id"]))
+            nominal = float(cfg.get("sigma", float("nan")))
+            noise.setdefault(_sigma(cfg), (int(b["id"]), nominal))
         else:
             ctx.baselines.setdefault(b["method"], int(b["id"]))
     for i, s in enumerate(sorted(noise)[:2]):
-        ctx.baselines[f"noise_{i + 1}"] = noise[s]
-        ctx.sigmas[f"noise_{i + 1}"] = s
+        ctx.baselines[f"noise_{i + 1}"] = noise[s][0]
+        ctx.sigmas[f"noise_{i + 1}"] = noise[s][1]
+        if noise[s][1] != s:
+            ctx.notes.append(
+                f"noise_{i + 1}: σ={noise[s][1]:g} rescaled to {s:.4g} in weight units"
+            )
     if task is None:
         try:
             import wdb.tasks

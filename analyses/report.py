@@ -169,6 +169,8 @@ def build(db, out: str | Path, title: str = "wdb report: generalization or memor
             )
             + "</p>"
         )
+        if ctx.get("notes"):
+            body.append("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in ctx["notes"]) + "</ul>")
         counts = rec.get("selection_counts", {})
         body.append(_rows_table([{"selection": k, "checkpoints": v} for k, v in counts.items()]))
         body.append("<h3>Figures</h3>" + _figures(rec.get("figures", []), out))
