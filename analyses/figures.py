@@ -189,7 +189,7 @@ def shapes(rows: list[dict], path: Path, title: str = "", context: dict | None =
         c = cells.setdefault((r["pair"], r["role"]), {"p": [], "id": r["checkpoint_id"]})
         c["p"].append((r["x"], r["y"], r["z"]))
     pairs = sorted({p for p, _ in cells})
-    fig = plt.figure(figsize=(6.4, 3.0 * len(pairs)))
+    fig = plt.figure(figsize=(6.4, 2.7 * len(pairs)))
     for i, p in enumerate(pairs):
         for j, role in enumerate(["generated", "nearest training"]):
             ax = fig.add_subplot(len(pairs), 2, 2 * i + j + 1, projection="3d")
@@ -205,12 +205,14 @@ def shapes(rows: list[dict], path: Path, title: str = "", context: dict | None =
             ax.set_ylim(-lim, lim)
             ax.set_zlim(-lim, lim)
             ax.view_init(elev=25, azim=-60)
+            ax.set_box_aspect((1, 1, 1), zoom=1.35)
             ax.set_title(
                 f"{role} #{c['id']}",
                 fontsize=8,
                 color="#d62728" if role == "generated" else "black",
             )
     fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(wspace=0.0, hspace=0.08, top=0.93)
     return _save(fig, path)
 
 
