@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wdb.generate import Samples, TrainingSet
+from wdb.generate import Samples, TrainingSet, torch_threads
 from wdb.progress import progress
 from wdb.spaces import Layout
 from wdb.symmetry import layers, permute, random_permutations
@@ -81,6 +81,7 @@ def default_config(size: str) -> dict:
         "steps": 30 if small else 2000,
         "batch": 16 if small else 32,
         "lr": 1e-3,
+        "threads": 1,
         "weight_decay": 0.0,
         "top_frac": 0.3,
         "bandwidth": 0.002,
@@ -192,6 +193,11 @@ def permutation_bank(layout: Layout, size: int, rng: np.random.Generator) -> tor
 
 # -- training ----------------------------------------------------------------------------------
 def fit(train: TrainingSet, config: dict, seed: int) -> dict[str, torch.Tensor]:
+    with torch_threads(config.get("threads")):
+        return _fit(train, config, seed)
+
+
+def _fit(train: TrainingSet, config: dict, seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     layout = train.space.layout
@@ -278,9 +284,15 @@ def top_indices(train: TrainingSet, frac: float) -> np.ndarray:
     return np.sort(order[:keep])
 
 
-@torch.no_grad()
 def sample(
     model: dict[str, torch.Tensor], train: TrainingSet, n: int, config: dict, seed: int, load
+) -> list[Samples]:
+    with torch_threads(config.get("threads")), torch.no_grad():
+        return _sample(model, train, n, config, seed)
+
+
+def _sample(
+    model: dict[str, torch.Tensor], train: TrainingSet, n: int, config: dict, seed: int
 ) -> list[Samples]:
     layout = train.space.layout
     net = load_model(model, layout, config)

@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from generators.diffusion import LinearSchedule, timestep_embedding
-from wdb.generate import Samples, TrainingSet
+from wdb.generate import Samples, TrainingSet, torch_threads
 from wdb.progress import progress
 
 NAME = "pdiff"
@@ -63,6 +63,7 @@ def default_config(size: str) -> dict:
         "ddpm_steps": 40 if small else 3000,
         "batch": 16 if small else 64,
         "lr": 1e-3,
+        "threads": 1,
         "timesteps": 50 if small else 1000,
         "beta_start": 1e-4,
         "beta_end": 0.02,
@@ -179,6 +180,11 @@ def tensor_stats(train: TrainingSet) -> tuple[np.ndarray, np.ndarray]:
 
 # -- training ----------------------------------------------------------------------------------
 def fit(train: TrainingSet, config: dict, seed: int) -> dict[str, torch.Tensor]:
+    with torch_threads(config.get("threads")):
+        return _fit(train, config, seed)
+
+
+def _fit(train: TrainingSet, config: dict, seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     mean, std = tensor_stats(train)
@@ -235,9 +241,15 @@ def _load(model: dict[str, torch.Tensor], d: int, config: dict) -> tuple[AutoEnc
 
 
 # -- sampling ----------------------------------------------------------------------------------
-@torch.no_grad()
 def sample(
     model: dict[str, torch.Tensor], train: TrainingSet, n: int, config: dict, seed: int, load
+) -> list[Samples]:
+    with torch_threads(config.get("threads")), torch.no_grad():
+        return _sample(model, train, n, config, seed)
+
+
+def _sample(
+    model: dict[str, torch.Tensor], train: TrainingSet, n: int, config: dict, seed: int
 ) -> list[Samples]:
     d = train.space.n_params
     ae, den = _load(model, d, config)
