@@ -81,7 +81,7 @@ def test_finding3_domination_matches_a_direct_count(built):
     gen = [(r["max_iou"], r["accuracy"]) for r in sc if r["selection"] == "generated"]
     noise = [(r["max_iou"], r["accuracy"]) for r in sc if r["selection"].startswith("noise")]
     direct = np.mean([any(nx <= x and ny >= y for nx, ny in noise) for x, y in gen])
-    share, _ = findings.tradeoff(db, "pdiff")
+    share, _, _ = findings.tradeoff(db, "pdiff")
     assert share == pytest.approx(direct)
 
 
