@@ -38,6 +38,10 @@ def test_tokens_are_one_per_output_neuron_and_cover_the_row():
     layout = cnn_layout()
     cols = H.token_columns(layout)
     assert [c.shape for c in cols] == [(4, 10), (6, 17), (3, 7)]
+    chunked = H.token_columns(layout, max_token=8)
+    assert [c.shape for c in chunked] == [(4, 5), (4, 5), (6, 6), (6, 6), (6, 5), (3, 7)]
+    flat = np.concatenate([c.reshape(-1) for c in chunked])
+    assert sorted(flat) == list(range(layout.n_params))
     flat = np.concatenate([c.reshape(-1) for c in cols])
     assert sorted(flat) == list(range(layout.n_params))
     # unit 2 of conv1 owns its 3x3 kernel and its bias
