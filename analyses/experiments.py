@@ -141,7 +141,6 @@ def modeling_factors(
     from analyses import figures as figs
 
     base = _latest(db, method)
-    base_cfg = json.loads(base["config"] or "{}")
     from wdb.generate import get_method, resolve_config
 
     mod = get_method(method)
@@ -155,24 +154,17 @@ def modeling_factors(
         if v != "base" and not over:
             notes.append(f"{v}: skipped ({method}'s config has no knob for it)")
             continue
-        if v == "base" and base_cfg.get("size") == size and int(base_cfg.get("n", -1)) >= 1:
-            gid = int(base["id"])
-        else:
-            found = _find_variant(db, method, base["train_selection"], size, v)
-            if found is None:
-                t0 = time.perf_counter()
-                r = db.generate(
-                    method,
-                    train=base["train_selection"],
-                    n=n,
-                    seed=0,
-                    overrides={"size": size, **over},
-                )
-                gid = r.generator_run_id
-                _tag_variant(db, gid, v)
-                notes.append(f"{v}: trained in {time.perf_counter() - t0:.1f} s with {over}")
-            else:
-                gid = found
+        # the base is retrained at the variants' size too (the method's latest run may use other
+        # steps or widths), so every row differs from "base" by exactly its own knob
+        gid = _find_variant(db, method, base["train_selection"], size, v)
+        if gid is None:
+            t0 = time.perf_counter()
+            r = db.generate(
+                method, train=base["train_selection"], n=n, seed=0, overrides={"size": size, **over}
+            )
+            gid = r.generator_run_id
+            _tag_variant(db, gid, v)
+            notes.append(f"{v}: trained in {time.perf_counter() - t0:.1f} s with {over}")
         _evaluate(db, f"generator_run_id = {gid} AND kind <> 'model'", evaluate)
         st = _variant_stats(db, method, gid, field)
         rows.append({"variant": v, "overrides": json.dumps(over), "generator_run_id": gid, **st})
