@@ -314,6 +314,8 @@ def symmetry(db, out: Path, n_models: int = 40, seed: int = 0, task: Any = None)
             "disagreement": float(1 - agree(pred["original"], pred["original"][other]).mean()),
         }
     )
+    for r in rows:
+        r["reconstruction_accuracy"] = float(acc["original"].mean())
     name = "x_symmetry_hyperrep"
     write_table(db, name, {k: [r[k] for r in rows] for k in rows[0]})
     path = Path(out) / "figures" / "experiment_symmetry_hyperrep.png"

@@ -273,6 +273,13 @@ def finding5(db, records: list[dict]) -> Finding:
         if base is None:
             continue
         perf = "accuracy" if rec.get("performance") == "accuracy" else "mmd"
+        if perf == "accuracy" and _f(base["performance"]) < 0.2:
+            f.why = (
+                f"{NAMES.get(rec['method'], rec['method'])}'s samples are at chance level at this "
+                f"size (base accuracy {_fmt(base['performance'])}): rerun `wdb experiment "
+                "modeling-factors --size default`"
+            )
+            continue
         bad = []
         for r in rows:
             if r["variant"] == "base" or r.get("mean_min_l2") is None:
@@ -309,6 +316,11 @@ def finding6(db, records: list[dict]) -> Finding:
             ref = rows.get("different models")
             if not ref:
                 continue
+            if "reconstruction_accuracy" in ref and _f(ref["reconstruction_accuracy"]) < 0.2:
+                f.evidence.append(
+                    "caution: the autoencoder's reconstructions are at chance level "
+                    f"(accuracy {_fmt(ref['reconstruction_accuracy'])}); train it longer"
+                )
             for k in ("permuted", "scaled"):
                 if k in rows:
                     ok = _f(rows[k]["disagreement"]) > 0.1 * _f(ref["disagreement"])
