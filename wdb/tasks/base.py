@@ -235,10 +235,7 @@ def run_configs(db: Any, checkpoints: list[dict]) -> list[dict | None]:
     run_ids = sorted({int(c["run_id"]) for c in checkpoints})
     if not run_ids:
         return []
-    found = db.sql(
-        "SELECT id, config FROM runs WHERE id IN (SELECT unnest(CAST(:ids AS BIGINT[])))",
-        {"ids": run_ids},
-    )
+    found = db.sql(f"SELECT id, config FROM runs WHERE {id_in(db, 'id')}", {"ids": run_ids})
     parsed: dict[int, dict | None] = {}
     for r in found:
         try:
@@ -246,6 +243,13 @@ def run_configs(db: Any, checkpoints: list[dict]) -> list[dict | None]:
         except (TypeError, ValueError):
             parsed[int(r["id"])] = None
     return [parsed.get(int(c["run_id"])) for c in checkpoints]
+
+
+def id_in(db, column: str, param: str = "ids") -> str:
+    """``column IN :param`` for a list parameter, on DuckDB and PostgreSQL."""
+    if getattr(db.catalog, "duckdb_file", None):
+        return f"{column} IN (SELECT unnest(CAST(:{param} AS BIGINT[])))"
+    return f"{column} = ANY(:{param})"
 
 
 def classifier_metrics(logits, y) -> dict[str, np.ndarray]:

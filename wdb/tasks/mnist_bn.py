@@ -39,6 +39,7 @@ from wdb.tasks.base import (
     ZooWriter,
     check_size,
     classifier_metrics,
+    id_in,
     mnist_split,
 )
 
@@ -150,8 +151,7 @@ class MnistBN(Task):
         run_ids = sorted({int(c["run_id"]) for c in checkpoints})
         if run_ids:
             for r in db.sql(
-                "SELECT id, config, generator_run_id FROM runs "
-                "WHERE id IN (SELECT unnest(CAST(:ids AS BIGINT[])))",
+                f"SELECT id, config, generator_run_id FROM runs WHERE {id_in(db, 'id')}",
                 {"ids": run_ids},
             ):
                 cfg = json.loads(r["config"]) if r["config"] else None
