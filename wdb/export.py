@@ -6,8 +6,10 @@ export never leaves a half-written file under the requested name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from wdb.errors import BadInput
@@ -15,11 +17,18 @@ from wdb.errors import BadInput
 FORMATS = ("safetensors", "pt")
 
 
-def _atomic_target(out: Path):
+@contextlib.contextmanager
+def _atomic_write(out: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``out``; rename it into place only if the block succeeds."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     os.close(fd)
-    return Path(tmp)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_checkpoint(db, run: str, step: int | None, fmt: str, out: str | os.PathLike) -> dict:
@@ -29,8 +38,7 @@ def export_checkpoint(db, run: str, step: int | None, fmt: str, out: str | os.Pa
     info = db.checkpoint(run, step)
     state = db.state_dict(info)
     out = Path(out)
-    tmp = _atomic_target(out)
-    try:
+    with _atomic_write(out) as tmp:
         if fmt == "safetensors":
             from safetensors.torch import save_file
 
@@ -39,9 +47,6 @@ def export_checkpoint(db, run: str, step: int | None, fmt: str, out: str | os.Pa
             import torch
 
             torch.save(state, tmp)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {
         "run": run,
         "step": info["step"],
@@ -61,12 +66,8 @@ def export_mesh(db, run: str, step: int | None, out: str | os.PathLike) -> dict:
         raise BadInput(f"run '{run}' step {info['step']}: the occupancy field has no surface")
     out = Path(out)
     suffix = out.suffix.lstrip(".") or "ply"
-    tmp = _atomic_target(out)
-    try:
+    with _atomic_write(out) as tmp:
         mesh.export(str(tmp), file_type=suffix)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {
         "run": run,
         "step": info["step"],
