@@ -34,7 +34,7 @@ Deviations from the original and why:
 
 - Scale: the original uses width 1024-ish models, ~many thousand epochs on GPUs and a 2,464-param
   SVHN CNN zoo; here width 64, 2+2 blocks, feed-forward 2× width (4× originally), 2000 steps
-  of batch 32 (≈ 4 CPU-minutes on one core, measured).
+  of batch 32 (298 s of CPU on one core, measured on a busy machine: the 5-minute budget).
 - Latent: per token (the original compresses each token too); no pooled code. Chosen because a
   pooled 32-d code cannot reconstruct a thousand-parameter CNN well enough for its reconstructions
   to be useful models, which is what the paper compares against.
