@@ -111,3 +111,48 @@ def test_generate_lineage_and_nearest_training_chamfer(db):
         {"i": ids[0]},
     )
     assert rows and rows[0]["value"] == pytest.approx(min(d), rel=1e-6)
+
+
+def test_evaluate_records_chamfer_to_the_generators_training_shapes(db):
+    """`wdb evaluate` follows a generated checkpoint's lineage to its generator's training shapes
+    and records `chamfer_train_min` (issue 6: Chamfer to the nearest training shape as a metric)."""
+    layout = _layout()
+    space = db.ensure_space(layout)
+    db._commit(
+        space,
+        [
+            NewCheckpoint(
+                run=f"shape-{i}",
+                step=0,
+                row=octahedron(0.5 + 0.1 * i),
+                zoo="shp",
+                split="train",
+                run_config={"task": "shapes-occupancy", "seed": 0, "shape_index": i},
+            )
+            for i in range(2)
+        ],
+    )
+    rep = G.generate(db, "hyperdiffusion", train="zoo = 'shp'", n=1, overrides=dict(TINY))
+    # a sample of that generator that decodes to a real surface (an octahedron field)
+    (cid,) = db.add_checkpoints(
+        layout, octahedron(0.6)[None], kind="generated", generator_run_id=rep.generator_run_id
+    )
+    db.evaluate(where=f"checkpoint_id = {cid}")
+    got = db.sql(
+        "SELECT value FROM metrics WHERE name = 'chamfer_train_min' AND checkpoint_id = :i",
+        {"i": cid},
+    )
+    task = S.ShapesOccupancy()
+    pts = S.sample_points(S._marching(task.grid_logits(octahedron(0.6))[0], S.LEVEL, -1e3), 2048, 0)
+    want = min(S.chamfer(pts, task.gt_points({"seed": 0, "shape_index": i})) for i in (0, 1))
+    assert len(got) == 1 and got[0]["value"] == pytest.approx(want, rel=1e-6)
+    # a training checkpoint has its own shape, so it gets `chamfer`, not `chamfer_train_min`
+    db.evaluate(where="run = 'shape-0'")
+    names = {
+        r["name"]
+        for r in db.sql(
+            "SELECT m.name FROM metrics m JOIN checkpoint_info c "
+            "USING (checkpoint_id) WHERE c.run = 'shape-0'"
+        )
+    }
+    assert "chamfer" in names and "chamfer_train_min" not in names

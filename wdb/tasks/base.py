@@ -170,6 +170,9 @@ class EvalContext:
     db: Any = None
     checkpoints: list[dict] | None = None  # rows of checkpoint_info, same order as the rows
     configs: list[dict | None] | None = None  # run config per row
+    #: per row, reference data of its generator's training set (shapes: ground-truth clouds of
+    #: the training shapes, for ``chamfer_train_min``); None where the row has no lineage
+    references: list[Any] | None = None
 
 
 class Task:

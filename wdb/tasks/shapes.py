@@ -24,9 +24,11 @@ run config says which shape. An empty level set gives ``mesh_empty = 1`` and no 
 
 from __future__ import annotations
 
+import json
 import math
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +38,8 @@ from wdb.tasks.base import (
     Task,
     ZooWriter,
     check_size,
+    id_in,
+    run_configs,
     run_splits,
     stacked_init,
     stacked_params,
@@ -272,6 +276,41 @@ class ShapesOccupancy(Task):
     def eval_labels(self):
         return None
 
+    def prepare(self, db: Any, checkpoints: list[dict]) -> EvalContext:
+        """Run configs, plus, for each generated checkpoint (no shape of its own), the
+        ground-truth clouds of the shapes its generator trained on (lineage:
+        ``generator_runs.train_ids``), so ``wdb evaluate`` records ``chamfer_train_min``."""
+        ctx = super().prepare(db, checkpoints)
+        if db is None:
+            return ctx
+        clouds: dict[int, np.ndarray] = {}
+        refs: list[np.ndarray | None] = []
+        for c, cfg in zip(checkpoints, ctx.configs or [], strict=True):
+            gid = c.get("generator_run_id")
+            if gid is None or (cfg and cfg.get("shape_index") is not None):
+                refs.append(None)
+                continue
+            if int(gid) not in clouds:
+                clouds[int(gid)] = self._training_clouds(db, int(gid))
+            refs.append(clouds[int(gid)])
+        ctx.references = refs
+        return ctx
+
+    def _training_clouds(self, db: Any, generator_run_id: int) -> np.ndarray | None:
+        rows = db.sql("SELECT train_ids FROM generator_runs WHERE id = :g", {"g": generator_run_id})
+        ids = json.loads(rows[0]["train_ids"] or "[]") if rows else []
+        if not ids:
+            return None
+        train = db.checkpoints(id_in(db, "checkpoint_id"), {"ids": [int(i) for i in ids]})
+        shapes = {
+            (int(cfg.get("seed", 0)), int(cfg["shape_index"]))
+            for cfg in run_configs(db, train)
+            if cfg and cfg.get("shape_index") is not None
+        }
+        if not shapes:
+            return None
+        return np.stack([_gt(seed, index)[1] for seed, index in sorted(shapes)])
+
     def gt_points(self, run_config: dict) -> np.ndarray:
         """Ground-truth cloud ``[2048, 3]`` of the shape named by a run config."""
         return _gt(int(run_config.get("seed", 0)), int(run_config["shape_index"]))[1]
@@ -304,6 +343,8 @@ class ShapesOccupancy(Task):
         points = np.zeros((n, N_POINTS, 3), dtype=np.float32)
         empty = np.zeros(n)
         cham = np.full(n, np.nan)
+        cham_train = np.full(n, np.nan)
+        refs = (context.references if context is not None else None) or [None] * n
         for i in range(0, n, 8):
             grids = self.grid_logits(rows[i : i + 8])
             for j, g in enumerate(grids):
@@ -316,7 +357,12 @@ class ShapesOccupancy(Task):
                 cfg = configs[k]
                 if cfg and cfg.get("shape_index") is not None:
                     cham[k] = chamfer(points[k], self.gt_points(cfg))
-        return {"points": points, "mesh_empty": empty, "chamfer": cham}
+                if refs[k] is not None:
+                    cham_train[k] = min(chamfer(points[k], q) for q in refs[k])
+        out = {"points": points, "mesh_empty": empty, "chamfer": cham}
+        if any(r is not None for r in refs):
+            out["chamfer_train_min"] = cham_train
+        return out
 
     def predict(self, rows: np.ndarray, X: np.ndarray, context: EvalContext | None = None):
         """Occupancy (logit > logit(0.8)) ``[n, N]`` at points ``X [N, 3]``."""
