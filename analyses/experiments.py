@@ -134,17 +134,22 @@ def modeling_factors(
     n: int | None = None,
     variants: list[str] | None = None,
     evaluate: Callable | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Retrain ``method`` per variant, evaluate, tabulate performance vs novelty.
 
-    ``evaluate(db, where)`` replaces ``db.evaluate`` for tasks wdb does not know (tests)."""
+    The base is the method's ``size`` config with ``overrides`` on top (e.g. the default
+    architecture with fewer steps, which still learns where ``size=small`` does not); each
+    variant changes one knob of that base. ``evaluate(db, where)`` replaces ``db.evaluate`` for
+    tasks wdb does not know (tests)."""
     from analyses import figures as figs
 
     base = _latest(db, method)
     from wdb.generate import get_method, resolve_config
 
     mod = get_method(method)
-    cfg = resolve_config(mod, {"size": size})
+    fixed = {"size": size, **(overrides or {})}
+    cfg = resolve_config(mod, dict(fixed))
     field = _is_field(db, base)
     n = int(n or cfg.get("n", 8))
     rows, notes = [], []
@@ -156,11 +161,11 @@ def modeling_factors(
             continue
         # the base is retrained at the variants' size too (the method's latest run may use other
         # steps or widths), so every row differs from "base" by exactly its own knob
-        gid = _find_variant(db, method, base["train_selection"], size, v)
+        gid = _find_variant(db, method, base["train_selection"], {**fixed, **over}, v)
         if gid is None:
             t0 = time.perf_counter()
             r = db.generate(
-                method, train=base["train_selection"], n=n, seed=0, overrides={"size": size, **over}
+                method, train=base["train_selection"], n=n, seed=0, overrides={**fixed, **over}
             )
             gid = r.generator_run_id
             _tag_variant(db, gid, v)
@@ -223,7 +228,8 @@ def _tag_variant(db, gid: int, variant: str) -> None:
     )
 
 
-def _find_variant(db, method: str, selection: str, size: str, variant: str) -> int | None:
+def _find_variant(db, method: str, selection: str, config: dict, variant: str) -> int | None:
+    """A finished run of this variant whose config has every key of ``config`` (reruns reuse it)."""
     rows = db.sql(
         "SELECT id, config FROM generator_runs WHERE method = :m AND status = 'done' AND "
         "train_selection = :s ORDER BY id DESC",
@@ -231,7 +237,7 @@ def _find_variant(db, method: str, selection: str, size: str, variant: str) -> i
     )
     for r in rows:
         cfg = json.loads(r["config"] or "{}")
-        if cfg.get("variant") == variant and cfg.get("size") == size:
+        if cfg.get("variant") == variant and all(cfg.get(k) == v for k, v in config.items()):
             return int(r["id"])
     return None
 
@@ -459,8 +465,11 @@ def run(
     out: str | Path | None = None,
     size: str = "small",
     n: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run experiment ``name`` (see ``EXPERIMENTS``); writes its record and refreshes the report."""
+    """Run experiment ``name`` (see ``EXPERIMENTS``); writes its record and refreshes the report.
+
+    ``overrides`` (modeling-factors only) adjust the base config every variant starts from."""
     from analyses.api import default_out
     from analyses.report import build
 
@@ -469,7 +478,7 @@ def run(
     if name == "modeling-factors":
         if not method:
             raise BadInput("modeling-factors needs --method (hyperrep, gpt or hyperdiffusion)")
-        rec = modeling_factors(db, method, out, size=size, n=n)
+        rec = modeling_factors(db, method, out, size=size, n=n, overrides=overrides)
     elif name == "symmetry":
         rec = symmetry(db, out)
     elif name == "hd-augmentation":

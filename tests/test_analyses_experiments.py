@@ -75,3 +75,28 @@ def test_modeling_factors_table(hr_db):
         evaluate=synthetic.evaluator(made["task"]),
     )
     assert db.sql("SELECT count(*) AS n FROM generator_runs")[0]["n"] == before
+
+
+def test_modeling_factors_base_overrides(hr_db):
+    """``overrides`` change the base every variant starts from, and a rerun with other
+    overrides trains anew instead of reusing runs made from a different base."""
+    db, made, out = hr_db
+    run = dict(
+        size="small", n=3, variants=["shorter 50%"], evaluate=synthetic.evaluator(made["task"])
+    )
+    rec = experiments.modeling_factors(db, "hyperrep", out, overrides={"steps": 12}, **run)
+    rows = {r["variant"]: r for r in db.sql(f"SELECT * FROM {rec['table']}")}
+    configs = {
+        r["variant"]: json.loads(
+            db.sql(f"SELECT config FROM generator_runs WHERE id = {r['generator_run_id']}")[0][
+                "config"
+            ]
+        )
+        for r in rows.values()
+    }
+    assert configs["base"]["steps"] == 12 and configs["shorter 50%"]["steps"] == 6
+    before = db.sql("SELECT count(*) AS n FROM generator_runs")[0]["n"]
+    experiments.modeling_factors(db, "hyperrep", out, overrides={"steps": 12}, **run)
+    assert db.sql("SELECT count(*) AS n FROM generator_runs")[0]["n"] == before
+    experiments.modeling_factors(db, "hyperrep", out, overrides={"steps": 10}, **run)
+    assert db.sql("SELECT count(*) AS n FROM generator_runs")[0]["n"] == before + 2

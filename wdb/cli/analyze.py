@@ -56,15 +56,32 @@ def analyze(
     "--size", default="small", show_default=True, help="Generator size for the retrained variants."
 )
 @click.option("--n", type=int, help="Samples per variant.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="modeling-factors: override a key of the base config every variant starts from "
+    "(repeatable), e.g. --size default --set steps=300.",
+)
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder.")
 @output_options
 def experiment(
-    name: str, method: str | None, size: str, n: int | None, out: str | None, fmt: str
+    name: str,
+    method: str | None,
+    size: str,
+    n: int | None,
+    sets: tuple[str, ...],
+    out: str | None,
+    fmt: str,
 ) -> None:
     """Run one experiment: modeling-factors, symmetry or hd-augmentation."""
     from analyses import experiments
+    from wdb.generate import parse_sets
 
-    rec = experiments.run(get_db(), name, method=method, out=out, size=size, n=n)
+    rec = experiments.run(
+        get_db(), name, method=method, out=out, size=size, n=n, overrides=parse_sets(sets)
+    )
     emit(rec["tables"][0]["preview"], fmt, title=f"{rec['table']}")
     for note in rec.get("notes", []):
         click.echo(f"note: {note}", err=True)
