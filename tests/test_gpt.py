@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from generators import gpt
 from wdb import generate as G
@@ -67,7 +68,8 @@ def test_shapes_scale_and_determinism():
 
 
 def test_untrained_model_returns_its_prompts():
-    """Output projections start at zero, so the x0 prediction is the start: DDPM ends on it."""
+    """Without preconditioning, output projections start at zero, so the x0 prediction is the
+    start: DDPM ends on it."""
     ts = synthetic()
     prompts = synthetic(runs=2, seed=5, offset=10)
     called = []
@@ -76,7 +78,7 @@ def test_untrained_model_returns_its_prompts():
         called.append(where)
         return prompts
 
-    _, (s,), cfg = fit_sample(ts, n=4, load=load, train_steps=0)
+    _, (s,), cfg = fit_sample(ts, n=4, load=load, train_steps=0, precond=False)
     assert "split = 'test' AND step = 0" in called[0] and cfg["prompt_used"] == called[0]
     src = np.array([i["prompt_checkpoint"] for i in s.info])
     assert set(src) <= set(prompts.ids.tolist())
@@ -139,3 +141,52 @@ def test_generate_writes_lineage_and_reloads(db):
     first = db.weights([x["checkpoint_id"] for x in rep.runs])
     again = G.generate(db, "gpt", n=3, seed=2, from_run=rep.generator_run_id)
     np.testing.assert_array_equal(db.weights([x["checkpoint_id"] for x in again.runs]), first)
+
+
+def test_untrained_preconditioned_denoiser_is_the_gaussian_posterior_mean():
+    """Zero output projections + EDM skip: x0 = start + σd²/(σ²+σd²)·(x_t/√ᾱ − start)."""
+    ts = synthetic()
+    state, _, cfg = fit_sample(ts, n=1, train_steps=0, precond=True)
+    assert cfg["delta_std"] > 0 and cfg["tokens_used"] == "units"
+    net = gpt._build(cfg, ts.layout)
+    net.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("denoiser.")})
+    g = torch.Generator().manual_seed(0)
+    start, x_t = torch.randn(3, 7960, generator=g), torch.randn(3, 7960, generator=g)
+    t = torch.tensor([0, 5, 11])
+    with torch.no_grad():
+        out = net(x_t, start, t, torch.zeros(3), torch.zeros(3))
+    ab = net.alpha_bar[t].reshape(-1, 1)
+    var, sd2 = (1 - ab) / ab, cfg["delta_std"] ** 2
+    expected = start + sd2 / (var + sd2) * (x_t / ab.sqrt() - start)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unit_tokens_partition_the_row_and_are_permutation_equivariant():
+    from wdb.symmetry import permute, random_permutations
+
+    layout = _layout()
+    groups = gpt.neuron_groups(layout, 1000)
+    flat = np.concatenate([g.reshape(-1) for g in groups])
+    assert sorted(flat.tolist()) == list(range(layout.n_params))
+    assert [g.shape for g in groups] == [(10, 795), (1, 10)]
+    cfg = {**G.resolve_config(gpt, TINY), "delta_std": 0.1, "tokens_used": "units"}
+    torch.manual_seed(0)
+    net = gpt._build(cfg, layout)
+    for p in net.parameters():  # non-zero output projections
+        torch.nn.init.normal_(p, std=0.05) if p.requires_grad else None
+    rng = np.random.default_rng(0)
+    x_t, start = rng.normal(size=(2, 7960)), rng.normal(size=(2, 7960))
+    perms = random_permutations(layout, rng)
+    t, z = torch.tensor([3, 7]), torch.zeros(2)
+
+    def run(x, s):
+        with torch.no_grad():
+            out = net(
+                torch.tensor(x, dtype=torch.float32), torch.tensor(s, dtype=torch.float32), t, z, z
+            )
+        return out.numpy()
+
+    a = permute(run(x_t, start), layout, perms)
+    b = run(permute(x_t, layout, perms), permute(start, layout, perms))
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert not np.allclose(a, run(x_t, start), atol=1e-3)  # the permutation did change the row
