@@ -78,7 +78,8 @@ Measured (mnist-mlp default zoo: 250 train / 50 test runs x 50 checkpoints; defa
 'training' AND split = 'train'" --n 100`` then ``wdb evaluate``): 100 samples prompted with the
 held-out step-0 checkpoints reach 0.789 mean test accuracy (median 0.81, 10-90%: 0.68-0.87,
 max 0.885) against 0.901 for the final training checkpoints and 0.100 for the prompts; fit
-241 s and fit + sampling 298 s of CPU time on one thread (fit loss 0.024). Before unit tokens
+241 s and fit + sampling 298 s of CPU time on one thread (fit loss 0.024); on two threads
+fit + sampling takes 262 s wall (same command without the thread limit; 0.790 mean accuracy). Before unit tokens
 (chunk tokens, lr 4e-4, 3000 steps) samples reached ~0.16. Permutation-aligned distance
 (``wdb query nearest --aligned``) to the nearest final train-split checkpoint: 8.3 (7.6-9.0)
 for 20 samples vs 9.2 (8.4-10.3) for 20 held-out final checkpoints: closer to the training set
