@@ -255,6 +255,24 @@ def id_in(db, column: str, param: str = "ids") -> str:
     return f"{column} = ANY(:{param})"
 
 
+class ClassifierTask(Task):
+    """A task whose models map inputs to class logits: evaluation and predictions follow from
+    ``logits`` (metrics on the eval split, argmax labels), so each classifier writes only that."""
+
+    kind = "classifier"
+
+    def logits(self, rows: np.ndarray, X: np.ndarray, context: Any = None):  # -> torch.Tensor
+        """Logits ``[n, N, n_classes]`` of ``n`` stacked models on inputs ``X``."""
+        raise NotImplementedError
+
+    def evaluate_rows(self, rows: np.ndarray, context: EvalContext | None = None) -> dict:
+        X, y = self.data(self.eval_split)
+        return classifier_metrics(self.logits(rows, X, context), y)
+
+    def predict(self, rows: np.ndarray, X: np.ndarray, context: EvalContext | None = None):
+        return self.logits(rows, X, context).argmax(-1).numpy()
+
+
 def classifier_metrics(logits, y) -> dict[str, np.ndarray]:
     """Per-model accuracy (fraction), mean CE loss and predictions from logits ``[n, T, C]``."""
     import torch

@@ -34,8 +34,8 @@ from wdb.errors import NotFound, WdbError
 from wdb.spaces import Layout
 from wdb.tasks.base import (
     Adam,
+    ClassifierTask,
     EvalContext,
-    Task,
     ZooWriter,
     check_size,
     classifier_metrics,
@@ -101,7 +101,7 @@ def head_forward(base: dict, affine: dict, h):
     return x @ base["fc3.weight"].T + base["fc3.bias"]
 
 
-class MnistBN(Task):
+class MnistBN(ClassifierTask):
     name = "mnist-bn"
 
     def __init__(self) -> None:
@@ -286,13 +286,6 @@ class MnistBN(Task):
                 "or evaluate through wdb so it is found in the database)"
             )
         return bases
-
-    def evaluate_rows(self, rows: np.ndarray, context: EvalContext | dict | None = None) -> dict:
-        X, y = self.data(self.eval_split)
-        return classifier_metrics(self.logits(rows, X, context), y)
-
-    def predict(self, rows: np.ndarray, X: np.ndarray, context=None):
-        return self.logits(rows, X, context).argmax(-1).numpy()
 
     # -- training ------------------------------------------------------------------------
     def train_zoo(

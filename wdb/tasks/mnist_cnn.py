@@ -20,8 +20,7 @@ import numpy as np
 
 from wdb.tasks.base import (
     Adam,
-    EvalContext,
-    Task,
+    ClassifierTask,
     ZooWriter,
     check_size,
     classifier_metrics,
@@ -69,7 +68,7 @@ def forward(p: dict, x):
     return out.transpose(0, 1)
 
 
-class MnistCNN(Task):
+class MnistCNN(ClassifierTask):
     name = "mnist-cnn"
 
     def build_model(self):
@@ -104,7 +103,8 @@ class MnistCNN(Task):
             return to14(X)
         return X.reshape(-1, 1, 14, 14)
 
-    def logits(self, rows: np.ndarray, X: np.ndarray, batch: int = 64):
+    def logits(self, rows: np.ndarray, X: np.ndarray, context=None, batch: int = 64):
+        """``X`` may be 784-vectors (28×28, pooled here) or 14×14 images."""
         import torch
 
         x = torch.from_numpy(self._as_images(X))
@@ -114,14 +114,6 @@ class MnistCNN(Task):
                 p = stacked_params(self.layout(), rows[i : i + batch])
                 out.append(forward(p, x))
         return torch.cat(out) if out else torch.empty(0, len(x), 10)
-
-    def evaluate_rows(self, rows: np.ndarray, context: EvalContext | None = None) -> dict:
-        X, y = self.data(self.eval_split)
-        return classifier_metrics(self.logits(rows, X), y)
-
-    def predict(self, rows: np.ndarray, X: np.ndarray, context: EvalContext | None = None):
-        """Labels ``[n, N]``; ``X`` may be 784-vectors (28×28, pooled here) or 14×14 images."""
-        return self.logits(rows, X).argmax(-1).numpy()
 
     def train_zoo(
         self, out: Path, runs: int | None = None, size: str = "default", seed: int = 0

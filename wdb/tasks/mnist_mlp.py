@@ -19,8 +19,7 @@ import numpy as np
 
 from wdb.tasks.base import (
     SGD,
-    EvalContext,
-    Task,
+    ClassifierTask,
     ZooWriter,
     check_size,
     classifier_metrics,
@@ -67,7 +66,7 @@ def forward(p: dict, X):
     return torch.bmm(h, p["fc2.weight"].transpose(1, 2)) + p["fc2.bias"][:, None]
 
 
-class MnistMLP(Task):
+class MnistMLP(ClassifierTask):
     name = "mnist-mlp"
 
     def build_model(self):
@@ -96,7 +95,7 @@ class MnistMLP(Task):
             arrays[e.name] = t[:, e.offset : e.stop].reshape(len(rows), *e.shape)
         return arrays
 
-    def logits(self, rows: np.ndarray, X: np.ndarray, batch: int = 256):
+    def logits(self, rows: np.ndarray, X: np.ndarray, context=None, batch: int = 256):
         import torch
 
         Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
@@ -105,13 +104,6 @@ class MnistMLP(Task):
             for i in range(0, len(rows), batch):
                 out.append(forward(self._params(rows[i : i + batch]), Xt))
         return torch.cat(out) if out else torch.empty(0, len(X), 10)
-
-    def evaluate_rows(self, rows: np.ndarray, context: EvalContext | None = None) -> dict:
-        X, y = self.data(self.eval_split)
-        return classifier_metrics(self.logits(rows, X), y)
-
-    def predict(self, rows: np.ndarray, X: np.ndarray, context: EvalContext | None = None):
-        return self.logits(rows, X).argmax(-1).numpy()
 
     def train_zoo(
         self, out: Path, runs: int | None = None, size: str = "default", seed: int = 0
