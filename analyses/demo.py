@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analyses.experiments import find_run
 from wdb.errors import NotFound, WdbError
 
 ORDER = ("hyperrep", "gpt", "hyperdiffusion", "pdiff")
@@ -151,21 +152,8 @@ def _evaluate(db, where: str, log: Log, what: str) -> None:
     log(f"{what}: evaluated{f' {n}' if n is not None else ''} ({time.perf_counter() - t:.0f} s)")
 
 
-def _find_run(db, method: str, selection: str, match: dict[str, Any]) -> int | None:
-    rows = db.sql(
-        "SELECT id, config FROM generator_runs WHERE method = :m AND status = 'done' AND "
-        "train_selection = :s ORDER BY id DESC",
-        {"m": method, "s": selection},
-    )
-    for r in rows:
-        cfg = json.loads(r["config"] or "{}")
-        if cfg.get("variant") is None and all(cfg.get(k) == v for k, v in match.items()):
-            return int(r["id"])
-    return None
-
-
 def ensure_generated(db, method: str, plan: Plan, selection: str, log: Log) -> int:
-    found = _find_run(db, method, selection, {**plan.gen, "n": plan.n})
+    found = find_run(db, method, selection, {**plan.gen, "n": plan.n})
     if found is not None:
         log(f"{method}: reusing generator run {found}")
         return found
@@ -197,7 +185,7 @@ def ensure_baselines(db, method: str, plan: Plan, selection: str, gid: int, log:
         ]
     out = []
     for b, over in jobs:
-        found = _find_run(
+        found = find_run(
             db, b, src, {**{k: v for k, v in over.items() if k != "size"}, "n": plan.n_baseline}
         )
         if found is None:

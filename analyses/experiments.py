@@ -161,7 +161,7 @@ def modeling_factors(
             continue
         # the base is retrained at the variants' size too (the method's latest run may use other
         # steps or widths), so every row differs from "base" by exactly its own knob
-        gid = _find_variant(db, method, base["train_selection"], {**fixed, **over}, v)
+        gid = find_run(db, method, base["train_selection"], {**fixed, **over}, v)
         if gid is None:
             t0 = time.perf_counter()
             r = db.generate(
@@ -228,8 +228,11 @@ def _tag_variant(db, gid: int, variant: str) -> None:
     )
 
 
-def _find_variant(db, method: str, selection: str, config: dict, variant: str) -> int | None:
-    """A finished run of this variant whose config has every key of ``config`` (reruns reuse it)."""
+def find_run(
+    db, method: str, selection: str, config: dict[str, Any], variant: str | None = None
+) -> int | None:
+    """The newest finished ``method`` run on ``selection`` whose config has every key of
+    ``config`` and is tagged ``variant`` (None: an untagged run): what reruns reuse."""
     rows = db.sql(
         "SELECT id, config FROM generator_runs WHERE method = :m AND status = 'done' AND "
         "train_selection = :s ORDER BY id DESC",
@@ -373,9 +376,9 @@ def hd_augmentation(
     rows, notes = [], []
     for k in perms:
         v = f"augment {k}"
-        gid = _find_variant(db, "hyperdiffusion", base["train_selection"], size, v)
+        over = {"size": size, "augment_permutations": k}
+        gid = find_run(db, "hyperdiffusion", base["train_selection"], over, v)
         if gid is None:
-            over = {"size": size, "augment_permutations": k}
             r = db.generate(
                 "hyperdiffusion", train=base["train_selection"], n=n, seed=0, overrides=over
             )

@@ -64,21 +64,27 @@ def octahedron(radius: float) -> np.ndarray:
     return layout.flatten(p)
 
 
+def octahedron_zoo(db) -> None:
+    """Zoo 'shp': two training fields (octahedra of radius 0.5 and 0.6) of shapes 0 and 1."""
+    db._commit(
+        db.ensure_space(_layout()),
+        [
+            NewCheckpoint(
+                run=f"shape-{i}",
+                step=0,
+                row=octahedron(0.5 + 0.1 * i),
+                zoo="shp",
+                split="train",
+                run_config={"task": "shapes-occupancy", "seed": 0, "shape_index": i},
+            )
+            for i in range(2)
+        ],
+    )
+
+
 def test_generate_lineage_and_nearest_training_chamfer(db):
     layout = _layout()
-    space = db.ensure_space(layout)
-    items = [
-        NewCheckpoint(
-            run=f"shape-{i}",
-            step=0,
-            row=octahedron(0.5 + 0.1 * i),
-            zoo="shp",
-            split="train",
-            run_config={"task": "shapes-occupancy", "seed": 0, "shape_index": i},
-        )
-        for i in range(2)
-    ]
-    db._commit(space, items)
+    octahedron_zoo(db)
     rep = G.generate(db, "hyperdiffusion", train="zoo = 'shp'", n=2, overrides=dict(TINY))
     assert rep.status == "done" and len(rep.runs) == 2
     cfgs = db.sql(
@@ -117,21 +123,7 @@ def test_evaluate_records_chamfer_to_the_generators_training_shapes(db):
     """`wdb evaluate` follows a generated checkpoint's lineage to its generator's training shapes
     and records `chamfer_train_min` (issue 6: Chamfer to the nearest training shape as a metric)."""
     layout = _layout()
-    space = db.ensure_space(layout)
-    db._commit(
-        space,
-        [
-            NewCheckpoint(
-                run=f"shape-{i}",
-                step=0,
-                row=octahedron(0.5 + 0.1 * i),
-                zoo="shp",
-                split="train",
-                run_config={"task": "shapes-occupancy", "seed": 0, "shape_index": i},
-            )
-            for i in range(2)
-        ],
-    )
+    octahedron_zoo(db)
     rep = G.generate(db, "hyperdiffusion", train="zoo = 'shp'", n=1, overrides=dict(TINY))
     # a sample of that generator that decodes to a real surface (an octahedron field)
     (cid,) = db.add_checkpoints(
@@ -156,3 +148,25 @@ def test_evaluate_records_chamfer_to_the_generators_training_shapes(db):
         )
     }
     assert "chamfer" in names and "chamfer_train_min" not in names
+
+
+def test_hd_augmentation_rerun_reuses_its_runs(db, tmp_path):
+    """The experiment's table has one row per permutation count, and a rerun finds the tagged
+    runs (matched on size and augment_permutations) instead of training them again."""
+    from analyses import experiments
+
+    octahedron_zoo(db)
+    G.generate(db, "hyperdiffusion", train="zoo = 'shp'", n=1, overrides=dict(TINY))
+    rec = experiments.hd_augmentation(db, tmp_path, size="small", n=2, perms=(0, 1))
+    rows = db.sql(f"SELECT * FROM {rec['table']} ORDER BY augment_permutations")
+    assert [r["augment_permutations"] for r in rows] == [0, 1]
+    for r in rows:
+        cfg = json.loads(
+            db.sql(f"SELECT config FROM generator_runs WHERE id = {r['generator_run_id']}")[0][
+                "config"
+            ]
+        )
+        assert cfg["augment_permutations"] == r["augment_permutations"] and r["n"] == 2
+    before = db.sql("SELECT count(*) AS n FROM generator_runs")[0]["n"]
+    experiments.hd_augmentation(db, tmp_path, size="small", n=2, perms=(0, 1))
+    assert db.sql("SELECT count(*) AS n FROM generator_runs")[0]["n"] == before
