@@ -160,19 +160,12 @@ def _pair_job(args):
 
 def bench_aligned(n_q: int, n_r: int, workers: int) -> None:
     from wdb.align import AlignedSearch, neuron_layout
-    from wdb.spaces import Layout
     from wdb.symmetry import permute
 
     print(f"\n== aligned nearest: {n_q} queries x {n_r} references, 784-10-10 MLP ==")
-    z = np.zeros
-    lay = Layout.from_arrays(
-        {
-            "fc1.weight": z((10, 784), np.float32),
-            "fc1.bias": z(10, np.float32),
-            "fc2.weight": z((10, 10), np.float32),
-            "fc2.bias": z(10, np.float32),
-        }
-    )
+    from wdb.tasks import get as get_task
+
+    lay = get_task("mnist-mlp").layout()  # the G.pt zoo's 784-10-10 MLP
     nl = neuron_layout(lay)
     rng = np.random.default_rng(2)
     # runs of trajectories with their own neuron order (different seeds are not aligned)

@@ -107,16 +107,9 @@ def test_knn_widening_rounds(db, monkeypatch):
 
 def test_aligned_nearest_finds_permuted_copy(db):
     from wdb.symmetry import permute
+    from wdb.tasks import get as get_task
 
-    z = np.zeros
-    lay = Layout.from_arrays(
-        {
-            "fc1.weight": z((10, 784), np.float32),
-            "fc1.bias": z(10, np.float32),
-            "fc2.weight": z((10, 10), np.float32),
-            "fc2.bias": z(10, np.float32),
-        }
-    )
+    lay = get_task("mnist-mlp").layout()  # the G.pt zoo's 784-10-10 MLP
     rng = np.random.default_rng(5)
     train = (0.1 * rng.normal(size=(30, lay.n_params))).astype(np.float32)
     ids = add_training(db, lay, train)
