@@ -78,11 +78,11 @@ def noise_sample(model, train: TrainingSet, n: int, config: dict, seed: int, loa
     train_std = float(train.weights.std())
     if config.get("ref_std"):
         sigma = sigma * train_std / float(config["ref_std"])
-    config.update(sigma_used=sigma, train_std=train_std, select_used=rule, pool_size=len(pool))
+    record = dict(sigma_used=sigma, train_std=train_std, select_used=rule, pool_size=len(pool))
     src = pool[rng.integers(0, len(pool), size=n)]
     rows = train.weights[src] + sigma * rng.standard_normal((n, train.weights.shape[1]))
     info = [{"source_checkpoint": int(train.ids[i]), "sigma": sigma} for i in src]
-    return [Samples(rows.astype(np.float32), kind="baseline", info=info)]
+    return [Samples(rows.astype(np.float32), kind="baseline", info=info, record=record)]
 
 
 # -- average -----------------------------------------------------------------------------------
@@ -97,13 +97,16 @@ def average_sample(
 ) -> list[Samples]:
     rng = _rng(seed)
     k = min(int(config["k"]), len(train))
-    config["k_used"] = k
     rows, info = [], []
     for _ in range(n):
         members = np.sort(rng.choice(len(train), size=k, replace=False))
         rows.append(train.weights[members].astype(np.float64).mean(0))
         info.append({"members": [int(train.ids[i]) for i in members]})
-    return [Samples(np.asarray(rows, dtype=np.float32), kind="baseline", info=info)]
+    return [
+        Samples(
+            np.asarray(rows, dtype=np.float32), kind="baseline", info=info, record={"k_used": k}
+        )
+    ]
 
 
 # -- gaussian ----------------------------------------------------------------------------------

@@ -94,7 +94,8 @@ the 250 training runs rather than by steps or width (untested: a larger zoo).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,7 +111,7 @@ from generators.transformer import (
     token_slices,
 )
 from wdb.errors import BadInput
-from wdb.generate import Samples, TrainingSet
+from wdb.generate import Fitted, Samples, TrainingSet
 
 NAME = "gpt"
 KIND = "generated"
@@ -350,7 +351,7 @@ def _build(config: dict, layout) -> GPT:
 
 
 # -- fit ----------------------------------------------------------------------------------------
-def fit(train: TrainingSet, config: dict, seed: int) -> dict[str, torch.Tensor]:
+def fit(train: TrainingSet, config: Mapping[str, Any], seed: int) -> Fitted:
     """Train the denoiser on same-run (start, later) pairs; returns EMA weights + ``norm.scale``."""
     from wdb.progress import progress
 
@@ -365,13 +366,14 @@ def fit(train: TrainingSet, config: dict, seed: int) -> dict[str, torch.Tensor]:
     runs = _runs(train)
     augment = bool(config["augment_permutations"]) and _permutable(layout)
     units = config.get("tokens", "chunks") == "units" and _permutable(layout)
-    config.update(
+    record = dict(
         weight_scale=scale,
         condition_used=cond_name,
         augment_used=augment,
         tokens_used="units" if units else "chunks",
         delta_std=_delta_std(Wt, runs, rng) if config.get("precond") else 0.0,
     )
+    config = {**config, **record}  # the network is built from the values just derived
 
     model = _build(config, layout)
     ema = EMA(model, float(config["ema"]))
@@ -404,11 +406,11 @@ def fit(train: TrainingSet, config: dict, seed: int) -> dict[str, torch.Tensor]:
         ema.update(model)
         if step % 20 == 0:
             bar.set_postfix(loss=float(loss.detach()))
-    config["fit_loss_last"] = float(loss.detach()) if steps else None
-    config["fit_time_s"] = round(time.perf_counter() - t0, 2)
+    record["fit_loss_last"] = float(loss.detach()) if steps else None
+    record["fit_time_s"] = round(time.perf_counter() - t0, 2)
     state = {f"denoiser.{k}": v.clone() for k, v in ema.shadow.items()}
     state["norm.scale"] = torch.tensor([scale], dtype=torch.float32)
-    return state
+    return Fitted(state, record)
 
 
 # -- sample -------------------------------------------------------------------------------------
@@ -469,6 +471,8 @@ def sample(
     if model is None:
         raise BadInput("gpt: sampling needs a fitted model")
     layout = train.layout
+    config = dict(config)  # a working copy: what sampling derives is returned in ``record``
+    given = set(config)
     if "condition_used" not in config:
         config["condition_used"] = condition(train)[1]
     net = _build(config, layout)
@@ -506,4 +510,5 @@ def sample(
         }
         for p in pick
     ]
-    return [Samples(out, kind="generated", info=info)]
+    record = {k: v for k, v in config.items() if k not in given or k == "condition_used"}
+    return [Samples(out, kind="generated", info=info, record=record)]

@@ -34,7 +34,8 @@ Deviations from the original and why:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ from generators.transformer import (
     token_slices,
 )
 from wdb.errors import BadInput
-from wdb.generate import Samples, TrainingSet
+from wdb.generate import Fitted, Samples, TrainingSet
 
 NAME = "hyperdiffusion"
 KIND = "generated"
@@ -146,7 +147,7 @@ def _schedule(config: dict) -> LinearSchedule:
 
 
 # -- fit ----------------------------------------------------------------------------------------
-def fit(train: TrainingSet, config: dict, seed: int) -> dict[str, torch.Tensor]:
+def fit(train: TrainingSet, config: Mapping[str, Any], seed: int) -> Fitted:
     """Train the x0-predicting denoiser; returns EMA weights plus ``norm.mean`` / ``norm.std``."""
     from wdb.progress import progress
 
@@ -157,7 +158,6 @@ def fit(train: TrainingSet, config: dict, seed: int) -> dict[str, torch.Tensor]:
     W = augmented(train, k, seed)
     mean, std = _norm_stats(W, str(config["normalize"]))
     X = torch.from_numpy((W - mean) / std)
-    config["n_train_rows"] = int(len(X))
 
     model = _build(config, train.layout)
     ema = EMA(model, float(config["ema"]))
@@ -184,12 +184,15 @@ def fit(train: TrainingSet, config: dict, seed: int) -> dict[str, torch.Tensor]:
         ema.update(model)
         if step % 20 == 0:
             bar.set_postfix(loss=float(loss.detach()))
-    config["fit_loss_last"] = float(loss.detach())
-    config["fit_time_s"] = round(time.perf_counter() - t0, 2)
     state = {f"denoiser.{k_}": v.clone() for k_, v in ema.shadow.items()}
     state["norm.mean"] = torch.from_numpy(mean)
     state["norm.std"] = torch.from_numpy(std)
-    return state
+    record = {
+        "n_train_rows": int(len(X)),
+        "fit_loss_last": float(loss.detach()),
+        "fit_time_s": round(time.perf_counter() - t0, 2),
+    }
+    return Fitted(state, record)
 
 
 # -- sample -------------------------------------------------------------------------------------
@@ -310,11 +313,11 @@ def _points(db, task, ids: list[int], resolution: int) -> list[np.ndarray | None
     missing = [i for i in ids if i not in stored]
     if missing:
         W = db.weights(missing)
-        from wdb.tasks.shapes import LEVEL, N_POINTS, _marching, sample_points
+        from wdb.tasks.shapes import LEVEL, N_POINTS, marching_mesh, sample_points
 
         for i, w in zip(missing, W, strict=True):
             grid = task.grid_logits(w[None], resolution)[0]
-            mesh = _marching(grid, LEVEL, -1e3)
+            mesh = marching_mesh(grid, LEVEL, -1e3)
             if mesh is None or len(mesh.faces) == 0:
                 stored[i], empty[i] = None, 1.0
             else:

@@ -313,7 +313,6 @@ def _sample(
     z = net.encode(x)
     shape = z.shape[1:]
     top = top_indices(train, float(config["top_frac"]))
-    config["n_top"] = int(len(top))
     lat = z[torch.from_numpy(top)].flatten(1).double().numpy()
     drawn = kde_sample(lat, n, float(config["bandwidth"]), seed, str(config["kde"]))
     zs = torch.from_numpy(drawn).float().reshape(n, *shape)
@@ -323,7 +322,14 @@ def _sample(
         info = [{"kde": "shared", "source_checkpoint": int(train.ids[i])} for i in src]
     else:
         info = [{"kde": "independent"} for _ in range(n)]
-    out = [Samples(_fill_rest(rows, train, layout), kind="generated", info=info)]
+    out = [
+        Samples(
+            _fill_rest(rows, train, layout),
+            kind="generated",
+            info=info,
+            record={"n_top": int(len(top))},
+        )
+    ]
     if config.get("reconstruct", True):
         rec = (net.decode(z, fill) * std + mean).numpy()
         info = [{"source_checkpoint": int(i)} for i in train.ids]

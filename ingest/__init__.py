@@ -1,5 +1,7 @@
 """Readers that turn checkpoint folders in the wild into wdb rows.
 
-Each module exposes ``detect(path) -> bool`` and ``scan(path, options) -> Iterable[Found]``; the
-engine in ``wdb.importer`` (registry ``READERS``) does loading, validation and writing.
+Each module is a ``wdb.importer.Reader`` (``detect(path) -> bool``, ``scan(path, options) ->
+Iterable[Found]``, ``PRIORITY``), registered as a ``wdb.readers`` entry point in wdb's
+``pyproject.toml`` exactly as a user's reader would be; ``wdb.importer`` does loading,
+validation and writing.
 """

@@ -6,8 +6,11 @@
 
 Rows carry no tensor names, so a layout is required: ``--space`` naming an existing space, or a
 JSON layout file (``Layout.from_json``: a list of ``{name, shape, dtype}``). Each row becomes run
-``<name>_<i:05d>`` at step 0. Error sets are stored as ``errors`` outputs on eval set
-``flat:<name>`` (``n_items = T``, no labels: the paper's files do not carry them).
+``<name>_<i:05d>`` at step 0. Error sets are stored as ``errors`` outputs on one eval set per zoo,
+``flat:<zoo>`` (``n_items = T``, no labels: the paper's files do not carry them), so training and
+generated files of one zoo (``pdiff_weights.npy`` next to ``train_weights.npy``) share it and their
+error-set IoU can be computed; files whose T differ are refused (ingest them with another
+``--zoo``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import numpy as np
 
 from wdb.errors import BadInput
 from wdb.importer import Found
+
+#: detection order among readers (lower first).
+PRIORITY = 20
 
 SUFFIX = "_weights.npy"
 
@@ -47,6 +53,8 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
             f"{path}: the flat format needs a layout: --space naming an existing space or a "
             "JSON layout file" + (f" ('{given}' is neither)" if given else "")
         )
+    zoo = options.get("zoo") or path.name
+    items: int | None = None  # T of the zoo's error sets: one eval set holds one T
     for wfile in weight_files(path):
         name = wfile.name[: -len(SUFFIX)]
         src = str(wfile.resolve())
@@ -81,6 +89,13 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
                     extra_problem = f"{efile.name} has shape {list(errors.shape)}, needs [{n}, T]"
                 elif errors.dtype != np.bool_ and not np.isin(errors, (0, 1)).all():
                     extra_problem = f"{efile.name} is not a boolean mask"
+                elif items is not None and errors.shape[1] != items:
+                    extra_problem = (
+                        f"{efile.name} has error sets of {errors.shape[1]} items, other files of "
+                        f"zoo '{zoo}' have {items}: ingest it with another --zoo"
+                    )
+                else:
+                    items = errors.shape[1]
         except Exception as exc:
             extra_problem = f"unreadable companion file ({exc})"
         if extra_problem:
@@ -99,5 +114,5 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
                 metrics=metrics,
                 layout=layout,
                 errors=None if errors is None else np.asarray(errors[i], dtype=bool),
-                eval_set=f"flat:{name}" if errors is not None else None,
+                eval_set=f"flat:{zoo}" if errors is not None else None,
             )

@@ -28,6 +28,9 @@ from typing import Any
 
 from wdb.importer import STATE_SUFFIXES, Found, load_file, step_from_name
 
+#: detection order among readers (lower first); the generic folder reader goes last.
+PRIORITY = 90
+
 MANIFESTS = ("manifest.jsonl", "manifest.csv")
 RESERVED = {"file", "run", "step", "epoch", "kind", "split", "config", "zoo"}
 

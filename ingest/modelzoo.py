@@ -24,6 +24,9 @@ from pathlib import Path
 
 from wdb.importer import Found, load_file
 
+#: detection order among readers (lower first).
+PRIORITY = 10
+
 _CKPT = re.compile(r"^checkpoint_(\d+)$")
 _DROP = {
     "epoch",

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from wdb.importer import Found, load_file, step_from_name
 
+#: detection order among readers (lower first).
+PRIORITY = 30
+
 _PDATA = re.compile(r"^p_data_\d+\.(pt|pth)$")
 
 

@@ -23,7 +23,7 @@ def synthetic(n: int = 40, d: int = 30, seed: int = 0, acc: bool = True) -> G.Tr
 
 def run(method, train, n, seed=0, **over):
     cfg = G.resolve_config(method, over)
-    return method.sample(None, train, n, cfg, seed, None), cfg
+    return G.sample_method(method, None, train, n, cfg, seed), cfg
 
 
 def test_noise_has_requested_std_and_uses_top_sources():

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from wdb import generate as G
+from wdb import plugins
 from wdb.errors import BadInput, NotFound
 from wdb.spaces import Layout
 
@@ -77,14 +78,14 @@ def fake_method(fit_hook=None, sample_hook=None) -> types.SimpleNamespace:
 
 
 @pytest.fixture
-def with_fake(monkeypatch):
+def with_fake():
     def install(**hooks):
         method = fake_method(**hooks)
-        monkeypatch.setitem(G.METHODS, "fake", "fake_wdb_method")
-        monkeypatch.setitem(sys.modules, "fake_wdb_method", method)
+        plugins.register("wdb.generators", "fake", method)
         return method
 
-    return install
+    yield install
+    plugins.unregister("wdb.generators", "fake")
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -251,7 +252,7 @@ def test_failure_while_writing_discards_written_samples(db, with_fake, monkeypat
     """A crash after the first block was committed still leaves no sample rows behind."""
     add_toy_zoo(db, runs=2, steps=2)
     with_fake()
-    real = db._commit
+    real = db.write_checkpoints
     calls = []
 
     def flaky(space, items, **kw):
@@ -260,7 +261,7 @@ def test_failure_while_writing_discards_written_samples(db, with_fake, monkeypat
             raise OSError("disk full")
         return real(space, items, **kw)
 
-    monkeypatch.setattr(db, "_commit", flaky)
+    monkeypatch.setattr(db, "write_checkpoints", flaky)
     with pytest.raises(OSError):
         G.generate(db, "fake", train=TRAIN)
     assert db.sql("SELECT status FROM generator_runs")[0]["status"] == "failed"

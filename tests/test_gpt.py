@@ -10,7 +10,7 @@ import torch
 
 from generators import gpt
 from wdb import generate as G
-from wdb.db import NewCheckpoint
+from wdb.checkpoints import NewCheckpoint
 from wdb.tasks import get
 
 TINY = {"size": "small", "width": 16, "train_steps": 6, "diffusion_steps": 12, "batch": 8}
@@ -47,8 +47,8 @@ def synthetic(runs=4, steps=3, seed=0, metrics=("loss",), offset=0):
 
 def fit_sample(ts, n=5, seed=0, load=None, **over):
     cfg = G.resolve_config(gpt, {**TINY, **over})
-    state = gpt.fit(ts, cfg, seed)
-    return state, gpt.sample(state, ts, n, cfg, seed, load), cfg
+    state = G.fit_method(gpt, ts, cfg, seed)
+    return state, G.sample_method(gpt, state, ts, n, cfg, seed, load), cfg
 
 
 def test_shapes_scale_and_determinism():
@@ -120,7 +120,7 @@ def test_generate_writes_lineage_and_reloads(db):
                     run_config={"task": "mnist-mlp", "seed": r},
                 )
             )
-    db._commit(space, items)
+    db.write_checkpoints(space, items)
     rep = G.generate(
         db, "gpt", train="zoo = 'toy' AND split = 'train'", n=3, overrides=dict(TINY), seed=2
     )

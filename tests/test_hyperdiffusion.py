@@ -9,7 +9,7 @@ import pytest
 
 from generators import hyperdiffusion as hd
 from wdb import generate as G
-from wdb.db import NewCheckpoint
+from wdb.checkpoints import NewCheckpoint
 from wdb.tasks import get
 from wdb.tasks import shapes as S
 
@@ -33,8 +33,8 @@ def synthetic(n=12, seed=0):
 
 def fit_sample(ts, n=4, seed=0, **over):
     cfg = G.resolve_config(hd, {**TINY, **over})
-    state = hd.fit(ts, cfg, seed)
-    return state, hd.sample(state, ts, n, cfg, seed, None), cfg
+    state = G.fit_method(hd, ts, cfg, seed)
+    return state, G.sample_method(hd, state, ts, n, cfg, seed), cfg
 
 
 def test_shapes_seeds_and_augmentation_size():
@@ -66,7 +66,7 @@ def octahedron(radius: float) -> np.ndarray:
 
 def octahedron_zoo(db) -> None:
     """Zoo 'shp': two training fields (octahedra of radius 0.5 and 0.6) of shapes 0 and 1."""
-    db._commit(
+    db.write_checkpoints(
         db.ensure_space(_layout()),
         [
             NewCheckpoint(
@@ -102,7 +102,7 @@ def test_generate_lineage_and_nearest_training_chamfer(db):
     got = {r["checkpoint_id"]: r for r in out}
     assert np.isnan(got[ids[1]]["chamfer_train_min"]) and got[ids[1]]["nearest"] is None
     # recompute by hand: mesh the octahedron, compare with both ground-truth planes
-    mesh = S._marching(S.ShapesOccupancy().grid_logits(octahedron(0.6), 32)[0], S.LEVEL, -1e3)
+    mesh = S.marching_mesh(S.ShapesOccupancy().grid_logits(octahedron(0.6), 32)[0], S.LEVEL, -1e3)
     pts = S.sample_points(mesh, S.N_POINTS, seed=0)
     d = [
         S.chamfer(pts, S.ShapesOccupancy().gt_points({"seed": 0, "shape_index": i})) for i in (0, 1)
@@ -135,7 +135,9 @@ def test_evaluate_records_chamfer_to_the_generators_training_shapes(db):
         {"i": cid},
     )
     task = S.ShapesOccupancy()
-    pts = S.sample_points(S._marching(task.grid_logits(octahedron(0.6))[0], S.LEVEL, -1e3), 2048, 0)
+    pts = S.sample_points(
+        S.marching_mesh(task.grid_logits(octahedron(0.6))[0], S.LEVEL, -1e3), 2048, 0
+    )
     want = min(S.chamfer(pts, task.gt_points({"seed": 0, "shape_index": i})) for i in (0, 1))
     assert len(got) == 1 and got[0]["value"] == pytest.approx(want, rel=1e-6)
     # a training checkpoint has its own shape, so it gets `chamfer`, not `chamfer_train_min`

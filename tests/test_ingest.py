@@ -198,6 +198,7 @@ def test_flat_layout_with_error_sets(db, tmp_path: Path) -> None:
     np.save(flat / "pdiff_accs.npy", np.linspace(0.5, 0.9, 5))
     np.save(flat / "pdiff_incorrect_indices.npy", errs)
     np.save(flat / "train_weights.npy", w[:2] + 1)
+    np.save(flat / "train_incorrect_indices.npy", errs[:2])
     with pytest.raises(BadInput, match="needs a layout"):
         db.ingest(flat)
     rep = db.ingest(flat, space=str(tmp_path / "layout.json"), kind="generated", zoo="paper")
@@ -206,16 +207,19 @@ def test_flat_layout_with_error_sets(db, tmp_path: Path) -> None:
     ids = [db.checkpoint(f"pdiff_{i:05d}")["checkpoint_id"] for i in range(5)]
     assert np.array_equal(db.weights(ids), w)
     assert db.state_dict(ids[0])["fc.weight"].shape == (3, 4)
-    es = eval_set(db, "flat:pdiff")
+    # one eval set per zoo: training and generated error sets are comparable
+    es = eval_set(db, "flat:paper")
     assert es["n_items"] == 20
     assert np.array_equal(error_masks(db, ids, es["id"]), errs)
+    train_ids = [db.checkpoint(f"train_{i:05d}")["checkpoint_id"] for i in range(2)]
+    assert np.array_equal(error_masks(db, train_ids, es["id"]), errs[:2])
     acc = db.sql("SELECT value FROM metrics WHERE checkpoint_id = :c", {"c": ids[4]})
     assert acc[0]["value"] == pytest.approx(0.9)
     assert {r["kind"] for r in db.runs()} == {"generated"}
     # the same again, naming the space instead of the layout file: nothing new
     again = db.ingest(flat, space="paper", kind="generated", zoo="paper")
     assert again.checkpoints_added == 0 and again.checkpoints_existing == 7 and again.ok()
-    assert db.outputs_store.n_rows(f"errors/{es['id']}") == 5
+    assert db.outputs_store.n_rows(f"errors/{es['id']}") == 7
 
 
 def test_pdiff_partial_state_dicts(db, tmp_path: Path) -> None:

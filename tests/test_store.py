@@ -112,7 +112,7 @@ def test_crash_between_bytes_and_catalog_leaves_reusable_rows(db, monkeypatch):
 
     def flaky_begin():
         calls["n"] += 1
-        if calls["n"] == 2:  # the second transaction of _commit is the catalog insert
+        if calls["n"] == 2:  # the second transaction of write_checkpoints is the catalog insert
             raise RuntimeError("simulated crash")
         return real_begin()
 

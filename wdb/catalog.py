@@ -21,7 +21,7 @@ from wdb.errors import CatalogLocked, SchemaError
 
 #: The Alembic revision this code expects. A constant, so that opening a database imports neither
 #: Alembic nor SQLAlchemy (startup time); ``tests/test_migrations.py`` checks it equals the head.
-SCHEMA_HEAD = "0004_views"
+SCHEMA_HEAD = "0005_plugins"
 
 LOCK_WAIT_S = float(os.environ.get("WDB_LOCK_WAIT", "20"))
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -48,6 +48,11 @@ class Catalog:
             self.duckdb_file = url.removeprefix("duckdb:///")
         self._engine = None
         self._reader = None  # a read-only duckdb connection held by ``reading()``
+
+    @property
+    def dialect(self) -> str:
+        """SQLAlchemy dialect name of the URL: ``duckdb``, ``postgresql``, ..."""
+        return self.url.split(":", 1)[0].split("+", 1)[0]
 
     # -- connections -------------------------------------------------------------------------
     @property

@@ -9,116 +9,46 @@ Layout of a database directory::
     index/           FAISS indexes
     .write.lock      serialises writers (bytes first, then one catalog transaction)
 
-Write protocol (``_commit``): under the write lock, read the catalog (existing rows, next free row),
-close it, write the bytes to Zarr, then insert every catalog row in one transaction. A crash before
-the commit leaves only unreferenced rows past the last referenced one; the next write reuses them
-and ``wdb fsck`` reports them. A row is visible only once its bytes are on disk.
+Writes go through :meth:`Database.write_checkpoints` (the protocol lives in ``wdb.checkpoints``):
+under the write lock, bytes first, then one catalog transaction, so a row is visible only once
+its bytes are on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wdb.catalog import Catalog
+from wdb.checkpoints import (  # noqa: F401  (KINDS, CommitResult: re-exported)
+    KINDS,
+    CommitResult,
+    NewCheckpoint,
+    Space,
+    write_checkpoints,
+)
 from wdb.errors import BadInput, NotFound, WdbError
-from wdb.spaces import Layout, row_sha256
+from wdb.spaces import Layout
 from wdb.store import ArrayStore
 
+if TYPE_CHECKING:
+    from wdb.evaluate import EvalReport
+    from wdb.fsck import FsckReport
+    from wdb.generate import GenerateReport
+    from wdb.importer import IngestReport
+
 DEFAULT_DB = ".wdb"
-KINDS = ("training", "generated", "baseline", "reconstructed", "model")
 
 
 def resolve_path(path: str | os.PathLike | None = None) -> Path:
     """``--db`` beats ``WDB_DB`` beats ``./.wdb``."""
     return Path(path or os.environ.get("WDB_DB") or DEFAULT_DB)
-
-
-@dataclass(frozen=True)
-class Space:
-    """A weight space as stored: catalog id, name, layout, and its Zarr array path."""
-
-    id: int
-    name: str
-    layout: Layout
-    array_path: str
-
-    @property
-    def n_params(self) -> int:
-        return self.layout.n_params
-
-
-@dataclass
-class NewCheckpoint:
-    """One checkpoint waiting to be written: its row plus everything the catalog records."""
-
-    run: str
-    step: int
-    row: np.ndarray
-    kind: str = "training"
-    zoo: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    split: str | None = None
-    source: str | None = None
-    run_config: dict | None = None
-    generator_run_id: int | None = None
-    sha256: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.sha256:
-            self.sha256 = row_sha256(self.row)
-
-
-@dataclass
-class CommitResult:
-    """What one ``_commit`` did: ids of new checkpoints, and the ones it left alone."""
-
-    added: list[int] = field(default_factory=list)
-    existing: list[int] = field(default_factory=list)
-    conflicts: list[tuple[NewCheckpoint, str]] = field(default_factory=list)
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True, default=str)
-
-
-def _next_ids(conn, sequence: str, n: int) -> list[int]:
-    """``n`` fresh values of a sequence in one round trip (ascending)."""
-    import sqlalchemy as sa
-
-    if n == 0:
-        return []
-    rows = conn.execute(
-        sa.text(f"SELECT nextval('{sequence}') FROM generate_series(1, :n)"), {"n": n}
-    )
-    return sorted(int(r[0]) for r in rows)
-
-
-def _insert_many(conn, table, rows: list[dict]) -> None:
-    """Insert rows; on DuckDB as one ``INSERT ... SELECT unnest(list), ...`` (column lists bound
-    as parameters), which is ~10x faster than executemany for thousands of rows."""
-    import sqlalchemy as sa
-
-    if not rows:
-        return
-    if conn.dialect.name != "duckdb" or len(rows) == 1:
-        conn.execute(table.insert(), rows)
-        return
-    cols = list(rows[0])
-    types = {c: table.c[c].type.compile(dialect=conn.dialect) for c in cols}
-    select = ", ".join(f"unnest(CAST(:{c} AS {types[c]}[]))" for c in cols)
-    conn.execute(
-        sa.text(f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT {select}"),
-        {c: [r[c] for r in rows] for c in cols},
-    )
 
 
 class Database:
@@ -415,146 +345,18 @@ class Database:
             )
             for i in range(n)
         ]
-        result = self._commit(space, items, run_prefix=run_prefix)
+        result = self.write_checkpoints(space, items, run_prefix=run_prefix)
         if result.conflicts:
             item, why = result.conflicts[0]
             raise BadInput(f"run '{item.run}' step {item.step}: {why}")
         return result.added + result.existing
 
-    def reported_eval_set(self, conn, zoo: str | None) -> int:
-        """Eval set for metrics a source reported (wdb did not compute them): ``reported:<zoo>``."""
-        import sqlalchemy as sa
-
-        from wdb.schema import eval_sets
-
-        name = f"reported:{zoo or 'default'}"
-        found = conn.execute(sa.select(eval_sets.c.id).where(eval_sets.c.name == name)).first()
-        if found:
-            return int(found[0])
-        return int(
-            conn.execute(
-                eval_sets.insert()
-                .values(name=name, task=None, split="reported")
-                .returning(eval_sets.c.id)
-            ).scalar_one()
-        )
-
-    def _commit(
+    def write_checkpoints(
         self, space: Space, items: list[NewCheckpoint], run_prefix: str = "gen_"
     ) -> CommitResult:
-        """Bytes first, then one catalog transaction (see the module docstring)."""
-        import sqlalchemy as sa
-
-        from wdb.schema import checkpoints, metrics, runs
-
-        result = CommitResult()
-        if not items:
-            return result
-        with self.write_lock():
-            # 1. what exists, and where the free rows start
-            named = sorted({it.run for it in items if it.run})
-            existing: dict[tuple[str, int], tuple[int, str]] = {}
-            with self.catalog.begin() as conn:
-                if named:
-                    q = (
-                        sa.select(
-                            runs.c.name, checkpoints.c.step, checkpoints.c.id, checkpoints.c.sha256
-                        )
-                        .select_from(checkpoints.join(runs, runs.c.id == checkpoints.c.run_id))
-                        .where(checkpoints.c.space_id == space.id, runs.c.name.in_(named))
-                    )
-                    for name, step, cid, sha in conn.execute(q):
-                        existing[(name, int(step))] = (int(cid), sha)
-                max_row = conn.execute(
-                    sa.select(sa.func.max(checkpoints.c.row)).where(
-                        checkpoints.c.space_id == space.id
-                    )
-                ).scalar()
-            start = 0 if max_row is None else int(max_row) + 1
-            fresh: list[NewCheckpoint] = []
-            seen: set[tuple[str, int]] = set()
-            for it in items:
-                key = (it.run, it.step)
-                if it.run and key in existing:
-                    cid, sha = existing[key]
-                    if sha == it.sha256:
-                        result.existing.append(cid)
-                    else:
-                        result.conflicts.append((it, "already stored with different content"))
-                    continue
-                if it.run and key in seen:
-                    result.conflicts.append((it, "appears twice in this batch"))
-                    continue
-                seen.add(key)
-                fresh.append(it)
-            if not fresh:
-                return result
-            # 2. bytes
-            block = np.stack([it.row for it in fresh]).astype(
-                space.layout.storage_dtype, copy=False
-            )
-            self.weights_store.write(space.array_path, start, block)
-            # 3. one catalog transaction
-            with self.catalog.begin() as conn:
-                run_ids: dict[str, int] = {}
-                if named:
-                    for rid, name in conn.execute(
-                        sa.select(runs.c.id, runs.c.name).where(runs.c.name.in_(named))
-                    ):
-                        run_ids[name] = int(rid)
-                # ids come from the sequences in one round trip each (not one per row)
-                opening: list[NewCheckpoint] = []
-                opening_names: set[str] = set()
-                for it in fresh:
-                    if not it.run or (it.run not in run_ids and it.run not in opening_names):
-                        opening.append(it)
-                        if it.run:
-                            opening_names.add(it.run)
-                run_rows = []
-                for it, rid in zip(
-                    opening, _next_ids(conn, "runs_id_seq", len(opening)), strict=True
-                ):
-                    it.run = it.run or f"{run_prefix}{rid}"
-                    run_ids[it.run] = rid
-                    run_rows.append(
-                        dict(
-                            id=rid,
-                            name=it.run,
-                            zoo=it.zoo,
-                            kind=it.kind,
-                            generator_run_id=it.generator_run_id,
-                            config=_json(it.run_config),
-                            source=str(Path(it.source).parent) if it.source else None,
-                        )
-                    )
-                eval_set_id = None
-                ck_rows, metric_rows = [], []
-                cids = _next_ids(conn, "checkpoints_id_seq", len(fresh))
-                for i, (it, cid) in enumerate(zip(fresh, cids, strict=True)):
-                    ck_rows.append(
-                        dict(
-                            id=cid,
-                            run_id=run_ids[it.run],
-                            space_id=space.id,
-                            step=it.step,
-                            row=start + i,
-                            sha256=it.sha256,
-                            split=it.split,
-                            source=it.source,
-                        )
-                    )
-                    if it.metrics:
-                        if eval_set_id is None:
-                            eval_set_id = self.reported_eval_set(conn, it.zoo)
-                        metric_rows += [
-                            dict(checkpoint_id=cid, eval_set_id=eval_set_id, name=k, value=float(v))
-                            for k, v in it.metrics.items()
-                        ]
-                    result.added.append(cid)
-                _insert_many(conn, runs, run_rows)
-                _insert_many(conn, checkpoints, ck_rows)
-                _insert_many(conn, metrics, metric_rows)
-        return result
+        """Write ``items`` into ``space`` (bytes first, then one catalog transaction); see
+        :func:`wdb.checkpoints.write_checkpoints`."""
+        return write_checkpoints(self, space, items, run_prefix=run_prefix)
 
     def add_metrics(self, rows: Iterable[dict], replace: bool = True) -> int:
         """Insert metric rows ``{checkpoint_id, eval_set_id, name, value}`` (upsert by key)."""
@@ -579,38 +381,104 @@ class Database:
         return len(rows)
 
     # -- higher-level operations (implemented in their own modules) -------------------------
-    def ingest(self, path: str | os.PathLike, **options: Any):
-        """Ingest a folder of checkpoints; see ``wdb.importer.ingest``."""
+    def ingest(
+        self,
+        path: str | os.PathLike,
+        zoo: str | None = None,
+        kind: str | None = None,
+        format: str | None = None,  # noqa: A002 - the CLI's --format
+        strict: bool = False,
+        space: str | None = None,
+        generator: str | None = None,
+        trained_on: str | None = None,
+        generator_config: dict | None = None,
+    ) -> IngestReport:
+        """Ingest a folder or file of checkpoints; see :func:`wdb.importer.ingest`."""
         from wdb.importer import ingest
 
-        return ingest(self, Path(path), **options)
+        return ingest(
+            self,
+            Path(path),
+            zoo=zoo,
+            kind=kind,
+            format=format,
+            strict=strict,
+            space=space,
+            generator=generator,
+            trained_on=trained_on,
+            generator_config=generator_config,
+        )
 
-    def nearest(self, *args: Any, **kwargs: Any):
-        """k nearest checkpoints in weight space; see ``wdb.query.nearest``."""
+    def nearest(
+        self,
+        run: str,
+        step: int | None = None,
+        k: int = 3,
+        among: str | None = None,
+        aligned: bool = False,
+        eval_set: int | str | None = None,
+    ) -> list[dict]:
+        """k nearest checkpoints in weight space; see :func:`wdb.query.nearest`."""
         from wdb.query import nearest
 
-        return nearest(self, *args, **kwargs)
+        return nearest(self, run, step=step, k=k, among=among, aligned=aligned, eval_set=eval_set)
 
-    def novelty(self, *args: Any, **kwargs: Any):
-        """Per-target min L2 / max error-IoU to a reference set; see ``wdb.query.novelty``."""
+    def novelty(
+        self,
+        targets: str,
+        reference: str | None = None,
+        k: int = 1,
+        aligned: bool = False,
+        eval_set: int | str | None = None,
+        save: bool = True,
+    ) -> list[dict]:
+        """Per-target min L2 / max error-IoU to a reference set; see :func:`wdb.query.novelty`."""
         from wdb.query import novelty
 
-        return novelty(self, *args, **kwargs)
+        return novelty(
+            self, targets, reference=reference, k=k, aligned=aligned, eval_set=eval_set, save=save
+        )
 
-    def evaluate(self, *args: Any, **kwargs: Any):
-        """Evaluate checkpoints on their task; see ``wdb.evaluate.evaluate``."""
+    def evaluate(
+        self,
+        where: str | None = None,
+        task: str | None = None,
+        force: bool = False,
+        batch: int = 256,
+        params: dict | None = None,
+    ) -> EvalReport:
+        """Evaluate checkpoints on their task; see :func:`wdb.evaluate.evaluate`."""
         from wdb.evaluate import evaluate
 
-        return evaluate(self, *args, **kwargs)
+        return evaluate(self, where, task=task, force=force, batch=batch, params=params)
 
-    def generate(self, *args: Any, **kwargs: Any):
-        """Fit a generator on a selection and write its samples; see ``wdb.generate.generate``."""
+    def generate(
+        self,
+        method: str,
+        train: str | None = None,
+        n: int | None = None,
+        seed: int = 0,
+        overrides: dict | None = None,
+        config_file: str | os.PathLike | None = None,
+        from_run: int | None = None,
+    ) -> GenerateReport:
+        """Fit a generator on a selection and write its samples; see
+        :func:`wdb.generate.generate`."""
         from wdb.generate import generate
 
-        return generate(self, *args, **kwargs)
+        return generate(
+            self,
+            method,
+            train=train,
+            n=n,
+            seed=seed,
+            overrides=overrides,
+            config_file=config_file,
+            from_run=from_run,
+        )
 
-    def fsck(self, fix: bool = False):
-        """Check hashes, orphans and missing bytes; see ``wdb.fsck.fsck``."""
+    def fsck(self, fix: bool = False) -> FsckReport:
+        """Check hashes, orphans and missing bytes; see :func:`wdb.fsck.fsck`."""
         from wdb.fsck import fsck
 
         return fsck(self, fix=fix)

@@ -71,12 +71,12 @@ def evaluate(
     plan = []
     for space_id, cks in groups.items():
         space = db.space(space_id)
-        t = forced or registry.for_space(space)
+        t = forced or registry.for_space(space, db)
         if t is None:
             raise WdbError(
                 f"checkpoint {cks[0]['checkpoint_id']} (run '{cks[0]['run']}'): space "
                 f"'{space.name}' ({space.n_params} params) belongs to no known task; "
-                f"pass --task ({', '.join(registry.names())})"
+                f"pass --task NAME ({', '.join(registry.names())}) or --task ./my_task.py"
             )
         if space.layout.hash not in {lay.hash for lay in t.layouts()}:
             raise WdbError(
@@ -87,7 +87,14 @@ def evaluate(
 
     report = EvalReport()
     for t, _space, cks in plan:
-        eid = ensure_eval_set(db, t.eval_set_name(), t.name, t.eval_split, t.eval_labels())
+        eid = ensure_eval_set(
+            db,
+            t.eval_set_name(),
+            t.name,
+            t.eval_split,
+            t.eval_labels(),
+            task_source=getattr(t, "source", None),
+        )
         metric = primary_metric(t)
         done = {
             r["checkpoint_id"]

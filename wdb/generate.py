@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import json
 import subprocess
 import sys
@@ -46,25 +45,16 @@ import time
 import tomllib
 import types
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from wdb.errors import BadInput, NotFound, WdbError
 
-#: method name → "module" or "module:object"; the target exposes NAME, KIND, default_config, fit,
-#: sample (see /work/notes/GENERATORS.md).
-METHODS: dict[str, str] = {
-    "pdiff": "generators.pdiff",
-    "hyperrep": "generators.hyperrep",
-    "gpt": "generators.gpt",
-    "hyperdiffusion": "generators.hyperdiffusion",
-    "noise": "generators.baselines:noise",
-    "average": "generators.baselines:average",
-    "gaussian": "generators.baselines:gaussian",
-}
+#: entry-point group of generators (see ``wdb.plugins``); the built-ins are registered there too.
+GROUP = "wdb.generators"
 
 #: Config keys the framework itself records (never method options).
 FRAMEWORK_KEYS = ("seed", "from_run", "timings")
@@ -105,6 +95,87 @@ class Samples:
     kind: str = "generated"  # generated | baseline | reconstructed
     info: list[dict] | None = None  # per-row provenance, stored in each run's config
     space: Any = None  # None = the training space; or a wdb.spaces.Layout
+    record: dict = field(default_factory=dict)  # run-level values to record (e.g. σ used)
+
+
+@dataclass
+class Fitted:
+    """What ``fit`` may return instead of the bare model: the model plus values to record.
+
+    ``record`` (e.g. the loss reached, a scale the data was normalised by) is merged into the
+    generator run's recorded config and into the config ``sample`` sees; ``fit`` never writes
+    into the config it was given (it is read-only)."""
+
+    model: Any
+    record: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the memorization study needs to know about a method beyond fit/sample.
+
+    A generator module exposes one as ``INFO``; without it, defaults apply (the method shows
+    under its ``NAME``, is compared in plain L2 against its training set with noise baselines at
+    σ 0.02/0.04 around the final checkpoints, and is expected to memorise). ``task`` makes the
+    method part of ``wdb demo``: the demo trains that task's zoo and fits the method on it.
+    """
+
+    display: str = ""  # name in figures and the summary ("P-diff")
+    order: int = 100  # position in the study's tables (the paper's order: 10, 20, ...)
+    task: str | None = None  # the task whose zoo ``wdb demo`` trains it on
+    train_split: str | None = "train"  # split of the zoo it trains on (None: every checkpoint)
+    aligned: bool = False  # novelty in permutation-aligned L2 (G.pt's MLPs)
+    noise_sigmas: tuple[float, ...] = (0.02, 0.04)  # the paper's σ for its noise baselines
+    noise_select: str = "final"  # top | final | all: which training checkpoints get noise
+    noise_ref_std: float | None = None  # σ is meant for this weight std (rescaled, see noise)
+    noise_from: str = "training"  # training | reconstructed: what the noise baselines perturb
+    extra_baselines: tuple[str, ...] = ()  # further baselines in its space (P-diff: average...)
+    beats_noise: bool = False  # the paper's finding 3: does it beat the noise baseline?
+    knobs: tuple[str, ...] = ()  # config keys the modeling-factors experiment varies
+    #: ``wdb demo`` sizes: size → {zoo_size, zoo_runs, gen (overrides), n, n_baseline}
+    plans: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """The contract of a weight generator (register it under the entry-point group
+    ``wdb.generators``, or pass its file: ``wdb generate ./my_generator.py``).
+
+    - ``NAME`` (str): recorded as ``generator_runs.method``; ``KIND``: ``"generated"`` for a
+      generator, ``"baseline"`` for a baseline (the study treats them differently).
+    - ``default_config(size) -> dict | dataclass``: every option with its default for ``size``
+      (``"small"`` or ``"default"``); ``--config FILE`` and ``--set key=value`` may only set these
+      keys (types follow the defaults'). A dataclass instance gives a typed config: ``fit`` and
+      ``sample`` then receive that dataclass with the resolved values.
+    - ``fit(train, config, seed) -> model | Fitted | None``: ``train`` is a :class:`TrainingSet`
+      (rows, ids, metrics, run configs, layout), loaded before fitting with no catalog connection
+      left open. The model is a ``{name: tensor}`` dict, stored as the generator's own checkpoint
+      (so ``--from RUN`` samples again without refitting); return :class:`Fitted` to record values.
+    - ``sample(model, train, n, config, seed, load) -> list[Samples]``: ``n`` rows in the training
+      space (or another layout, see :class:`Samples`); ``load(where)`` loads another selection
+      (prompts). Values to record go in ``Samples.record``.
+    - ``INFO`` (optional :class:`MethodInfo`): how the study shows and compares it.
+
+    The config handed to ``fit``/``sample`` is read-only: results are returned, never written into
+    it, so what is recorded is exactly what was asked plus what the method reported.
+    """
+
+    NAME: str
+    KIND: str
+
+    def default_config(self, size: str) -> Any: ...
+
+    def fit(self, train: TrainingSet, config: Any, seed: int) -> Any: ...
+
+    def sample(
+        self,
+        model: Any,
+        train: TrainingSet,
+        n: int,
+        config: Any,
+        seed: int,
+        load: Callable[[str], TrainingSet],
+    ) -> list[Samples]: ...
 
 
 @dataclass
@@ -134,18 +205,70 @@ class GenerateReport:
 
 
 # -- methods and configs -----------------------------------------------------------------------
-def get_method(name: str) -> Any:
-    """The method object (module or namespace) registered as ``name``."""
-    if name not in METHODS:
-        raise NotFound(f"unknown generator method '{name}' (known: {', '.join(METHODS)})")
-    module, _, attr = METHODS[name].partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            raise NotFound(f"generator method '{name}' is not installed ({module})") from None
-        raise
-    return getattr(mod, attr) if attr else mod
+def method_names() -> list[str]:
+    """Registered generator and baseline names."""
+    from wdb import plugins
+
+    return plugins.names(GROUP)
+
+
+def get_method(ref: str) -> Generator:
+    """The generator registered as ``ref``, or defined by the ``.py`` file ``ref``.
+
+    A file's generator without a ``NAME`` is named after the file."""
+    from wdb import plugins
+
+    obj = plugins.load(GROUP, ref)
+    missing = [a for a in ("default_config", "fit", "sample") if not hasattr(obj, a)]
+    if "fit" in missing and hasattr(obj, "sample"):
+        obj.fit = no_fit  # baselines need no network
+        missing.remove("fit")
+    if missing:
+        raise BadInput(f"generator '{ref}' lacks {', '.join(missing)} (see wdb.generate.Generator)")
+    if not getattr(obj, "NAME", None):
+        obj.NAME = Path(ref).stem if plugins.is_path(ref) else ref
+    if not getattr(obj, "KIND", None):
+        obj.KIND = "generated"
+    return obj
+
+
+def method_info(method: str | Any) -> MethodInfo:
+    """The method's :class:`MethodInfo` (defaults for a method without one, or not installed)."""
+    obj = method
+    if isinstance(method, str):
+        try:
+            obj = get_method(method)
+        except WdbError:
+            return MethodInfo(display=method)
+    info = getattr(obj, "INFO", None) or MethodInfo()
+    if not info.display:
+        info = replace(info, display=str(getattr(obj, "NAME", method)))
+    return info
+
+
+def study_methods() -> list[str]:
+    """Registered generators (not baselines), in the study's order."""
+    out = []
+    for name in method_names():
+        try:
+            obj = get_method(name)
+        except WdbError:
+            continue
+        if getattr(obj, "KIND", "generated") != "baseline":
+            out.append(name)
+    return sorted(out, key=lambda m: (method_info(m).order, m))
+
+
+def baseline_methods() -> list[str]:
+    """Registered baselines (``KIND = "baseline"``)."""
+    out = []
+    for name in method_names():
+        try:
+            if getattr(get_method(name), "KIND", "") == "baseline":
+                out.append(name)
+        except WdbError:
+            continue
+    return out
 
 
 def parse_value(text: str) -> Any:
@@ -215,13 +338,10 @@ def resolve_config(
     layered.update(overrides or {})
     base = {k: v for k, v in (base or {}).items() if k not in FRAMEWORK_KEYS}
     size = layered.get("size", base.get("size", "default"))
-    try:
-        config = dict(method.default_config(size))
-    except (KeyError, ValueError) as exc:
-        raise BadInput(f"{method.NAME}: unknown size '{size}' (small or default): {exc}") from None
+    defaults = _defaults(method, size)
+    config = dict(defaults)
     config.setdefault("size", size)
     config.update(base)
-    defaults = method.default_config(size)
     for key, value in layered.items():
         if key not in config:
             raise BadInput(
@@ -230,6 +350,26 @@ def resolve_config(
         config[key] = _coerce(key, value, defaults.get(key, config[key]))
     config["size"] = size
     return config
+
+
+def _defaults(method: Any, size: str) -> dict:
+    try:
+        defaults = method.default_config(size)
+    except (KeyError, ValueError) as exc:
+        raise BadInput(f"{method.NAME}: unknown size '{size}' (small or default): {exc}") from None
+    if is_dataclass(defaults) and not isinstance(defaults, type):
+        return asdict(defaults)
+    return dict(defaults)
+
+
+def config_view(method: Any, config: Mapping[str, Any]) -> Any:
+    """The read-only config ``fit``/``sample`` receive: the method's config dataclass filled
+    with the resolved values when its ``default_config`` returns one, else a read-only mapping."""
+    defaults = method.default_config(str(config.get("size", "default")))
+    if is_dataclass(defaults) and not isinstance(defaults, type):
+        names = {f.name for f in fields(defaults)}
+        return replace(defaults, **{k: copy.deepcopy(v) for k, v in config.items() if k in names})
+    return types.MappingProxyType(copy.deepcopy(dict(config)))
 
 
 def code_version() -> str:
@@ -395,7 +535,7 @@ def _discard_outputs(db, gid: int, error: str) -> None:
 
 def _store_model(db, gid: int, method: str, state: Mapping[str, Any]) -> int:
     """The generator's own network as one checkpoint in its own space (run ``genmodel_<gid>``)."""
-    from wdb.db import NewCheckpoint
+    from wdb.checkpoints import NewCheckpoint
     from wdb.spaces import Layout
     from wdb.tensors import state_to_numpy
 
@@ -410,14 +550,14 @@ def _store_model(db, gid: int, method: str, state: Mapping[str, Any]) -> int:
         generator_run_id=gid,
         run_config={"generator": method, "generator_run_id": gid},
     )
-    result = db._commit(space, [item])
+    result = db.write_checkpoints(space, [item])
     return (result.added + result.existing)[0]
 
 
 def _write_samples(
     db, gid: int, method: str, train: TrainingSet, blocks: list[Samples]
 ) -> list[dict]:
-    from wdb.db import NewCheckpoint
+    from wdb.checkpoints import NewCheckpoint
     from wdb.spaces import Layout
 
     base_config = {**_common_config(train), "generator": method, "generator_run_id": gid}
@@ -442,7 +582,7 @@ def _write_samples(
             )
             for i in range(len(rows))
         ]
-        result = db._commit(space, items)
+        result = db.write_checkpoints(space, items)
         for it, cid in zip(items, result.added, strict=True):
             written.append(
                 {"run": it.run, "checkpoint_id": cid, "kind": it.kind, "space": space.name}
@@ -455,7 +595,7 @@ def _check_samples(blocks: Any, train: TrainingSet, method: str) -> list[Samples
         blocks = [blocks]
     if not isinstance(blocks, list | tuple) or not all(isinstance(b, Samples) for b in blocks):
         raise WdbError(f"{method}: sample() must return a list of Samples")
-    from wdb.db import KINDS
+    from wdb.checkpoints import KINDS
 
     for b in blocks:
         b.rows = np.asarray(b.rows, dtype=np.float32)
@@ -469,6 +609,36 @@ def _check_samples(blocks: Any, train: TrainingSet, method: str) -> list[Samples
         if b.info is not None and len(b.info) != len(b.rows):
             raise WdbError(f"{method}: {len(b.info)} info entries for {len(b.rows)} rows")
     return list(blocks)
+
+
+def fit_method(method: Generator, train: TrainingSet, config: dict, seed: int) -> Any:
+    """``method.fit`` through the contract: it sees a read-only view of ``config``; what it
+    records (:class:`Fitted`) is merged into ``config``. Returns the model."""
+    model = method.fit(train, config_view(method, config), seed)
+    if isinstance(model, Fitted):
+        config.update(model.record)
+        model = model.model
+    return model
+
+
+def sample_method(
+    method: Generator,
+    model: Any,
+    train: TrainingSet,
+    n: int,
+    config: dict,
+    seed: int,
+    load: Callable[[str], TrainingSet] | None = None,
+) -> list[Samples]:
+    """``method.sample`` through the contract: read-only config, samples checked (shape, finite,
+    kind), their ``record`` merged into ``config``."""
+    name = str(getattr(method, "NAME", "generator"))
+    blocks = _check_samples(
+        method.sample(model, train, n, config_view(method, config), seed, load), train, name
+    )
+    for block in blocks:
+        config.update(block.record)
+    return blocks
 
 
 def _seed_everything(seed: int) -> None:
@@ -492,6 +662,7 @@ def generate(
     write ``n`` samples as runs; returns the report (generator run id, runs, wall time)."""
     t_start = time.perf_counter()
     mod = get_method(method)
+    name = str(mod.NAME)  # a file's generator is recorded under its NAME, not its path
     state: dict | None = None
     model_id: int | None = None
     if from_run is not None:
@@ -499,8 +670,8 @@ def generate(
         if not rec:
             raise NotFound(f"generator run {from_run} not found (see `wdb ls generators`)")
         rec = rec[0]
-        if rec["method"] != method:
-            raise BadInput(f"generator run {from_run} is a '{rec['method']}' run, not '{method}'")
+        if rec["method"] != name:
+            raise BadInput(f"generator run {from_run} is a '{rec['method']}' run, not '{name}'")
         if rec["status"] != "done":
             raise BadInput(f"generator run {from_run} is '{rec['status']}', not done")
         if train:
@@ -535,7 +706,7 @@ def generate(
             conn.execute(
                 generator_runs.insert()
                 .values(
-                    method=method,
+                    method=name,
                     config=json.dumps(config, sort_keys=True, default=str),
                     status="running",
                     train_selection=ts.selection,
@@ -552,27 +723,18 @@ def generate(
         t0 = time.perf_counter()
         if state is None and from_run is None:
             _seed_everything(seed)
-            state = mod.fit(ts, work_config, seed)
+            state = fit_method(mod, ts, work_config, seed)
         timings["fit_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         _seed_everything(seed)
-        blocks = _check_samples(
-            mod.sample(
-                state,
-                ts,
-                n_samples,
-                work_config,
-                seed,
-                lambda where: load_training_set(db, where),
-            ),
-            ts,
-            method,
+        blocks = sample_method(
+            mod, state, ts, n_samples, work_config, seed, lambda where: load_training_set(db, where)
         )
         timings["sample_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         if state is not None and model_id is None:
-            model_id = _store_model(db, gid, method, state)
-        written = _write_samples(db, gid, method, ts, blocks)
+            model_id = _store_model(db, gid, name, state)
+        written = _write_samples(db, gid, name, ts, blocks)
         timings["write_s"] = round(time.perf_counter() - t0, 3)
         wall = round(time.perf_counter() - t_start, 3)
         work_config["timings"] = timings
@@ -594,7 +756,7 @@ def generate(
         raise
     return GenerateReport(
         generator_run_id=gid,
-        method=method,
+        method=name,
         status="done",
         wall_time_s=wall,
         n_train=len(ts),
@@ -602,6 +764,63 @@ def generate(
         model_checkpoint_id=model_id,
         runs=written,
     )
+
+
+def start_outside_run(
+    db, method: str, trained_on: str | None, config: dict | None = None, source: str = ""
+) -> int:
+    """Record an outside generator's run (``wdb ingest --generator``): a ``generator_runs`` row
+    with the training selection and its exact ids, status ``running`` until the samples are in."""
+    from wdb.schema import generator_runs
+
+    if not method or not method.replace("-", "").replace("_", "").isalnum():
+        raise BadInput(f"--generator '{method}': use letters, digits, '-' and '_'")
+    ids: list[int] = []
+    if trained_on:
+        try:
+            ids = [int(r["checkpoint_id"]) for r in db.checkpoints(trained_on)]
+        except WdbError:
+            raise
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BadInput(f"--trained-on {trained_on!r}: {msg}") from None
+        if not ids:
+            raise BadInput(f"--trained-on {trained_on!r} selects no checkpoints")
+    with db.catalog.begin() as conn:
+        return int(
+            conn.execute(
+                generator_runs.insert()
+                .values(
+                    method=method,
+                    config=json.dumps({"outside": True, **(config or {})}, sort_keys=True),
+                    status="running",
+                    train_selection=trained_on or "",
+                    train_ids=json.dumps(ids),
+                    code_version=f"outside generator, ingested from {source}"[:500],
+                )
+                .returning(generator_runs.c.id)
+            ).scalar_one()
+        )
+
+
+def finish_outside_run(db, gid: int, added: int, error: BaseException | None = None) -> bool:
+    """Close an outside run: ``done`` when samples were added; deleted when none were (a rerun
+    of an ingested folder adds nothing); ``failed`` with the error otherwise. True if kept."""
+    import sqlalchemy as sa
+
+    from wdb.schema import generator_runs
+
+    with db.catalog.begin() as conn:
+        if not added:
+            conn.execute(sa.delete(generator_runs).where(generator_runs.c.id == gid))
+            return False
+        values: dict[str, Any] = {"finished_at": sa.func.current_timestamp()}
+        if error is None:
+            values["status"] = "done"
+        else:
+            values.update(status="failed", error=f"{type(error).__name__}: {error}"[:2000])
+        conn.execute(sa.update(generator_runs).where(generator_runs.c.id == gid).values(**values))
+    return True
 
 
 @contextlib.contextmanager

@@ -2,13 +2,15 @@
 
 Readers (``ingest/<name>.py``) only *find* checkpoints: each yields ``Found`` records (file, run,
 step, a ``load`` callable, metrics, ...). This module does everything else, the same way for every
-format: load safely, validate, group by layout, write in batches through ``Database._commit``
+format: load safely, validate, group by layout, write in batches through ``Database.write_checkpoints``
 (bytes first, then one catalog transaction per batch), and report.
 
 Decisions (the spec is silent on these):
 
-- **Format detection.** ``READERS`` is tried in order (modelzoo, flat, pdiff, folder); the first
-  whose ``detect`` says yes wins; ``format=`` overrides. wdb never imports ``ingest`` otherwise.
+- **Format detection.** Readers are plugins (group ``wdb.readers``, see ``wdb.plugins`` and
+  :class:`Reader`): every registered reader is asked in ``PRIORITY`` order (built-ins: modelzoo,
+  flat, pdiff at 10-30; the generic folder reader last at 90); the first whose ``detect`` says yes
+  wins; ``format=`` (a name or a ``.py`` file) overrides.
 - **Safe loading.** torch files are read by a restricted C unpickler (the Python docs'
   "restricting globals" recipe) that knows only the globals a tensor state dict needs
   (``_rebuild_tensor_v2``, ``_rebuild_parameter``, ``torch.*Storage``, ``OrderedDict``), over a
@@ -37,7 +39,7 @@ Decisions (the spec is silent on these):
 - **Strict mode** validates every file before committing anything: rows are kept in memory up to
   ``WDB_INGEST_BUFFER_MB`` (default 1024) and otherwise re-read at commit time, and all conflicts
   with the catalog are checked first. The first bad file raises ``BadInput``; nothing is written.
-- **Kill safety** comes from ``_commit``: bytes are written before the catalog rows that point to
+- **Kill safety** comes from ``write_checkpoints``: bytes are written before the catalog rows that point to
   them, an interrupted batch leaves only unreferenced tail rows that the next commit reuses, and
   a rerun skips the (run, space, step) already stored with the same sha256.
 """
@@ -45,7 +47,6 @@ Decisions (the spec is silent on these):
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import math
 import os
@@ -58,7 +59,7 @@ from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -66,13 +67,9 @@ from wdb.errors import BadInput, WdbError
 from wdb.spaces import Layout
 from wdb.tensors import FLOAT_DTYPES, state_to_numpy
 
-#: format name → reader module, in detection order.
-READERS: dict[str, str] = {
-    "modelzoo": "ingest.modelzoo",
-    "flat": "ingest.flat",
-    "pdiff": "ingest.pdiff",
-    "folder": "ingest.folder",
-}
+READER_GROUP = "wdb.readers"
+#: detection priority of a reader that declares none (lower is asked first).
+DEFAULT_PRIORITY = 50
 
 #: checkpoints per commit (one Zarr write + one catalog transaction each), and the most row
 #: bytes one commit holds in memory (large models commit in smaller batches).
@@ -103,6 +100,32 @@ class Found:
     eval_set: str | None = None
     #: set by a reader that already knows this item is bad (e.g. a manifest row naming no file).
     problem: str | None = None
+    #: free-form JSON kept with the checkpoint (``checkpoints.meta``): a source's non-tensor entries.
+    meta: dict | None = None
+
+
+@runtime_checkable
+class Reader(Protocol):
+    """The contract of an ingest format (a module or object; register it under the entry-point
+    group ``wdb.readers``, or pass its file: ``wdb ingest DIR --format ./my_reader.py``).
+
+    - ``detect(path) -> bool``: cheap; True when ``path`` (a folder or file) is in this format.
+    - ``scan(path, options) -> Iterable[Found]``: one :class:`Found` per checkpoint, *without*
+      loading tensors (``Found.load`` does that, lazily, so ingest can batch and hash). ``options``
+      holds the CLI's ``space`` (a space name for formats whose files carry no tensor names).
+      Raise ``wdb.errors.BadInput("<file>: <problem>")`` for a folder that cannot be read at all;
+      a single bad checkpoint is a ``Found`` with ``problem`` set (ingest reports it and goes on).
+    - ``PRIORITY`` (optional int, default 50): detection order among readers; the generic
+      ``folder`` reader is 90 so that specific layouts win.
+
+    ``Found.load()`` may return a state dict (torch tensors or numpy arrays) in any of the
+    containers ingest unwraps, or a row when ``Found.layout`` is set. Metrics the source reported
+    go in ``Found.metrics`` (eval set ``reported:<zoo>``), error sets in ``Found.errors``.
+    """
+
+    def detect(self, path: Path) -> bool: ...
+
+    def scan(self, path: Path, options: dict) -> Iterable[Found]: ...
 
 
 @dataclass
@@ -117,6 +140,8 @@ class IngestReport:
     bytes_written: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     checkpoint_ids: list[int] = field(default_factory=list)
+    #: the generator_runs row recording an outside generator's lineage (``--generator``)
+    generator_run_id: int | None = None
 
     def ok(self) -> bool:
         """True when every file was ingested (or already present)."""
@@ -401,20 +426,36 @@ def step_from_name(stem: str) -> int | None:
 # -- the engine ---------------------------------------------------------------------------------
 
 
-def reader(name: str):
-    """The reader module registered under ``name``."""
-    if name not in READERS:
-        raise BadInput(f"unknown format '{name}' (known: {', '.join(READERS)})")
-    return importlib.import_module(READERS[name])
+def format_names() -> list[str]:
+    """Registered ingest formats, in detection order."""
+    from wdb import plugins
+
+    found = plugins.names(READER_GROUP)
+    return sorted(found, key=lambda n: (int(getattr(reader(n), "PRIORITY", DEFAULT_PRIORITY)), n))
+
+
+def reader(ref: str) -> Reader:
+    """The reader registered as ``ref``, or defined by the ``.py`` file ``ref``."""
+    from wdb import plugins
+    from wdb.errors import NotFound
+
+    try:
+        obj = plugins.load(READER_GROUP, ref)
+    except NotFound as exc:
+        raise BadInput(str(exc).replace("unknown reader", "unknown format")) from None
+    if not isinstance(obj, Reader):
+        raise BadInput(f"format '{ref}': {obj!r} has no detect(path) and scan(path, options)")
+    return obj
 
 
 def detect_format(path: Path) -> str:
     """The first registered format whose reader recognises ``path``."""
-    for name in READERS:
+    names = format_names()
+    for name in names:
         if reader(name).detect(path):
             return name
     raise BadInput(
-        f"{path}: no checkpoint files found in a known layout ({', '.join(READERS)}); "
+        f"{path}: no checkpoint files found in a known layout ({', '.join(names)}); "
         "use --format to force one"
     )
 
@@ -449,6 +490,7 @@ class _Ingest:
         self.new_runs: set[str] = set()
         self.created_runs: set[str] = set()
         self.layout_cache: dict[tuple, Layout] = {}
+        self.generator_run_id: int | None = None
 
     # ---- skipping
     def skip(self, source: str, reason: str) -> None:
@@ -480,7 +522,7 @@ class _Ingest:
             self.skip(f.source, f"unreadable ({type(exc).__name__}: {exc})")
             return None
         kind = f.kind or self.kind
-        from wdb.db import KINDS
+        from wdb.checkpoints import KINDS
 
         if kind not in KINDS:
             self.skip(f.source, f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
@@ -614,7 +656,7 @@ class _Ingest:
                 )
 
     def flush(self, h: str) -> None:
-        from wdb.db import NewCheckpoint
+        from wdb.checkpoints import NewCheckpoint
 
         items = self.ready.pop(h, [])
         self.ready_bytes.pop(h, None)
@@ -644,12 +686,14 @@ class _Ingest:
                     source=f.source,
                     run_config=f.run_config,
                     sha256=it.sha256,
+                    generator_run_id=self.generator_run_id,
+                    meta=f.meta,
                 )
             )
             kept.append(it)
             it.row = None
         by_key = {(n.run, n.step): it for n, it in zip(news, kept, strict=True)}
-        result = self.db._commit(space, news)
+        result = self.db.write_checkpoints(space, news)
         for n, why in result.conflicts:
             by_key.pop((n.run, n.step), None)
             self.skip(n.source or n.run, f"run '{n.run}' step {n.step}: {why}")
@@ -660,7 +704,7 @@ class _Ingest:
             * space.layout.n_params
             * np.dtype(space.layout.storage_dtype).itemsize
         )
-        # ids per (run, step): _commit returns new ids in order of the new items and existing
+        # ids per (run, step): write_checkpoints returns new ids in order of the new items and existing
         # ids in order of the existing ones; when both kinds are mixed, ask the catalog.
         clean = [n for n in news if (n.run, n.step) in by_key]
         if not result.existing and len(result.added) == len(clean):
@@ -772,15 +816,27 @@ def ingest(
     format: str | None = None,  # noqa: A002
     strict: bool = False,
     space: str | None = None,
+    generator: str | None = None,
+    trained_on: str | None = None,
+    generator_config: dict | None = None,
 ) -> IngestReport:
-    """Ingest every checkpoint under ``path`` (see the module docstring for the rules)."""
-    from wdb.db import KINDS
+    """Ingest every checkpoint under ``path`` (see the module docstring for the rules).
+
+    With ``generator``, the checkpoints are an outside generator's samples (kind ``generated``
+    unless ``kind`` says otherwise): one ``generator_runs`` row records the method name, the
+    training selection ``trained_on`` (SQL over ``checkpoint_info``) with its exact ids, and
+    ``generator_config``, and every new checkpoint's run points to it, so analyses treat the
+    samples exactly like a built-in generator's.
+    """
+    from wdb.checkpoints import KINDS
     from wdb.progress import progress
 
     path = Path(path)
     if not path.exists():
         raise BadInput(f"{path}: no such file or directory")
-    kind = kind or "training"
+    if trained_on and not generator:
+        raise BadInput("--trained-on needs --generator NAME (whose training set it describes)")
+    kind = kind or ("generated" if generator else "training")
     if kind not in KINDS:
         raise BadInput(f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
     fmt = format or detect_format(path)
@@ -810,11 +866,26 @@ def ingest(
     }
     found: Iterable[Found] = mod.scan(path, options)
     found = list(found)
-    for f in progress(found, total=len(found), desc=f"ingest {path.name}"):
-        item = job.prepare(f)
-        if item is not None:
-            job.add(item)
-    job.finish_pending()
-    job.flush_all()
+    if generator:
+        from wdb.generate import finish_outside_run, start_outside_run
+
+        job.generator_run_id = start_outside_run(
+            db, generator, trained_on, generator_config, source=str(path)
+        )
+        job.report.generator_run_id = job.generator_run_id
+    try:
+        for f in progress(found, total=len(found), desc=f"ingest {path.name}"):
+            item = job.prepare(f)
+            if item is not None:
+                job.add(item)
+        job.finish_pending()
+        job.flush_all()
+    except BaseException as exc:
+        if job.generator_run_id is not None:
+            finish_outside_run(db, job.generator_run_id, job.report.checkpoints_added, exc)
+        raise
+    if job.generator_run_id is not None:
+        kept = finish_outside_run(db, job.generator_run_id, job.report.checkpoints_added)
+        job.report.generator_run_id = job.generator_run_id if kept else None
     job.report.runs_added = len(job.created_runs)
     return job.report

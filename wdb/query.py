@@ -544,6 +544,7 @@ def novelty(
 
 def _save(db, rel: dict, rows: list[dict], nn_ids: np.ndarray, nn_d: np.ndarray) -> int:
     """One short write transaction: the relation row, its neighbours, its similarity rows."""
+    from wdb.dialect import insert_many
     from wdb.schema import neighbors, relations, similarity
 
     nb = [
@@ -558,14 +559,12 @@ def _save(db, rel: dict, rows: list[dict], nn_ids: np.ndarray, nn_d: np.ndarray)
         if nn_ids[j, rank] >= 0
     ]
     cols = ("checkpoint_id", "min_l2", "nearest_id", "max_iou", "max_iou_id", "accuracy")
-    from wdb.db import _insert_many
-
     with db.write_lock(), db.catalog.begin() as conn:
         rid = int(
             conn.execute(relations.insert().values(**rel).returning(relations.c.id)).scalar_one()
         )
-        _insert_many(conn, neighbors, [dict(d, relation_id=rid) for d in nb])
-        _insert_many(
+        insert_many(conn, neighbors, [dict(d, relation_id=rid) for d in nb])
+        insert_many(
             conn, similarity, [{"relation_id": rid, **{c: r[c] for c in cols}} for r in rows]
         )
     return rid

@@ -83,6 +83,7 @@ checkpoints = sa.Table(
     sa.Column("split", sa.Text),  # train | test | ... when the source says so
     sa.Column("source", sa.Text),
     _now(),
+    sa.Column("meta", sa.Text),  # JSON: a source's non-tensor entries (revision 0005)
     sa.UniqueConstraint("run_id", "space_id", "step", name="uq_checkpoint_run_space_step"),
     sa.UniqueConstraint("space_id", "row", name="uq_checkpoint_space_row"),
 )
@@ -97,6 +98,7 @@ eval_sets = sa.Table(
     sa.Column("n_items", sa.BigInteger),
     sa.Column("labels_sha256", sa.Text),
     _now(),
+    sa.Column("task_source", sa.Text),  # the file a task plugin came from (revision 0005)
 )
 
 metrics = sa.Table(

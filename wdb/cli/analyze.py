@@ -96,7 +96,7 @@ def reproduce(method: str, size: str, out: str | None) -> None:
     """One method end to end: zoo, generator, baselines, evaluation, analysis, report."""
     from analyses import demo as d
 
-    res = d.reproduce(get_db(), method, size=size, out=out)
+    res = d.reproduce(get_db(create=True), method, size=size, out=out)
     click.echo(res["report"]["html"])
 
 
@@ -117,7 +117,11 @@ def demo(size: str, methods: tuple[str, ...], out: str | None, no_experiments: b
     from analyses import demo as d
 
     res = d.demo(
-        get_db(), list(methods) or None, size=size, out=out, experiments=not no_experiments
+        get_db(create=True),
+        list(methods) or None,
+        size=size,
+        out=out,
+        experiments=not no_experiments,
     )
     for k, v in res["outcome"].items():
         click.echo(f"{k}: {v}", err=True)

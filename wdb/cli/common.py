@@ -8,17 +8,62 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 
 
-def get_db(ctx: click.Context | None = None):
-    """The database named by the global ``--db`` (created or upgraded on first use)."""
-    from wdb.db import open as open_db
+def get_db(ctx: click.Context | None = None, create: bool = False):
+    """The database named by the global ``--db``, upgraded if older.
+
+    Only commands that write new data (``init``, ``ingest``, ``demo``, ...) pass ``create``; any
+    other command on a directory holding no database fails with one line instead of silently
+    creating an empty one and answering from it.
+    """
+    from wdb.db import Database
+    from wdb.errors import NotFound
 
     ctx = ctx or click.get_current_context()
-    return open_db(ctx.find_root().obj["db_path"])
+    db = Database(ctx.find_root().obj["db_path"])
+    duckdb_file = db.catalog.duckdb_file
+    if not create and duckdb_file is not None and not Path(duckdb_file).exists():
+        raise NotFound(
+            f"{db.path}: no wdb database here (pass --db DIR or set WDB_DB; "
+            "`wdb init` or `wdb ingest` creates one)"
+        )
+    return db.init()
+
+
+class PluginChoice(click.ParamType):
+    """A registered plugin name (choices listed in ``--help``, from the registry) or a ``.py``
+    file defining one, checked when the command runs."""
+
+    name = "plugin"
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+
+    def _names(self) -> list[str]:
+        from wdb import plugins
+
+        names = plugins.names(self.group)
+        if self.group == "wdb.readers":
+            from wdb.importer import format_names
+
+            names = format_names()  # in detection order
+        return names
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join([*self._names(), "FILE.py"]) + "]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from wdb import plugins
+
+        value = str(value)
+        if plugins.is_path(value) or value in self._names():
+            return value
+        self.fail(f"'{value}' is not one of {', '.join(self._names())} (or a .py file)", param, ctx)
 
 
 def output_options(fn: Callable) -> Callable:

@@ -6,11 +6,11 @@ import json
 
 import click
 
-from wdb.cli.common import emit, get_db, output_options
+from wdb.cli.common import PluginChoice, emit, get_db, output_options
 
 
 @click.command()
-@click.argument("method")
+@click.argument("method", type=PluginChoice("wdb.generators"))
 @click.option(
     "--train",
     help="SQL filter over checkpoint_info selecting the training set, "
@@ -38,8 +38,11 @@ from wdb.cli.common import emit, get_db, output_options
 @output_options
 @click.pass_context
 def generate(ctx, method, train, n, seed, sets, config_file, from_run, fmt) -> None:
-    """Fit generator METHOD (pdiff, hyperrep, gpt, hyperdiffusion, noise, average, gaussian) on the
-    checkpoints --train selects and write each sample as its own run (gen_<id>)."""
+    """Fit generator METHOD on the checkpoints --train selects and write each sample as its own
+    run (gen_<id>), with lineage (generator_runs: method, config, exact training ids).
+
+    METHOD is a registered generator (entry point group wdb.generators: the built-ins and any
+    installed package's) or a .py file defining one; the contract is wdb.generate.Generator."""
     from wdb.generate import generate as run_generate
     from wdb.generate import parse_sets
 

@@ -19,6 +19,7 @@ from wdb.errors import WdbError
 COMMANDS: dict[str, str] = {
     "init": "wdb.cli.store:init",
     "ingest": "wdb.cli.store:ingest",
+    "ingest-outputs": "wdb.cli.store:ingest_outputs",
     "ls": "wdb.cli.store:ls",
     "show": "wdb.cli.store:show",
     "sql": "wdb.cli.store:sql",

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from wdb.cli.common import emit, get_db, output_options
+from wdb.cli.common import PluginChoice, emit, get_db, output_options
 
 LS_SQL = {
     "runs": (
@@ -33,7 +33,10 @@ LS_SQL = {
     "eval-sets": (
         "SELECT * FROM (SELECT e.id AS eval_set_id, e.name, e.task, e.split, e.n_items, "
         "(SELECT count(DISTINCT m.checkpoint_id) FROM metrics m WHERE m.eval_set_id = e.id) "
-        "AS checkpoints, e.labels_sha256 FROM eval_sets e) AS e {where} ORDER BY eval_set_id"
+        "AS with_metrics, "
+        "(SELECT count(DISTINCT p.checkpoint_id) FROM predictions p WHERE p.eval_set_id = e.id) "
+        "AS with_outputs, e.labels_sha256, e.task_source FROM eval_sets e) AS e {where} "
+        "ORDER BY eval_set_id"
     ),
 }
 
@@ -49,7 +52,7 @@ RUNS_SUBQUERY = (
 @click.pass_context
 def init(ctx: click.Context) -> None:
     """Create (or upgrade) the database directory."""
-    db = get_db(ctx)
+    db = get_db(ctx, create=True)
     click.echo(f"wdb database at {db.path} (schema {db.catalog.current_revision()})")
 
 
@@ -64,24 +67,58 @@ def init(ctx: click.Context) -> None:
 @click.option(
     "--format",
     "fmt_name",
-    type=click.Choice(["folder", "modelzoo", "flat", "pdiff"]),
-    help="Reader to use; detected from the folder's contents when omitted.",
+    type=PluginChoice("wdb.readers"),
+    help="Reader to use (a registered format or a reader .py file); detected when omitted.",
 )
 @click.option(
     "--space", help="Space name to use or create; for flat .npy rows, a space or layout JSON."
 )
 @click.option("--strict", is_flag=True, help="Fail on the first bad file and commit nothing.")
+@click.option(
+    "--generator",
+    metavar="NAME",
+    help="The checkpoints are this (outside) generator's samples: record a generator run with "
+    "lineage (kind defaults to generated).",
+)
+@click.option(
+    "--trained-on",
+    metavar="SQL",
+    help="With --generator: SQL filter over checkpoint_info selecting its training set, "
+    "e.g. \"zoo = 'digits' AND kind = 'training'\".",
+)
+@click.option(
+    "--generator-config",
+    type=click.Path(exists=True, dir_okay=False),
+    help="With --generator: JSON or TOML file of the generator's settings, recorded as its config.",
+)
 @output_options
 @click.pass_context
-def ingest(ctx, path, zoo, kind, fmt_name, space, strict, fmt) -> None:
+def ingest(
+    ctx, path, zoo, kind, fmt_name, space, strict, generator, trained_on, generator_config, fmt
+) -> None:
     """Ingest a folder of checkpoints (state dicts, Model Zoo runs, flat .npy rows, P-diff).
 
     Idempotent: files already stored (same run, step and content) are not added again. Bad files
     (corrupt, truncated, unsafe pickle, NaN/Inf, wrong shape) are reported one line each and
     skipped; the exit code is 3 when anything was skipped, 0 when everything was stored.
     """
-    db = get_db(ctx)
-    report = db.ingest(path, zoo=zoo, kind=kind, format=fmt_name, strict=strict, space=space)
+    from wdb.generate import read_config_file
+
+    config = read_config_file(generator_config) if generator_config else None
+    if config is not None and not generator:
+        raise click.UsageError("--generator-config needs --generator NAME")
+    db = get_db(ctx, create=True)
+    report = db.ingest(
+        path,
+        zoo=zoo,
+        kind=kind,
+        format=fmt_name,
+        strict=strict,
+        space=space,
+        generator=generator,
+        trained_on=trained_on,
+        generator_config=config,
+    )
     for source, reason in report.skipped:
         click.echo(f"skipped {source}: {reason}", err=True)
     emit(
@@ -94,6 +131,11 @@ def ingest(ctx, path, zoo, kind, fmt_name, space, strict, fmt) -> None:
                 "skipped": len(report.skipped),
                 "spaces": ", ".join(report.spaces),
                 "bytes_written": report.bytes_written,
+                **(
+                    {"generator_run": report.generator_run_id}
+                    if report.generator_run_id is not None
+                    else {}
+                ),
             }
         ],
         fmt,
@@ -101,6 +143,36 @@ def ingest(ctx, path, zoo, kind, fmt_name, space, strict, fmt) -> None:
     )
     if report.skipped:
         sys.exit(3)
+
+
+@click.command("ingest-outputs")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--eval-set",
+    required=True,
+    help="Name of the eval set the outputs belong to (created on first use), e.g. digits:test.",
+)
+@click.option(
+    "--task",
+    type=PluginChoice("wdb.tasks"),
+    help="Task the eval set belongs to (a registered task or a .py file); optional.",
+)
+@click.option("--split", default="test", show_default=True, help="Data split of the eval set.")
+@output_options
+@click.pass_context
+def ingest_outputs(ctx, file, eval_set, task, split, fmt) -> None:
+    """Store evaluations computed outside wdb: metrics, error sets or predictions per checkpoint.
+
+    FILE is .npz (named arrays), .npy (a structured array) or .csv. Rows are keyed by a
+    checkpoint_id column, or run (+ step); 'errors' [N, T] (0/1) or 'predictions' [N, T] (with
+    'labels' [T]) become the eval set's outputs, so error-set IoU works on them; every other [N]
+    numeric column (accuracy, loss, ...) is a metric. Checked in full before anything is written.
+    """
+    from wdb.outputs import ingest_outputs as run_ingest
+
+    db = get_db(ctx)
+    res = run_ingest(db, file, eval_set, task=task, split=split)
+    emit([res], fmt, title=f"ingest-outputs {file}")
 
 
 @click.command()

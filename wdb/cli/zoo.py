@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from wdb.cli.common import emit, get_db, output_options
+from wdb.cli.common import PluginChoice, emit, get_db, output_options
 
 
 @click.group()
@@ -49,7 +49,12 @@ def train(task: str, out: str, runs: int | None, size: str, seed: int) -> None:
 
 @click.command()
 @click.option("--where", default=None, help="SQL filter over checkpoint_info.")
-@click.option("--task", default=None, help="Task to evaluate with (default: from the space).")
+@click.option(
+    "--task",
+    default=None,
+    type=PluginChoice("wdb.tasks"),
+    help="Task to evaluate with: a registered task or a task .py file (default: the space's).",
+)
 @click.option("--force", is_flag=True, help="Re-evaluate checkpoints already evaluated.")
 @click.option("--batch", type=int, default=256, show_default=True)
 @output_options

@@ -153,7 +153,7 @@ def _grid(res: int) -> np.ndarray:
     return np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1)
 
 
-def _marching(values: np.ndarray, level: float, pad_value: float):
+def marching_mesh(values: np.ndarray, level: float, pad_value: float):
     """Marching cubes on a field over [-1, 1]³, padded so the surface is closed; None if empty."""
     import trimesh
     from skimage.measure import marching_cubes
@@ -185,7 +185,7 @@ def _gt(seed: int, index: int) -> tuple:
     grid, zs = _grid_z(GT_RES)
     field = np.full((GT_RES,) * 3, -1.0, dtype=np.float32)
     field[:, :, zs] = -sdf(params, grid)  # positive inside, like occupancy logits
-    mesh = _marching(field, 0.0, -1.0)
+    mesh = marching_mesh(field, 0.0, -1.0)
     pts = sample_points(mesh, N_POINTS, seed=int(index))
     return mesh, pts
 
@@ -336,7 +336,7 @@ class ShapesOccupancy(Task):
 
     def mesh(self, row: np.ndarray, resolution: int = 64):
         """Marching cubes of the occupancy logits at logit(0.8); None if the level set is empty."""
-        return _marching(self.grid_logits(row, resolution)[0], LEVEL, -1e3)
+        return marching_mesh(self.grid_logits(row, resolution)[0], LEVEL, -1e3)
 
     def evaluate_rows(self, rows: np.ndarray, context: EvalContext | None = None) -> dict:
         """``points [n, 2048, 3]``, ``mesh_empty [n]`` and ``chamfer [n]`` (NaN where the shape is
@@ -353,7 +353,7 @@ class ShapesOccupancy(Task):
             grids = self.grid_logits(rows[i : i + 8])
             for j, g in enumerate(grids):
                 k = i + j
-                mesh = _marching(g, LEVEL, -1e3)
+                mesh = marching_mesh(g, LEVEL, -1e3)
                 if mesh is None or len(mesh.faces) == 0:
                     empty[k] = 1
                     continue

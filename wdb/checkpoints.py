@@ -1,0 +1,222 @@
+"""Checkpoints as the store records them, and the one write path every writer uses.
+
+The model types (``Space``, ``NewCheckpoint``, ``CommitResult``, ``KINDS``) and
+:func:`write_checkpoints` live here, below ``wdb.db``, so that the database facade, the ingest
+pipeline, the generator framework and the query engine all import one public module instead of
+each other's private names.
+
+Write protocol: under the database's write lock, read the catalog (existing rows, next free row),
+close it, write the bytes to Zarr, then insert every catalog row in one transaction. A crash before
+the commit leaves only unreferenced rows past the last referenced one; the next write reuses them
+and ``wdb fsck`` reports them. A row is visible only once its bytes are on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wdb.dialect import insert_many, next_ids
+from wdb.spaces import Layout, row_sha256
+
+#: what a checkpoint is: a training checkpoint, a generator's sample, a baseline's sample, an
+#: autoencoder reconstruction, or a generator's own network.
+KINDS = ("training", "generated", "baseline", "reconstructed", "model")
+
+
+@dataclass(frozen=True)
+class Space:
+    """A weight space as stored: catalog id, name, layout, and its Zarr array path."""
+
+    id: int
+    name: str
+    layout: Layout
+    array_path: str
+
+    @property
+    def n_params(self) -> int:
+        return self.layout.n_params
+
+
+@dataclass
+class NewCheckpoint:
+    """One checkpoint waiting to be written: its row plus everything the catalog records.
+
+    ``meta`` is free-form JSON kept with the checkpoint (non-tensor entries of a source file, the
+    optimizer step of a Lightning bundle, ...).
+    """
+
+    run: str
+    step: int
+    row: np.ndarray
+    kind: str = "training"
+    zoo: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    split: str | None = None
+    source: str | None = None
+    run_config: dict | None = None
+    generator_run_id: int | None = None
+    sha256: str = ""
+    meta: dict | None = None
+
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            self.sha256 = row_sha256(self.row)
+
+
+@dataclass
+class CommitResult:
+    """What one :func:`write_checkpoints` did: ids of new checkpoints, and the ones it left."""
+
+    added: list[int] = field(default_factory=list)
+    existing: list[int] = field(default_factory=list)
+    conflicts: list[tuple[NewCheckpoint, str]] = field(default_factory=list)
+
+
+def to_json(value: Any) -> str | None:
+    """JSON text for a catalog column (keys sorted, so equal configs compare equal)."""
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+def reported_eval_set(conn: Any, zoo: str | None) -> int:
+    """Eval set for metrics a source reported (wdb did not compute them): ``reported:<zoo>``."""
+    import sqlalchemy as sa
+
+    from wdb.schema import eval_sets
+
+    name = f"reported:{zoo or 'default'}"
+    found = conn.execute(sa.select(eval_sets.c.id).where(eval_sets.c.name == name)).first()
+    if found:
+        return int(found[0])
+    return int(
+        conn.execute(
+            eval_sets.insert()
+            .values(name=name, task=None, split="reported")
+            .returning(eval_sets.c.id)
+        ).scalar_one()
+    )
+
+
+def write_checkpoints(
+    db: Any, space: Space, items: list[NewCheckpoint], run_prefix: str = "gen_"
+) -> CommitResult:
+    """Write ``items`` into ``space``: bytes first, then one catalog transaction.
+
+    ``db`` is a ``wdb.db.Database`` (anything with ``write_lock()``, ``catalog`` and
+    ``weights_store``). Items whose (run, step) already exists with the same hash are reported in
+    ``existing``; with a different hash, in ``conflicts``; nothing about them is written. Runs
+    without a name get ``<run_prefix><run id>``. See the module docstring for the crash story.
+    """
+    import sqlalchemy as sa
+
+    from wdb.schema import checkpoints, metrics, runs
+
+    result = CommitResult()
+    if not items:
+        return result
+    with db.write_lock():
+        # 1. what exists, and where the free rows start
+        named = sorted({it.run for it in items if it.run})
+        existing: dict[tuple[str, int], tuple[int, str]] = {}
+        with db.catalog.begin() as conn:
+            if named:
+                q = (
+                    sa.select(
+                        runs.c.name, checkpoints.c.step, checkpoints.c.id, checkpoints.c.sha256
+                    )
+                    .select_from(checkpoints.join(runs, runs.c.id == checkpoints.c.run_id))
+                    .where(checkpoints.c.space_id == space.id, runs.c.name.in_(named))
+                )
+                for name, step, cid, sha in conn.execute(q):
+                    existing[(name, int(step))] = (int(cid), sha)
+            max_row = conn.execute(
+                sa.select(sa.func.max(checkpoints.c.row)).where(checkpoints.c.space_id == space.id)
+            ).scalar()
+        start = 0 if max_row is None else int(max_row) + 1
+        fresh: list[NewCheckpoint] = []
+        seen: set[tuple[str, int]] = set()
+        for it in items:
+            key = (it.run, it.step)
+            if it.run and key in existing:
+                cid, sha = existing[key]
+                if sha == it.sha256:
+                    result.existing.append(cid)
+                else:
+                    result.conflicts.append((it, "already stored with different content"))
+                continue
+            if it.run and key in seen:
+                result.conflicts.append((it, "appears twice in this batch"))
+                continue
+            seen.add(key)
+            fresh.append(it)
+        if not fresh:
+            return result
+        # 2. bytes
+        block = np.stack([it.row for it in fresh]).astype(space.layout.storage_dtype, copy=False)
+        db.weights_store.write(space.array_path, start, block)
+        # 3. one catalog transaction
+        with db.catalog.begin() as conn:
+            run_ids: dict[str, int] = {}
+            if named:
+                for rid, name in conn.execute(
+                    sa.select(runs.c.id, runs.c.name).where(runs.c.name.in_(named))
+                ):
+                    run_ids[name] = int(rid)
+            # ids come from the sequences in one round trip each (not one per row)
+            opening: list[NewCheckpoint] = []
+            opening_names: set[str] = set()
+            for it in fresh:
+                if not it.run or (it.run not in run_ids and it.run not in opening_names):
+                    opening.append(it)
+                    if it.run:
+                        opening_names.add(it.run)
+            run_rows = []
+            for it, rid in zip(opening, next_ids(conn, "runs_id_seq", len(opening)), strict=True):
+                it.run = it.run or f"{run_prefix}{rid}"
+                run_ids[it.run] = rid
+                run_rows.append(
+                    dict(
+                        id=rid,
+                        name=it.run,
+                        zoo=it.zoo,
+                        kind=it.kind,
+                        generator_run_id=it.generator_run_id,
+                        config=to_json(it.run_config),
+                        source=str(Path(it.source).parent) if it.source else None,
+                    )
+                )
+            eval_set_id = None
+            with_meta = any(it.meta for it in fresh)  # the column is absent before revision 0005
+            ck_rows, metric_rows = [], []
+            cids = next_ids(conn, "checkpoints_id_seq", len(fresh))
+            for i, (it, cid) in enumerate(zip(fresh, cids, strict=True)):
+                ck_rows.append(
+                    dict(
+                        id=cid,
+                        run_id=run_ids[it.run],
+                        space_id=space.id,
+                        step=it.step,
+                        row=start + i,
+                        sha256=it.sha256,
+                        split=it.split,
+                        source=it.source,
+                    )
+                )
+                if with_meta:
+                    ck_rows[-1]["meta"] = to_json(it.meta)
+                if it.metrics:
+                    if eval_set_id is None:
+                        eval_set_id = reported_eval_set(conn, it.zoo)
+                    metric_rows += [
+                        dict(checkpoint_id=cid, eval_set_id=eval_set_id, name=k, value=float(v))
+                        for k, v in it.metrics.items()
+                    ]
+                result.added.append(cid)
+            insert_many(conn, runs, run_rows)
+            insert_many(conn, checkpoints, ck_rows)
+            insert_many(conn, metrics, metric_rows)
+    return result
