@@ -11,10 +11,12 @@ analysis record for the same generator run) and skips it, so a rerun after an in
 continues where it stopped. A method whose task or generator module is missing, or that fails,
 is reported and skipped; the rest continues.
 
-Sizes (``PLANS``): ``demo`` is tuned to finish all four methods in ≲ 15 minutes on 2 cores —
-small zoos with more runs than ``--size small``, generators at ``size=small`` with more steps;
-``quick`` is the tiny version the tests run; ``default`` uses the CPU-scale defaults of METHODS.md
-(about 5 minutes per zoo and per generator).
+The methods, their tasks, their noise baselines and their sizes come from the generator registry
+(``wdb.generate.MethodInfo``, one ``INFO`` per generator module): nothing here names a method.
+Sizes (``MethodInfo.plans``): ``demo`` is tuned to finish all four methods in ≲ 15 minutes on 2
+cores — small zoos with more runs than ``--size small``, generators at their default architecture
+with fewer steps; ``quick`` is the tiny version the tests run; ``default`` uses the CPU-scale
+defaults of METHODS.md (about 5 minutes per zoo and per generator).
 """
 
 from __future__ import annotations
@@ -30,19 +32,12 @@ from typing import Any
 from analyses.experiments import find_run
 from wdb.errors import NotFound, WdbError
 
-ORDER = ("hyperrep", "gpt", "hyperdiffusion", "pdiff")
-TASKS = {
-    "hyperrep": "mnist-cnn",
-    "gpt": "mnist-mlp",
-    "hyperdiffusion": "shapes-occupancy",
-    "pdiff": "mnist-bn",
-}
-#: paper σ per method (METHODS.md / generators.baselines); G.pt's are in its normalised space
-NOISE = {
-    "hyperrep": dict(sigmas=(0.02, 0.04), select="top"),
-    "gpt": dict(sigmas=(0.05, 0.1), select="final", ref_std=0.538),
-    "hyperdiffusion": dict(sigmas=(0.02, 0.04), select="final"),
-    "pdiff": dict(sigmas=(0.06, 0.12), select="all"),
+SIZES = ("quick", "demo", "default")
+#: per size, what a method without a plan for it gets (zoo size, samples, baseline samples)
+DEFAULT_PLANS: dict[str, dict[str, Any]] = {
+    "quick": dict(zoo_size="small", gen={"size": "small"}, n=8, n_baseline=10),
+    "demo": dict(zoo_size="small", gen={"size": "small"}, n=50, n_baseline=50),
+    "default": dict(zoo_size="default", gen={"size": "default"}, n=100, n_baseline=100),
 }
 
 
@@ -59,32 +54,31 @@ class Plan:
 
 
 QUICK = {"boundary": {"grid": 48}}
-PLANS: dict[str, dict[str, Plan]] = {
-    "quick": {
-        "hyperrep": Plan("small", 8, {"size": "small"}, 8, 10, QUICK),
-        "gpt": Plan("small", 12, {"size": "small"}, 8, 10, QUICK),
-        "hyperdiffusion": Plan("small", 6, {"size": "small"}, 4, 4, QUICK),
-        "pdiff": Plan("small", None, {"size": "small"}, 8, 10, QUICK),
-    },
-    # Generators at their default architecture with fewer steps: the small architectures did
-    # not learn at demo scale (HR reconstructions 13% accuracy, G.pt samples 11% after 600 steps,
-    # measured); zoos small with more runs than --size small. G.pt on 250 small runs at 1500
-    # steps: samples 0.747 vs 0.895 for the final training checkpoints in 89 s (60 runs: 0.589).
-    "demo": {
-        "hyperrep": Plan("small", 40, {"size": "default", "steps": 1000}, 100, 100),
-        "gpt": Plan("small", 250, {"size": "default", "train_steps": 1500}, 50, 100),
-        "hyperdiffusion": Plan("small", 24, {"size": "default", "train_steps": 600}, 16, 16),
-        "pdiff": Plan(
-            "default", None, {"size": "default", "ae_steps": 1500, "ddpm_steps": 1500}, 100, 100
-        ),
-    },
-    "default": {
-        m: Plan(
-            "default", None, {"size": "default"}, 200 if m in ("hyperrep", "pdiff") else 100, 100
-        )
-        for m in ORDER
-    },
-}
+
+
+def demo_methods() -> list[str]:
+    """The study's methods: registered generators that name a task (``MethodInfo.task``), in
+    the paper's order. A user's generator joins ``wdb demo`` by declaring one."""
+    from wdb.generate import method_info, study_methods
+
+    return [m for m in study_methods() if method_info(m).task]
+
+
+def plan(method: str, size: str) -> Plan:
+    """The method's plan for ``size`` (``MethodInfo.plans``), the size's defaults otherwise."""
+    from wdb.generate import method_info
+
+    if size not in SIZES:
+        raise NotFound(f"unknown demo size '{size}' (known: {', '.join(SIZES)})")
+    p = {**DEFAULT_PLANS[size], **(method_info(method).plans.get(size) or {})}
+    return Plan(
+        str(p["zoo_size"]),
+        p.get("zoo_runs"),
+        dict(p["gen"]),
+        int(p["n"]),
+        int(p["n_baseline"]),
+        dict(QUICK) if size == "quick" else {},
+    )
 
 
 #: the modeling-factor sweep per demo size: base config (size + overrides) and the variants.
@@ -125,8 +119,9 @@ def _zoo_name(task: str, size: str, seed: int = 0) -> str:
 def ensure_zoo(db, method: str, plan: Plan, work: Path, log: Log) -> str:
     """Train + ingest + evaluate the method's zoo unless the catalog already has it."""
     import wdb.tasks
+    from wdb.generate import method_info
 
-    task_name = TASKS[method]
+    task_name = str(method_info(method).task)
     task = wdb.tasks.get(task_name)
     zoo = _zoo_name(task_name, plan.zoo_size)
     have = db.sql("SELECT count(*) AS n FROM checkpoint_info WHERE zoo = :z", {"z": zoo})[0]["n"]
@@ -164,25 +159,27 @@ def ensure_generated(db, method: str, plan: Plan, selection: str, log: Log) -> i
 
 
 def ensure_baselines(db, method: str, plan: Plan, selection: str, gid: int, log: Log) -> list[int]:
-    """The paper's baselines for this method, in the same weight space."""
-    noise = NOISE[method]
+    """The paper's baselines for this method (``MethodInfo``), in the same weight space."""
+    from wdb.generate import method_info
+
+    info = method_info(method)
     src = (
         f"generator_run_id = {gid} AND kind = 'reconstructed'"
-        if method == "hyperrep"
+        if info.reference == "reconstructed"
         else selection
     )
     jobs: list[tuple[str, dict]] = []
-    for s in noise["sigmas"]:
-        over = {"size": "small", "sigma": s, "select": noise["select"]}
-        if "ref_std" in noise:
-            over["ref_std"] = noise["ref_std"]
+    for s in info.noise_sigmas:
+        over = {"size": "small", "sigma": s, "select": info.noise_select}
+        if info.noise_ref_std:
+            over["ref_std"] = info.noise_ref_std
         jobs.append(("noise", over))
-    if method == "pdiff":
-        n_train = db.sql(f"SELECT count(*) AS n FROM checkpoint_info WHERE {selection}")[0]["n"]
-        jobs += [
-            ("average", {"size": "small", "k": int(min(16, n_train))}),
-            ("gaussian", {"size": "small"}),
-        ]
+    for b in info.extra_baselines:
+        over = {"size": "small"}
+        if b == "average":  # P-diff's averaged models: the mean of 16 (or all) training models
+            n_train = db.sql(f"SELECT count(*) AS n FROM checkpoint_info WHERE {selection}")
+            over["k"] = int(min(16, n_train[0]["n"]))
+        jobs.append((b, over))
     out = []
     for b, over in jobs:
         found = find_run(
@@ -199,14 +196,16 @@ def ensure_baselines(db, method: str, plan: Plan, selection: str, gid: int, log:
 def run_method(db, method: str, size: str, out: Path, work: Path, log: Log) -> dict:
     """Zoo → generator → baselines → evaluation → memorization analysis, for one method."""
     from analyses import engine
+    from wdb.generate import method_info
 
-    plan = PLANS[size][method]
-    zoo = ensure_zoo(db, method, plan, work, log)
+    p = plan(method, size)
+    zoo = ensure_zoo(db, method, p, work, log)
     selection = f"zoo = '{zoo}' AND kind = 'training'"
-    if method != "pdiff":
-        selection += " AND split = 'train'"
-    gid = ensure_generated(db, method, plan, selection, log)
-    ensure_baselines(db, method, plan, selection, gid, log)
+    split = method_info(method).train_split
+    if split:
+        selection += f" AND split = '{split}'"
+    gid = ensure_generated(db, method, p, selection, log)
+    ensure_baselines(db, method, p, selection, gid, log)
     _evaluate(
         db,
         f"zoo = '{zoo}' AND kind IN ('generated', 'baseline', 'reconstructed')",
@@ -221,7 +220,7 @@ def run_method(db, method: str, size: str, out: Path, work: Path, log: Log) -> d
             log(f"{method}: analysis already up to date ({rec_path.name})")
             return json.loads(rec_path.read_text())
     log(f"{method}: running the memorization analysis")
-    rec = engine.run(db, "memorization", method=method, out=out, options=plan.options)
+    rec = engine.run(db, "memorization", method=method, out=out, options=p.options)
     log(
         f"{method}: {len(rec['figures'])} figures, {len(rec['tables'])} tables "
         f"({rec['wall_time_s']:.0f} s)"
@@ -230,23 +229,21 @@ def run_method(db, method: str, size: str, out: Path, work: Path, log: Log) -> d
 
 
 def _available(method: str) -> str | None:
-    """Why a method cannot run here (missing module), or None."""
-    import importlib.util
-
-    from wdb.generate import METHODS
-
-    target = METHODS.get(method)
-    if target is None:
-        return f"generator '{method}' is not registered"
-    mod = target.split(":")[0]
-    if importlib.util.find_spec(mod) is None:
-        return f"module {mod} is not installed"
+    """Why a method cannot run here (not registered, module or task missing), or None."""
     import wdb.tasks
+    from wdb.generate import get_method, method_info
 
     try:
-        wdb.tasks.get(TASKS[method])
+        get_method(method)
     except (WdbError, ImportError) as exc:
-        return f"task {TASKS[method]} unavailable: {exc}"
+        return f"generator '{method}' unavailable: {exc}"
+    task = method_info(method).task
+    if not task:
+        return f"generator '{method}' names no task (MethodInfo.task), so the demo has no zoo"
+    try:
+        wdb.tasks.get(task)
+    except (WdbError, ImportError) as exc:
+        return f"task {task} unavailable: {exc}"
     return None
 
 
@@ -263,13 +260,13 @@ def demo(
     from analyses.api import default_out
     from analyses.report import build
 
-    if size not in PLANS:
-        raise NotFound(f"unknown demo size '{size}' (known: {', '.join(PLANS)})")
+    if size not in SIZES:
+        raise NotFound(f"unknown demo size '{size}' (known: {', '.join(SIZES)})")
     out = Path(out) if out else default_out(db)
     work = out.parent
     (out / "figures").mkdir(parents=True, exist_ok=True)
     log = Log(quiet=quiet)
-    todo = list(methods or ORDER)
+    todo = list(methods or demo_methods())
     log(f"database {db.path}, report {out}, size '{size}', methods {', '.join(todo)}")
     for m in todo:
         why = _available(m)
@@ -303,7 +300,7 @@ def demo(
                 continue
             try:
                 log(f"{key}: running")
-                n = PLANS["quick"][method].n
+                n = plan(method, "quick").n
                 if name == "symmetry":
                     exps.symmetry(db, out)
                 elif name == "modeling-factors":
@@ -336,8 +333,8 @@ def demo(
 
 def reproduce(db, method: str, size: str = "demo", out: str | Path | None = None) -> dict[str, Any]:
     """One method end to end (zoo, generator, baselines, evaluation, analysis) and the report."""
-    if method not in ORDER:
-        raise NotFound(f"unknown method '{method}' (known: {', '.join(ORDER)})")
+    if method not in demo_methods():
+        raise NotFound(f"unknown method '{method}' (known: {', '.join(demo_methods())})")
     why = _available(method)
     if why:
         raise NotFound(f"{method}: {why}")

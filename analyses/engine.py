@@ -24,11 +24,8 @@ from typing import Any
 import numpy as np
 
 from analyses import relations as rel
-from analyses.spec import Spec, applies, fill, load
+from analyses.spec import Spec, fill, load, why_not
 from wdb.errors import NotFound, WdbError
-
-BASELINES = ("noise", "average", "gaussian")
-GENERATORS = ("hyperrep", "gpt", "hyperdiffusion", "pdiff")
 
 
 # -- catalog helpers --------------------------------------------------------------------------
@@ -132,8 +129,10 @@ def methods_with_data(db) -> list[str]:
         "SELECT DISTINCT g.method FROM generator_runs g WHERE g.status = 'done' AND EXISTS "
         "(SELECT 1 FROM runs r WHERE r.generator_run_id = g.id AND r.kind = 'generated')"
     )
-    found = {r["method"] for r in rows} - set(BASELINES)
-    return [m for m in GENERATORS if m in found] + sorted(found - set(GENERATORS))
+    from wdb.generate import baseline_methods, method_info
+
+    found = {r["method"] for r in rows} - set(baseline_methods())
+    return sorted(found, key=lambda m: (method_info(m).order, m))
 
 
 def _sigma(config: dict) -> float:
@@ -170,11 +169,13 @@ def resolve_context(db, method: str | None, task: Any = None) -> Context:
             f"({','.join(str(int(i)) for i in train_ids[:2000])}) GROUP BY zoo ORDER BY n DESC"
         )
         ctx.zoo = (z[0]["zoo"] or "") if z else ""
+    from wdb.generate import baseline_methods
+
     base = db.sql(
         "SELECT g.id, g.method, g.config FROM generator_runs g WHERE g.status = 'done' "
-        "AND g.method IN ('noise', 'average', 'gaussian') AND EXISTS (SELECT 1 FROM "
+        "AND g.method IN (SELECT unnest(CAST(:b AS VARCHAR[]))) AND EXISTS (SELECT 1 FROM "
         "checkpoint_info c WHERE c.generator_run_id = g.id AND c.space_id = :s) ORDER BY g.id DESC",
-        {"s": ctx.space_id},
+        {"s": ctx.space_id, "b": baseline_methods()},
     )
     noise: dict[float, tuple[int, float]] = {}  # σ actually used -> (run id, σ as configured)
     for b in base:
@@ -195,9 +196,14 @@ def resolve_context(db, method: str | None, task: Any = None) -> Context:
         try:
             import wdb.tasks
 
-            task = wdb.tasks.for_space(db.space(ctx.space_id))
+            task = wdb.tasks.for_space(db.space(ctx.space_id), db)
         except (ImportError, WdbError) as exc:  # tasks not available: figures needing one skip
             ctx.notes.append(f"no task for space {ctx.space_id}: {exc}")
+        if task is None:
+            ctx.notes.append(
+                f"no task knows space {ctx.space_id}: figures that need one are skipped "
+                "(evaluate the checkpoints with `wdb evaluate --task NAME|FILE.py` first)"
+            )
     ctx.task = task
     ctx.task_kind = getattr(task, "kind", None) if task is not None else None
     return ctx
@@ -331,6 +337,21 @@ def _as_list(v: Any) -> list[str]:
     return [v] if isinstance(v, str) else list(v or [])
 
 
+def _spec_table(db, spec: Spec, item: str, name: str, sql: str) -> None:
+    """Materialise a spec's SQL as table ``name``; a database error becomes one line naming the
+    spec, the item and the database's message (not a 60-line traceback)."""
+    from wdb.errors import BadInput
+
+    try:
+        create_table_as(db, name, sql)
+    except WdbError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the database's own error, whatever its type
+        text = str(getattr(exc, "orig", None) or exc).strip()
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+        raise BadInput(f"{spec.path or spec.name}: table '{item}': {first}") from None
+
+
 def run(
     db,
     spec: str | Path | Spec,
@@ -399,7 +420,7 @@ def run(
     sel_table = name_of("selections")
     values["selections"] = sel_table
     select_all = " UNION ALL ".join(parts) if parts else "SELECT NULL AS selection, NULL AS ch"
-    create_table_as(db, sel_table, select_all)
+    _spec_table(db, spec, "selections", sel_table, select_all)
     add_table(
         "selections",
         "\n".join(f"-- {k}: {v}" for k, v in sel_sql.items()) + "\n" + select_all,
@@ -415,8 +436,9 @@ def run(
     # 2. relations
     for item in spec.relations:
         short, kind = item["name"], item["kind"]
-        if not applies(item, method, ctx.task_kind):
-            record["skipped"].append({"name": short, "why": "not for this method/task"})
+        why = why_not(item, method, ctx.task_kind)
+        if why:
+            record["skipped"].append({"name": short, "why": why})
             continue
         full = name_of(short)
         values[short] = full
@@ -433,11 +455,21 @@ def run(
             values.pop(short, None)
             continue
         add_table(short, sql, item.get("description", ""), f"relation:{kind}")
+        if kind == "novelty" and not db.sql(
+            f"SELECT 1 AS x FROM {full} WHERE max_iou IS NOT NULL LIMIT 1"
+        ):
+            ctx.notes.append(
+                f"{short}: no eval set holds error sets of both targets and reference, so "
+                "max error-set IoU is empty (evaluate them, or `wdb ingest-outputs` error sets)"
+            )
 
     # 3. tables
     for item in spec.tables:
         short = item["name"]
-        if not applies(item, method, ctx.task_kind):
+        why = why_not(item, method, ctx.task_kind)
+        if why:
+            if not item.get("methods"):  # other methods' tables are no news; a task gap is
+                record["skipped"].append({"name": short, "why": why})
             continue
         missing = [
             m for m in _placeholders(item["sql"]) if m in _all_names(spec) and m not in values
@@ -447,14 +479,17 @@ def run(
             continue
         full = name_of(short)
         sql = fill(item["sql"], values)
-        create_table_as(db, full, sql)
+        _spec_table(db, spec, short, full, sql)
         values[short] = full
         add_table(short, sql, item.get("description", ""))
 
     # 4. figures
     if figures:
         for fig in spec.figures:
-            if not applies(fig, method, ctx.task_kind):
+            why = why_not(fig, method, ctx.task_kind)
+            if why:
+                if not fig.get("methods"):
+                    record["skipped"].append({"name": fig["name"], "why": why})
                 continue
             if fig["table"] not in tn:
                 record["skipped"].append(

@@ -103,7 +103,9 @@ VARIANTS: dict[str, Callable[[dict], dict]] = {
 
 
 def _reference_sql(method: str, gid: int) -> str:
-    if method == "hyperrep":
+    from wdb.generate import method_info
+
+    if method_info(method).reference == "reconstructed":
         return f"generator_run_id = {gid} AND kind = 'reconstructed'"
     return (
         "checkpoint_id IN (SELECT unnest(from_json(g.train_ids, '[\"BIGINT\"]')) "
@@ -248,13 +250,14 @@ def find_run(
 # -- symmetry ----------------------------------------------------------------------------------
 def symmetry(db, out: Path, n_models: int = 40, seed: int = 0, task: Any = None) -> dict[str, Any]:
     """Permuted / scaled training weights through the HR autoencoder vs different models."""
-    import torch
-
     from analyses import figures as figs
-    from generators import hyperrep
     from wdb import symmetry as sym
+    from wdb.generate import get_method
     from wdb.tasks import for_space
 
+    method = get_method("hyperrep")
+    if not hasattr(method, "reconstructor"):
+        raise NotFound("the symmetry experiment needs a generator with a reconstructor (hyperrep)")
     base = _latest(db, "hyperrep")
     if base["model_checkpoint_id"] is None:
         raise NotFound(f"hyperrep run {base['id']} stored no autoencoder")
@@ -266,22 +269,11 @@ def symmetry(db, out: Path, n_models: int = 40, seed: int = 0, task: Any = None)
     info = db.checkpoints(f"checkpoint_id IN ({','.join(map(str, ids))})")
     space = db.space(int(info[0]["space_id"]))
     layout = space.layout
-    task = task or for_space(space)
+    task = task or for_space(space, db)
     if task is None:
         raise NotFound(f"no task evaluates space {space.name}")
     W = db.weights(ids)
-    net = hyperrep.load_model(model, layout, cfg)
-    mean, std = model["norm.mean"].float(), model["norm.std"].float()
-    covered = np.zeros(layout.n_params, dtype=bool)
-    for c in hyperrep.token_columns(layout):
-        covered[c.reshape(-1)] = True
-
-    @torch.no_grad()
-    def reconstruct(rows: np.ndarray) -> np.ndarray:
-        x = (torch.from_numpy(rows.astype(np.float32)) - mean) / std
-        r = (net.decode(net.encode(x), torch.zeros(x.shape[1])) * std + mean).numpy()
-        r[:, ~covered] = rows[:, ~covered]
-        return r.astype(np.float32)
+    reconstruct = method.reconstructor(model, layout, cfg)
 
     perms = [sym.random_permutations(layout, rng) for _ in ids]
     P = np.stack([sym.permute(W[i], layout, perms[i]) for i in range(len(ids))])

@@ -42,12 +42,22 @@ PAPER = {
     "(paper: accuracy diff 6.0% permuted, 5.8% scaled vs 12.7% between different models); "
     "HyperDiffusion with permutation augmentation fails to produce shapes.",
 }
-NAMES = {
-    "hyperrep": "Hyper-Representations",
-    "gpt": "G.pt",
-    "hyperdiffusion": "HyperDiffusion",
-    "pdiff": "P-diff",
-}
+
+
+class _DisplayNames(dict):
+    """method → display name, from the generator registry (``MethodInfo.display``)."""
+
+    def __missing__(self, method: str) -> str:
+        from wdb.generate import method_info
+
+        self[method] = method_info(method).display if method else str(method)
+        return self[method]
+
+    def get(self, method: Any, default: Any = None) -> Any:  # noqa: D102 - dict.get, looked up
+        return self[method] if isinstance(method, str) else default
+
+
+NAMES = _DisplayNames()
 
 
 @dataclass

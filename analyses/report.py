@@ -82,8 +82,12 @@ def load_records(out: Path) -> tuple[list[dict], list[dict]]:
             analyses.append(rec)
         elif "experiment" in rec:
             experiments.append(rec)
-    order = {m: i for i, m in enumerate(("hyperrep", "gpt", "hyperdiffusion", "pdiff"))}
-    analyses.sort(key=lambda r: (r["spec"], order.get(r.get("method"), 9), str(r.get("method"))))
+    from wdb.generate import method_info
+
+    def order(method: str | None) -> int:
+        return method_info(method).order if method else 0
+
+    analyses.sort(key=lambda r: (r["spec"], order(r.get("method")), str(r.get("method"))))
     return analyses, experiments
 
 

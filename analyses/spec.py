@@ -147,11 +147,23 @@ def parse(raw: dict[str, Any], path: Path | None = None, method: str | None = No
 
 def applies(item: dict[str, Any], method: str | None, task_kind: str | None) -> bool:
     """Whether a relation/table/figure applies to this method and task kind."""
+    return why_not(item, method, task_kind) is None
+
+
+def why_not(item: dict[str, Any], method: str | None, task_kind: str | None) -> str | None:
+    """Why an item does not apply (None when it does): the reason a report lists it under."""
     methods = item.get("methods")
     if methods and method not in methods:
-        return False
+        return f"only for {', '.join(methods)}"
     when = item.get("when")
-    return not (when and when != task_kind)
+    if when and when != task_kind:
+        if task_kind is None:
+            return (
+                f"needs a {when} task, and no task knows this weight space (evaluate it with "
+                "`wdb evaluate --task NAME|FILE.py`)"
+            )
+        return f"only for {when} tasks (this one is a {task_kind})"
+    return None
 
 
 _PH = re.compile(r"\{([a-z_][a-z0-9_]*)\}")

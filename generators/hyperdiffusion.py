@@ -51,10 +51,29 @@ from generators.transformer import (
     token_slices,
 )
 from wdb.errors import BadInput
-from wdb.generate import Fitted, Samples, TrainingSet
+from wdb.generate import Fitted, MethodInfo, Samples, TrainingSet
 
 NAME = "hyperdiffusion"
 KIND = "generated"
+#: how the study shows and compares it (wdb.generate.MethodInfo).
+INFO = MethodInfo(
+    display="HyperDiffusion",
+    order=30,
+    task="shapes-occupancy",
+    noise_sigmas=(0.02, 0.04),
+    noise_select="final",
+    plans={
+        "quick": dict(zoo_size="small", zoo_runs=6, gen={"size": "small"}, n=4, n_baseline=4),
+        "demo": dict(
+            zoo_size="small",
+            zoo_runs=24,
+            gen={"size": "default", "train_steps": 600},
+            n=16,
+            n_baseline=16,
+        ),
+        "default": dict(zoo_size="default", gen={"size": "default"}, n=100, n_baseline=100),
+    },
+)
 METRIC = "chamfer_train_min"
 
 

@@ -48,18 +48,42 @@ Deviations from the original and why:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wdb.generate import Samples, TrainingSet, torch_threads
+from wdb.generate import MethodInfo, Samples, TrainingSet, torch_threads
 from wdb.progress import progress
 from wdb.spaces import Layout
 from wdb.symmetry import layers, permute, random_permutations
 
 NAME = "hyperrep"
 KIND = "generated"
+#: how the study shows and compares it (wdb.generate.MethodInfo): the paper's noise baseline
+#: perturbs the top-30% reconstructions, which also stand for the training set in experiments.
+INFO = MethodInfo(
+    display="Hyper-Representations",
+    order=10,
+    task="mnist-cnn",
+    noise_sigmas=(0.02, 0.04),
+    noise_select="top",
+    reference="reconstructed",
+    plans={
+        "quick": dict(zoo_size="small", zoo_runs=8, gen={"size": "small"}, n=8, n_baseline=10),
+        "demo": dict(
+            zoo_size="small",
+            zoo_runs=40,
+            gen={"size": "default", "steps": 1000},
+            n=100,
+            n_baseline=100,
+        ),
+        "default": dict(zoo_size="default", gen={"size": "default"}, n=200, n_baseline=100),
+    },
+)
 
 
 def default_config(size: str) -> dict:
@@ -256,6 +280,28 @@ def load_model(model: dict[str, torch.Tensor], layout: Layout, config: dict) -> 
     net = HyperAE(token_columns(layout, int(config.get("max_token", 0))), config)
     net.load_state_dict({k[3:]: v for k, v in model.items() if k.startswith("ae.")})
     return net.eval()
+
+
+def reconstructor(
+    model: dict[str, torch.Tensor], layout: Layout, config: Mapping[str, Any]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``rows → autoencoder(rows)`` for a stored model (the optional *reconstructor* capability
+    of the generator contract: the symmetry experiment feeds it permuted and scaled weights).
+    Columns outside every token keep their input values."""
+    net = load_model(model, layout, dict(config))
+    mean, std = model["norm.mean"].float(), model["norm.std"].float()
+    covered = np.zeros(layout.n_params, dtype=bool)
+    for c in token_columns(layout):
+        covered[c.reshape(-1)] = True
+
+    @torch.no_grad()
+    def reconstruct(rows: np.ndarray) -> np.ndarray:
+        x = (torch.from_numpy(rows.astype(np.float32)) - mean) / std
+        r = (net.decode(net.encode(x), torch.zeros(x.shape[1])) * std + mean).numpy()
+        r[:, ~covered] = rows[:, ~covered]
+        return r.astype(np.float32)
+
+    return reconstruct
 
 
 # -- sampling ----------------------------------------------------------------------------------

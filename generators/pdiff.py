@@ -41,11 +41,34 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from generators.diffusion import LinearSchedule, timestep_embedding
-from wdb.generate import Samples, TrainingSet, torch_threads
+from wdb.generate import MethodInfo, Samples, TrainingSet, torch_threads
 from wdb.progress import progress
 
 NAME = "pdiff"
 KIND = "generated"
+#: how the study shows and compares it (wdb.generate.MethodInfo): trained on every checkpoint of
+#: its one run; the paper's baselines add averaged and Gaussian models; the paper finds P-diff
+#: the one method that beats the noise baseline (finding 3's exception).
+INFO = MethodInfo(
+    display="P-diff",
+    order=40,
+    task="mnist-bn",
+    train_split=None,
+    noise_sigmas=(0.06, 0.12),
+    noise_select="all",
+    extra_baselines=("average", "gaussian"),
+    beats_noise=True,
+    plans={
+        "quick": dict(zoo_size="small", gen={"size": "small"}, n=8, n_baseline=10),
+        "demo": dict(
+            zoo_size="default",
+            gen={"size": "default", "ae_steps": 1500, "ddpm_steps": 1500},
+            n=100,
+            n_baseline=100,
+        ),
+        "default": dict(zoo_size="default", gen={"size": "default"}, n=200, n_baseline=100),
+    },
+)
 
 
 def default_config(size: str) -> dict:

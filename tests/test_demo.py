@@ -50,6 +50,12 @@ def test_analyze_cli_materialises_tables_and_report(tmp_path):
 
 
 def test_analyze_without_samples_says_so(tmp_path):
+    import wdb
+
+    res = CliRunner().invoke(cli, ["--db", str(tmp_path / "db"), "analyze", "memorization"])
+    assert res.exit_code != 0 and "no wdb database here" in res.output
+    assert not (tmp_path / "db").exists()  # a read-only command never creates one
+    wdb.open(tmp_path / "db")
     res = CliRunner().invoke(cli, ["--db", str(tmp_path / "db"), "analyze", "memorization"])
     assert res.exit_code != 0
     assert "no generator run with samples" in res.output
@@ -60,7 +66,9 @@ def test_demo_skips_a_missing_method_and_still_writes_the_report(tmp_path):
 
     db = wdb.open(tmp_path / "db")
     res = demo.demo(db, methods=["nosuch"], size="quick", out=tmp_path / "rep", quiet=True)
-    assert res["outcome"]["nosuch"].startswith("skipped: generator 'nosuch' is not registered")
+    assert res["outcome"]["nosuch"].startswith(
+        "skipped: generator 'nosuch' unavailable: unknown generator"
+    )
     assert res["outcome"]["experiment symmetry"].startswith("skipped")
     assert (tmp_path / "rep" / "summary.md").read_text().count("## Finding") == 6
 
@@ -70,7 +78,7 @@ def test_demo_baselines_are_reused_on_rerun(tmp_path):
 
     db = wdb.open(tmp_path / "db")
     synthetic.build(db, n_train=12, n_gen=4, n_base=4)
-    plan = demo.PLANS["quick"]["pdiff"]
+    plan = demo.plan("pdiff", "quick")
     log = demo.Log(quiet=True)
     sel = "zoo = 'toy' AND kind = 'training'"
     first = demo.ensure_baselines(db, "pdiff", plan, sel, gid=1, log=log)

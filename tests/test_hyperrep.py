@@ -88,7 +88,7 @@ def test_fit_sample_shapes_kinds_determinism():
     b = H.fit(ts, cfg, seed=0)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    gen, rec = H.sample(a, ts, 7, cfg, seed=0, load=None)
+    gen, rec = G.sample_method(H, a, ts, 7, cfg, seed=0)
     assert gen.kind == "generated" and gen.rows.shape == (7, ts.space.n_params)
     assert rec.kind == "reconstructed" and rec.rows.shape == ts.weights.shape
     assert [i["source_checkpoint"] for i in rec.info] == ts.ids.tolist()

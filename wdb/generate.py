@@ -114,7 +114,10 @@ class Fitted:
 class MethodInfo:
     """What the memorization study needs to know about a method beyond fit/sample.
 
-    A generator module exposes one as ``INFO``; without it, defaults apply (the method shows
+    (Its tunable knobs need no declaration: the modeling-factors experiment varies config keys by
+    name — ``steps``/``train_steps``, ``width``/``channels``, ``dropout``, ... — see
+    ``analyses.experiments.VARIANTS``.) A generator module exposes one as ``INFO``; without it,
+    defaults apply (the method shows
     under its ``NAME``, is compared in plain L2 against its training set with noise baselines at
     σ 0.02/0.04 around the final checkpoints, and is expected to memorise). ``task`` makes the
     method part of ``wdb demo``: the demo trains that task's zoo and fits the method on it.
@@ -128,10 +131,11 @@ class MethodInfo:
     noise_sigmas: tuple[float, ...] = (0.02, 0.04)  # the paper's σ for its noise baselines
     noise_select: str = "final"  # top | final | all: which training checkpoints get noise
     noise_ref_std: float | None = None  # σ is meant for this weight std (rescaled, see noise)
-    noise_from: str = "training"  # training | reconstructed: what the noise baselines perturb
+    #: what stands for its training set in baselines and experiments: ``training``, or
+    #: ``reconstructed`` (its autoencoder's reconstructions, Hyper-Representations)
+    reference: str = "training"
     extra_baselines: tuple[str, ...] = ()  # further baselines in its space (P-diff: average...)
     beats_noise: bool = False  # the paper's finding 3: does it beat the noise baseline?
-    knobs: tuple[str, ...] = ()  # config keys the modeling-factors experiment varies
     #: ``wdb demo`` sizes: size → {zoo_size, zoo_runs, gen (overrides), n, n_baseline}
     plans: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -155,6 +159,8 @@ class Generator(Protocol):
       space (or another layout, see :class:`Samples`); ``load(where)`` loads another selection
       (prompts). Values to record go in ``Samples.record``.
     - ``INFO`` (optional :class:`MethodInfo`): how the study shows and compares it.
+    - ``reconstructor(model, layout, config) -> (rows -> rows)`` (optional, autoencoders): the
+      symmetry experiment passes transformed training weights through it.
 
     The config handed to ``fit``/``sample`` is read-only: results are returned, never written into
     it, so what is recorded is exactly what was asked plus what the method reported.

@@ -176,7 +176,25 @@ class EvalContext:
 
 
 class Task:
-    """Base class; subclasses set ``name`` and implement the model, data, training, evaluation."""
+    """The contract of a task: what a checkpoint is for. Subclass it (usually through
+    :class:`ClassifierTask` or ``wdb.tasks.shapes.FieldTask``) and register the class under the
+    entry-point group ``wdb.tasks``, or pass the file: ``wdb evaluate --task ./my_task.py``.
+
+    Required:
+
+    - ``name``: unique, used in eval set names (``<name>:<eval_split>``) and ``wdb zoo list``;
+    - ``build_model() -> torch.nn.Module``: a fresh model; its ``state_dict()`` layout defines the
+      task's weight space, so wdb maps stored checkpoints of that layout back to this task;
+    - ``data(split) -> (X, y)``: deterministic numpy inputs and labels per split (``"test"`` is
+      the eval split; the labels are hashed into the eval set, so data never silently changes);
+    - ``evaluate_rows(rows, context) -> {metric: [n] floats, "predictions": [n, T] ints}`` (a
+      classifier gets this from ``logits``); ``predict(rows, X) -> [n, N]`` class ids.
+
+    Optional: ``layout()`` when the zoo stores only part of the model (P-diff's BN parameters;
+    then ``prepare`` supplies the rest), ``prepare(db, checkpoints)`` for per-checkpoint context,
+    ``train_zoo(out, runs, size, seed)`` to make ``wdb zoo train`` write a zoo folder.
+    ``kind``: ``"classifier"`` (error sets, decision regions) or ``"field"`` (shapes).
+    """
 
     name: str = ""
     kind: str = "classifier"  # classifier | field
@@ -256,21 +274,48 @@ def id_in(db, column: str, param: str = "ids") -> str:
 
 
 class ClassifierTask(Task):
-    """A task whose models map inputs to class logits: evaluation and predictions follow from
-    ``logits`` (metrics on the eval split, argmax labels), so each classifier writes only that."""
+    """A task whose models map inputs to class logits: evaluation (accuracy, cross-entropy loss,
+    predictions on the eval split) and ``predict`` follow from ``logits``.
+
+    A subclass needs only ``name``, ``build_model`` and ``data``: the default ``logits`` loads each
+    row into ``build_model()`` (``torch.func.functional_call``) and runs it on ``X``. Override
+    ``logits`` for speed (a vectorised forward over all rows) or when rows hold only part of the
+    model. ``logits`` may return a torch tensor or a numpy array ``[n, N, n_classes]``.
+    """
 
     kind = "classifier"
 
     def logits(self, rows: np.ndarray, X: np.ndarray, context: Any = None):  # -> torch.Tensor
-        """Logits ``[n, N, n_classes]`` of ``n`` stacked models on inputs ``X``."""
-        raise NotImplementedError
+        """Logits ``[n, N, n_classes]`` of ``n`` models (rows in this task's space) on ``X``."""
+        import torch
+        from torch.func import functional_call
+
+        from wdb.tensors import to_torch
+
+        layout = self.base_layout()
+        if rows.shape[-1] != layout.n_params:
+            raise BadInput(
+                f"task '{self.name}': rows have {rows.shape[-1]} values but the model has "
+                f"{layout.n_params}; override logits() for a task storing part of the model"
+            )
+        model = self.build_model().eval()
+        Xt = torch.as_tensor(np.asarray(X), dtype=torch.float32)
+        dtypes = {e.name: e.dtype for e in layout.entries}
+        out = []
+        with torch.no_grad():
+            for row in np.asarray(rows):
+                state = {k: to_torch(v, dtypes[k]) for k, v in layout.unflatten(row).items()}
+                out.append(functional_call(model, state, (Xt,)))
+        return torch.stack(out)
 
     def evaluate_rows(self, rows: np.ndarray, context: EvalContext | None = None) -> dict:
         X, y = self.data(self.eval_split)
         return classifier_metrics(self.logits(rows, X, context), y)
 
     def predict(self, rows: np.ndarray, X: np.ndarray, context: EvalContext | None = None):
-        return self.logits(rows, X, context).argmax(-1).numpy()
+        import torch
+
+        return torch.as_tensor(self.logits(rows, X, context)).argmax(-1).numpy()
 
 
 def classifier_metrics(logits, y) -> dict[str, np.ndarray]:
@@ -279,6 +324,7 @@ def classifier_metrics(logits, y) -> dict[str, np.ndarray]:
     import torch.nn.functional as F
 
     y_t = torch.as_tensor(y, dtype=torch.long)
+    logits = torch.as_tensor(logits, dtype=torch.float32)  # a task may return numpy
     n, T, C = logits.shape
     loss = F.cross_entropy(logits.reshape(n * T, C), y_t.repeat(n), reduction="none").reshape(n, T)
     pred = logits.argmax(-1)
