@@ -373,6 +373,9 @@ def run(
     spec = load(spec, method) if not isinstance(spec, Spec) else spec.for_method(method)
     for item in [*spec.relations, *spec.tables, *spec.figures]:
         item.update((options or {}).get(item.get("name"), {}))
+    from wdb.generate import recall_sources
+
+    recall_sources(db)
     ctx = resolve_context(db, method, task)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)

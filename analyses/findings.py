@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from analyses.engine import table_name
 from wdb.errors import WdbError
 
 PAPER = {
@@ -115,7 +116,7 @@ def finding1(db, methods: list[str]) -> Finding:
     for m in ("hyperrep", "gpt", "hyperdiffusion"):
         if m not in methods:
             continue
-        s = _by_sel(_table(db, f"a_memorization_{m}_summary"))
+        s = _by_sel(_table(db, table_name("memorization", m, "summary")))
         g, t = (
             _f(s.get("generated", {}).get("median_min_l2")),
             _f(s.get("training", {}).get("median_min_l2")),
@@ -171,11 +172,11 @@ def _dominated_share(
 def tradeoff(db, m: str) -> tuple[float, str, bool] | None:
     """(share of m's generated models dominated by a noise-baseline model, description, whether
     the generated models perform as well as the noise baselines)."""
-    rows = _table(db, f"a_memorization_{m}_scatter")
+    rows = _table(db, table_name("memorization", m, "scatter"))
     if rows:
         hx, hy, xs, ys = False, True, "max_iou", "accuracy"
     else:
-        rows = _table(db, f"a_memorization_{m}_shape_scatter")
+        rows = _table(db, table_name("memorization", m, "shape_scatter"))
         if not rows:
             return None
         hx, hy, xs, ys = True, False, "min_chamfer_train", "min_chamfer_test"

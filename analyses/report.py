@@ -125,8 +125,11 @@ def _figures(figs: list[dict], out: Path) -> str:
 
 def build(db, out: str | Path, title: str = "wdb report: generalization or memorization?") -> dict:
     """Write ``index.html`` and ``summary.md`` into ``out``; returns their paths and verdicts."""
+    from wdb.generate import recall_sources
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    recall_sources(db)  # generators run from files show under their own display names
     analyses, experiments = load_records(out)
     methods = [r["method"] for r in analyses if r["spec"] == "memorization" and r.get("method")]
     found = fnd.evaluate(db, methods, experiments)

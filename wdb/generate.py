@@ -57,7 +57,7 @@ from wdb.errors import BadInput, NotFound, WdbError
 GROUP = "wdb.generators"
 
 #: Config keys the framework itself records (never method options).
-FRAMEWORK_KEYS = ("seed", "from_run", "timings")
+FRAMEWORK_KEYS = ("seed", "from_run", "timings", "source")
 
 
 @dataclass
@@ -250,6 +250,33 @@ def method_info(method: str | Any) -> MethodInfo:
     if not info.display:
         info = replace(info, display=str(getattr(obj, "NAME", method)))
     return info
+
+
+def recall_sources(db) -> list[str]:
+    """Register, in this process, generators that earlier runs loaded from files (their path is
+    recorded as ``source`` in the run's config), so reports show their ``MethodInfo`` without a
+    ``--method ./file.py``. A file that moved is skipped. Returns the names registered."""
+    from wdb import plugins
+
+    known = set(method_names())
+    done: list[str] = []
+    for r in db.sql("SELECT DISTINCT method, config FROM generator_runs WHERE status = 'done'"):
+        if r["method"] in known or r["method"] in done:
+            continue
+        try:
+            source = json.loads(r["config"] or "{}").get("source")
+        except (TypeError, ValueError):
+            continue
+        if not source or not Path(source).is_file():
+            continue
+        try:
+            obj = get_method(source)
+        except WdbError:
+            continue
+        if r["method"] == obj.NAME:
+            plugins.register(GROUP, obj.NAME, obj)
+            done.append(obj.NAME)
+    return done
 
 
 def study_methods() -> list[str]:
@@ -695,6 +722,10 @@ def generate(
         config = resolve_config(mod, overrides, config_file)
         t_load = time.perf_counter()
         ts = load_training_set(db, train)
+    from wdb import plugins
+
+    if plugins.is_path(method):  # recorded so later analyses can find its MethodInfo again
+        config["source"] = str(Path(method).resolve())
     if n is not None:
         config["n"] = int(n)
     n_samples = int(config.get("n", 100))

@@ -7,8 +7,10 @@ that make the catalog's common questions one-row-per-checkpoint SQL.
 - ``checkpoint_metrics``: one row per checkpoint (every checkpoint, NULLs when unevaluated) with
   accuracy / loss / chamfer from one eval set: a wdb-computed one beats a source-reported one,
   the newest computed one beats older ones;
-- ``latest_neighbors`` / ``novelty``: per checkpoint and metric, the rows of the most recent
-  relation that covered it (``neighbors`` and ``similarity`` keep every relation ever computed).
+- ``latest_neighbors`` / ``novelty``: per checkpoint and distance metric (``l2`` or
+  ``aligned_l2``), the rows of the most recent relation that covered it (``neighbors`` and
+  ``similarity`` keep every relation ever computed; ``relations.metric`` also names the
+  error-set similarity, e.g. ``l2+error_iou``).
 
 Revision ID: 0005_plugins
 Revises: 0004_views
@@ -48,11 +50,12 @@ VIEWS = {
     "latest_neighbors": """
         CREATE VIEW latest_neighbors AS
         WITH latest AS (
-            SELECT n.checkpoint_id, r.metric, max(n.relation_id) AS relation_id
+            SELECT n.checkpoint_id, split_part(r.metric, '+', 1) AS metric,
+                   max(n.relation_id) AS relation_id
             FROM neighbors n JOIN relations r ON r.id = n.relation_id
-            GROUP BY n.checkpoint_id, r.metric
+            GROUP BY n.checkpoint_id, split_part(r.metric, '+', 1)
         )
-        SELECT n.checkpoint_id, c.run, c.kind, r.metric, n.rank, n.neighbor_id,
+        SELECT n.checkpoint_id, c.run, c.kind, l.metric, n.rank, n.neighbor_id,
                nc.run AS neighbor_run, nc.kind AS neighbor_kind, n.distance, n.relation_id,
                r.kind AS relation_kind, r.reference_selection
         FROM latest l
@@ -64,11 +67,12 @@ VIEWS = {
     "novelty": """
         CREATE VIEW novelty AS
         WITH latest AS (
-            SELECT s.checkpoint_id, r.metric, max(s.relation_id) AS relation_id
+            SELECT s.checkpoint_id, split_part(r.metric, '+', 1) AS metric,
+                   max(s.relation_id) AS relation_id
             FROM similarity s JOIN relations r ON r.id = s.relation_id
-            GROUP BY s.checkpoint_id, r.metric
+            GROUP BY s.checkpoint_id, split_part(r.metric, '+', 1)
         )
-        SELECT s.checkpoint_id, c.run, c.kind, c.space, r.metric, s.min_l2, s.nearest_id,
+        SELECT s.checkpoint_id, c.run, c.kind, c.space, l.metric, s.min_l2, s.nearest_id,
                s.max_iou, s.max_iou_id, s.accuracy, s.relation_id, r.reference_selection,
                r.created_at
         FROM latest l
