@@ -213,3 +213,16 @@ def test_entry_points_of_an_installed_distribution(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         plugins.refresh()
+
+
+def test_readme_sql_examples_run_and_give_one_row_per_checkpoint(study):
+    _, _, store, _ = study
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = [b.split("```")[0] for b in readme.split("```sql\n")[1:]]
+    statements = [s.strip() for b in blocks for s in b.split(";") if s.strip()]
+    assert len(statements) >= 3
+    for sql in statements:
+        rows = store.sql(sql)
+        assert rows, sql
+        key = "checkpoint_id" if "checkpoint_id" in rows[0] else "name"
+        assert len(rows) == len({r[key] for r in rows}), sql
