@@ -302,7 +302,7 @@ def _decision(db, item: dict, rows: list[dict], ctx: Context) -> dict[str, Any]:
 
 def _points(db, item: dict, rows: list[dict]) -> dict[str, Any]:
     ids = [int(r["checkpoint_id"]) for r in rows]
-    keep, P = rel._points(db, ids)
+    keep, P = rel.stored_points(db, ids)
     pos = {c: i for i, c in enumerate(keep)}
     m = int(item.get("n_points", 1024))
     cols: dict[str, list] = {k: [] for k in rows[0]}

@@ -58,8 +58,8 @@ def shape_distances(db, targets: str, reference: str) -> dict[int, tuple[float, 
     from wdb.tasks.shapes import chamfer
 
     ENGINE["chamfer"] = "wdb.tasks.shapes.chamfer"
-    tid, P = _points(db, _ids(db, targets))
-    rid, Q = _points(db, _ids(db, reference))
+    tid, P = stored_points(db, _ids(db, targets))
+    rid, Q = stored_points(db, _ids(db, reference))
     ok_r = [j for j in range(len(rid)) if _nonempty(Q[j])]
     out: dict[int, tuple[float, int]] = {}
     for i, c in enumerate(tid):
@@ -81,7 +81,7 @@ def _nonempty(p: np.ndarray) -> bool:
     return bool(len(p)) and bool(np.isfinite(p).all()) and float(np.ptp(p, axis=0).max()) > 0
 
 
-def _points(db, ids: list[int]) -> tuple[list[int], np.ndarray]:
+def stored_points(db, ids: list[int]) -> tuple[list[int], np.ndarray]:
     """Stored surface points of the checkpoints that have them (the eval set most of them use)."""
     from wdb import outputs
 

@@ -120,6 +120,12 @@ def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, fmt) -> None:
         get_db(), targets, reference, k=k, aligned=aligned, eval_set=eval_set, save=not no_save
     )
     emit(rows, fmt, title="novelty")
+    if rows and all(r.get("max_iou") is None for r in rows):
+        click.echo(
+            "note: no eval set holds error sets of both the targets and the reference, so "
+            "max_iou is empty (wdb evaluate them, or wdb ingest-outputs their error sets)",
+            err=True,
+        )
 
 
 @query.command("relations")
