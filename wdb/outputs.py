@@ -58,12 +58,13 @@ def ensure_eval_set(
                     f"eval set '{name}' exists with different labels "
                     f"(sha256 {row['labels_sha256'][:12]}… vs {sha[:12]}…): refusing to mix data"
                 )
+            fill: dict = {}
             if task_source and row.get("task_source") != task_source:
-                conn.execute(
-                    sa.update(eval_sets)
-                    .where(eval_sets.c.id == row["id"])
-                    .values(task_source=task_source)
-                )
+                fill["task_source"] = task_source
+            if row["n_items"] is None and n is not None:  # metrics came first, outputs now
+                fill["n_items"] = n
+            if fill:
+                conn.execute(sa.update(eval_sets).where(eval_sets.c.id == row["id"]).values(**fill))
             return int(row["id"])
         eid = int(
             conn.execute(

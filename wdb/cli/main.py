@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "fsck": "wdb.cli.store:fsck",
     "zoo": "wdb.cli.zoo:zoo",
     "evaluate": "wdb.cli.zoo:evaluate",
+    "plugins": "wdb.cli.zoo:plugins",
     "index": "wdb.cli.query:index",
     "query": "wdb.cli.query:query",
     "generate": "wdb.cli.generate:generate",

@@ -64,3 +64,19 @@ def evaluate(ctx, where, task, force, batch, fmt) -> None:
     db = get_db(ctx)
     report = db.evaluate(where=where, task=task, force=force, batch=batch)
     emit(report.rows(), fmt, title=f"evaluated {report.evaluated}, skipped {report.skipped}")
+
+
+@click.command()
+@output_options
+def plugins(fmt: str) -> None:
+    """Every registered task, generator and ingest reader, and the distribution declaring it.
+
+    Plugins are entry points of the groups wdb.tasks, wdb.generators and wdb.readers (wdb's own
+    built-ins included); a .py file works too wherever a plugin is named (--task ./t.py, wdb
+    generate ./g.py, --format ./r.py). A name two distributions register is listed twice, the
+    loser marked "shadowed".
+    """
+    from wdb import plugins as registry
+
+    rows = [row for group in registry.GROUPS for row in registry.describe(group)]
+    emit(rows, fmt, columns=["group", "name", "target", "distribution"], title="plugins")
