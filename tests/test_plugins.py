@@ -18,7 +18,7 @@ def test_builtins_are_entry_points_like_any_plugin():
     from wdb.importer import format_names
 
     assert format_names()[-1] == "folder"  # the generic reader is asked last
-    assert G.study_methods() == ["hyperrep", "gpt", "hyperdiffusion", "pdiff"]
+    assert G.study_methods()[:4] == ["hyperrep", "gpt", "hyperdiffusion", "pdiff"]
     assert set(G.baseline_methods()) == {"noise", "average", "gaussian"}
     assert G.method_info("pdiff").beats_noise and G.method_info("gpt").aligned
 
@@ -135,3 +135,28 @@ def test_ingest_with_generator_records_lineage_or_nothing(tmp_path):
     again = db.ingest(gen, generator="theirs", trained_on="run = 'r'")  # nothing new: no new run
     assert again.checkpoints_added == 0 and again.generator_run_id is None
     assert db.sql("SELECT count(*) AS n FROM generator_runs")[0]["n"] == 1
+
+
+def test_a_registered_generator_with_a_task_joins_the_demo():
+    """Adding a method to the study is one module: its INFO names the task and the plans."""
+    import types
+
+    from analyses import demo
+
+    fifth = types.SimpleNamespace(
+        NAME="fifth",
+        KIND="generated",
+        INFO=G.MethodInfo(display="Fifth", order=45, task="mnist-mlp", noise_sigmas=(0.1, 0.2)),
+        default_config=lambda size: {"n": 2},
+        fit=G.no_fit,
+        sample=lambda *a: [],
+    )
+    plugins.register("wdb.generators", "fifth", fifth)
+    try:
+        assert demo.demo_methods() == ["hyperrep", "gpt", "hyperdiffusion", "pdiff", "fifth"]
+        p = demo.plan("fifth", "quick")
+        assert (p.zoo_size, p.n, p.n_baseline) == ("small", 8, 10)
+        assert demo._available("fifth") is None
+    finally:
+        plugins.unregister("wdb.generators", "fifth")
+    assert "fifth" not in demo.demo_methods()
