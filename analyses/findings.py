@@ -2,15 +2,18 @@
 
 Each check reads the tables the analyses materialised (``a_memorization_<method>_summary`` …,
 and the experiments' ``x_*`` tables) and returns a verdict with its numbers. The thresholds that
-turn numbers into a verdict are stated in every verdict so a reader can disagree with them:
+turn numbers into a verdict are stated in every verdict so a reader can disagree with them.
+Verdicts (:func:`judge`): "reproduced" only when every method (or criterion) the finding names was
+checked and agrees; a line names whoever disagrees and by how much, and what went unchecked.
 
 1. generated much closer to training than training to itself: median min-L2 ratio
-   generated / training < 0.5 for each of HR, G.pt, HyperDiffusion that has data;
+   generated / training < 0.5 for each of HR, G.pt, HyperDiffusion (all three are named);
 2. HR near copies: mean max error-IoU of generated models ≥ 0.9;
 3. no method but p-diff beats the noise baseline: a method "beats" noise when fewer than half of
    its generated models are dominated by a noise-baseline model (at least as novel AND at least
-   as good) and its models are high-performing (mean accuracy ≥ the worse noise group's − 0.05;
-   shapes: mean Chamfer to test shapes ≤ 1.25 × the worse noise group's);
+   as good, strictly better in one: ties do not dominate) and its models are high-performing (mean accuracy ≥ the worse noise group's − 0.05;
+   shapes: mean Chamfer to test shapes ≤ 1.25 × the worse noise group's); P-diff (the methods
+   whose ``MethodInfo.beats_noise`` is set) must beat it, every other method must not;
 4. p-diff: generated farther from training than training from itself (ratio > 1), parameter values
    concentrated (mean per-parameter std below training's), and like an interpolation baseline
    (|accuracy gap| ≤ 0.02 and |max-IoU gap| ≤ 0.1 to averaged or gaussian);
@@ -102,18 +105,54 @@ def _fmt(x: Any, nd: int = 3) -> str:
     return "n/a" if not np.isfinite(x) else f"{x:.{nd}g}"
 
 
-def _verdict(oks: list[bool]) -> str:
-    if not oks:
-        return "not evaluated"
-    if all(oks):
-        return "reproduced"
-    return "partially reproduced" if any(oks) else "not reproduced"
+def judge(
+    f: Finding,
+    checks: dict[str, tuple[bool, str]],
+    named: list[str] | None = None,
+    label: Any = None,
+) -> None:
+    """Set ``f.verdict`` from one check per method (or criterion): ``name → (agrees with the
+    paper, how it came out)``.
+
+    "reproduced" only when every name the finding makes (``named``, default: the checked ones)
+    was checked and agrees; "not reproduced" when none agrees; "partially reproduced" otherwise.
+    An evidence line then says who disagrees and by how much, and what could not be checked, so
+    no line of the summary contradicts its verdict.
+    """
+    label = label or NAMES.__getitem__
+    named = list(named if named is not None else checks)
+    missing = [m for m in named if m not in checks]
+    wrong = {m: how for m, (ok, how) in checks.items() if not ok}
+    if not checks:
+        f.verdict = "not evaluated"
+        return
+    if not wrong and not missing:
+        f.verdict = "reproduced"
+    elif len(wrong) == len(checks):
+        f.verdict = "not reproduced"
+    else:
+        f.verdict = "partially reproduced"
+    if wrong:
+        f.evidence.append(
+            "disagrees with the paper: "
+            + "; ".join(f"{label(m)} ({how})" for m, how in wrong.items())
+        )
+    if missing:
+        f.evidence.append("not evaluated here: " + ", ".join(label(m) for m in missing))
+
+
+#: the methods the paper's finding 1 names (its claim is about these three)
+MEMORIZERS = ("hyperrep", "gpt", "hyperdiffusion")
+#: the four methods the paper studies (finding 3 makes a claim about each)
+PAPER_METHODS = ("hyperrep", "gpt", "hyperdiffusion", "pdiff")
 
 
 def finding1(db, methods: list[str]) -> Finding:
+    from wdb.generate import method_info
+
     f = Finding(1, "not evaluated")
-    oks = []
-    for m in ("hyperrep", "gpt", "hyperdiffusion"):
+    checks: dict[str, tuple[bool, str]] = {}
+    for m in [*MEMORIZERS, *[m for m in methods if m not in PAPER_METHODS]]:
         if m not in methods:
             continue
         s = _by_sel(_table(db, table_name("memorization", m, "summary")))
@@ -124,14 +163,17 @@ def finding1(db, methods: list[str]) -> Finding:
         if not (np.isfinite(g) and np.isfinite(t) and t > 0):
             continue
         ratio = g / t
-        oks.append(ratio < 0.5)
-        metric = "aligned L2" if m == "gpt" else "L2"
+        metric = "aligned L2" if method_info(m).aligned else "L2"
+        claim = "" if m in MEMORIZERS else " (not a method the paper's claim names)"
         f.evidence.append(
             f"{NAMES[m]}: median min-{metric} to training {_fmt(g)} (generated) vs {_fmt(t)} "
             f"(training, self excluded); ratio {ratio:.2f} ({'< 0.5' if ratio < 0.5 else '≥ 0.5'})"
+            + claim
         )
-    f.verdict = _verdict(oks)
-    if not oks:
+        if m in MEMORIZERS:
+            checks[m] = (ratio < 0.5, f"ratio {ratio:.2f}, paper: < 0.5")
+    judge(f, checks, list(MEMORIZERS))
+    if not checks:
         f.why = "no HR / G.pt / HyperDiffusion samples with min-L2 tables in this database"
     return f
 
@@ -141,7 +183,7 @@ def finding2(db, methods: list[str]) -> Finding:
     if "hyperrep" not in methods:
         f.why = "no Hyper-Representations samples in this database"
         return f
-    s = _by_sel(_table(db, "a_memorization_hyperrep_summary"))
+    s = _by_sel(_table(db, table_name("memorization", "hyperrep", "summary")))
     g = _f(s.get("generated", {}).get("mean_max_iou"))
     t = _f(s.get("training", {}).get("mean_max_iou"))
     if not np.isfinite(g):
@@ -160,12 +202,16 @@ def _dominated_share(
 ) -> float:
     if not gen or not noise:
         return float("nan")
+    # Pareto domination: at least as novel AND at least as good, and strictly better in one.
+    # Ties alone do not dominate: when every model's max IoU is 1.0 (P-diff's BN-only space, where
+    # all error sets coincide) a noise model of equal accuracy is no better than the sample.
     N = np.array(noise, float)
     dom = 0
     for x, y in gen:
         nov = N[:, 0] >= x if higher_x_novel else N[:, 0] <= x
         good = N[:, 1] >= y if higher_y_better else N[:, 1] <= y
-        dom += bool((nov & good).any())
+        strictly = (N[:, 0] != x) | (N[:, 1] != y)
+        dom += bool((nov & good & strictly).any())
     return dom / len(gen)
 
 
@@ -202,27 +248,36 @@ def tradeoff(db, m: str) -> tuple[float, str, bool] | None:
 
 
 def finding3(db, methods: list[str]) -> Finding:
+    """Every method is expected not to beat noise, except those whose ``MethodInfo.beats_noise``
+    says the paper found they do (P-diff): a P-diff that does not beat noise contradicts it."""
+    from wdb.generate import method_info
+
     f = Finding(3, "not evaluated")
-    oks = []
+    checks: dict[str, tuple[bool, str]] = {}
+    unscored = []
     for m in methods:
         res = tradeoff(db, m)
         if res is None:
+            unscored.append(m)
             continue
         share, desc, performs = res
         beats = share < 0.5 and performs
-        if m != "pdiff":
-            oks.append(not beats)
+        expected = method_info(m).beats_noise
         why = f"{share:.0%} of generated models dominated by a noise model" + (
             "" if performs else "; generated models perform clearly worse than noise"
         )
         f.evidence.append(
-            f"{NAMES.get(m, m)}: {why} → {'beats' if beats else 'does not beat'} noise"
-            f"{' (p-diff: the paper says it does beat noise)' if m == 'pdiff' else ''}; "
-            f"means: {desc}"
+            f"{NAMES[m]}: {why} → {'beats' if beats else 'does not beat'} noise (paper: "
+            f"{'beats' if expected else 'does not beat'}); means: {desc}"
         )
-    f.verdict = _verdict(oks)
-    if not oks:
-        f.why = "no method other than p-diff with both samples and noise baselines evaluated"
+        checks[m] = (beats == expected, f"{'beats' if beats else 'does not beat'} noise, {why}")
+    judge(f, checks, [*PAPER_METHODS, *[m for m in methods if m not in PAPER_METHODS]])
+    if not checks:
+        f.why = (
+            f"no accuracy–novelty table with noise baselines for {', '.join(unscored)}"
+            if unscored
+            else "no generated samples analysed in this database"
+        )
     return f
 
 
@@ -231,22 +286,22 @@ def finding4(db, methods: list[str]) -> Finding:
     if "pdiff" not in methods:
         f.why = "no P-diff samples in this database"
         return f
-    s = _by_sel(_table(db, "a_memorization_pdiff_summary"))
-    oks = []
+    s = _by_sel(_table(db, table_name("memorization", "pdiff", "summary")))
+    checks: dict[str, tuple[bool, str]] = {}
     g, t = (
         _f(s.get("generated", {}).get("median_min_l2")),
         _f(s.get("training", {}).get("median_min_l2")),
     )
     if np.isfinite(g) and np.isfinite(t) and t > 0:
-        oks.append(g / t > 1)
+        checks["farther than training"] = (g / t > 1, f"ratio {g / t:.2f}, paper: > 1")
         f.evidence.append(
             f"median min-L2 to training: generated {_fmt(g)} vs training {_fmt(t)} "
             f"(ratio {g / t:.2f}; paper: > 1)"
         )
-    c = _by_sel(_table(db, "a_memorization_pdiff_concentration"))
+    c = _by_sel(_table(db, table_name("memorization", "pdiff", "concentration")))
     r = _f(c.get("generated", {}).get("std_ratio_to_training"))
     if np.isfinite(r):
-        oks.append(r < 1)
+        checks["concentrated"] = (r < 1, f"std ratio {r:.2f}, paper: < 1")
         f.evidence.append(
             f"per-parameter std of generated values / training values = {r:.2f} "
             f"(< 1 = concentrated); mean |shift of the mean| {_fmt(c['generated'].get('mean_abs_shift'))}"
@@ -255,27 +310,31 @@ def finding4(db, methods: list[str]) -> Finding:
         _f(s.get("generated", {}).get("mean_accuracy")),
         _f(s.get("generated", {}).get("mean_max_iou")),
     )
-    close = []
+    close: list[tuple[bool, str]] = []
     for b in ("average", "gaussian"):
         if b not in s:
             continue
         da = abs(ga - _f(s[b].get("mean_accuracy")))
         di = abs(gi - _f(s[b].get("mean_max_iou")))
         ok = bool(da <= 0.02 and di <= 0.1)
-        close.append(ok)
+        close.append((ok, f"vs {b}: |Δ accuracy| {_fmt(da, 2)}, |Δ max IoU| {_fmt(di, 2)}"))
         f.evidence.append(
             f"vs {b}: accuracy {_fmt(ga)} vs {_fmt(s[b].get('mean_accuracy'))} (|Δ| {_fmt(da, 2)}), "
             f"max IoU {_fmt(gi)} vs {_fmt(s[b].get('mean_max_iou'))} (|Δ| {_fmt(di, 2)})"
         )
     if close:
-        oks.append(any(close))
-    f.verdict = _verdict(oks)
+        checks["like an interpolation"] = (
+            any(ok for ok, _ in close),
+            "; ".join(how for _, how in close) + " (paper: ≤ 0.02 and ≤ 0.1 to one of them)",
+        )
+    named = ["farther than training", "concentrated", "like an interpolation"]
+    judge(f, checks, named, label=str)
     return f
 
 
 def finding5(db, records: list[dict]) -> Finding:
     f = Finding(5, "not evaluated", why="run `wdb experiment modeling-factors` (needs a generator)")
-    oks = []
+    checks: dict[str, tuple[bool, str]] = {}
     for rec in records:
         if rec.get("experiment") != "modeling-factors":
             continue
@@ -302,7 +361,10 @@ def finding5(db, records: list[dict]) -> Finding:
                 keeps = _f(r["performance"]) <= 1.05 * _f(base["performance"])
             if novel and keeps:
                 bad.append(r["variant"])
-        oks.append(not bad)
+        checks[rec["method"]] = (
+            not bad,
+            f"gained ≥ 10% novelty without losing {perf}: {', '.join(bad)}",
+        )
         f.evidence.append(
             f"{NAMES.get(rec['method'], rec['method'])} ({perf}): base novelty "
             f"{_fmt(base['mean_min_l2'])}, {perf} {_fmt(base['performance'])}; "
@@ -313,14 +375,15 @@ def finding5(db, records: list[dict]) -> Finding:
             )
             + (f" — gained novelty without losing {perf}: {', '.join(bad)}" if bad else "")
         )
-    if oks:
-        f.verdict, f.why = _verdict(oks), ""
+    if checks:
+        f.why = ""
+        judge(f, checks)
     return f
 
 
 def finding6(db, records: list[dict]) -> Finding:
     f = Finding(6, "not evaluated", why="run `wdb experiment symmetry` (needs hyperrep)")
-    oks = []
+    checks: dict[str, tuple[bool, str]] = {}
     for rec in records:
         if rec.get("experiment") == "symmetry":
             rows = {r["comparison"]: r for r in _table(db, rec["table"]) or []}
@@ -335,7 +398,11 @@ def finding6(db, records: list[dict]) -> Finding:
             for k in ("permuted", "scaled"):
                 if k in rows:
                     ok = _f(rows[k]["disagreement"]) > 0.1 * _f(ref["disagreement"])
-                    oks.append(ok)
+                    checks[f"HR autoencoder, {k}"] = (
+                        ok,
+                        f"1 − agreement {100 * _f(rows[k]['disagreement']):.1f}% ≤ 10% of "
+                        "different models': nearly invariant",
+                    )
                     f.evidence.append(
                         f"HR autoencoder, {k} vs original: accuracy diff "
                         f"{100 * _f(rows[k]['accuracy_diff']):.1f}%, 1 − agreement "
@@ -361,9 +428,13 @@ def finding6(db, records: list[dict]) -> Finding:
                         or _f(r["mean_chamfer_train"]) > _f(base["mean_chamfer_train"])
                     )
                 ]
-                oks.append(bool(worse))
-    if oks:
-        f.verdict, f.why = _verdict(oks), ""
+                checks["HyperDiffusion augmentation"] = (
+                    bool(worse),
+                    "augmented runs make no fewer shapes and no worse Chamfer",
+                )
+    if checks:
+        f.why = ""
+        judge(f, checks, label=str)
     return f
 
 
