@@ -22,6 +22,7 @@ defaults of METHODS.md (about 5 minutes per zoo and per generator).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -255,7 +256,30 @@ def demo(
     experiments: bool = True,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Run every available method end to end, the experiments, and the report."""
+    """Run every available method end to end, the experiments, and the report.
+
+    Into a log (stderr not a terminal) the fits and samplers report a line with rate and ETA at
+    least every 10 s (``WDB_PROGRESS=lines``) unless ``WDB_PROGRESS`` says otherwise: a demo that
+    is silent for minutes looks hung.
+    """
+    lines = not quiet and "WDB_PROGRESS" not in os.environ and not sys.stderr.isatty()
+    if lines:
+        os.environ["WDB_PROGRESS"] = "lines"
+    try:
+        return _demo(db, methods, size, out, experiments, quiet)
+    finally:
+        if lines:
+            os.environ.pop("WDB_PROGRESS", None)
+
+
+def _demo(
+    db,
+    methods: list[str] | None,
+    size: str,
+    out: str | Path | None,
+    experiments: bool,
+    quiet: bool,
+) -> dict[str, Any]:
     from analyses import experiments as exps
     from analyses.api import default_out
     from analyses.report import build

@@ -45,16 +45,19 @@ class LinearSchedule:
         predict: str = "eps",
         method: str = "ddpm",
         generator: torch.Generator | None = None,
-        progress=None,
+        desc: str = "sampling",
     ) -> torch.Tensor:
         """Run the reverse process. ``model(x_t, t) -> eps or x0`` as ``predict`` says.
 
         ``ddpm``: ancestral sampling with the posterior variance (all steps). ``ddim``: the
-        deterministic DDIM update (eta = 0) over all steps.
+        deterministic DDIM update (eta = 0) over all steps. ``desc`` labels the progress bar
+        (``wdb.progress``: a bar on a terminal, a line every 10 s in a log, else silent).
         """
+        from wdb.progress import progress
+
         x = torch.randn(shape, generator=generator)
         steps = range(self.steps - 1, -1, -1)
-        for i in steps if progress is None else progress(steps):
+        for i in progress(steps, total=self.steps, desc=desc):
             t = torch.full((shape[0],), i, dtype=torch.long)
             out = model(x, t)
             x0 = out if predict == "x0" else self.x0_from_eps(x, t, out)

@@ -523,6 +523,7 @@ def sample(
             predict="x0",
             method="ddpm",
             generator=gen,
+            desc="sample gpt",
         )
     out = (x / scale).numpy().astype(np.float32)
     info = [

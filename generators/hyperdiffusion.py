@@ -234,7 +234,12 @@ def sample(
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         x = _schedule(config).sample(
-            net, (n, train.weights.shape[1]), predict="x0", method="ddim", generator=gen
+            net,
+            (n, train.weights.shape[1]),
+            predict="x0",
+            method="ddim",
+            generator=gen,
+            desc="sample hyperdiffusion",
         )
     rows = x * model["norm.std"] + model["norm.mean"]
     info = [{"sample_index": i} for i in range(n)]

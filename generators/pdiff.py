@@ -278,11 +278,9 @@ def _sample(
     ae, den = _load(model, d, config)
     g = torch.Generator().manual_seed(seed + 1)
     sched = _schedule(config)
-
-    def bar(steps):
-        return progress(steps, total=sched.steps, desc="pdiff sampling")
-
-    z = sched.sample(den, (n, int(config["latent_dim"])), predict="eps", generator=g, progress=bar)
+    z = sched.sample(
+        den, (n, int(config["latent_dim"])), predict="eps", generator=g, desc="sample pdiff"
+    )
     lat = z * model["latent.std"].float() + model["latent.mean"].float()
     rows = ae.decode(lat) * model["norm.std"].float() + model["norm.mean"].float()
     return [Samples(rows.numpy().astype(np.float32), kind="generated")]

@@ -1,7 +1,10 @@
 """Progress bars for long work (ingest, training, evaluation, generation).
 
-Bars go to stderr and show only on a terminal, so piped ``--json`` output stays clean and test logs
-stay short; ``WDB_PROGRESS=1`` forces them on, ``WDB_PROGRESS=0`` off.
+Three modes, chosen by ``WDB_PROGRESS``: ``1`` (a live bar), ``lines`` (a plain line with the
+rate and ETA at most every ``WDB_PROGRESS_EVERY`` seconds, default 10 — for logs, where a bar
+redrawn with ``\\r`` would be one unreadable line) and ``0`` (silent). Unset, a terminal on stderr
+gets the bar and anything else stays silent, so piped ``--json`` output and test logs stay clean;
+``wdb demo`` switches to ``lines`` when its stderr is not a terminal so a long fit is never silent.
 """
 
 from __future__ import annotations
@@ -9,20 +12,60 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
+
+
+def mode() -> str:
+    """``"bar"``, ``"lines"`` or ``"off"``, from ``WDB_PROGRESS`` and whether stderr is a TTY."""
+    flag = os.environ.get("WDB_PROGRESS")
+    if flag is None:
+        return "bar" if sys.stderr.isatty() else "off"
+    if flag == "lines":
+        return "lines"
+    return "bar" if flag == "1" else "off"
 
 
 def enabled() -> bool:
-    flag = os.environ.get("WDB_PROGRESS")
-    if flag is not None:
-        return flag == "1"
-    return sys.stderr.isatty()
+    return mode() != "off"
+
+
+class _Lines:
+    """A file for tqdm that turns each redraw into its own line (tqdm redraws with ``\\r``)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").replace("\x1b[A", "").strip()
+        if text:
+            self.out.write(text + "\n")
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "") -> Any:
     """A tqdm bar (``.set_postfix(loss=...)`` works); a silent one when disabled."""
     from tqdm.auto import tqdm
 
+    how = mode()
+    if how == "lines":
+        every = float(os.environ.get("WDB_PROGRESS_EVERY", "10"))
+        # miniters=1 and maxinterval=every: a line at most (and, while iterating, at least) every
+        # ``every`` seconds, however uneven the steps; leave=True keeps the final count.
+        return tqdm(
+            iterable,
+            total=total,
+            desc=desc,
+            file=_Lines(sys.stderr),
+            mininterval=every,
+            maxinterval=every,
+            miniters=1,
+            ascii=True,
+            ncols=100,
+            leave=True,
+            dynamic_ncols=False,
+        )
     return tqdm(
-        iterable, total=total, desc=desc, disable=not enabled(), file=sys.stderr, leave=False
+        iterable, total=total, desc=desc, disable=how == "off", file=sys.stderr, leave=False
     )
