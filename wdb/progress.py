@@ -50,10 +50,17 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
 
     how = mode()
     if how == "lines":
+
+        class _LineBar(tqdm):
+            """A postfix update (e.g. the loss each step) waits for the next line, not forces one."""
+
+            def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+                super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
         every = float(os.environ.get("WDB_PROGRESS_EVERY", "10"))
         # miniters=1 and maxinterval=every: a line at most (and, while iterating, at least) every
         # ``every`` seconds, however uneven the steps; leave=True keeps the final count.
-        return tqdm(
+        return _LineBar(
             iterable,
             total=total,
             desc=desc,
