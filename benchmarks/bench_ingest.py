@@ -6,9 +6,13 @@ Writes N ``.pt`` checkpoints of an MLP 784-12-10 (9,550 params, ~40 KB each) as 
 - ``cp -r zoo copy``;
 - ``db.ingest(zoo)`` through the Python API into a fresh database (catalog schema already made);
 - ``wdb ingest zoo`` through the CLI, start-up included (if the CLI has the command);
-- a re-ingest (everything already present).
+- a re-ingest (everything already present);
+- one sharded safetensors checkpoint of ``--sharded-mb`` MB (default 200, in 50 MB shards, as
+  ``save_pretrained`` writes them): ingest wall time vs ``cp -r`` of the shards, and the ingesting
+  process's peak memory above its own baseline (after imports and opening the database) vs the
+  largest shard (issue 12's targets: >= 0.5x cp speed, <= 1.5x the largest shard).
 
-    .venv/bin/python benchmarks/bench_ingest.py [--n 2000]
+    .venv/bin/python benchmarks/bench_ingest.py [--n 2000] [--sharded-mb 200]
 """
 
 from __future__ import annotations
@@ -67,9 +71,85 @@ def cpu_of(fn) -> float:
     return now() - t
 
 
+_SHARDED_CHILD = """
+import os, sys, time
+os.environ["WDB_PROGRESS"] = "0"
+import wdb, wdb.importer, ingest.folder, safetensors.torch, zarr
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+db = wdb.open(sys.argv[1])
+db.sql("SELECT count(*) FROM spaces")
+base = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as fh:  # reset the peak (VmHWM) to the current RSS
+    fh.write("5")
+t = time.perf_counter()
+rep = db.ingest(sys.argv[2])
+wall = time.perf_counter() - t
+peak = status("VmHWM:")
+assert rep.checkpoints_added == 1, rep
+print(wall, base, peak)
+"""
+
+
+def bench_sharded(tmp: Path, mb: int) -> None:
+    """One sharded checkpoint of ``mb`` MB: ingest vs ``cp -r`` and peak memory vs a shard."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    n_tensors = 64
+    per = mb * (1 << 20) // 4 // n_tensors
+    g = torch.Generator().manual_seed(0)
+    state = {f"layer{i:02d}.weight": torch.randn(per, generator=g) * 0.02 for i in range(n_tensors)}
+    src = tmp / "sharded" / "big-model"
+    src.mkdir(parents=True)
+    split = split_torch_state_dict_into_shards(state, max_shard_size="50MB")
+    for name, keys in split.filename_to_tensors.items():
+        save_file({k: state[k] for k in keys}, str(src / name))
+    index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+    (src / "model.safetensors.index.json").write_text(__import__("json").dumps(index))
+    del state
+    shards = sorted(src.glob("*.safetensors"))
+    total = sum(f.stat().st_size for f in shards)
+    largest = max(f.stat().st_size for f in shards)
+    for f in shards:
+        f.read_bytes()
+    t_cp = min(
+        timed(lambda i=i: subprocess.run(["cp", "-r", str(src), str(tmp / f"scp{i}")], check=True))
+        for i in range(3)
+    )
+    import wdb
+
+    wdb.open(tmp / "db_sharded")
+    out = subprocess.run(
+        [sys.executable, "-c", _SHARDED_CHILD, str(tmp / "db_sharded"), str(tmp / "sharded")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    ).stdout.split()
+    wall, base, peak = float(out[0]), int(out[1]), int(out[2])
+    print(
+        f"sharded checkpoint: {len(shards)} shards, {total / 1e6:.0f} MB, largest {largest / 1e6:.0f} MB"
+    )
+    print(
+        f"  cp -r {t_cp:.3f} s, ingest {wall:.3f} s   speed vs cp = {t_cp / wall:.2f}x "
+        "(target >= 0.5x)"
+    )
+    print(
+        f"  peak memory above baseline {(peak - base) / 1e6:.0f} MB = "
+        f"{(peak - base) / largest:.2f}x the largest shard (target <= 1.5x; the row of the whole "
+        f"model alone is {total / largest:.2f}x)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument(
+        "--sharded-mb", type=int, default=200, help="size of the sharded case (0: skip it)"
+    )
     ap.add_argument(
         "--codec",
         choices=["store", "lz4", "zstd1"],
@@ -153,6 +233,8 @@ def main() -> None:
             f"weights.zarr {db_bytes / 1e6:.1f} MB vs raw {len(files) * n_params * 4 / 1e6:.1f} MB"
         )
         shutil.rmtree(tmp / "cp0", ignore_errors=True)
+        if args.sharded_mb:
+            bench_sharded(tmp, args.sharded_mb)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,23 @@
-"""A folder of state dicts: ``.pt/.pth/.bin`` (torch), ``.safetensors``, ``.npz``.
+"""A folder of state dicts: ``.pt/.pth/.bin/.ckpt`` (torch), ``.safetensors``, ``.npz``, as
+researchers have them (plain files, Hugging Face, Trainer, Lightning, mixed architectures).
 
-Layouts understood:
+Layouts understood (first match wins, per checkpoint):
 
+- a **sharded checkpoint**: ``model.safetensors.index.json`` (or ``pytorch_model.bin.index.json``)
+  with the shards it names is *one* checkpoint (``wdb.importer.read_sharded``); shards found
+  without their index are one line per set ("without its index"), never one run per shard;
+- a **Trainer folder** ``checkpoint-<step>/``: step = the folder's number, run = the folder that
+  holds the ``checkpoint-*`` folders (the ingested folder's name at the top); ``trainer_state.json``'s
+  ``log_history`` entries at that step (``loss``, ``eval_loss``, ``eval_accuracy``, ...) become
+  reported metrics; ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state*.pth`` and
+  ``training_args.bin`` are **companions**: counted ("companion files not stored"), not stored,
+  not errors (anywhere in the tree);
+- a **Hugging Face model folder** (``model.safetensors`` or ``pytorch_model.bin``, e.g. from
+  ``save_pretrained``): run = that folder (its ``config.json`` is the run's config), step 0
+  unless a ``trainer_state.json`` beside it gives ``global_step``;
+- **Lightning** ``.ckpt`` files in a ``checkpoints/`` folder: run = the folder above it
+  (``lightning_logs/version_0``); the step comes from the file's ``global_step`` (the bundle's
+  other numbers, e.g. ``epoch``, become metrics);
 - files directly in the folder: one checkpoint each, its own run named after the file stem
   (step 0);
 - one sub-folder per run holding its steps/epochs: run = the sub-folder's path relative to the
@@ -26,12 +42,33 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from wdb.importer import STATE_SUFFIXES, Found, load_file, step_from_name
+from wdb.importer import (
+    SHARD_NAME,
+    STATE_SUFFIXES,
+    Found,
+    read_checkpoint,
+    read_index,
+    step_from_name,
+)
 
 #: detection order among readers (lower first); the generic folder reader goes last.
 PRIORITY = 90
 
 MANIFESTS = ("manifest.jsonl", "manifest.csv")
+INDEX_SUFFIX = ".index.json"
+#: Hugging Face's names for a model folder's weights (single file or a shard index).
+HF_WEIGHTS = {
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+}
+#: files that travel with a checkpoint but hold no weights (Trainer, Accelerate, plain loops).
+COMPANIONS = re.compile(
+    r"^(?:(?:optimizer|scheduler|lr_scheduler|scaler)\.(?:pt|pth|bin)|training_args\.bin"
+    r"|rng_state(?:_\d+)?\.pth)$"
+)
+TRAINER_DIR = re.compile(r"^checkpoint-(\d+)$")
 RESERVED = {"file", "run", "step", "epoch", "kind", "split", "config", "zoo"}
 
 
@@ -48,20 +85,25 @@ def checkpoint_files(root: Path) -> list[Path]:
         out += [
             base / f
             for f in filenames
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in STATE_SUFFIXES
+            if not f.startswith(".")
+            and (os.path.splitext(f)[1].lower() in STATE_SUFFIXES or f.endswith(INDEX_SUFFIX))
         ]
     return sorted(out, key=lambda p: _natural(p.relative_to(root)))
 
 
 def detect(path: Path) -> bool:
     if path.is_file():
-        return path.suffix.lower() in STATE_SUFFIXES
+        return path.suffix.lower() in STATE_SUFFIXES or path.name.endswith(INDEX_SUFFIX)
     if not path.is_dir():
         return False
     if any((path / m).is_file() for m in MANIFESTS):
         return True
     return next(
-        (True for p in path.rglob("*") if p.is_file() and p.suffix.lower() in STATE_SUFFIXES),
+        (
+            True
+            for p in path.rglob("*")
+            if p.is_file() and (p.suffix.lower() in STATE_SUFFIXES or p.name.endswith(INDEX_SUFFIX))
+        ),
         False,
     )
 
@@ -121,26 +163,126 @@ def _config(value: Any) -> tuple[dict | None, str | None]:
     return value, None
 
 
-def _derived(root: Path, files: list[Path]) -> Iterator[tuple[Path, str, int]]:
-    """Run and step for files the manifest does not name (see the module docstring)."""
-    by_run: dict[str, list[Path]] = {}
+def _rel(root: Path, folder: Path) -> str:
+    """A run name for ``folder``: its path under ``root``, or the root's own name at the top."""
+    rel = folder.relative_to(root).as_posix()
+    return root.name if rel == "." else rel
+
+
+def trainer_state(folder: Path, step: int | None) -> tuple[int | None, dict[str, float]]:
+    """``trainer_state.json`` in ``folder`` → (its ``global_step``, numeric log entries at the
+    step: ``loss``, ``eval_loss``, ``eval_accuracy``, ...). Absent or unreadable: (None, {})."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None, {}
+    if not isinstance(state, dict):
+        return None, {}
+    glob = state.get("global_step")
+    glob = int(glob) if isinstance(glob, int) and not isinstance(glob, bool) else None
+    at = step if step is not None else glob
+    metrics: dict[str, float] = {}
+    for entry in state.get("log_history") or []:
+        if isinstance(entry, dict) and entry.get("step") == at:
+            for k, v in entry.items():
+                num = _number(v) if k != "step" and not isinstance(v, str) else None
+                if num is not None:
+                    metrics[k] = num
+    return glob, metrics
+
+
+def _hf_config(folder: Path) -> dict | None:
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _place(root: Path, f: Path) -> tuple[str, int | None, bool, dict[str, float], dict | None]:
+    """(run, step or None for "number it by position", guessed, metrics, run config) of one
+    checkpoint file by the conventions in the module docstring."""
+    d = f.parent
+    trainer = TRAINER_DIR.match(d.name)
+    if trainer and d != root:
+        step = int(trainer.group(1))
+        _, metrics = trainer_state(d, step)
+        return _rel(root, d.parent), step, False, metrics, _hf_config(d)
+    if f.name in HF_WEIGHTS:
+        glob, metrics = trainer_state(d, None)
+        return _rel(root, d), glob or 0, glob is None, metrics, _hf_config(d)
+    if d.name == "checkpoints" and f.suffix.lower() == ".ckpt" and d != root:
+        return _rel(root, d.parent), step_from_name(f.stem), True, {}, None
+    if d == root:
+        return f.stem, 0, True, {}, None
+    return _rel(root, d), step_from_name(f.stem), True, {}, None
+
+
+def _units(root: Path, files: list[Path]) -> Iterator[Found]:
+    """Found records for files the manifest does not name: shard sets through their index,
+    companions counted, the rest placed by :func:`_place` (steps numbered by position within a
+    run when some name has no number or two share one)."""
+    claimed: set[Path] = set()
     for f in files:
-        rel = f.relative_to(root)
-        if len(rel.parts) == 1:
-            yield f, f.stem, 0
-        else:
-            by_run.setdefault(rel.parent.as_posix(), []).append(f)
-    for run, group in by_run.items():
-        steps = [step_from_name(f.stem) for f in group]
-        if None in steps or len(set(steps)) != len(steps):
-            steps = list(range(len(group)))
-        for f, s in zip(group, steps, strict=True):
-            yield f, run, int(s)
+        if f.name.endswith(INDEX_SUFFIX):
+            try:
+                claimed |= {shard for shard, _ in read_index(f)}
+            except Exception:  # noqa: BLE001 - the index's own Found reports the problem
+                base = f.name[: -len(INDEX_SUFFIX)]
+                stem, ext = os.path.splitext(base)
+                claimed |= {
+                    g
+                    for g in files
+                    if g.parent == f.parent
+                    and (m := SHARD_NAME.match(g.name))
+                    and (m["base"], m["ext"]) == (stem, ext)
+                }
+    orphans: dict[tuple[Path, str, str], list[Path]] = {}
+    placed: list[tuple[Path, str, int | None, bool, dict, dict | None]] = []
+    for f in files:
+        if f in claimed:
+            continue
+        if COMPANIONS.match(f.name):
+            yield Found(str(f), "", 0, lambda: None, companion="no weights")
+            continue
+        shard = SHARD_NAME.match(f.name)
+        if shard:
+            orphans.setdefault((f.parent, shard["base"], shard["ext"]), []).append(f)
+            continue
+        placed.append((f, *_place(root, f)))
+    for (folder, base, ext), group in orphans.items():
+        problem = (
+            f"{len(group)} shard file(s) of a sharded checkpoint without its index "
+            f"({base}{ext}{INDEX_SUFFIX}): the index says which shards make one checkpoint"
+        )
+        yield Found(str(folder / f"{base}-*{ext}"), "", 0, lambda: None, problem=problem)
+    by_run: dict[str, list[int]] = {}
+    for i, (_, run, _, guessed, _, _) in enumerate(placed):
+        if guessed:
+            by_run.setdefault(run, []).append(i)
+    steps = {i: s for i, (_, _, s, _, _, _) in enumerate(placed)}
+    for idx in by_run.values():
+        got = [steps[i] for i in idx]
+        if len(idx) > 1 and (None in got or len(set(got)) != len(got)):
+            for pos, i in enumerate(idx):
+                steps[i] = pos
+    for i, (f, run, _, guessed, metrics, config) in enumerate(placed):
+        yield Found(
+            str(f),
+            run,
+            int(steps[i] or 0),
+            partial(read_checkpoint, f),
+            metrics=metrics,
+            run_config=config,
+            step_guessed=guessed,
+        )
 
 
 def scan(path: Path, options: dict) -> Iterable[Found]:
     if path.is_file():
-        yield Found(str(path.resolve()), path.stem, 0, partial(load_file, path))
+        yield Found(
+            str(path.resolve()), path.stem, 0, partial(read_checkpoint, path), step_guessed=True
+        )
         return
     root = path.resolve()
     mname, records = read_manifest(root)
@@ -184,7 +326,7 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
             str(fpath),
             run,
             int(step),
-            partial(load_file, fpath),
+            partial(read_checkpoint, fpath),
             metrics=metrics,
             kind=rec.get("kind"),
             split=rec.get("split"),
@@ -192,5 +334,4 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
             problem=cproblem,
         )
     rest = [f for f in checkpoint_files(root) if f not in listed]
-    for f, run, step in _derived(root, rest):
-        yield Found(str(f), run, step, partial(load_file, f))
+    yield from _units(root, rest)

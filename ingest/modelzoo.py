@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
-from wdb.importer import Found, load_file
+from wdb.importer import Found, read_checkpoint
 
 #: detection order among readers (lower first).
 PRIORITY = 10
@@ -123,7 +123,7 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
                 source,
                 run.name,
                 epoch,
-                partial(load_file, f),
+                partial(read_checkpoint, f),
                 metrics=results.get(epoch, {}),
                 run_config=config,
                 problem=problem,

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
-from wdb.importer import Found, load_file, step_from_name
+from wdb.importer import Found, read_checkpoint, step_from_name
 
 #: detection order among readers (lower first).
 PRIORITY = 30
@@ -46,4 +46,4 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
     if None in steps or len(set(steps)) != len(steps):
         steps = list(range(len(found)))
     for p, step in zip(found, steps, strict=True):
-        yield Found(str(p.resolve()), run, int(step), partial(load_file, p))
+        yield Found(str(p.resolve()), run, int(step), partial(read_checkpoint, p))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -35,9 +36,13 @@ def mlp(seed: int, fan_in: int = 8) -> dict[str, torch.Tensor]:
 def make_bad_folder(root: Path, marker: Path) -> tuple[list[str], list[str]]:
     """(good file names, bad file names)."""
     root.mkdir(parents=True)
-    # the wrong-shape file comes first in scan order, before the good layout is known
-    torch.save(mlp(9, fan_in=9), root / "a_wrong_shape.pt")
-    good = []
+    # a run whose first step has other shapes than its later steps: the wrong-shape file comes
+    # first in scan order, before the run's layout is known
+    (root / "a_seq").mkdir()
+    torch.save(mlp(9, fan_in=9), root / "a_seq" / "a_wrong_shape.pt")
+    torch.save(mlp(7), root / "a_seq" / "epoch_2.pt")
+    torch.save(mlp(8), root / "a_seq" / "epoch_3.pt")
+    good = ["a_seq/epoch_2.pt", "a_seq/epoch_3.pt"]
     for i in range(3):
         torch.save(mlp(i), root / f"good_{i}.pt")
         good.append(f"good_{i}.pt")
@@ -53,7 +58,9 @@ def make_bad_folder(root: Path, marker: Path) -> tuple[list[str], list[str]]:
     inf = {k: v.half() for k, v in mlp(6).items()}
     inf["fc1.bias"][0] = float("inf")
     torch.save(inf, root / "inf_half.pt")
+    # a non-tensor entry is metadata, not a reason to refuse the tensors
     torch.save({"fc1.weight": torch.zeros(4, 8), "note": "hello"}, root / "non_tensor.pt")
+    good.append("non_tensor.pt")
     np.savez(root / "objects.npz", a=np.array([{"x": 1}], dtype=object))
     # a stride-0 view: a few bytes on disk that would expand to a huge array in memory
     torch.save({"fc1.weight": torch.zeros(1, 8).expand(4096, 8)}, root / "broadcast.pt")
@@ -65,7 +72,6 @@ def make_bad_folder(root: Path, marker: Path) -> tuple[list[str], list[str]]:
         "empty.bin",
         "nan.pt",
         "inf_half.pt",
-        "non_tensor.pt",
         "objects.npz",
         "broadcast.pt",
     ]
@@ -79,7 +85,8 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
     rep = db.ingest(tmp_path / "zoo")
     assert not marker.exists()
     assert not rep.ok() and rep.checkpoints_added == len(good)
-    assert sorted(c["run"] for c in db.checkpoints()) == [Path(g).stem for g in good]
+    runs = sorted(c["run"] for c in db.checkpoints())
+    assert runs == sorted(Path(g).parent.name if "/" in g else Path(g).stem for g in good)
     reasons = {Path(f).name: why for f, why in rep.skipped}
     assert sorted(reasons) == sorted(bad)
     assert reasons["a_wrong_shape.pt"] == "shape mismatch: 'fc1.weight' is [4, 9], expected [4, 8]"
@@ -87,7 +94,11 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
     assert "truncated" in reasons["truncated.pt"] and "truncated" in reasons["empty.bin"]
     assert reasons["nan.pt"] == "'fc1.weight' contains NaN values"
     assert reasons["inf_half.pt"] == "'fc1.bias' contains Inf values"
-    assert "'note' is a str, not a tensor" in reasons["non_tensor.pt"]
+    (note,) = db.sql(
+        "SELECT c.meta FROM checkpoints c JOIN checkpoint_info i ON i.checkpoint_id = c.id "
+        "WHERE i.run = 'non_tensor'"
+    )
+    assert json.loads(note["meta"]) == {"note": "hello"}
     assert "pickle" in reasons["objects.npz"].lower()
     assert "broadcast view" in reasons["broadcast.pt"]
     # re-ingest: the same report, nothing new, still no code run

@@ -48,13 +48,13 @@ KILLER = textwrap.dedent(
     ArrayStore.write, Catalog.begin = write, begin
     if mode == "slow":
         import time
-        orig_load = wdb.importer.load_file
+        orig_load = wdb.importer.read_checkpoint
         def slow(path):
             time.sleep(0.05)
             return orig_load(path)
-        wdb.importer.load_file = slow
+        wdb.importer.read_checkpoint = slow
         import ingest.folder
-        ingest.folder.load_file = slow
+        ingest.folder.read_checkpoint = slow
     wdb.open(db_path).ingest(zoo)
     """
 )

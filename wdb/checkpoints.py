@@ -156,7 +156,10 @@ def write_checkpoints(
         if not fresh:
             return result
         # 2. bytes
-        block = np.stack([it.row for it in fresh]).astype(space.layout.storage_dtype, copy=False)
+        # one item (a large model): a view, not a second copy of its row
+        rows = [np.asarray(it.row) for it in fresh]
+        block = rows[0][None] if len(rows) == 1 else np.stack(rows)
+        block = block.astype(space.layout.storage_dtype, copy=False)
         db.weights_store.write(space.array_path, start, block)
         # 3. one catalog transaction
         with db.catalog.begin() as conn:

@@ -1,13 +1,18 @@
 """Export a stored checkpoint back to a file: safetensors or a torch state dict, bit-exact.
 
 Files are written to a temporary name beside the target and renamed into place, so an interrupted
-export never leaves a half-written file under the requested name.
+export never leaves a half-written file under the requested name. ``max_shard_size`` writes a
+Hugging Face sharded set instead (shards + ``*.index.json`` in a folder, split by
+``huggingface_hub.split_torch_state_dict_into_shards``), so a model ingested from shards goes back
+to the format it came from.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,13 +36,36 @@ def _atomic_write(out: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def export_checkpoint(db, run: str, step: int | None, fmt: str, out: str | os.PathLike) -> dict:
-    """Write the checkpoint (run, step or last step) to ``out``; returns what was written."""
+def export_checkpoint(
+    db,
+    run: str,
+    step: int | None,
+    fmt: str,
+    out: str | os.PathLike,
+    max_shard_size: int | str | None = None,
+) -> dict:
+    """Write the checkpoint (run, step or last step) to ``out``; returns what was written.
+
+    With ``max_shard_size`` (bytes or ``"50MB"``), ``out`` is a folder that receives
+    ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json`` (``pt``:
+    ``pytorch_model-...bin`` + ``pytorch_model.bin.index.json``), or one unsharded file when the
+    model fits in one shard, as ``save_pretrained`` does.
+    """
     if fmt not in FORMATS:
         raise BadInput(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
     info = db.checkpoint(run, step)
     state = db.state_dict(info)
     out = Path(out)
+    if max_shard_size is not None:
+        files = _export_sharded(state, fmt, out, max_shard_size)
+        return {
+            "run": run,
+            "step": info["step"],
+            "checkpoint_id": info["checkpoint_id"],
+            "tensors": len(state),
+            "files": files,
+            "out": str(out),
+        }
     with _atomic_write(out) as tmp:
         if fmt == "safetensors":
             from safetensors.torch import save_file
@@ -54,6 +82,50 @@ def export_checkpoint(db, run: str, step: int | None, fmt: str, out: str | os.Pa
         "tensors": len(state),
         "out": str(out),
     }
+
+
+def _export_sharded(state: dict, fmt: str, out: Path, max_shard_size: int | str) -> int:
+    """Write a sharded set into the new folder ``out`` (built in a temporary folder beside it and
+    renamed into place); returns the number of files written."""
+    try:
+        from huggingface_hub import split_torch_state_dict_into_shards
+    except ImportError:
+        raise BadInput("--max-shard-size needs huggingface_hub (pip install 'wdb[hf]')") from None
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInput(
+            f"{out}: exists and is not an empty folder (a sharded export writes a folder)"
+        )
+    pattern = "model{suffix}.safetensors" if fmt == "safetensors" else "pytorch_model{suffix}.bin"
+    try:
+        split = split_torch_state_dict_into_shards(
+            state, filename_pattern=pattern, max_shard_size=max_shard_size
+        )
+    except ValueError as exc:
+        raise BadInput(f"--max-shard-size {max_shard_size!r}: {exc}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, keys in split.filename_to_tensors.items():
+            shard = {k: state[k].contiguous() for k in keys}
+            if fmt == "safetensors":
+                from safetensors.torch import save_file
+
+                save_file(shard, str(tmp / name), metadata={"format": "pt"})
+            else:
+                import torch
+
+                torch.save(shard, tmp / name)
+        if split.is_sharded:
+            index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+            (tmp / (pattern.format(suffix="") + ".index.json")).write_text(
+                json.dumps(index, indent=2, sort_keys=True) + "\n"
+            )
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return len(split.filename_to_tensors) + int(split.is_sharded)
 
 
 def export_mesh(db, run: str, step: int | None, out: str | os.PathLike) -> dict:

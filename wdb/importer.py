@@ -19,17 +19,24 @@ Decisions (the spec is silent on these):
   declines (it never decides "malicious") and ``torch.load(..., weights_only=True, mmap=True)``
   gives the verdict. No code from a pickle can run on either path. safetensors via
   ``safetensors.torch.load_file``; ``.npz`` with ``allow_pickle=False``.
-- **Validation.** Containers ``{"state_dict": ...}``, ``{"model_state_dict": ...}``,
-  ``{"model": {...}}`` (and ``"state"``/``"params"``) are unwrapped; every value must then be a
-  tensor; floats must be finite; integer buffers must fit the storage dtype exactly.
-- **Dominant layout.** Files whose tensor names and dtypes agree but whose shapes differ are
-  either a second architecture or broken files. Rule: a layout seen in two or more files is
-  accepted (its own space); a layout seen in only one file is accepted only if no other layout
-  shares its names and dtypes (the first such singleton, in scan order), otherwise it is skipped as
-  ``shape mismatch: 'fc1.weight' is [10, 785], expected [10, 784]`` (against the most frequent
-  accepted layout). Singletons wait in memory until the scan ends. With ``--space`` naming an
-  existing space, every file must have exactly that layout. Scan order is deterministic, so a
-  rerun decides the same way.
+- **Validation.** Containers (:data:`CONTAINER_KEYS`: Lightning's ``state_dict``,
+  ``model_state_dict``, ``model``, DeepSpeed's ``module``, ``ema``, ...) are unwrapped; floats
+  must be finite; integer buffers must fit the storage dtype exactly. A ``*.index.json`` with
+  its shards is one checkpoint (:func:`read_sharded`).
+- **One space per architecture.** Every distinct layout gets its own space (a folder of
+  ``alex.pth``, ``squeeze.pth``, ``vgg.pth`` is three spaces). "Shape mismatch" is only for a
+  file whose tensor names and dtypes agree with the other files *of its run* but whose shapes
+  differ: ``shape mismatch: 'fc1.weight' is [10, 785], expected [10, 784]`` against the layout
+  that run's files have (the first accepted one; a layout seen in two or more files is accepted
+  at once, one seen in a single file waits in memory until the scan ends). With ``--space``
+  naming an existing space, every file must have exactly that layout. Scan order is
+  deterministic, so a rerun decides the same way.
+- **Metadata and bundles.** Non-tensor entries (a ``step`` int, a ``note`` string, Lightning's
+  ``epoch``) are kept as the checkpoint's ``meta`` JSON, never a reason to refuse the tensors; a
+  bundle's step counter (``global_step``/``step``) is the step where the reader only guessed it
+  from the file name; other top-level numbers become reported metrics. Optimizer, scheduler,
+  RNG and training-argument files next to a checkpoint are *companions*: counted, not stored,
+  not errors. Complex tensors are refused (one line).
 - **Space names.** ``--space`` if given (an existing space: every file must fit it; a JSON
   layout file: the layout, named as below; another name: the name of the new space); else the zoo name for the first layout that this ingest
   creates and ``<zoo>-<n_params>p-<hash8>`` for further ones. A layout that already has a space keeps
@@ -48,9 +55,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 import pickle
+import re
 import struct
 import warnings
 import zipfile
@@ -64,7 +73,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from wdb.errors import BadInput, WdbError
-from wdb.spaces import Layout
+from wdb.spaces import Entry, Layout, storage_dtype_of
 from wdb.tensors import FLOAT_DTYPES, state_to_numpy
 
 READER_GROUP = "wdb.readers"
@@ -77,7 +86,7 @@ BATCH = 4096
 BATCH_BYTES = 256 << 20
 #: file suffixes the generic loader understands.
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", "")
-STATE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
+STATE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
 
 
 @dataclass
@@ -102,6 +111,12 @@ class Found:
     problem: str | None = None
     #: free-form JSON kept with the checkpoint (``checkpoints.meta``): a source's non-tensor entries.
     meta: dict | None = None
+    #: True when ``step`` is a guess (a number in the file name, a position): a step counter the
+    #: file itself holds (``global_step``, ``step``) then wins.
+    step_guessed: bool = False
+    #: set for a file that belongs with a checkpoint but holds no weights (optimizer, scheduler,
+    #: RNG state, training arguments): counted as a companion, neither stored nor an error.
+    companion: str | None = None
 
 
 @runtime_checkable
@@ -142,6 +157,8 @@ class IngestReport:
     checkpoint_ids: list[int] = field(default_factory=list)
     #: the generator_runs row recording an outside generator's lineage (``--generator``)
     generator_run_id: int | None = None
+    #: files kept next to checkpoints that hold no weights (``optimizer.pt``, ``rng_state.pth``)
+    companions: list[str] = field(default_factory=list)
 
     def ok(self) -> bool:
         """True when every file was ingested (or already present)."""
@@ -327,58 +344,160 @@ def _torch_load(path: Path) -> Any:
         raise BadInput(f"corrupt or truncated torch file ({msg or type(exc).__name__})") from None
 
 
-def _unwrap(obj: Any) -> Any:
-    """Take the state dict out of a common training-checkpoint container."""
+#: containers whose value is the weights, in the order they are tried (Lightning's
+#: ``state_dict``, the common training-loop names, DeepSpeed's ``module``, an EMA copy last).
+CONTAINER_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model_state",
+    "model",
+    "module",
+    "ema",
+    "state",
+    "params",
+)
+#: top-level numbers of a bundle that count training progress: the checkpoint's step when the
+#: reader only guessed it (first present wins; they must agree when both are present).
+STEP_KEYS = ("global_step", "step")
+
+
+@dataclass
+class Loaded:
+    """One checkpoint as read from its file(s): the tensors, plus what the file says about itself.
+
+    ``meta`` holds the JSON-able non-tensor entries (``checkpoints.meta``) and, under
+    ``not_stored``, the names of entries that are neither (optimizer state, callbacks);
+    ``numbers`` the numeric top-level entries of a training bundle (``epoch``, ``global_step``,
+    ``best_score``). A reader that streams a checkpoint into one row (sharded files) sets
+    ``layout`` and ``row`` instead of ``arrays``.
+    """
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    numbers: dict[str, float] = field(default_factory=dict)
+    layout: Layout | None = None
+    row: np.ndarray | None = None
+
+    def step(self) -> int | None:
+        """The file's own step counter, when it has one unambiguous integer value."""
+        got = {int(self.numbers[k]) for k in STEP_KEYS if k in self.numbers}
+        got |= {int(v) for k, v in self.meta.items() if k in STEP_KEYS and _is_number(v)}
+        return got.pop() if len(got) == 1 else None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_tensor(v: Any) -> bool:
+    return isinstance(v, _Tensor | np.ndarray) or (
+        type(v).__module__.startswith("torch") and hasattr(v, "untyped_storage")
+    )
+
+
+def _jsonable(v: Any, depth: int = 0) -> bool:
+    """Small plain data (numbers, strings, lists and dicts of them) that the catalog can keep."""
+    if v is None or isinstance(v, bool | str) or _is_number(v):
+        return not isinstance(v, str) or len(v) <= 10_000
+    if depth < 3 and isinstance(v, list | tuple) and len(v) <= 1000:
+        return all(_jsonable(x, depth + 1) for x in v)
+    if depth < 3 and isinstance(v, Mapping) and len(v) <= 1000:
+        return all(isinstance(k, str) and _jsonable(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def _set_aside(entries: Mapping, meta: dict, numbers: dict | None) -> None:
+    """Non-tensor entries into ``meta`` (numbers also into ``numbers``); the rest named."""
+    for k, v in entries.items():
+        if _jsonable(v):
+            meta[str(k)] = list(v) if isinstance(v, tuple) else v
+            if numbers is not None and _is_number(v):
+                numbers[str(k)] = float(v)
+        else:
+            meta.setdefault("not_stored", []).append(str(k))
+
+
+def unbundle(obj: Any) -> Loaded:
+    """A loaded object → its tensors and its metadata, refusing what cannot be weights.
+
+    Containers (:data:`CONTAINER_KEYS`, up to three levels: Lightning ``.ckpt``,
+    ``{'model': ..., 'optimizer': ...}`` bundles, DeepSpeed ``module``) are unwrapped; their other
+    entries are metadata, never a reason to refuse the weights. Inside the state dict, non-tensor
+    entries (a ``step`` int, a ``note`` string) become metadata too. Complex tensors are refused
+    with one line: weights are real, and a silent split into two columns would change the layout.
+    """
+    meta: dict = {}
+    numbers: dict[str, float] = {}
     for _ in range(3):
         if not isinstance(obj, Mapping):
-            return obj
-        for key in ("state_dict", "model_state_dict", "model", "state", "params"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner:
-                obj = inner
-                break
-        else:
-            return obj
-    return obj
+            break
+        key = next(
+            (k for k in CONTAINER_KEYS if isinstance(obj.get(k), Mapping) and obj.get(k)), None
+        )
+        if key is None:
+            break
+        _set_aside({k: v for k, v in obj.items() if k != key}, meta, numbers)
+        obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise BadInput(f"not a state dict (a {type(obj).__name__})")
+    tensors = {k: v for k, v in obj.items() if _is_tensor(v)}
+    _set_aside({k: v for k, v in obj.items() if k not in tensors}, meta, None)
+    if not tensors:
+        rest = ", ".join(f"'{k}'" for k in list(obj)[:5])
+        raise BadInput(f"no tensors in the state dict (entries: {rest or 'none'})")
+    arrays, dtypes = _tensors_to_numpy(tensors)
+    return Loaded(arrays, dtypes, meta, numbers)
+
+
+def _tensors_to_numpy(state: Mapping) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    if not all(isinstance(k, str) for k in state):
+        raise BadInput("state dict keys are not all strings")
+    if all(isinstance(v, _Tensor) for v in state.values()):
+        arrays = {k: v.array for k, v in state.items()}
+        dtypes = {k: v.dtype for k, v in state.items()}
+        for k in arrays:  # the pickle could have rewritten these attributes (BUILD)
+            if not isinstance(arrays[k], np.ndarray) or dtypes[k] not in _STORAGE_NAMES:
+                raise BadInput(f"entry '{k}' is not a plain tensor")
+    else:
+        for k, v in state.items():
+            if type(v).__module__.startswith("torch"):
+                if v.is_complex():
+                    raise BadInput(
+                        f"entry '{k}' is a complex tensor ({str(v.dtype).removeprefix('torch.')}): "
+                        "not stored; save its real and imaginary parts as two tensors"
+                    )
+                if v.numel() > v.untyped_storage().nbytes() // max(1, v.element_size()):
+                    raise BadInput(f"entry '{k}' is a broadcast view larger than its storage")
+        state = {k: (v.array if isinstance(v, _Tensor) else v) for k, v in state.items()}
+        arrays, dtypes = state_to_numpy(state)
+    for name, arr in arrays.items():
+        check_finite(name, arr, dtypes[name])
+    return arrays, dtypes
+
+
+def check_finite(name: str, arr: np.ndarray, dtype: str) -> None:
+    """Refuse NaN/Inf in a float tensor (one line naming the tensor)."""
+    # a float64 sum is finite iff no value is NaN/Inf (for float16/32 it cannot overflow;
+    # for float64 an overflowing sum falls through to the exact test)
+    if (
+        dtype in FLOAT_DTYPES
+        and not np.isfinite(arr.sum(dtype=np.float64))
+        and not np.isfinite(arr).all()
+    ):
+        kind = "NaN" if np.isnan(arr).any() else "Inf"
+        raise BadInput(f"'{name}' contains {kind} values")
 
 
 def normalise(state: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Any loaded object → (arrays, dtype names), refusing non-tensor content and NaN/Inf."""
+    """Any loaded object → (arrays, dtype names); see :func:`unbundle` for what is kept."""
     if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
         arrays, dtypes = state
-    else:
-        state = _unwrap(state)
-        if not isinstance(state, Mapping):
-            raise BadInput(f"not a state dict (a {type(state).__name__})")
-        if state and all(isinstance(v, _Tensor) for v in state.values()):
-            if not all(isinstance(k, str) for k in state):
-                raise BadInput("state dict keys are not all strings")
-            arrays = {k: v.array for k, v in state.items()}
-            dtypes = {k: v.dtype for k, v in state.items()}
-            for k in arrays:  # the pickle could have rewritten these attributes (BUILD)
-                if not isinstance(arrays[k], np.ndarray) or dtypes[k] not in _STORAGE_NAMES:
-                    raise BadInput(f"entry '{k}' is not a plain tensor")
-        else:
-            for k, v in state.items():
-                if (
-                    type(v).__module__.startswith("torch")
-                    and hasattr(v, "untyped_storage")
-                    and v.numel() > v.untyped_storage().nbytes() // max(1, v.element_size())
-                ):
-                    raise BadInput(f"entry '{k}' is a broadcast view larger than its storage")
-            state = {k: (v.array if isinstance(v, _Tensor) else v) for k, v in state.items()}
-            arrays, dtypes = state_to_numpy(state)
-    for name, arr in arrays.items():
-        # a float64 sum is finite iff no value is NaN/Inf (for float16/32 it cannot overflow;
-        # for float64 an overflowing sum falls through to the exact test)
-        if (
-            dtypes[name] in FLOAT_DTYPES
-            and not np.isfinite(arr.sum(dtype=np.float64))
-            and not np.isfinite(arr).all()
-        ):
-            kind = "NaN" if np.isnan(arr).any() else "Inf"
-            raise BadInput(f"'{name}' contains {kind} values")
-    return arrays, dtypes
+        for name, arr in arrays.items():
+            check_finite(name, arr, dtypes[name])
+        return arrays, dtypes
+    got = state if isinstance(state, Loaded) else unbundle(state)
+    return got.arrays, got.dtypes
 
 
 def _sha256(row: np.ndarray) -> str:
@@ -388,7 +507,19 @@ def _sha256(row: np.ndarray) -> str:
 
 def load_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Load one checkpoint file of any supported kind safely → (arrays, dtype names)."""
+    got = read_checkpoint(path)
+    return got.arrays, got.dtypes
+
+
+def read_checkpoint(path: str | os.PathLike) -> Loaded:
+    """Load one checkpoint file safely → :class:`Loaded` (tensors plus the file's metadata).
+
+    A ``*.index.json`` (Hugging Face's sharded safetensors or ``.bin``) is read as the one
+    checkpoint its shards make up (:func:`read_sharded`).
+    """
     path = Path(path)
+    if path.name.endswith(".index.json"):
+        return read_sharded(path)
     suffix = path.suffix.lower()
     if path.stat().st_size == 0:
         raise BadInput("empty file (truncated?)")
@@ -409,7 +540,132 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
             raise BadInput(f"corrupt .npz file ({str(exc).splitlines()[0]})") from None
     else:
         state = _torch_load(path)
-    return normalise(state)
+    return unbundle(state)
+
+
+SHARD_NAME = re.compile(r"^(?P<base>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})(?P<ext>\.safetensors|\.bin)$")
+
+
+def read_index(index: Path) -> list[tuple[Path, list[str]]]:
+    """A sharded checkpoint's index → [(shard file, its tensor names in index order)]."""
+    try:
+        data = json.loads(index.read_text())
+        weight_map = data["weight_map"]
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise TypeError("empty")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"not a shard index ('weight_map' missing or invalid: {exc})") from None
+    shards: dict[str, list[str]] = {}
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or Path(file).name != file:
+            raise BadInput(f"shard '{file}' of '{name}' is not a file name beside the index")
+        shards.setdefault(file, []).append(name)
+    out = []
+    for file, names in shards.items():
+        if not (index.parent / file).is_file():
+            raise BadInput(f"shard '{file}' is missing")
+        out.append((index.parent / file, names))
+    return out
+
+
+def read_sharded(index: Path) -> Loaded:
+    """A sharded checkpoint (``model.safetensors.index.json`` or ``pytorch_model.bin.index.json``
+    with its shards) → one :class:`Loaded` holding one row.
+
+    Shards are streamed: the layout comes from the safetensors headers (a ``.bin`` shard is read
+    once for its shapes), then each tensor is copied into the row and dropped, so memory holds the
+    row plus one tensor (plus one ``.bin`` shard), never two copies of the model. Tensor order is
+    the index's ``weight_map`` order; every shard must hold exactly the tensors the index gives it.
+    """
+    shards = read_index(index)
+    specs: list[tuple[str, tuple[int, ...], str]] = []
+    for path, names in shards:
+        for name, shape, dtype in _shard_specs(path, names):
+            specs.append((name, shape, dtype))
+    entries, offset = [], 0
+    for name, shape, dtype in specs:
+        entries.append(Entry(name, shape, dtype, offset))
+        offset += math.prod(shape)
+    layout = Layout(tuple(entries), storage_dtype_of([d for _, _, d in specs]))
+    row = np.empty(layout.n_params, dtype=layout.storage_dtype)
+    for path, names in shards:
+        for name, arr, dtype in _shard_tensors(path, names):
+            check_finite(name, arr, dtype)
+            layout.put(row, layout.entry(name), arr)
+    meta = {"shards": len(shards), "shard_format": shards[0][0].suffix.lstrip(".")}
+    return Loaded(meta=meta, layout=layout, row=row)
+
+
+def _shard_specs(path: Path, names: list[str]) -> Iterable[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, dtype) of a shard's tensors in index order, checked against the index."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                have = set(fh.keys())
+                _same_names(path, names, have)
+                for name in names:
+                    sl = fh.get_slice(name)
+                    dtype = _ST_DTYPES.get(sl.get_dtype())
+                    if dtype is None:
+                        raise BadInput(
+                            f"{path.name}: '{name}' has unsupported dtype {sl.get_dtype()}"
+                        )
+                    yield name, tuple(int(d) for d in sl.get_shape()), dtype
+        except BadInput:
+            raise
+        except Exception as exc:
+            raise BadInput(
+                f"{path.name}: corrupt safetensors shard ({str(exc).splitlines()[0]})"
+            ) from None
+        return
+    for name, arr, dtype in _shard_tensors(path, names):
+        yield name, tuple(arr.shape), dtype
+
+
+def _shard_tensors(path: Path, names: list[str]) -> Iterable[tuple[str, np.ndarray, str]]:
+    """(name, array, dtype name) per tensor of one shard, one at a time for safetensors."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        from wdb.tensors import to_numpy
+
+        with safe_open(str(path), framework="pt") as fh:
+            for name in names:
+                arr, dtype = to_numpy(fh.get_tensor(name), name)
+                yield name, arr, dtype
+        return
+    try:
+        got = unbundle(_torch_load(path))
+    except BadInput as exc:
+        raise BadInput(f"{path.name}: {exc}") from None
+    _same_names(path, names, set(got.arrays))
+    for name in names:
+        yield name, got.arrays[name], got.dtypes[name]
+
+
+def _same_names(path: Path, names: list[str], have: set[str]) -> None:
+    if set(names) != have:
+        missing, extra = sorted(set(names) - have)[:3], sorted(have - set(names))[:3]
+        raise BadInput(
+            f"{path.name} does not match the index (missing {missing}, not listed {extra})"
+        )
+
+
+#: safetensors dtype codes wdb stores (others are refused by name).
+_ST_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 def step_from_name(stem: str) -> int | None:
@@ -491,6 +747,9 @@ class _Ingest:
         self.created_runs: set[str] = set()
         self.layout_cache: dict[tuple, Layout] = {}
         self.generator_run_id: int | None = None
+        self.last_loaded: Loaded | None = None
+        # (run, tensor names and dtypes) → the layout hash that run's files have
+        self.run_layout: dict[tuple[str, tuple], str] = {}
 
     # ---- skipping
     def skip(self, source: str, reason: str) -> None:
@@ -503,18 +762,17 @@ class _Ingest:
         if f.problem:
             self.skip(f.source, f.problem)
             return None
+        if f.companion:
+            self.report.companions.append(f.source)
+            return None
         try:
             if f.layout is not None:
                 layout = f.layout
                 row = np.asarray(f.load())
                 row = _check_row(layout, row)
             else:
-                arrays, dtypes = normalise(f.load())
-                key = tuple((k, a.shape, dtypes[k]) for k, a in arrays.items())
-                layout = self.layout_cache.get(key)
-                if layout is None:
-                    layout = self.layout_cache[key] = Layout.from_arrays(arrays, dtypes)
-                row = layout.flatten(arrays)
+                layout, row = self._row(f.load())
+                self.adopt(f, self.last_loaded)
         except WdbError as exc:
             self.skip(f.source, str(exc))
             return None
@@ -530,6 +788,38 @@ class _Ingest:
         f.kind = kind
         self.layouts.setdefault(layout.hash, layout)
         return _Item(f, layout, row, _sha256(row), row.nbytes)
+
+    def _row(self, obj: Any) -> tuple[Layout, np.ndarray]:
+        """A reader's loaded object → (layout, row); remembers it as ``last_loaded``."""
+        got = obj if isinstance(obj, Loaded) else None
+        if got is None:
+            if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], dict):
+                got = Loaded(*normalise(obj))
+            else:
+                got = unbundle(obj)
+        self.last_loaded = got
+        if got.row is not None and got.layout is not None:
+            return got.layout, got.row
+        arrays, dtypes = got.arrays, got.dtypes
+        key = tuple((k, a.shape, dtypes[k]) for k, a in arrays.items())
+        layout = self.layout_cache.get(key)
+        if layout is None:
+            layout = self.layout_cache[key] = Layout.from_arrays(arrays, dtypes)
+        return layout, layout.flatten(arrays)
+
+    @staticmethod
+    def adopt(f: Found, got: Loaded) -> None:
+        """What the file says about itself: metadata, its step counter when the reader only
+        guessed the step, and its other top-level numbers (``epoch``, ``best_score``) as reported
+        metrics (the reader's own metrics win)."""
+        if got.meta:
+            f.meta = {**got.meta, **(f.meta or {})}
+        step = got.step()
+        if f.step_guessed and step is not None:
+            f.step = step
+        for k, v in got.numbers.items():
+            if k not in STEP_KEYS:
+                f.metrics.setdefault(k, v)
 
     def add(self, item: _Item) -> None:
         h = item.layout.hash
@@ -554,6 +844,11 @@ class _Ingest:
 
     def route(self, item: _Item) -> None:
         want = item.layout
+        mine = (item.found.run, _signature(want))
+        theirs = self.run_layout.setdefault(mine, want.hash)
+        if theirs != want.hash:  # same tensor names as the run's other files, other shapes
+            self.skip(item.found.source, _mismatch(want, self.layouts[theirs]))
+            return
         key = (item.found.run, item.found.step, want.hash)
         if key in self.keys:
             self.skip(
@@ -574,23 +869,12 @@ class _Ingest:
             self.flush(want.hash)
 
     def finish_pending(self) -> None:
-        """Layouts seen only once: accepted only when nothing else shares their signature."""
-        groups: dict[tuple, list[str]] = defaultdict(list)
-        for h in self.accepted:
-            groups[_signature(self.layouts[h])].append(h)
+        """Layouts seen in only one file: each is its own architecture (its own space) unless
+        its run already has files with the same tensor names in another shape (``route``)."""
         for h in list(self.pending):  # insertion order = order first seen
-            sig = _signature(self.layouts[h])
-            if not groups[sig]:
-                groups[sig].append(h)
-                self.accepted[h] = True
-                for it in self.pending.pop(h):
-                    self.route(it)
-        for h, items in self.pending.items():
-            sig = _signature(self.layouts[h])
-            dominant = max(groups[sig], key=lambda x: self.count[x])
-            for it in items:
-                self.skip(it.found.source, _mismatch(it.layout, self.layouts[dominant]))
-        self.pending.clear()
+            self.accepted[h] = True
+            for it in self.pending.pop(h):
+                self.route(it)
 
     # ---- writing
     def space_for(self, h: str):
@@ -724,8 +1008,9 @@ class _Ingest:
             if f.layout is not None:
                 row = _check_row(f.layout, np.asarray(f.load()))
             else:
-                arrays, _ = normalise(f.load())
-                row = it.layout.flatten(arrays)
+                layout, row = self._row(f.load())
+                if layout.hash != it.layout.hash:
+                    raise BadInput("file changed while being ingested")
         except WdbError as exc:
             self.skip(f.source, str(exc))
             return None

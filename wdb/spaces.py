@@ -44,7 +44,8 @@ class Entry:
         return self.offset + self.size
 
 
-def _storage_dtype(dtypes: list[str]) -> str:
+def storage_dtype_of(dtypes: list[str]) -> str:
+    """The row dtype that holds every tensor of these dtypes exactly (float64 > float16-only > float32)."""
     floats = [d for d in dtypes if d in FLOAT_DTYPES]
     if "float64" in floats:
         return "float64"
@@ -71,7 +72,7 @@ class Layout:
             shape = tuple(int(s) for s in np.shape(arr))
             entries.append(Entry(name, shape, dtypes[name], offset))
             offset += prod(shape)
-        return cls(tuple(entries), _storage_dtype([e.dtype for e in entries]))
+        return cls(tuple(entries), storage_dtype_of([e.dtype for e in entries]))
 
     @classmethod
     def from_json(cls, text: str | list) -> Layout:
@@ -86,7 +87,7 @@ class Layout:
             shape = tuple(int(s) for s in item["shape"])
             entries.append(Entry(item["name"], shape, item.get("dtype", "float32"), offset))
             offset += prod(shape)
-        storage = storage or _storage_dtype([e.dtype for e in entries])
+        storage = storage or storage_dtype_of([e.dtype for e in entries])
         return cls(tuple(entries), storage)
 
     def to_json(self) -> str:
@@ -131,18 +132,24 @@ class Layout:
             extra = sorted(set(arrays) - set(self.names))
             raise BadInput(f"tensor names differ from the space (missing {missing}, extra {extra})")
         for e in self.entries:
-            arr = np.asarray(arrays[e.name])
-            if tuple(arr.shape) != e.shape:
-                raise BadInput(f"'{e.name}' has shape {list(arr.shape)}, expected {list(e.shape)}")
-            flat = arr.reshape(-1).astype(self.storage_dtype)
-            if e.dtype not in FLOAT_DTYPES or e.dtype == "float64":
-                back = from_storage(flat, e.dtype)
-                if not np.array_equal(back, arr.reshape(-1)):
-                    raise BadInput(
-                        f"'{e.name}' ({e.dtype}) is not exactly representable as {self.storage_dtype}"
-                    )
-            row[e.offset : e.stop] = flat
+            self.put(row, e, arrays[e.name])
         return row
+
+    def put(self, row: np.ndarray, e: Entry, value: np.ndarray) -> None:
+        """Write one tensor into its place in ``row``, refusing a wrong shape or inexact value."""
+        arr = np.asarray(value)
+        if tuple(arr.shape) != e.shape:
+            raise BadInput(f"'{e.name}' has shape {list(arr.shape)}, expected {list(e.shape)}")
+        if e.dtype in FLOAT_DTYPES and e.dtype != "float64":  # widening (or same): exact
+            row[e.offset : e.stop] = arr.reshape(-1)
+            return
+        flat = arr.reshape(-1).astype(self.storage_dtype)
+        back = from_storage(flat, e.dtype)
+        if not np.array_equal(back, arr.reshape(-1)):
+            raise BadInput(
+                f"'{e.name}' ({e.dtype}) is not exactly representable as {self.storage_dtype}"
+            )
+        row[e.offset : e.stop] = flat
 
     def unflatten(self, row: np.ndarray) -> dict[str, np.ndarray]:
         """One storage row → {name: array in the original dtype} (bf16 as float32)."""
@@ -162,7 +169,7 @@ class Layout:
                 offset += e.size
         if len(picked) != len(set(names)):
             raise BadInput(f"unknown tensor names: {sorted(set(names) - set(self.names))}")
-        return Layout(tuple(picked), _storage_dtype([e.dtype for e in picked]))
+        return Layout(tuple(picked), storage_dtype_of([e.dtype for e in picked]))
 
     def columns(self, names: list[str]) -> np.ndarray:
         """Row indices of the given tensors, in layout order (for column slices)."""

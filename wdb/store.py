@@ -7,6 +7,13 @@ the columns it needs. 32 x 8192 float32 is 1 MiB raw: large enough for zstd to w
 file counts to stay small (a 10k-param space grows by one or two files per 32 checkpoints), small
 enough that a single-row read costs about a millisecond. ``benchmarks/bench_store.py`` measures it.
 
+Wide spaces (``WIDE`` = 1,048,576 parameters or more: a real model rather than a zoo MLP) use one
+row per chunk and ``WIDE_COLS``-column chunks (4 MiB of float32) instead: with 32-row chunks
+every appended checkpoint would rewrite (read, decompress, recompress) ``D / 8192`` chunks of
+mostly other rows, and a 200 MB model took 20 s to ingest; such models are read whole, one
+checkpoint at a time, so the column-slice argument above does not apply. Existing arrays keep
+the chunking they were created with (Zarr records it per array).
+
 Codec: Blosc(zstd level 1, bitshuffle) with ``typesize`` set to the item size (zarr 3 otherwise
 uses 1, which makes the shuffle useless on floats; STACK.md). Level 1 rather than 5: measured with
 ``benchmarks/bench_ingest.py --n 1000``, ingest CPU time fell from 1.31 s to 0.87 s while the
@@ -26,6 +33,8 @@ if TYPE_CHECKING:
 
 ROWS_PER_CHUNK = 32
 COLS_PER_CHUNK = 8192
+WIDE = 1 << 20
+WIDE_COLS = 1 << 20
 
 
 def _compressor(dtype: np.dtype) -> Any:
@@ -64,6 +73,8 @@ class ArrayStore:
             return self.group[path]
         tail = (n_cols,) if isinstance(n_cols, int) else tuple(n_cols)
         chunks = (rows_per_chunk, min(tail[0], COLS_PER_CHUNK), *tail[1:])
+        if rows_per_chunk == ROWS_PER_CHUNK and len(tail) == 1 and tail[0] >= WIDE:
+            chunks = (1, WIDE_COLS)
         arr = self.group.create_array(
             path,
             shape=(0, *tail),

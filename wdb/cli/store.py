@@ -101,6 +101,10 @@ def ingest(
     Idempotent: files already stored (same run, step and content) are not added again. Bad files
     (corrupt, truncated, unsafe pickle, NaN/Inf, wrong shape) are reported one line each and
     skipped; the exit code is 3 when anything was skipped, 0 when everything was stored.
+    Understood as researchers have them: sharded Hugging Face checkpoints (one checkpoint per
+    *.index.json), Trainer folders (checkpoint-<step>/, optimizer/scheduler/RNG files counted as
+    companions, not errors), Lightning .ckpt, bundles with metadata, mixed architectures (one space
+    each); see the README's format table.
     """
     from wdb.generate import read_config_file
 
@@ -129,6 +133,7 @@ def ingest(
                 "checkpoints_added": report.checkpoints_added,
                 "already_stored": report.checkpoints_existing,
                 "skipped": len(report.skipped),
+                "companion_files_not_stored": len(report.companions),
                 "spaces": ", ".join(report.spaces),
                 "bytes_written": report.bytes_written,
                 **(
@@ -241,7 +246,17 @@ def sql(ctx, query, write, fmt) -> None:
     default="safetensors",
     show_default=True,
 )
-@click.option("--out", type=click.Path(dir_okay=False), help="Output file for the state dict.")
+@click.option(
+    "--out",
+    type=click.Path(),
+    help="Output file for the state dict (a folder with --max-shard-size).",
+)
+@click.option(
+    "--max-shard-size",
+    metavar="SIZE",
+    help="Write a Hugging Face sharded set (shards + .index.json) into the --out folder, each "
+    "shard at most SIZE (bytes or e.g. 50MB).",
+)
 @click.option(
     "--mesh",
     type=click.Path(dir_okay=False),
@@ -249,7 +264,7 @@ def sql(ctx, query, write, fmt) -> None:
 )
 @output_options
 @click.pass_context
-def export(ctx, run, step, file_format, out, mesh, fmt) -> None:
+def export(ctx, run, step, file_format, out, max_shard_size, mesh, fmt) -> None:
     """Export a checkpoint as a state dict file (bit-exact) or, for neural fields, a mesh."""
     from wdb.errors import BadInput
     from wdb.export import export_checkpoint, export_mesh
@@ -259,7 +274,10 @@ def export(ctx, run, step, file_format, out, mesh, fmt) -> None:
     db = get_db(ctx)
     rows = []
     if out:
-        rows.append(export_checkpoint(db, run, step, file_format, out))
+        size = (
+            int(max_shard_size) if max_shard_size and max_shard_size.isdigit() else max_shard_size
+        )
+        rows.append(export_checkpoint(db, run, step, file_format, out, size))
     if mesh:
         rows.append(export_mesh(db, run, step, mesh))
     emit(rows, fmt, title="exported")
