@@ -215,6 +215,15 @@ def _dominated_share(
     return dom / len(gen)
 
 
+def saturated(db, m: str) -> float | None:
+    """Share of m's training models whose max error-set IoU with another training model is 1:
+    near 1, error sets barely differ at this scale and IoU cannot tell a copy from a new model
+    (measured on the demo's P-diff zoo: 300 BN-only checkpoints share 13 distinct error sets)."""
+    rows = _table(db, table_name("memorization", m, "scatter")) or []
+    iou = [r["max_iou"] for r in rows if r["selection"] == "training" and r["max_iou"] is not None]
+    return float(np.mean(np.asarray(iou, float) >= 1 - 1e-9)) if iou else None
+
+
 def tradeoff(db, m: str) -> tuple[float, str, bool] | None:
     """(share of m's generated models dominated by a noise-baseline model, description, whether
     the generated models perform as well as the noise baselines)."""
@@ -271,6 +280,14 @@ def finding3(db, methods: list[str]) -> Finding:
             f"{'beats' if expected else 'does not beat'}); means: {desc}"
         )
         checks[m] = (beats == expected, f"{'beats' if beats else 'does not beat'} noise, {why}")
+        sat = saturated(db, m)
+        if sat is not None and sat >= 0.5:
+            f.evidence.append(
+                f"caveat for {NAMES[m]}: {sat:.0%} of its training models already have max IoU 1 "
+                "with another training model (their error sets coincide), so on this eval set "
+                "novelty by IoU cannot separate a copy from a new model; its verdict rests on "
+                "accuracy ties"
+            )
     judge(f, checks, [*PAPER_METHODS, *[m for m in methods if m not in PAPER_METHODS]])
     if not checks:
         f.why = (

@@ -29,6 +29,18 @@ Deviations from the original and why:
   a constant), stored with the network, so the DDPM sees unit-scale data.
 - The DDPM trains on latents of the clean (un-noised) training rows, encoded once.
 - Optimiser: AdamW lr 1e-3 for both stages, no schedulers, no EMA (short CPU runs).
+
+Why it does not beat noise at this scale (issue 15, measured on ``make demo``'s database with the
+error masks on ``mnist-bn:test``, 1,000 items): the 300 training checkpoints make about 22 errors
+each (20–23), only 25 items are ever wrong and 18 are wrong in every checkpoint, so the 300 error
+sets are just 13 distinct sets and every training model has max IoU 1 with another one. 99% of
+P-diff's samples have an error set identical to a training model's (max IoU 1) at the same
+accuracy (0.978), while noise at σ = 0.06 keeps that accuracy with max IoU 0.958 (median), so
+noise dominates them. The domination test is right (ties at IoU 1 do not dominate; a strictly
+lower IoU at equal accuracy does), and σ is on the training spread's scale (noise at 0.12 still
+keeps 0.977). The IoU axis is saturated by this BN-only space and eval set, not broken in wdb;
+the summary carries the caveat (``analyses.findings.saturated``). The paper's ResNet-18 on
+CIFAR has far more (and more varied) errors per model, so its IoU can separate samples.
 """
 
 from __future__ import annotations

@@ -28,8 +28,11 @@ def ratio(db, method: str, r: float) -> None:
     summary(db, method, generated={"median_min_l2": r}, training={"median_min_l2": 1.0})
 
 
-def scatter(db, method: str, gen: list[tuple], noise: list[tuple]) -> None:
+def scatter(
+    db, method: str, gen: list[tuple], noise: list[tuple], training: list[tuple] = ()
+) -> None:
     rows = [("generated", *g) for g in gen] + [("noise_1", *n) for n in noise]
+    rows += [("training", *t) for t in training]
     write_table(
         db,
         table_name("memorization", method, "scatter"),
@@ -87,6 +90,15 @@ def test_finding3_ties_at_iou_one_do_not_dominate(db):
     assert share == 0.0 and performs
     scatter(db, "pdiff", gen=[(1.0, 0.9)], noise=[(1.0, 0.95)])  # as novel, strictly better
     assert F.tradeoff(db, "pdiff")[0] == 1.0
+
+
+def test_finding3_says_when_error_sets_are_saturated(db):
+    """Training models that all share error sets (max IoU 1): the verdict carries a caveat."""
+    scatter(db, "pdiff", gen=[(1.0, 0.9)], noise=[(0.9, 0.9)], training=[(1.0, 0.9)] * 4)
+    f = F.finding3(db, ["pdiff"])
+    assert any(e.startswith("caveat for P-diff: 100% of its training models") for e in f.evidence)
+    scatter(db, "pdiff", gen=[(1.0, 0.9)], noise=[(0.9, 0.9)], training=[(0.7, 0.9)] * 4)
+    assert not any(e.startswith("caveat") for e in F.finding3(db, ["pdiff"]).evidence)
 
 
 def test_finding4_names_the_failed_criterion(db):
