@@ -23,7 +23,6 @@ from wdb.errors import CatalogLocked, SchemaError
 #: Alembic nor SQLAlchemy (startup time); ``tests/test_migrations.py`` checks it equals the head.
 SCHEMA_HEAD = "0005_plugins"
 
-LOCK_WAIT_S = float(os.environ.get("WDB_LOCK_WAIT", "20"))
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -36,6 +35,19 @@ def migrations_dir() -> Path:
 def _is_lock_error(exc: BaseException) -> bool:
     text = str(exc)
     return "Could not set lock" in text or "Conflicting lock" in text
+
+
+def lock_wait_s() -> float:
+    """How long a writer waits for another process's lock (``--wait`` / ``WDB_LOCK_WAIT``, 60 s)."""
+    return float(os.environ.get("WDB_LOCK_WAIT", "60"))
+
+
+def waiting(what: str, holder: str | None, wait: float) -> None:
+    """Say once, on stderr, that this process waits for a lock (and for whom)."""
+    import sys
+
+    who = f" held by pid {holder}" if holder else ""
+    print(f"waiting for the {what}{who} (up to {wait:g} s; --wait)", file=sys.stderr, flush=True)
 
 
 class Catalog:
@@ -65,19 +77,29 @@ class Catalog:
         return self._engine
 
     def _retry(self, fn):
-        deadline = time.monotonic() + LOCK_WAIT_S
+        """Run ``fn`` (a connect), waiting up to :func:`lock_wait_s` while another process holds
+        the DuckDB file: DuckDB lets one process at a time open it for writing, and wdb's
+        connections are short, so the wait is for the other's current transaction."""
+        wait = lock_wait_s()
+        deadline = time.monotonic() + wait
+        said = False
         while True:
             try:
                 return fn()
             except Exception as exc:  # duckdb.IOException, sqlalchemy.exc.OperationalError
                 if not _is_lock_error(exc):
                     raise
+                holder = re.search(r"PID (\d+)", str(exc))
                 if time.monotonic() > deadline:
                     raise CatalogLocked(
                         f"{self.duckdb_file or self.url}: the catalog is locked by another "
-                        "process writing to it; try again when it finishes"
+                        f"process{f' (pid {holder[1]})' if holder else ''} for more than "
+                        f"{wait:g} s; try again when it finishes, or raise --wait"
                     ) from None
-                time.sleep(0.2)
+                if not said and wait > 0:
+                    waiting("catalog lock", holder[1] if holder else None, wait)
+                    said = True
+                time.sleep(0.1)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:

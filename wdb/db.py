@@ -81,11 +81,45 @@ class Database:
 
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
-        """Serialise writers across processes (Zarr row allocation + catalog commit)."""
+        """Serialise writers across processes (Zarr row allocation + catalog commit).
+
+        Held for one batch, not a whole command, so two ingests interleave batch by batch. A
+        writer that finds it taken says so once ("waiting for the write lock held by pid N") and
+        waits up to ``--wait`` seconds (``WDB_LOCK_WAIT``, default 60), then fails in one line.
+        The holder's pid is written into the lock file for that message.
+        """
+        import time
+
+        from wdb.catalog import lock_wait_s, waiting
+        from wdb.errors import CatalogLocked
+
         self.path.mkdir(parents=True, exist_ok=True)
-        with (self.path / ".write.lock").open("a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        lock = self.path / ".write.lock"
+        with lock.open("a+") as fh:
+            wait = lock_wait_s()
+            deadline = time.monotonic() + wait
+            said = False
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    fh.seek(0)
+                    holder = fh.read().strip() or None
+                    if time.monotonic() > deadline:
+                        raise CatalogLocked(
+                            f"{lock}: another writer (pid {holder or '?'}) held the write lock "
+                            f"for more than {wait:g} s; try again when it finishes, or raise --wait"
+                        ) from None
+                    if not said and wait > 0:
+                        waiting("write lock", holder, wait)
+                        said = True
+                    time.sleep(0.05)
             try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(str(os.getpid()))
+                fh.flush()
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)

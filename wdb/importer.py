@@ -82,7 +82,7 @@ DEFAULT_PRIORITY = 50
 
 #: checkpoints per commit (one Zarr write + one catalog transaction each), and the most row
 #: bytes one commit holds in memory (large models commit in smaller batches).
-BATCH = 4096
+BATCH = int(os.environ.get("WDB_INGEST_BATCH", "4096"))
 BATCH_BYTES = 256 << 20
 #: file suffixes the generic loader understands.
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", "")

@@ -74,12 +74,25 @@ class LazyGroup(click.Group):
     show_default=True,
     help="Database directory (also WDB_DB). Created on first use.",
 )
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    envvar="WDB_LOCK_WAIT",
+    default=60,
+    show_default=True,
+    help="Seconds a writer waits for another process's lock on the database (also "
+    "WDB_LOCK_WAIT), saying whose; then it fails in one line.",
+)
 @click.version_option(package_name="wdb")
 @click.pass_context
-def cli(ctx: click.Context, db_path: str) -> None:
+def cli(ctx: click.Context, db_path: str, wait_s: float) -> None:
     """wdb: a database for neural-network checkpoints.
 
     Weights live in chunked Zarr arrays, everything else in a SQL catalog you can open with
     `duckdb DB/catalog.duckdb`. Start with `wdb ingest FOLDER`, then `wdb ls runs`.
     """
+    import os
+
+    os.environ["WDB_LOCK_WAIT"] = f"{wait_s:g}"  # read by wdb.catalog.lock_wait_s
     ctx.obj = {"db_path": db_path}
