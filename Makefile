@@ -17,10 +17,17 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/wdb --db demo-out/db demo
 
+# The suite runs twice: on DuckDB (the default catalog), then on a throwaway PostgreSQL server
+# (tests/pgserver.py; skipped with the reason printed where PostgreSQL cannot be installed).
 test: setup
-	-sh tests/install_chromium.sh  # headless Chromium for the report test (skips if impossible)
+	-sh tests/apt_install.sh chromium chromium chromium-browser google-chrome  # report test
+	-sh tests/apt_install.sh postgresql initdb '/usr/lib/postgresql/*/bin/initdb'
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; \
+	  [ $$rc -eq 0 ] || exit $$rc
+	@echo "== the same suite on PostgreSQL =="
+	WDB_TEST_CATALOG=postgresql $(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: setup

@@ -25,6 +25,7 @@ import numpy as np
 
 from analyses import relations as rel
 from analyses.spec import Spec, fill, load, why_not
+from wdb.dialect import json_ids
 from wdb.errors import NotFound, WdbError
 
 
@@ -36,7 +37,14 @@ def table_name(spec: str, method: str | None, name: str) -> str:
 
 
 def create_table_as(db, name: str, sql: str) -> None:
-    db.sql(f"CREATE OR REPLACE TABLE {name} AS {sql}", write=True)
+    """Replace table ``name`` with the rows of ``sql``, in one transaction on any catalog."""
+    import sqlalchemy as sa
+
+    from wdb.dialect import replace_table_sql
+
+    with db.catalog.begin() as conn:
+        for stmt in replace_table_sql(db, name, sql):
+            conn.execute(sa.text(stmt))
 
 
 def write_table(db, name: str, columns: dict[str, Any]) -> None:
@@ -95,6 +103,8 @@ class Context:
     baselines: dict[str, int] = field(default_factory=dict)
     sigmas: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the catalog's SQL dialect (``wdb.dialect.name``): the placeholders' SQL is written for it
+    dialect: str = "duckdb"
 
     def values(self) -> dict[str, Any]:
         v: dict[str, Any] = {
@@ -102,8 +112,9 @@ class Context:
             "gen": self.gen,
             "space_id": self.space_id,
             "zoo": self.zoo.replace("'", "''"),
-            "train_ids": "(SELECT unnest(from_json(g.train_ids, '[\"BIGINT\"]')) "
-            f"FROM generator_runs g WHERE g.id = {self.gen})",
+            "train_ids": json_ids(
+                self.dialect, "g.train_ids", f"generator_runs g WHERE g.id = {self.gen}"
+            ),
         }
         for k in ("noise_1", "noise_2", "average", "gaussian"):
             v[k] = self.baselines.get(k, -1)
@@ -144,7 +155,9 @@ def _sigma(config: dict) -> float:
 
 def resolve_context(db, method: str | None, task: Any = None) -> Context:
     """The generator run, space, zoo, baselines and task of ``method``."""
-    ctx = Context(method)
+    from wdb.dialect import name as dialect_name
+
+    ctx = Context(method, dialect=dialect_name(db))
     if method is None:
         return ctx
     runs = db.sql(

@@ -28,15 +28,17 @@ import numpy as np
 
 from analyses import relations as rel
 from analyses.engine import create_table_as, write_table
+from wdb.dialect import json_ids, json_text
 from wdb.errors import BadInput, NotFound, WdbError
 
 EXPERIMENTS = ("modeling-factors", "symmetry", "hd-augmentation")
 
 
 def _latest(db, method: str) -> dict:
+    variant = json_text(db, "config", "variant")
     rows = db.sql(
         "SELECT * FROM generator_runs WHERE method = :m AND status = 'done' "
-        "AND json_extract_string(config, '$.variant') IS NULL ORDER BY id DESC LIMIT 1",
+        f"AND {variant} IS NULL ORDER BY id DESC LIMIT 1",
         {"m": method},
     )
     if not rows:
@@ -102,20 +104,18 @@ VARIANTS: dict[str, Callable[[dict], dict]] = {
 }
 
 
-def _reference_sql(method: str, gid: int) -> str:
+def _reference_sql(db, method: str, gid: int) -> str:
     from wdb.generate import method_info
 
     if method_info(method).reference == "reconstructed":
         return f"generator_run_id = {gid} AND kind = 'reconstructed'"
-    return (
-        "checkpoint_id IN (SELECT unnest(from_json(g.train_ids, '[\"BIGINT\"]')) "
-        f"FROM generator_runs g WHERE g.id = {gid}) AND kind = 'training'"
-    )
+    ids = json_ids(db, "g.train_ids", f"generator_runs g WHERE g.id = {gid}")
+    return f"checkpoint_id IN {ids} AND kind = 'training'"
 
 
 def _variant_stats(db, method: str, gid: int, field: bool) -> dict[str, float]:
     gen = f"generator_run_id = {gid} AND kind = 'generated'"
-    ref = _reference_sql(method, gid)
+    ref = _reference_sql(db, method, gid)
     rid = rel.novelty(db, gen, ref, metric="l2")
     s = db.sql(
         f"SELECT avg(min_l2) AS l2, avg(accuracy) AS acc, count(*) AS n FROM similarity "
@@ -379,7 +379,7 @@ def hd_augmentation(
         _evaluate(db, f"generator_run_id = {gid} AND kind <> 'model'")
         gen = f"generator_run_id = {gid} AND kind = 'generated'"
         total = db.sql(f"SELECT count(*) AS n FROM checkpoint_info WHERE {gen}")[0]["n"]
-        d = rel.shape_distances(db, gen, _reference_sql("hyperdiffusion", int(base["id"])))
+        d = rel.shape_distances(db, gen, _reference_sql(db, "hyperdiffusion", int(base["id"])))
         rows.append(
             {
                 "augment_permutations": k,

@@ -27,3 +27,34 @@ def _torch_threads():
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
+
+
+#: ``WDB_TEST_CATALOG=postgresql`` runs the tests against a throwaway PostgreSQL server (one fresh
+#: database per test, through ``WDB_CATALOG_URL``, which the CLI's subprocesses inherit).
+ON_POSTGRES = os.environ.get("WDB_TEST_CATALOG") == "postgresql"
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    from tests import pgserver
+
+    try:
+        server = pgserver.start()
+    except pgserver.Unavailable as exc:
+        pytest.skip(f"PostgreSQL half skipped: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _catalog(request, monkeypatch):
+    if not ON_POSTGRES or request.node.get_closest_marker("duckdb_only"):
+        if ON_POSTGRES:
+            pytest.skip("DuckDB only: " + request.node.get_closest_marker("duckdb_only").args[0])
+        yield
+        return
+    server = request.getfixturevalue("pg_server")
+    name = "t_" + os.urandom(6).hex()
+    monkeypatch.setenv("WDB_CATALOG_URL", server.create(name))
+    yield
+    server.drop(name)

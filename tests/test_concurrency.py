@@ -1,4 +1,4 @@
-"""Many writers on one DuckDB database: two ingests and a generate at once all land, each
+"""Many writers on one database (DuckDB, and PostgreSQL on the PostgreSQL run): two ingests and a generate at once all land, each
 checkpoint exactly once, and ``wdb fsck`` is clean; a writer that waits too long for another's
 lock says whose lock it waited for and fails in one line, having written nothing."""
 
@@ -66,7 +66,7 @@ def test_two_ingests_and_a_generate_at_once(tmp_path):
     assert sum(n for (z, k), n in counts.items() if k != "training") == 24
     (dup,) = d.sql(
         "SELECT count(*) AS n FROM (SELECT run_id, step, space_id FROM checkpoints "
-        "GROUP BY ALL HAVING count(*) > 1)"
+        "GROUP BY run_id, step, space_id HAVING count(*) > 1) AS d"
     )
     (rows,) = d.sql("SELECT count(DISTINCT row) AS n, count(*) AS m FROM checkpoints")
     assert dup["n"] == 0 and rows["n"] == rows["m"]  # no two checkpoints share stored bytes

@@ -8,6 +8,7 @@ import json
 from click.testing import CliRunner
 
 from analyses import demo, synthetic
+from tests.conftest import ON_POSTGRES
 from wdb.cli.main import cli
 
 
@@ -53,7 +54,9 @@ def test_analyze_without_samples_says_so(tmp_path):
     import wdb
 
     res = CliRunner().invoke(cli, ["--db", str(tmp_path / "db"), "analyze", "memorization"])
-    assert res.exit_code != 0 and "no wdb database here" in res.output
+    assert res.exit_code != 0
+    if not ON_POSTGRES:  # a PostgreSQL catalog exists without the folder
+        assert "no wdb database here" in res.output
     assert not (tmp_path / "db").exists()  # a read-only command never creates one
     wdb.open(tmp_path / "db")
     res = CliRunner().invoke(cli, ["--db", str(tmp_path / "db"), "analyze", "memorization"])

@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 
 import wdb
+from tests.conftest import ON_POSTGRES
 from wdb.spaces import Layout
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    """One populated database per module (migrations take most of a second), copied per test."""
-    path = tmp_path_factory.mktemp("fsck") / "db"
+def populate(path: Path) -> Path:
     db = wdb.open(path)
     layout = Layout.from_arrays({"w": np.zeros((4, 5), np.float32), "b": np.zeros(4, np.float32)})
     rows = np.random.default_rng(0).normal(size=(6, layout.n_params)).astype(np.float32)
@@ -24,8 +22,19 @@ def template(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path | None:
+    """One populated database per module (migrations take most of a second), copied per test;
+    on PostgreSQL the catalog is not in the folder, so each test builds its own."""
+    if ON_POSTGRES:
+        return None
+    return populate(tmp_path_factory.mktemp("fsck") / "db")
+
+
 @pytest.fixture
-def db(template: Path, tmp_path: Path):
+def db(template: Path | None, tmp_path: Path):
+    if template is None:
+        return wdb.open(populate(tmp_path / "db"))
     shutil.copytree(template, tmp_path / "db")
     return wdb.open(tmp_path / "db")
 

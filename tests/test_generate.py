@@ -132,8 +132,6 @@ def test_load_training_set_prefers_computed_metrics(db):
 
 # -- end to end with the fake method ------------------------------------------------------------
 def test_generate_writes_runs_model_and_lineage(db, with_fake):
-    import duckdb
-
     train_ids = add_toy_zoo(db)
     with_fake()
     rep = G.generate(db, "fake", train=TRAIN, seed=3, overrides={"scale": 2})
@@ -156,24 +154,22 @@ def test_generate_writes_runs_model_and_lineage(db, with_fake):
     assert conf["task"] == "toy" and "seed" not in conf and conf["generator"] == "fake"
     assert run["zoo"] == "toy" and run["kind"] == "generated"
     # lineage: every generated run joins to its generator run and its training ids, in SQL
-    con = duckdb.connect(str(db.path / "catalog.duckdb"), read_only=True)
-    try:
-        rows = con.execute(
-            "SELECT r.name, g.method, t.train_id FROM runs r "
-            "JOIN generator_runs g ON g.id = r.generator_run_id, "
-            "unnest(CAST(json_extract(g.train_ids, '$') AS BIGINT[])) AS t(train_id) "
-            "WHERE r.kind IN ('generated', 'reconstructed')"
-        ).fetchall()
-        joined = con.execute(
-            "SELECT count(DISTINCT c.id) FROM generator_runs g, "
-            "unnest(CAST(json_extract(g.train_ids, '$') AS BIGINT[])) AS t(train_id) "
-            "JOIN checkpoints c ON c.id = t.train_id"
-        ).fetchone()[0]
-    finally:
-        con.close()
+    if db.catalog.dialect == "duckdb":
+        ids = "unnest(CAST(json_extract(g.train_ids, '$') AS BIGINT[])) AS t(train_id)"
+    else:
+        ids = "jsonb_array_elements_text(CAST(g.train_ids AS jsonb)) AS t(train_id)"
+    rows = db.sql(
+        "SELECT r.name, g.method, CAST(t.train_id AS BIGINT) AS train_id FROM runs r "
+        f"JOIN generator_runs g ON g.id = r.generator_run_id, {ids} "
+        "WHERE r.kind IN ('generated', 'reconstructed')"
+    )
+    joined = db.sql(
+        f"SELECT count(DISTINCT c.id) AS n FROM generator_runs g, {ids} "
+        "JOIN checkpoints c ON c.id = CAST(t.train_id AS BIGINT)"
+    )[0]["n"]
     n_runs = 3 + len(train_ids)
     assert len(rows) == n_runs * len(train_ids)
-    assert {r[2] for r in rows} == set(train_ids) and joined == len(train_ids)
+    assert {r["train_id"] for r in rows} == set(train_ids) and joined == len(train_ids)
 
 
 def test_fixed_seed_gives_identical_samples_and_from_resamples_without_fit(db, with_fake):

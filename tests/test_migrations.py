@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -25,7 +27,7 @@ def test_schema_head_constant_matches_alembic():
 
 def test_tables_created_by_migrations_match_schema_module(db):
     cols = db.sql(
-        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
     )
     created: dict[str, set[str]] = {}
     for r in cols:
@@ -38,7 +40,7 @@ def test_tables_created_by_migrations_match_schema_module(db):
 def test_upgrade_from_first_revision_keeps_every_row(tmp_path):
     path = tmp_path / "old"
     path.mkdir()
-    cat = Catalog(f"duckdb:///{path / 'catalog.duckdb'}")
+    cat = Catalog(os.environ.get("WDB_CATALOG_URL") or f"duckdb:///{path / 'catalog.duckdb'}")
     first = [r.revision for r in _script().walk_revisions()][-1]
     cat.upgrade(first)
     assert cat.current_revision() == first

@@ -2,7 +2,7 @@
 
 The method is called ``pdiff`` here so the P-diff-only parts (KDE, t-SNE, interpolation, the
 concentration table, finding 4) run too. The browser check needs Debian's ``chromium``: the test
-set-up installs it (``tests/install_chromium.sh``, run by ``make test``); the test skips, saying
+set-up installs it (``tests/apt_install.sh chromium ...``, run by ``make test``); the test skips, saying
 why, only where it cannot be installed.
 """
 
@@ -51,7 +51,7 @@ def test_html_is_self_contained_with_every_figure_and_its_table(built):
     assert "<link" not in html and "<script" not in html and 'src="http' not in html
     for name in ("a_memorization_pdiff_tsne", "a_memorization_pdiff_min_l2_hist"):
         assert f"SELECT * FROM {name}" in html
-    assert "range(15)" in html  # the SQL behind the histogram table is shown
+    assert "generate_series(0, 14)" in html  # the SQL behind the histogram table is shown
 
 
 def test_summary_states_all_six_findings(built):
@@ -91,8 +91,13 @@ def _chromium() -> str | None:
     for b in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(b):
             return shutil.which(b)
-    script = Path(__file__).with_name("install_chromium.sh")
-    res = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=600)
+    script = Path(__file__).with_name("apt_install.sh")
+    res = subprocess.run(
+        ["sh", str(script), "chromium", "chromium", "chromium-browser", "google-chrome"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if res.returncode != 0:
         pytest.skip(f"headless Chromium cannot be installed here: {res.stderr.strip()[:200]}")
     return shutil.which("chromium")

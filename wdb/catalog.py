@@ -154,10 +154,17 @@ class Catalog:
         import sqlalchemy as sa
 
         with self.engine.connect() as conn:
-            res = conn.execute(sa.text(sql), params or {})
-            if not res.returns_rows:
-                return [], []
-            return list(res.keys()), [tuple(r) for r in res.fetchall()]
+            if self.dialect == "postgresql":  # the server refuses writes in this transaction
+                conn = conn.execution_options(postgresql_readonly=True)
+            with conn.begin() as tx:
+                res = conn.execute(sa.text(sql), params or {})
+                out = (
+                    (list(res.keys()), [tuple(r) for r in res.fetchall()])
+                    if res.returns_rows
+                    else ([], [])
+                )
+                tx.rollback()  # a read leaves nothing behind, whatever the SQL tried
+            return out
 
     def execute(self, sql: str, params: dict | None = None) -> tuple[list[str], list[tuple]]:
         """Run one statement in a write transaction (``wdb sql --write``)."""

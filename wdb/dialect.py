@@ -22,7 +22,10 @@ from typing import Any
 
 
 def name(db_or_catalog: Any) -> str:
-    """``"duckdb"`` or ``"postgresql"`` (or another SQLAlchemy dialect name)."""
+    """``"duckdb"`` or ``"postgresql"`` (or another SQLAlchemy dialect name); given a database,
+    a catalog, or that name itself."""
+    if isinstance(db_or_catalog, str):
+        return db_or_catalog
     catalog = getattr(db_or_catalog, "catalog", db_or_catalog)
     return catalog.dialect
 

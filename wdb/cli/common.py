@@ -26,13 +26,21 @@ def get_db(ctx: click.Context | None = None, create: bool = False):
 
     ctx = ctx or click.get_current_context()
     db = Database(ctx.find_root().obj["db_path"])
+    if create:
+        return db.init()
     duckdb_file = db.catalog.duckdb_file
-    if not create and duckdb_file is not None and not Path(duckdb_file).exists():
+    if duckdb_file is not None and not Path(duckdb_file).exists():
         raise NotFound(
             f"{db.path}: no wdb database here (pass --db DIR or set WDB_DB; "
             "`wdb init` or `wdb ingest` creates one)"
         )
-    return db.init()
+    if duckdb_file is None and db.catalog.current_revision() is None:
+        raise NotFound(
+            f"{db.catalog.url.split('@')[-1]}: this catalog holds no wdb schema "
+            "(`wdb init` or `wdb ingest` creates it)"
+        )
+    db.catalog.ensure_schema()  # an older schema is upgraded; the folder is never created here
+    return db
 
 
 class PluginChoice(click.ParamType):
