@@ -23,6 +23,8 @@ from wdb.errors import CatalogLocked, SchemaError
 #: Alembic nor SQLAlchemy (startup time); ``tests/test_migrations.py`` checks it equals the head.
 SCHEMA_HEAD = "0005_plugins"
 
+#: the PostgreSQL advisory-lock key that serialises schema migrations ("wdb" in ASCII)
+MIGRATION_LOCK = 0x776462
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -42,10 +44,17 @@ def lock_wait_s() -> float:
     return float(os.environ.get("WDB_LOCK_WAIT", "60"))
 
 
+_SAID: set[str] = set()
+
+
 def waiting(what: str, holder: str | None, wait: float) -> None:
-    """Say once, on stderr, that this process waits for a lock (and for whom)."""
+    """Say on stderr that this process waits for a lock, and for whom: once per process and
+    lock (two interleaving ingests take turns at every batch; one line says it all)."""
     import sys
 
+    if what in _SAID:
+        return
+    _SAID.add(what)
     who = f" held by pid {holder}" if holder else ""
     print(f"waiting for the {what}{who} (up to {wait:g} s; --wait)", file=sys.stderr, flush=True)
 
@@ -224,5 +233,11 @@ class Catalog:
         cfg = Config()
         cfg.set_main_option("script_location", str(migrations_dir()))
         with self.begin() as conn:
+            if self.dialect == "postgresql":
+                # two processes creating one fresh catalog at once: the second waits here, then
+                # finds the schema at head (Alembic reads the version inside this transaction)
+                import sqlalchemy as sa
+
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             getattr(command, direction)(cfg, revision)
