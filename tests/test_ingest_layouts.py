@@ -282,3 +282,27 @@ def test_mixed_architectures_get_one_space_each(tmp_path):
     assert rep["checkpoints_added"] == 3 and len(rep["spaces"].split(", ")) == 3
     spaces = {c["run"]: c["space"] for c in wdb.open(db).checkpoints()}
     assert len(set(spaces.values())) == 3
+
+
+def test_bad_shards_are_one_line_each_and_nothing_is_written(tmp_path):
+    zoo = tmp_path / "zoo"
+    for name in ("nan-model", "cut-model"):
+        tiny_bert(seed=3).save_pretrained(zoo / name, max_shard_size="15KB")
+    last = sorted((zoo / "nan-model").glob("model-*.safetensors"))[-1]
+    tensors = load_file(last)
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = float("nan")
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(last), metadata={"format": "pt"})
+    cut = sorted((zoo / "cut-model").glob("model-*.safetensors"))[-1]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    db = tmp_path / "db"
+    rep, res = ingest_json(db, zoo)
+    assert res.returncode == 3 and rep["checkpoints_added"] == 0, res.stderr
+    skipped = sorted(ln for ln in res.stderr.splitlines() if ln.startswith("skipped"))
+    assert len(skipped) == 2
+    assert "cut-model" in skipped[0] and "truncated" in skipped[0]
+    assert "nan-model" in skipped[1] and f"'{key}' contains NaN values" in skipped[1]
+    assert wdb.open(db).sql("SELECT count(*) AS n FROM checkpoints")[0]["n"] == 0

@@ -14,6 +14,7 @@ and ``wdb fsck`` reports them. A row is visible only once its bytes are on disk.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from wdb.dialect import insert_many, next_ids
+from wdb.errors import BadInput
 from wdb.spaces import Layout, row_sha256
 
 #: what a checkpoint is: a training checkpoint, a generator's sample, a baseline's sample, an
@@ -43,6 +45,16 @@ class Space:
 
 
 @dataclass
+class RowStream:
+    """A row too large to hold in memory twice (a sharded checkpoint), given as a callable that
+    yields its consecutive segments (storage dtype) each time it is called. ``write_checkpoints``
+    streams it into the store chunk by chunk and checks the content hash on the way."""
+
+    n: int
+    segments: Callable[[], Iterable[np.ndarray]]
+
+
+@dataclass
 class NewCheckpoint:
     """One checkpoint waiting to be written: its row plus everything the catalog records.
 
@@ -52,7 +64,7 @@ class NewCheckpoint:
 
     run: str
     step: int
-    row: np.ndarray
+    row: np.ndarray | RowStream
     kind: str = "training"
     zoo: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -156,11 +168,23 @@ def write_checkpoints(
         if not fresh:
             return result
         # 2. bytes
-        # one item (a large model): a view, not a second copy of its row
-        rows = [np.asarray(it.row) for it in fresh]
-        block = rows[0][None] if len(rows) == 1 else np.stack(rows)
-        block = block.astype(space.layout.storage_dtype, copy=False)
-        db.weights_store.write(space.array_path, start, block)
+        if any(isinstance(it.row, RowStream) for it in fresh):  # one at a time, streamed
+            for i, it in enumerate(fresh):
+                if isinstance(it.row, RowStream):
+                    got = db.weights_store.write_stream(
+                        space.array_path, start + i, it.row.n, it.row.segments()
+                    )
+                    if got != it.sha256:
+                        raise BadInput(f"{it.source or it.run}: file changed while being ingested")
+                else:
+                    row = np.asarray(it.row, dtype=space.layout.storage_dtype)
+                    db.weights_store.write(space.array_path, start + i, row[None])
+        else:
+            # one item (a large model): a view, not a second copy of its row
+            rows = [np.asarray(it.row) for it in fresh]
+            block = rows[0][None] if len(rows) == 1 else np.stack(rows)
+            block = block.astype(space.layout.storage_dtype, copy=False)
+            db.weights_store.write(space.array_path, start, block)
         # 3. one catalog transaction
         with db.catalog.begin() as conn:
             run_ids: dict[str, int] = {}

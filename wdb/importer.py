@@ -72,6 +72,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from wdb.checkpoints import RowStream
 from wdb.errors import BadInput, WdbError
 from wdb.spaces import Entry, Layout, storage_dtype_of
 from wdb.tensors import FLOAT_DTYPES, state_to_numpy
@@ -368,8 +369,8 @@ class Loaded:
     ``meta`` holds the JSON-able non-tensor entries (``checkpoints.meta``) and, under
     ``not_stored``, the names of entries that are neither (optimizer state, callbacks);
     ``numbers`` the numeric top-level entries of a training bundle (``epoch``, ``global_step``,
-    ``best_score``). A reader that streams a checkpoint into one row (sharded files) sets
-    ``layout`` and ``row`` instead of ``arrays``.
+    ``best_score``). A reader that gives a checkpoint as one row sets ``layout`` and ``row``
+    instead of ``arrays``, or ``layout`` and ``stream`` for a row too large to hold twice.
     """
 
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -378,6 +379,18 @@ class Loaded:
     numbers: dict[str, float] = field(default_factory=dict)
     layout: Layout | None = None
     row: np.ndarray | None = None
+    #: a row too large to hold twice: its segments in layout order, regenerated on each call
+    stream: Callable[[], Iterable[np.ndarray]] | None = None
+
+    def materialise(self) -> np.ndarray:
+        """The streamed row as one array (for callers that need it whole)."""
+        if self.row is None and self.stream is not None and self.layout is not None:
+            self.row = np.empty(self.layout.n_params, dtype=self.layout.storage_dtype)
+            pos = 0
+            for seg in self.stream():
+                self.row[pos : pos + seg.size] = seg
+                pos += seg.size
+        return self.row
 
     def step(self) -> int | None:
         """The file's own step counter, when it has one unambiguous integer value."""
@@ -505,9 +518,25 @@ def _sha256(row: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(row).data).hexdigest()
 
 
+def _digest(row: np.ndarray | RowStream) -> str:
+    """The row's content hash; a streamed row is read (and validated) once, segment by segment."""
+    if not isinstance(row, RowStream):
+        return _sha256(row)
+    h, n = hashlib.sha256(), 0
+    for seg in row.segments():
+        h.update(np.ascontiguousarray(seg).data)
+        n += seg.size
+    if n != row.n:
+        raise BadInput(f"the checkpoint's tensors hold {n} values, its layout {row.n}")
+    return h.hexdigest()
+
+
 def load_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Load one checkpoint file of any supported kind safely → (arrays, dtype names)."""
     got = read_checkpoint(path)
+    if got.layout is not None and not got.arrays:
+        row = got.materialise()
+        return got.layout.unflatten(row), {e.name: e.dtype for e in got.layout.entries}
     return got.arrays, got.dtypes
 
 
@@ -570,71 +599,87 @@ def read_index(index: Path) -> list[tuple[Path, list[str]]]:
 
 def read_sharded(index: Path) -> Loaded:
     """A sharded checkpoint (``model.safetensors.index.json`` or ``pytorch_model.bin.index.json``
-    with its shards) → one :class:`Loaded` holding one row.
+    with its shards) → one :class:`Loaded` whose row is streamed, never held whole.
 
-    Shards are streamed: the layout comes from the safetensors headers (a ``.bin`` shard is read
-    once for its shapes), then each tensor is copied into the row and dropped, so memory holds the
-    row plus one tensor (plus one ``.bin`` shard), never two copies of the model. Tensor order is
-    the index's ``weight_map`` order; every shard must hold exactly the tensors the index gives it.
+    The layout comes from the safetensors headers (a ``.bin`` shard is read once for its
+    shapes); ``Loaded.stream`` yields the row tensor by tensor, shard by shard, so ingest hashes
+    it in one pass and writes it into the store chunk by chunk in another: memory holds one
+    shard's pages and one chunk, not the model. Tensor order is shard by shard, each shard's
+    tensors in ``weight_map`` order; every shard must hold exactly the tensors the index names.
     """
     shards = read_index(index)
-    specs: list[tuple[str, tuple[int, ...], str]] = []
+    entries, offset = [], 0
     for path, names in shards:
         for name, shape, dtype in _shard_specs(path, names):
-            specs.append((name, shape, dtype))
-    entries, offset = [], 0
-    for name, shape, dtype in specs:
-        entries.append(Entry(name, shape, dtype, offset))
-        offset += math.prod(shape)
-    layout = Layout(tuple(entries), storage_dtype_of([d for _, _, d in specs]))
-    row = np.empty(layout.n_params, dtype=layout.storage_dtype)
-    for path, names in shards:
-        for name, arr, dtype in _shard_tensors(path, names):
-            check_finite(name, arr, dtype)
-            layout.put(row, layout.entry(name), arr)
+            entries.append(Entry(name, shape, dtype, offset))
+            offset += math.prod(shape)
+    layout = Layout(tuple(entries), storage_dtype_of([e.dtype for e in entries]))
+
+    def stream() -> Iterable[np.ndarray]:
+        for path, names in shards:
+            for name, arr, dtype in _shard_tensors(path, names):
+                check_finite(name, arr, dtype)
+                yield layout.segment(layout.entry(name), arr)
+
     meta = {"shards": len(shards), "shard_format": shards[0][0].suffix.lstrip(".")}
-    return Loaded(meta=meta, layout=layout, row=row)
+    return Loaded(meta=meta, layout=layout, stream=stream)
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """(tensor entries of the header, offset of the data) of a ``.safetensors`` file: an 8-byte
+    little-endian header length, then a JSON header (the format's whole specification)."""
+    try:
+        with path.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > 100 << 20:
+                raise ValueError("header larger than 100 MB")
+            header = json.loads(fh.read(n))
+    except (OSError, struct.error, ValueError) as exc:
+        raise BadInput(f"{path.name}: corrupt safetensors shard ({exc})") from None
+    header.pop("__metadata__", None)
+    return header, 8 + n
 
 
 def _shard_specs(path: Path, names: list[str]) -> Iterable[tuple[str, tuple[int, ...], str]]:
     """(name, shape, dtype) of a shard's tensors in index order, checked against the index."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                have = set(fh.keys())
-                _same_names(path, names, have)
-                for name in names:
-                    sl = fh.get_slice(name)
-                    dtype = _ST_DTYPES.get(sl.get_dtype())
-                    if dtype is None:
-                        raise BadInput(
-                            f"{path.name}: '{name}' has unsupported dtype {sl.get_dtype()}"
-                        )
-                    yield name, tuple(int(d) for d in sl.get_shape()), dtype
-        except BadInput:
-            raise
-        except Exception as exc:
-            raise BadInput(
-                f"{path.name}: corrupt safetensors shard ({str(exc).splitlines()[0]})"
-            ) from None
+        header, _ = _safetensors_header(path)
+        _same_names(path, names, set(header))
+        for name in names:
+            info = header[name]
+            dtype = _ST_DTYPES.get(info.get("dtype"))
+            if dtype is None:
+                raise BadInput(f"{path.name}: '{name}' has unsupported dtype {info.get('dtype')}")
+            yield name, tuple(int(d) for d in info["shape"]), dtype
         return
     for name, arr, dtype in _shard_tensors(path, names):
         yield name, tuple(arr.shape), dtype
 
 
 def _shard_tensors(path: Path, names: list[str]) -> Iterable[tuple[str, np.ndarray, str]]:
-    """(name, array, dtype name) per tensor of one shard, one at a time for safetensors."""
+    """(name, array, dtype name) per tensor of one shard, one at a time.
+
+    safetensors shards are read tensor by tensor with plain reads into a fresh array (not
+    through a memory map, whose touched pages would count against this process until the whole
+    shard is done); bf16 is widened exactly to float32, as everywhere in wdb.
+    """
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        from wdb.tensors import to_numpy
-
-        with safe_open(str(path), framework="pt") as fh:
+        header, base = _safetensors_header(path)
+        with path.open("rb") as fh:
             for name in names:
-                arr, dtype = to_numpy(fh.get_tensor(name), name)
-                yield name, arr, dtype
+                info = header[name]
+                dtype = _ST_DTYPES[info["dtype"]]
+                shape = tuple(int(d) for d in info["shape"])
+                start, stop = (int(x) for x in info["data_offsets"])
+                raw = np.empty(math.prod(shape), dtype=_np_dtype(dtype).newbyteorder("<"))
+                fh.seek(base + start)
+                if (
+                    stop - start != raw.nbytes
+                    or fh.readinto(memoryview(raw).cast("B")) != raw.nbytes
+                ):
+                    raise BadInput(f"{path.name}: '{name}' is truncated or its offsets are wrong")
+                arr = (raw.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else raw
+                yield name, arr.reshape(shape), dtype
         return
     try:
         got = unbundle(_torch_load(path))
@@ -720,7 +765,7 @@ def detect_format(path: Path) -> str:
 class _Item:
     found: Found
     layout: Layout
-    row: np.ndarray | None
+    row: np.ndarray | RowStream | None
     sha256: str
     nbytes: int
 
@@ -773,6 +818,7 @@ class _Ingest:
             else:
                 layout, row = self._row(f.load())
                 self.adopt(f, self.last_loaded)
+            sha = _digest(row)
         except WdbError as exc:
             self.skip(f.source, str(exc))
             return None
@@ -787,9 +833,10 @@ class _Ingest:
             return None
         f.kind = kind
         self.layouts.setdefault(layout.hash, layout)
-        return _Item(f, layout, row, _sha256(row), row.nbytes)
+        nbytes = layout.n_params * np.dtype(layout.storage_dtype).itemsize
+        return _Item(f, layout, row, sha, nbytes)
 
-    def _row(self, obj: Any) -> tuple[Layout, np.ndarray]:
+    def _row(self, obj: Any) -> tuple[Layout, np.ndarray | RowStream]:
         """A reader's loaded object → (layout, row); remembers it as ``last_loaded``."""
         got = obj if isinstance(obj, Loaded) else None
         if got is None:
@@ -798,6 +845,8 @@ class _Ingest:
             else:
                 got = unbundle(obj)
         self.last_loaded = got
+        if got.stream is not None and got.layout is not None:
+            return got.layout, RowStream(got.layout.n_params, got.stream)
         if got.row is not None and got.layout is not None:
             return got.layout, got.row
         arrays, dtypes = got.arrays, got.dtypes
@@ -857,7 +906,7 @@ class _Ingest:
             )
             return
         self.keys[key] = item.found.source
-        if self.strict:
+        if self.strict and not isinstance(item.row, RowStream):  # a stream holds no memory
             self.buffered += item.nbytes
             if self.buffered > self.buffer_budget:
                 item.row = None  # re-read at commit time
@@ -1002,7 +1051,7 @@ class _Ingest:
         self.created_runs |= {n.run for n in clean} & self.new_runs
         self._write_errors(ids, by_key)
 
-    def _reload(self, it: _Item) -> np.ndarray | None:
+    def _reload(self, it: _Item) -> np.ndarray | RowStream | None:
         f = it.found
         try:
             if f.layout is not None:
@@ -1014,7 +1063,7 @@ class _Ingest:
         except WdbError as exc:
             self.skip(f.source, str(exc))
             return None
-        if _sha256(row) != it.sha256:
+        if _digest(row) != it.sha256:
             self.skip(f.source, "file changed while being ingested")
             return None
         return row

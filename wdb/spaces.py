@@ -137,19 +137,22 @@ class Layout:
 
     def put(self, row: np.ndarray, e: Entry, value: np.ndarray) -> None:
         """Write one tensor into its place in ``row``, refusing a wrong shape or inexact value."""
+        row[e.offset : e.stop] = self.segment(e, value)
+
+    def segment(self, e: Entry, value: np.ndarray) -> np.ndarray:
+        """One tensor as its flat slice of a row (storage dtype; a view when no cast is needed),
+        refusing a wrong shape or a value the storage dtype cannot hold exactly."""
         arr = np.asarray(value)
         if tuple(arr.shape) != e.shape:
             raise BadInput(f"'{e.name}' has shape {list(arr.shape)}, expected {list(e.shape)}")
-        if e.dtype in FLOAT_DTYPES and e.dtype != "float64":  # widening (or same): exact
-            row[e.offset : e.stop] = arr.reshape(-1)
-            return
-        flat = arr.reshape(-1).astype(self.storage_dtype)
-        back = from_storage(flat, e.dtype)
-        if not np.array_equal(back, arr.reshape(-1)):
-            raise BadInput(
-                f"'{e.name}' ({e.dtype}) is not exactly representable as {self.storage_dtype}"
-            )
-        row[e.offset : e.stop] = flat
+        flat = arr.reshape(-1).astype(self.storage_dtype, copy=False)
+        if e.dtype not in FLOAT_DTYPES or e.dtype == "float64":  # narrowing: check it is exact
+            back = from_storage(flat, e.dtype)
+            if not np.array_equal(back, arr.reshape(-1)):
+                raise BadInput(
+                    f"'{e.name}' ({e.dtype}) is not exactly representable as {self.storage_dtype}"
+                )
+        return flat
 
     def unflatten(self, row: np.ndarray) -> dict[str, np.ndarray]:
         """One storage row → {name: array in the original dtype} (bf16 as float32)."""
