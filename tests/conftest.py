@@ -58,3 +58,26 @@ def _catalog(request, monkeypatch):
     monkeypatch.setenv("WDB_CATALOG_URL", server.create(name))
     yield
     server.drop(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from tests import s3server
+
+    try:
+        server = s3server.start()
+    except s3server.Unavailable as exc:
+        pytest.skip(f"S3 emulator unavailable: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_server, monkeypatch):
+    """A fresh bucket on the emulator as this test's weight store (``WDB_STORE_URL``); the
+    subprocesses a test starts inherit it."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    url = s3_server.bucket("wdb-" + os.urandom(4).hex()) + "/db"
+    monkeypatch.setenv("WDB_STORE_URL", url)
+    return url

@@ -80,9 +80,30 @@ def check_complete(db, want: dict) -> None:
         assert all(torch.equal(got[k], v) for k, v in want[(c["run"], c["step"])].items())
 
 
-@pytest.mark.parametrize("mode", ["after_bytes", "in_transaction", "slow"])
-def test_kill_then_rerun(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    "mode,store",
+    [
+        ("after_bytes", "local"),
+        ("in_transaction", "local"),
+        ("slow", "local"),
+        ("after_bytes", "s3"),
+        ("slow", "s3"),
+    ],
+)
+def test_kill_then_rerun(tmp_path: Path, mode: str, store: str, request) -> None:
+    """On the PostgreSQL run the ``s3`` cases are a PostgreSQL catalog plus the S3 emulator."""
     zoo, db_path = tmp_path / "zoo", tmp_path / "db"
+    if store == "s3":
+        url = request.getfixturevalue("s3_store")
+        server = request.getfixturevalue("s3_server")
+
+        def landed() -> bool:
+            return any("/c/" in k for k in server.keys(url))
+    else:
+
+        def landed() -> bool:
+            return any((db_path / "weights.zarr").rglob("c/*"))
+
     want = make_zoo(zoo)
     wdb.open(db_path)  # schema exists before the kill (the migration is not under test here)
     env = {**os.environ, "WDB_PROGRESS": "0"}
@@ -90,7 +111,7 @@ def test_kill_then_rerun(tmp_path: Path, mode: str) -> None:
     if mode == "slow":  # kill from outside, at an arbitrary moment after bytes started to land
         proc = subprocess.Popen(args, env=env)
         deadline = time.monotonic() + 60
-        while not any((db_path / "weights.zarr").rglob("c/*")) and time.monotonic() < deadline:
+        while not landed() and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(0.1)
         proc.send_signal(signal.SIGKILL)

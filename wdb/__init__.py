@@ -17,11 +17,15 @@ if TYPE_CHECKING:
     from wdb.db import Database
 
 
-def open(path: Any = None, catalog_url: str | None = None) -> Database:  # noqa: A001
-    """Open (creating or upgrading) the database directory at ``path`` (default ``./.wdb``)."""
+def open(  # noqa: A001
+    path: Any = None, catalog_url: str | None = None, store_url: str | None = None
+) -> Database:
+    """Open (creating or upgrading) the database directory at ``path`` (default ``./.wdb``);
+    ``catalog_url`` / ``store_url`` (or ``WDB_CATALOG_URL`` / ``WDB_STORE_URL``) move the catalog
+    to a server and the Zarr stores to object storage."""
     from wdb.db import open as _open
 
-    return _open(path, catalog_url)
+    return _open(path, catalog_url, store_url)
 
 
 def __getattr__(name: str) -> Any:

@@ -82,7 +82,10 @@ class Catalog:
             import sqlalchemy as sa
             from sqlalchemy.pool import NullPool
 
-            self._engine = sa.create_engine(self.url, poolclass=NullPool)
+            args = {}
+            if self.dialect == "postgresql":  # names this process in pg_stat_activity (locks)
+                args = {"application_name": f"wdb pid {os.getpid()}"}
+            self._engine = sa.create_engine(self.url, poolclass=NullPool, connect_args=args)
         return self._engine
 
     def _retry(self, fn):
@@ -140,6 +143,43 @@ class Catalog:
                 yield conn
         finally:
             conn.close()
+
+    @contextlib.contextmanager
+    def advisory_lock(self, key: int, what: str) -> Iterator[None]:
+        """Hold PostgreSQL advisory lock ``key`` for the block, on a connection of its own
+        (the block's own transactions come and go): the writers' lock across machines. Waits up
+        to :func:`lock_wait_s`, saying once whose backend pid holds it, then fails in one line."""
+        import sqlalchemy as sa
+
+        wait = lock_wait_s()
+        deadline = time.monotonic() + wait
+        said = False
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                name = conn.execute(
+                    sa.text(
+                        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+                        "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                        "AND l.objid = :lo LIMIT 1"
+                    ),
+                    {"lo": key & 0xFFFFFFFF},
+                ).scalar()
+                holder = name.split(" ")[-1] if name and name.startswith("wdb pid ") else None
+                if time.monotonic() > deadline:
+                    raise CatalogLocked(
+                        f"{self.url.split('@')[-1]}: another writer (pid {holder or '?'}) held "
+                        f"the {what} for more than {wait:g} s; try again when it finishes, or "
+                        "raise --wait"
+                    )
+                if not said and wait > 0:
+                    waiting(what, holder, wait)
+                    said = True
+                time.sleep(0.05)
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
 
     def query(self, sql: str, params: dict | None = None) -> list[dict]:
         """Run a read-only query; rows as dicts. ``:name`` placeholders."""

@@ -9,6 +9,12 @@ Layout of a database directory::
     index/           FAISS indexes
     .write.lock      serialises writers (bytes first, then one catalog transaction)
 
+The two Zarr stores may live on object storage instead (``WDB_STORE_URL=s3://bucket/prefix`` or
+``--store``: any fsspec URL, credentials and endpoint from the usual ``AWS_*`` variables); they are
+then ``<url>/weights.zarr`` and ``<url>/outputs.zarr``. A bucket has no file lock, so with a
+PostgreSQL catalog the writers' lock is a PostgreSQL advisory lock instead of ``.write.lock``:
+writers on different machines that share the catalog and the bucket take turns per commit.
+
 Writes go through :meth:`Database.write_checkpoints` (the protocol lives in ``wdb.checkpoints``):
 under the write lock, bytes first, then one catalog transaction, so a row is visible only once
 its bytes are on disk.
@@ -44,6 +50,8 @@ if TYPE_CHECKING:
     from wdb.importer import IngestReport
 
 DEFAULT_DB = ".wdb"
+#: the PostgreSQL advisory-lock key of the writers' lock ("wdbw" in ASCII)
+WRITE_LOCK = 0x77646277
 
 
 def resolve_path(path: str | os.PathLike | None = None) -> Path:
@@ -54,12 +62,19 @@ def resolve_path(path: str | os.PathLike | None = None) -> Path:
 class Database:
     """A wdb database directory. Cheap to construct; connections open per operation."""
 
-    def __init__(self, path: str | os.PathLike | None = None, catalog_url: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        catalog_url: str | None = None,
+        store_url: str | None = None,
+    ):
         self.path = resolve_path(path)
         url = catalog_url or os.environ.get("WDB_CATALOG_URL")
         self.catalog = Catalog(url or f"duckdb:///{self.path / 'catalog.duckdb'}")
-        self.weights_store = ArrayStore(self.path / "weights.zarr")
-        self.outputs_store = ArrayStore(self.path / "outputs.zarr")
+        self.store_url = (store_url or os.environ.get("WDB_STORE_URL") or "").rstrip("/") or None
+        base = self.store_url or str(self.path)
+        self.weights_store = ArrayStore(f"{base}/weights.zarr")
+        self.outputs_store = ArrayStore(f"{base}/outputs.zarr")
         self._spaces: dict[int, Space] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -93,6 +108,10 @@ class Database:
         from wdb.catalog import lock_wait_s, waiting
         from wdb.errors import CatalogLocked
 
+        if self.catalog.dialect == "postgresql":
+            with self.catalog.advisory_lock(WRITE_LOCK, "write lock"):
+                yield
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         lock = self.path / ".write.lock"
         with lock.open("a+") as fh:
@@ -518,6 +537,10 @@ class Database:
         return fsck(self, fix=fix)
 
 
-def open(path: str | os.PathLike | None = None, catalog_url: str | None = None) -> Database:  # noqa: A001
+def open(  # noqa: A001
+    path: str | os.PathLike | None = None,
+    catalog_url: str | None = None,
+    store_url: str | None = None,
+) -> Database:
     """Open (creating or upgrading if needed) the database at ``path``."""
-    return Database(path, catalog_url).init()
+    return Database(path, catalog_url, store_url).init()

@@ -84,9 +84,17 @@ class LazyGroup(click.Group):
     help="Seconds a writer waits for another process's lock on the database (also "
     "WDB_LOCK_WAIT), saying whose; then it fails in one line.",
 )
+@click.option(
+    "--store",
+    "store_url",
+    envvar="WDB_STORE_URL",
+    metavar="URL",
+    help="Keep the weight and output stores at this fsspec URL (e.g. s3://bucket/prefix; also "
+    "WDB_STORE_URL) instead of inside --db.",
+)
 @click.version_option(package_name="wdb")
 @click.pass_context
-def cli(ctx: click.Context, db_path: str, wait_s: float) -> None:
+def cli(ctx: click.Context, db_path: str, wait_s: float, store_url: str | None) -> None:
     """wdb: a database for neural-network checkpoints.
 
     Weights live in chunked Zarr arrays, everything else in a SQL catalog you can open with
@@ -95,4 +103,6 @@ def cli(ctx: click.Context, db_path: str, wait_s: float) -> None:
     import os
 
     os.environ["WDB_LOCK_WAIT"] = f"{wait_s:g}"  # read by wdb.catalog.lock_wait_s
+    if store_url:
+        os.environ["WDB_STORE_URL"] = store_url  # read by wdb.db.Database
     ctx.obj = {"db_path": db_path}
