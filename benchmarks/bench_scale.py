@@ -6,7 +6,9 @@ the same time (``WDB_INGEST_BATCH`` files per commit, so they interleave). The r
 sequential wall time over the concurrent one (> 1: the second writer helps). PostgreSQL is a
 throwaway server started by ``tests/pgserver.py`` (skipped, saying why, where it cannot start).
 
-Not measured here yet (issue 13): the S3 emulator and the distributed novelty engine.
+Also: one ingest of one zoo into a local store vs into a local S3 emulator (``moto``, started by
+``tests/s3server.py``; the ratio is local wall time over S3 wall time). Not measured here yet
+(issue 13): the distributed novelty engine.
 
     .venv/bin/python benchmarks/bench_scale.py [--n 1000] [--batch 256]
 """
@@ -56,6 +58,27 @@ def case(name: str, tmp: Path, zoos: list[Path], env: dict, fresh) -> None:
     )
 
 
+def s3_case(tmp: Path, zoo: Path, env: dict) -> None:
+    from tests import s3server
+
+    try:
+        server = s3server.start()
+    except s3server.Unavailable as exc:
+        print(f"s3 emulator skipped: {exc}")
+        return
+    try:
+        local = ingest(tmp / "local_store", [zoo], env, together=False)
+        s3env = {**env, **server.env, "WDB_STORE_URL": server.bucket("bench") + "/db"}
+        remote = ingest(tmp / "s3_store", [zoo], s3env, together=False)
+    finally:
+        server.stop()
+    n = len(list(zoo.rglob("*.pt")))
+    print(
+        f"{'store':10s} local disk {local:6.2f} s ({n / local:5.0f} files/s)   S3 emulator "
+        f"{remote:6.2f} s ({n / remote:5.0f} files/s)   ratio {local / remote:.2f}x"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000, help="files per zoo")
@@ -72,6 +95,7 @@ def main() -> None:
         env.pop("WDB_CATALOG_URL", None)
         print(f"2 zoos x {args.n} files, {args.batch} files per commit, {os.cpu_count()} cores")
         case("duckdb", tmp, zoos, env, lambda tag: tmp / f"duck_{tag}")
+        s3_case(tmp, zoos[0], env)
         from tests import pgserver
 
         try:

@@ -213,9 +213,12 @@ def _place(root: Path, f: Path) -> tuple[str, int | None, bool, dict[str, float]
         return _rel(root, d), glob or 0, glob is None, metrics, _hf_config(d)
     if d.name == "checkpoints" and f.suffix.lower() == ".ckpt" and d != root:
         return _rel(root, d.parent), step_from_name(f.stem), True, {}, None
+    stem = (
+        f.name[: -len(INDEX_SUFFIX)].rsplit(".", 1)[0] if f.name.endswith(INDEX_SUFFIX) else f.stem
+    )
     if d == root:
-        return f.stem, 0, True, {}, None
-    return _rel(root, d), step_from_name(f.stem), True, {}, None
+        return stem, 0, True, {}, None
+    return _rel(root, d), step_from_name(stem), True, {}, None
 
 
 def _units(root: Path, files: list[Path]) -> Iterator[Found]:
