@@ -7,8 +7,10 @@ sequential wall time over the concurrent one (> 1: the second writer helps). Pos
 throwaway server started by ``tests/pgserver.py`` (skipped, saying why, where it cannot start).
 
 Also: one ingest of one zoo into a local store vs into a local S3 emulator (``moto``, started by
-``tests/s3server.py``; the ratio is local wall time over S3 wall time). Not measured here yet
-(issue 13): the distributed novelty engine.
+``tests/s3server.py``; the ratio is local wall time over S3 wall time); and ``wdb query novelty``
+of ``--targets`` (2,000) against ``--refs`` (10,000) in one space, in process vs on a local Dask
+cluster of 2 workers (``--workers 2``), checked identical (ratio: in-process time over engine
+time, the index built before either is timed).
 
     .venv/bin/python benchmarks/bench_scale.py [--n 1000] [--batch 256]
 """
@@ -79,11 +81,54 @@ def s3_case(tmp: Path, zoo: Path, env: dict) -> None:
     )
 
 
+def novelty_case(tmp: Path, n_targets: int, n_refs: int, dim: int) -> None:
+    import numpy as np
+
+    import wdb
+    from wdb import query
+    from wdb.index import ensure
+    from wdb.spaces import Layout
+
+    os.environ.pop("WDB_CATALOG_URL", None)
+    os.environ.pop("WDB_STORE_URL", None)
+    db = wdb.open(tmp / "novelty_db")
+    rng = np.random.default_rng(0)
+    layout = Layout.from_arrays({"w": np.zeros(dim, np.float32)})
+    base = rng.normal(size=dim).astype(np.float32)
+    refs = (base + rng.normal(0, 0.3, (n_refs, dim))).astype(np.float32)
+    db.add_checkpoints(layout, refs, run="train", kind="training", zoo="z")
+    gen = (base + rng.normal(0, 0.3, (n_targets, dim))).astype(np.float32)
+    db.add_checkpoints(layout, gen, run="gen", kind="generated", zoo="z")
+    ensure(db, db.space(1))
+    t = time.perf_counter()
+    local = query.novelty(db, "kind = 'generated'", save=False)
+    t_local = time.perf_counter() - t
+    t = time.perf_counter()
+    dist = query.novelty(db, "kind = 'generated'", save=False, workers=2)
+    t_dist = time.perf_counter() - t
+    same = [(r["nearest_id"], r["min_l2"]) for r in local] == [
+        (r["nearest_id"], r["min_l2"]) for r in dist
+    ]
+    print(
+        f"novelty    {n_targets} targets x {n_refs} refs, {dim} params: in process {t_local:6.2f} s"
+        f"   2 Dask workers {t_dist:6.2f} s (cluster start-up included)   ratio "
+        f"{t_local / t_dist:.2f}x   identical: {same}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000, help="files per zoo")
     ap.add_argument("--batch", type=int, default=256, help="files per commit")
+    ap.add_argument("--targets", type=int, default=2000)
+    ap.add_argument("--refs", type=int, default=10000)
+    ap.add_argument("--dim", type=int, default=2000, help="parameters per checkpoint")
+    ap.add_argument("--only-novelty", action="store_true")
     args = ap.parse_args()
+    if args.only_novelty:
+        with tempfile.TemporaryDirectory() as tmp:
+            novelty_case(Path(tmp), args.targets, args.refs, args.dim)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         zoos = [tmp / "zoo_a", tmp / "zoo_b"]
@@ -102,6 +147,7 @@ def main() -> None:
             server = pgserver.start()
         except pgserver.Unavailable as exc:
             print(f"postgresql skipped: {exc}")
+            novelty_case(tmp, args.targets, args.refs, args.dim)
             return
         try:
 
@@ -112,6 +158,7 @@ def main() -> None:
             case("postgresql", tmp, zoos, env, fresh)
         finally:
             server.stop()
+        novelty_case(tmp, args.targets, args.refs, args.dim)
 
 
 if __name__ == "__main__":

@@ -434,6 +434,7 @@ def novelty(
     aligned: bool = False,
     eval_set: int | str | None = None,
     save: bool = True,
+    workers: int | None = None,
 ) -> list[dict]:
     """Per target: min L2 to the reference set, nearest reference, max error-set IoU, accuracy.
 
@@ -444,8 +445,12 @@ def novelty(
     is stored as one ``relations`` row per space (kind 'novelty', with the selections, the
     reference fingerprint, index version and time), its ``neighbors`` (k per target) and
     ``similarity`` rows; ``relation_status`` tells whether it is still current. Rows carry
-    ``relation_id``.
+    ``relation_id``. ``workers`` (or ``WDB_ENGINE``) runs the neighbour search on Dask
+    (``wdb.engine``), with the same results to the last bit.
     """
+    from wdb import engine as engines
+
+    run_on = engines.spec(workers)
     tgt = select(db, targets)
     if not len(tgt):
         raise NotFound(f"no checkpoints match targets '{targets}'")
@@ -463,8 +468,9 @@ def novelty(
         ref = select(db, ref_sql, space_id)
         q_rows = _read(db, space, tgt.rows[picks])
         if len(ref):
-            engine = aligned_knn if aligned else knn
-            nn_ids, nn_d, info = engine(db, space, q_rows, list(t_ids), ref, k)
+            nn_ids, nn_d, info = engines.knn(
+                db, space, q_rows, list(t_ids), ref, k, aligned, run_on
+            )
         else:
             nn_ids = np.full((len(picks), k), -1, dtype=np.int64)
             nn_d = np.full((len(picks), k), np.nan)

@@ -107,8 +107,15 @@ def nearest_cmd(run, step, k, among, aligned, eval_set, fmt) -> None:
 @click.option("--aligned", is_flag=True, help="Min distance by permutation-aligned L2 (exact).")
 @click.option("--eval-set", default=None, help="Eval set for error sets (default: best covered).")
 @click.option("--no-save", is_flag=True, help="Do not store the result in relations/similarity.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run the neighbour search on a local Dask cluster of N worker processes (same results "
+    "to the last bit; default: in process, or WDB_ENGINE).",
+)
 @output_options
-def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, fmt) -> None:
+def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, workers, fmt) -> None:
     """Per target: min L2 to the reference set, nearest reference, max error-set IoU, accuracy.
 
     Stored as tables (relations, neighbors, similarity; join on relation_id / checkpoint_id);
@@ -117,7 +124,14 @@ def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, fmt) -> None:
     from wdb.query import novelty
 
     rows = novelty(
-        get_db(), targets, reference, k=k, aligned=aligned, eval_set=eval_set, save=not no_save
+        get_db(),
+        targets,
+        reference,
+        k=k,
+        aligned=aligned,
+        eval_set=eval_set,
+        save=not no_save,
+        workers=workers,
     )
     emit(rows, fmt, title="novelty")
     if rows and all(r.get("max_iou") is None for r in rows):

@@ -1,0 +1,114 @@
+"""Where the heavy batches run: in this process (the default) or on a Dask cluster.
+
+``--workers N`` (or ``WDB_ENGINE=local:N``) starts a local cluster of N single-threaded worker
+processes for one command and stops it afterwards; ``WDB_ENGINE=tcp://host:8786`` uses a running
+Dask scheduler (its workers must see the same database folder, catalog and store). Today
+``wdb query novelty``'s nearest-neighbour search runs there; evaluation and the analyses'
+relations still run in process.
+
+Why Dask and not Ray: ``distributed`` is pure Python, a local cluster starts in a couple of
+seconds with no daemon, and its futures map one-to-one on "run this function over these
+chunks"; Ray's object store and dashboard are a heavier service for a 2-core laptop and CI.
+
+Same results to the last bit: work is split by query rows, and every row's distances are computed
+by exactly the in-process code (``wdb.query.knn`` / ``aligned_knn``, one row at a time), on the
+same stored bytes; workers reopen the database from its path and URLs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from wdb.errors import WdbError
+
+
+def spec(workers: int | None = None) -> str:
+    """The engine to use: ``"local"`` (in process), ``"local:N"`` or a scheduler address."""
+    if workers is not None:
+        return "local" if workers <= 1 else f"local:{int(workers)}"
+    return os.environ.get("WDB_ENGINE", "local")
+
+
+@contextlib.contextmanager
+def client(engine: str) -> Iterator[Any]:
+    """A Dask client for ``engine`` (None for in process)."""
+    if engine == "local":
+        yield None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise WdbError(
+            f"engine '{engine}' needs Dask (pip install 'wdb[dask]'), or use --workers 1"
+        ) from None
+    if engine.startswith("local:"):
+        n = int(engine.split(":", 1)[1])
+        env = {"OMP_NUM_THREADS": "1", "WDB_PROGRESS": "0"}
+        with (
+            LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                env=env,
+            ) as cluster,
+            Client(cluster) as c,
+        ):
+            yield c
+        return
+    with Client(engine) as c:
+        yield c
+
+
+def _db_spec(db) -> tuple[str, str, str | None]:
+    return str(db.path), db.catalog.url, db.store_url
+
+
+def _knn_part(db_spec, space, q_rows, q_ids, ref, k, aligned):
+    """One chunk of queries, on a worker: the in-process search, unchanged."""
+    from wdb.db import Database
+    from wdb.query import aligned_knn, knn
+
+    db = Database(*db_spec)
+    return (aligned_knn if aligned else knn)(db, space, q_rows, q_ids, ref, k)
+
+
+def knn(
+    db, space, q_rows: np.ndarray, q_ids: list, ref, k: int, aligned: bool, engine: str
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``wdb.query.knn`` (or ``aligned_knn``) over all query rows, on ``engine``."""
+    from wdb import query
+
+    if engine == "local" or len(q_rows) < 2:
+        return (query.aligned_knn if aligned else query.knn)(db, space, q_rows, q_ids, ref, k)
+    if not aligned and len(ref) > query.BRUTE_MAX:
+        from wdb.index import ensure
+
+        ensure(db, space)  # built once here, not by every worker at once
+    with client(engine) as c:
+        n = max(1, len(c.scheduler_info()["workers"]))
+        bounds = np.linspace(0, len(q_rows), min(len(q_rows), 4 * n) + 1).astype(int)
+        parts = [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+        ref_f, space_f = c.scatter(ref, broadcast=True), c.scatter(space, broadcast=True)
+        futures = [
+            c.submit(
+                _knn_part,
+                _db_spec(db),
+                space_f,
+                q_rows[a:b],
+                q_ids[a:b],
+                ref_f,
+                k,
+                aligned,
+                pure=False,
+            )
+            for a, b in parts
+        ]
+        got = c.gather(futures)
+    info = dict(got[-1][2], engine=engine, parts=len(parts))
+    return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), info
