@@ -92,7 +92,7 @@ def knn(
         ensure(db, space)  # built once here, not by every worker at once
     with client(engine) as c:
         n = max(1, len(c.scheduler_info()["workers"]))
-        bounds = np.linspace(0, len(q_rows), min(len(q_rows), 4 * n) + 1).astype(int)
+        bounds = np.linspace(0, len(q_rows), min(len(q_rows), n) + 1).astype(int)
         parts = [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
         ref_f, space_f = c.scatter(ref, broadcast=True), c.scatter(space, broadcast=True)
         futures = [
