@@ -97,3 +97,34 @@ def test_cli_index_build_status(db):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)[0]
     assert out["state"] == "fresh" and out["indexed"] == 20
+
+
+def test_subset_search_by_flat_copy_matches_the_id_selector(db, monkeypatch):
+    """Many queries against a subset of the index take a flat copy of the subset (BLAS) instead
+    of FAISS's per-vector IDSelector scan; after the exact refinement the result is identical."""
+    from wdb import index, query
+    from wdb.spaces import Layout
+
+    rng = np.random.default_rng(1)
+    layout = Layout.from_arrays({"w": np.zeros(64, np.float32)})
+    base = rng.normal(size=64).astype(np.float32)
+    db.add_checkpoints(
+        layout,
+        base + rng.normal(0, 0.3, (600, 64)).astype(np.float32),
+        run="train",
+        kind="training",
+        zoo="z",
+    )
+    db.add_checkpoints(
+        layout,
+        base + rng.normal(0, 0.3, (100, 64)).astype(np.float32),
+        run="gen",
+        kind="generated",
+        zoo="z",
+    )
+    fast = query.novelty(db, "kind = 'generated'", k=4, save=False)
+    monkeypatch.setattr(index, "SUBSET_COPY_BYTES", 0)
+    slow = query.novelty(db, "kind = 'generated'", k=4, save=False)
+    assert [(r["nearest_id"], r["min_l2"]) for r in fast] == [
+        (r["nearest_id"], r["min_l2"]) for r in slow
+    ]
