@@ -148,7 +148,8 @@ class Catalog:
     def advisory_lock(self, key: int, what: str) -> Iterator[None]:
         """Hold PostgreSQL advisory lock ``key`` for the block, on a connection of its own
         (the block's own transactions come and go): the writers' lock across machines. Waits up
-        to :func:`lock_wait_s`, saying once whose backend pid holds it, then fails in one line."""
+        to :func:`lock_wait_s`, saying once which wdb process (pid) holds it, then fails in one
+        line."""
         import sqlalchemy as sa
 
         wait = lock_wait_s()
