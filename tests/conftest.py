@@ -34,23 +34,28 @@ def _torch_threads():
 ON_POSTGRES = os.environ.get("WDB_TEST_CATALOG") == "postgresql"
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    from tests import pgserver
+def _start(module: str, what: str):
+    """Start the throwaway service ``tests/<module>.py``, or skip the test saying why not."""
+    import importlib
+
+    from tests.services import Unavailable
 
     try:
-        server = pgserver.start()
-    except pgserver.Unavailable as exc:
-        pytest.skip(f"PostgreSQL half skipped: {exc}")
+        return importlib.import_module(f"tests.{module}").start()
+    except Unavailable as exc:
+        pytest.skip(f"{what}: {exc}")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    server = _start("pgserver", "PostgreSQL half skipped")
     yield server
     server.stop()
 
 
 @pytest.fixture(autouse=True)
 def _catalog(request, monkeypatch):
-    if not ON_POSTGRES or request.node.get_closest_marker("duckdb_only"):
-        if ON_POSTGRES:
-            pytest.skip("DuckDB only: " + request.node.get_closest_marker("duckdb_only").args[0])
+    if not ON_POSTGRES:
         yield
         return
     server = request.getfixturevalue("pg_server")
@@ -62,12 +67,7 @@ def _catalog(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def s3_server():
-    from tests import s3server
-
-    try:
-        server = s3server.start()
-    except s3server.Unavailable as exc:
-        pytest.skip(f"S3 emulator unavailable: {exc}")
+    server = _start("s3server", "S3 emulator unavailable")
     yield server
     server.stop()
 

@@ -14,14 +14,11 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
-
-class Unavailable(RuntimeError):
-    """PostgreSQL cannot be started here; the message says why."""
+from tests.services import Unavailable, free_port
 
 
 def _bin(name: str) -> str:
@@ -32,12 +29,6 @@ def _bin(name: str) -> str:
         if os.access(os.path.join(d, name), os.X_OK):
             return os.path.join(d, name)
     raise Unavailable(f"'{name}' not found (apt-get install postgresql)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -51,7 +42,7 @@ class Server:
         self.initdb, self.pg_ctl = _bin("initdb"), _bin("pg_ctl")
         self.root = Path(tempfile.mkdtemp(prefix="wdb-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.prefix: list[str] = []
         if os.geteuid() == 0:
             runuser = shutil.which("runuser")

@@ -13,15 +13,7 @@ import subprocess
 import sys
 import time
 
-
-class Unavailable(RuntimeError):
-    """The emulator cannot run here; the message says why."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.services import Unavailable, free_port
 
 
 class Server:
@@ -33,7 +25,7 @@ class Server:
                 __import__(mod)
             except ImportError:
                 raise Unavailable(f"{mod} is not installed (pip install '{extra}')") from None
-        self.port = _free_port()
+        self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
