@@ -50,7 +50,7 @@ def ingest(db: Path, zoos: list[Path], env: dict, together: bool) -> float:
     return wall
 
 
-def case(name: str, tmp: Path, zoos: list[Path], env: dict, fresh) -> None:
+def case(name: str, zoos: list[Path], env: dict, fresh) -> None:
     seq = ingest(fresh("seq"), zoos, env, together=False)
     par = ingest(fresh("par"), zoos, env, together=True)
     n = sum(len(list(z.rglob("*.pt"))) for z in zoos)
@@ -139,7 +139,7 @@ def main() -> None:
         env = {**os.environ, "WDB_PROGRESS": "0", "WDB_INGEST_BATCH": str(args.batch)}
         env.pop("WDB_CATALOG_URL", None)
         print(f"2 zoos x {args.n} files, {args.batch} files per commit, {os.cpu_count()} cores")
-        case("duckdb", tmp, zoos, env, lambda tag: tmp / f"duck_{tag}")
+        case("duckdb", zoos, env, lambda tag: tmp / f"duck_{tag}")
         s3_case(tmp, zoos[0], env)
         from tests import pgserver
 
@@ -155,7 +155,7 @@ def main() -> None:
                 env["WDB_CATALOG_URL"] = server.create(f"bench_{tag}")
                 return tmp / f"pg_{tag}"
 
-            case("postgresql", tmp, zoos, env, fresh)
+            case("postgresql", zoos, env, fresh)
         finally:
             server.stop()
         novelty_case(tmp, args.targets, args.refs, args.dim)

@@ -246,7 +246,7 @@ def _units(root: Path, files: list[Path]) -> Iterator[Found]:
         if f in claimed:
             continue
         if COMPANIONS.match(f.name):
-            yield Found(str(f), "", 0, lambda: None, companion="no weights")
+            yield Found(str(f), "", 0, lambda: None, companion=True)
             continue
         shard = SHARD_NAME.match(f.name)
         if shard:

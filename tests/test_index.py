@@ -108,20 +108,9 @@ def test_subset_search_by_flat_copy_matches_the_id_selector(db, monkeypatch):
     rng = np.random.default_rng(1)
     layout = Layout.from_arrays({"w": np.zeros(64, np.float32)})
     base = rng.normal(size=64).astype(np.float32)
-    db.add_checkpoints(
-        layout,
-        base + rng.normal(0, 0.3, (600, 64)).astype(np.float32),
-        run="train",
-        kind="training",
-        zoo="z",
-    )
-    db.add_checkpoints(
-        layout,
-        base + rng.normal(0, 0.3, (100, 64)).astype(np.float32),
-        run="gen",
-        kind="generated",
-        zoo="z",
-    )
+    for run, kind, n in (("train", "training", 600), ("gen", "generated", 100)):
+        rows = base + rng.normal(0, 0.3, (n, 64)).astype(np.float32)
+        db.add_checkpoints(layout, rows, run=run, kind=kind, zoo="z")
     fast = query.novelty(db, "kind = 'generated'", k=4, save=False)
     monkeypatch.setattr(index, "SUBSET_COPY_BYTES", 0)
     slow = query.novelty(db, "kind = 'generated'", k=4, save=False)

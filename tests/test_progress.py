@@ -24,7 +24,7 @@ def test_lines_mode_prints_a_line_per_interval_with_an_eta(monkeypatch, capsys):
     assert 4 <= len(lines) <= 8, lines  # one per interval, not one redrawn line
     assert "\r" not in "".join(lines)
     assert lines[-1].startswith("slow work: 100%") and "6/6" in lines[-1] and "loss=5" in lines[-1]
-    assert any("<" in ln and "it/s" in ln or "s/it" in ln for ln in lines)  # elapsed<ETA, rate
+    assert any("<" in ln and ("it/s" in ln or "s/it" in ln) for ln in lines)  # elapsed<ETA, rate
 
 
 def test_off_when_not_a_terminal_and_forced_modes(monkeypatch, capsys):

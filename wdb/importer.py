@@ -117,7 +117,7 @@ class Found:
     step_guessed: bool = False
     #: set for a file that belongs with a checkpoint but holds no weights (optimizer, scheduler,
     #: RNG state, training arguments): counted as a companion, neither stored nor an error.
-    companion: str | None = None
+    companion: bool = False
 
 
 @runtime_checkable
@@ -792,7 +792,6 @@ class _Ingest:
         self.created_runs: set[str] = set()
         self.layout_cache: dict[tuple, Layout] = {}
         self.generator_run_id: int | None = None
-        self.last_loaded: Loaded | None = None
         # (run, tensor names and dtypes) → the layout hash that run's files have
         self.run_layout: dict[tuple[str, tuple], str] = {}
 
@@ -816,8 +815,8 @@ class _Ingest:
                 row = np.asarray(f.load())
                 row = _check_row(layout, row)
             else:
-                layout, row = self._row(f.load())
-                self.adopt(f, self.last_loaded)
+                layout, row, got = self._row(f.load())
+                self.adopt(f, got)
             sha = _digest(row)
         except WdbError as exc:
             self.skip(f.source, str(exc))
@@ -836,25 +835,24 @@ class _Ingest:
         nbytes = layout.n_params * np.dtype(layout.storage_dtype).itemsize
         return _Item(f, layout, row, sha, nbytes)
 
-    def _row(self, obj: Any) -> tuple[Layout, np.ndarray | RowStream]:
-        """A reader's loaded object → (layout, row); remembers it as ``last_loaded``."""
+    def _row(self, obj: Any) -> tuple[Layout, np.ndarray | RowStream, Loaded]:
+        """A reader's loaded object → (layout, row, the :class:`Loaded` it was read as)."""
         got = obj if isinstance(obj, Loaded) else None
         if got is None:
             if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], dict):
                 got = Loaded(*normalise(obj))
             else:
                 got = unbundle(obj)
-        self.last_loaded = got
         if got.stream is not None and got.layout is not None:
-            return got.layout, RowStream(got.layout.n_params, got.stream)
+            return got.layout, RowStream(got.layout.n_params, got.stream), got
         if got.row is not None and got.layout is not None:
-            return got.layout, got.row
+            return got.layout, got.row, got
         arrays, dtypes = got.arrays, got.dtypes
         key = tuple((k, a.shape, dtypes[k]) for k, a in arrays.items())
         layout = self.layout_cache.get(key)
         if layout is None:
             layout = self.layout_cache[key] = Layout.from_arrays(arrays, dtypes)
-        return layout, layout.flatten(arrays)
+        return layout, layout.flatten(arrays), got
 
     @staticmethod
     def adopt(f: Found, got: Loaded) -> None:
@@ -1057,7 +1055,7 @@ class _Ingest:
             if f.layout is not None:
                 row = _check_row(f.layout, np.asarray(f.load()))
             else:
-                layout, row = self._row(f.load())
+                layout, row, _ = self._row(f.load())
                 if layout.hash != it.layout.hash:
                     raise BadInput("file changed while being ingested")
         except WdbError as exc:
@@ -1111,8 +1109,8 @@ class _Ingest:
 
 
 def _signature(layout: Layout) -> tuple:
-    """What makes files "the same architecture" for the dominance rule: names and dtypes (a
-    zoo saved partly in fp16 gets a second space; a different *shape* is a mismatch)."""
+    """What makes files of one run "the same architecture": names and dtypes (a run saved partly
+    in fp16 gets a second space; a different *shape* under the same names is a mismatch)."""
     return tuple((e.name, e.dtype) for e in layout.entries)
 
 
