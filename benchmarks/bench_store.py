@@ -1,14 +1,20 @@
 """Weight-store bytes and read times: codecs and chunk shapes, measured in one run.
 
-1. Bytes on disk vs raw parameter bytes (lossless round trip checked) for
+1. Bytes on disk vs raw parameter bytes (lossless round trip checked), per case:
    (a) independent runs: final weights of N separately initialised MLPs 64-32-10 trained on
-       sklearn digits (trained vectorised, a few seconds), and
-   (b) consecutive steps of one run: every training step of a few runs, rows of a run adjacent;
-   for the store's codec (``wdb.store._compressor``) and alternatives.
-2. Single-row and column-slice read times (and append-write time) for the store's chunk shape
-   (``ROWS_PER_CHUNK`` x ``COLS_PER_CHUNK``) vs alternatives, on a wider space (D = 65,536).
+       sklearn digits (trained vectorised, a few seconds);
+   (b) consecutive steps of one run: every Adam step (lr 1e-2) of a few of those runs, rows of a
+       run adjacent;
+   (c) P-diff's BN-only steps: the ``mnist-bn`` task's zoo (``size="small"``, 300 BN-only AdamW
+       steps of bn1/bn2, 512 params), trained here and read back through ``wdb ingest``;
+   (d) a bf16 model: the (a) weights cast to bfloat16, stored as the store stores bf16 (float32
+       rows, ``wdb.spaces.storage_dtype_of``); raw is the bf16 bytes, 2 per parameter;
+   for the store's codec before issue 14 (Blosc zstd1 bitshuffle), ``wdb.rowdelta`` (the store's
+   codec now, ``wdb.codec``), plain zstd, and ``zipnn`` over the same chunks if it is installed.
+2. Single-row and column-slice read times and append time: old codec vs new on the store's chunk
+   shape, then the store's chunk shape vs alternatives, on a wider space (D = 65,536).
 
-    .venv/bin/python benchmarks/bench_store.py [--runs 512] [--steps 64]
+    .venv/bin/python benchmarks/bench_store.py [--runs 512] [--steps 32] [--bn-steps 300]
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ def write_array(path: Path, data: np.ndarray, chunks, codec) -> float:
         shutil.rmtree(path)
     arr = zarr.create_array(
         str(path),
-        shape=(0, data.shape[1]),
+        shape=(0, *data.shape[1:]),
         chunks=chunks,
         dtype=data.dtype,
         compressors=codec,
@@ -77,47 +83,127 @@ def write_array(path: Path, data: np.ndarray, chunks, codec) -> float:
     return time.perf_counter() - t
 
 
+def blosc_before(dtype: np.dtype) -> BloscCodec:
+    """The store's codec before issue 14, which old databases still hold."""
+    return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=dtype.itemsize)
+
+
 CODECS = {
-    "store: " + "blosc zstd5 bitshuffle": lambda: store._compressor(np.dtype("float32")),
-    "blosc lz4 bitshuffle": lambda: BloscCodec(
-        cname="lz4", clevel=5, shuffle="bitshuffle", typesize=4
-    ),
-    "blosc zstd1 bitshuffle": lambda: BloscCodec(
-        cname="zstd", clevel=1, shuffle="bitshuffle", typesize=4
-    ),
-    "zstd3 (no shuffle)": lambda: ZstdCodec(level=3),
+    "before: blosc zstd1 bitshuffle": blosc_before,
+    "store: wdb.rowdelta": store._compressor,
+    "zstd3 (no shuffle)": lambda dt: ZstdCodec(level=3),
 }
 
 
-def storage(tmp: Path, name: str, data: np.ndarray) -> None:
-    raw = data.nbytes
+def zipnn_bytes(data: np.ndarray, chunks: tuple[int, int], bf16: bool) -> tuple[int, bool] | None:
+    """zipnn's bytes over the same chunks (bf16 rows compressed as bf16), or None if absent."""
+    try:
+        from zipnn import ZipNN
+    except ImportError:
+        return None
+    zn = ZipNN(bytearray_dtype="bfloat16" if bf16 else "float32", threads=1)
+    total, exact = 0, True
+    for i in range(0, data.shape[0], chunks[0]):
+        for j in range(0, data.shape[1], chunks[1]):
+            block = np.ascontiguousarray(data[i : i + chunks[0], j : j + chunks[1]])
+            raw = (block.view(np.uint32) >> 16).astype(np.uint16) if bf16 else block
+            packed = zn.compress(raw.tobytes())
+            total += len(packed)
+            exact &= bytes(zn.decompress(packed)) == raw.tobytes()
+    return total, exact
+
+
+def storage(tmp: Path, name: str, data: np.ndarray, raw: int | None = None) -> dict[str, float]:
+    """Print and return bytes-on-disk / ``raw`` per codec (``raw``: the checkpoints' bytes)."""
+    raw = raw or data.nbytes
+    bf16 = raw == data.size * 2
     print(f"\n{name}: {data.shape[0]} rows x {data.shape[1]} params, raw {raw / 1e6:.2f} MB")
+    chunks = (store.ROWS_PER_CHUNK, min(data.shape[1], store.COLS_PER_CHUNK))
+    out = {}
     for cname, codec in CODECS.items():
-        chunks = (store.ROWS_PER_CHUNK, min(data.shape[1], store.COLS_PER_CHUNK))
-        t = write_array(tmp / "a", data, chunks, codec())
+        t = write_array(tmp / "a", data, chunks, codec(data.dtype))
         back = zarr.open_array(str(tmp / "a"))[:]
-        exact = np.array_equal(back.view(np.uint32), data.view(np.uint32))
+        exact = np.array_equal(back.view(np.uint8), data.view(np.uint8))
+        out[cname] = disk_bytes(tmp / "a") / raw
         print(
-            f"  {cname:28s} {disk_bytes(tmp / 'a') / raw:6.3f}x raw   write {raw / t / 1e6:6.1f} MB/s"
+            f"  {cname:32s} {out[cname]:6.3f}x raw   write {data.nbytes / t / 1e6:6.1f} MB/s"
             f"   lossless={exact}"
         )
-    # XOR with the previous row of the same run (the STACK.md idea; not a zarr codec)
-    x = data.view(np.uint32).copy()
-    x[1:] ^= data.view(np.uint32)[:-1]
-    write_array(
-        tmp / "x",
-        x,
-        (store.ROWS_PER_CHUNK, min(x.shape[1], store.COLS_PER_CHUNK)),
-        CODECS["store: blosc zstd5 bitshuffle"](),
-    )
-    print(f"  {'(xor prev row + store codec)':28s} {disk_bytes(tmp / 'x') / raw:6.3f}x raw")
+    z = zipnn_bytes(data, chunks, bf16)
+    if z is None:
+        print(f"  {'zipnn':32s} (not installed: pip install zipnn)")
+    else:
+        out["zipnn"] = z[0] / raw
+        print(f"  {'zipnn (same chunks)':32s} {out['zipnn']:6.3f}x raw   lossless={z[1]}")
+    return out
+
+
+def pdiff_rows(tmp: Path, steps: int) -> np.ndarray:
+    """The BN-only rows of the mnist-bn zoo, in step order, as ``wdb ingest`` stores them."""
+    import wdb
+    from wdb.tasks.mnist_bn import MnistBN
+
+    zoo = MnistBN().train_zoo(tmp / "bn-zoo", runs=steps, size="small")
+    db = wdb.open(tmp / "bn-db")
+    db.ingest(zoo)
+    ids = [
+        r["id"]
+        for r in db.sql(
+            "SELECT c.id FROM checkpoints c JOIN runs r ON r.id = c.run_id "
+            "WHERE r.name LIKE '%-bn' ORDER BY c.step"
+        )
+    ]
+    return db.weights(ids)
+
+
+def time_reads(path: Path, data: np.ndarray, cols: slice, picks: np.ndarray) -> tuple[float, float]:
+    arr = zarr.open_array(str(path))
+    t = time.perf_counter()
+    for i in picks:
+        arr[int(i)]
+    t_row = (time.perf_counter() - t) / len(picks)
+    t = time.perf_counter()
+    sl = arr[:, cols]
+    t_col = time.perf_counter() - t
+    assert np.array_equal(sl, data[:, cols])
+    return t_row, t_col
+
+
+def time_appends(path: Path, data: np.ndarray, codec) -> float:
+    """Seconds per appended row, one row at a time (how ``write_stream`` and small ingests go)."""
+    write_array(path, data[:0], (store.ROWS_PER_CHUNK, store.COLS_PER_CHUNK), codec)
+    arr = zarr.open_array(str(path), mode="a")
+    n = min(64, data.shape[0])
+    t = time.perf_counter()
+    for i in range(n):
+        arr.resize((i + 1, data.shape[1]))
+        arr[i] = data[i]
+    return (time.perf_counter() - t) / n
 
 
 def reads(tmp: Path, n_rows: int, width: int) -> None:
     rng = np.random.default_rng(0)
+    # weights of the scale of trained ones, rows drifting like consecutive steps
     data = (rng.normal(size=(n_rows, width)) * 0.05).astype(np.float32)
+    data = np.cumsum(data * 0.01, axis=0, dtype=np.float32) + data[0]
     cols = slice(width - width // 16, width)  # "the last layers": 1/16 of the columns
-    print(f"\nread times: {n_rows} rows x {width} params (random-normal weights)")
+    picks = rng.integers(0, n_rows, 50)
+    print(f"\nread times: {n_rows} rows x {width} params (random-walk rows), codec before vs now")
+    shape = (store.ROWS_PER_CHUNK, store.COLS_PER_CHUNK)
+    base = None
+    for cname, codec in CODECS.items():
+        if cname.startswith("zstd"):
+            continue
+        write_array(tmp / "r", data, shape, codec(data.dtype))
+        t_row, t_col = time_reads(tmp / "r", data, cols, picks)
+        t_app = time_appends(tmp / "w", data, codec(data.dtype))
+        base = base or (t_row, t_col, t_app)
+        print(
+            f"  {cname:32s} row {t_row * 1e3:6.2f} ms ({t_row / base[0]:4.2f}x, target <= 2x)  "
+            f"col-slice {t_col * 1e3:6.1f} ms ({t_col / base[1]:4.2f}x, target <= 2x)  "
+            f"append {t_app * 1e3:5.1f} ms/row ({t_app / base[2]:4.2f}x)"
+        )
+    print(f"\nchunk shapes, store codec: {n_rows} rows x {width} params")
     base = None
     for rows, ccols in [
         (store.ROWS_PER_CHUNK, store.COLS_PER_CHUNK),
@@ -127,18 +213,9 @@ def reads(tmp: Path, n_rows: int, width: int) -> None:
         (128, 2048),
     ]:
         t_write = write_array(
-            tmp / "r", data, (rows, min(width, ccols)), CODECS["store: blosc zstd5 bitshuffle"]()
+            tmp / "r", data, (rows, min(width, ccols)), store._compressor(data.dtype)
         )
-        arr = zarr.open_array(str(tmp / "r"))
-        picks = rng.integers(0, n_rows, 50)
-        t = time.perf_counter()
-        for i in picks:
-            arr[int(i)]
-        t_row = (time.perf_counter() - t) / len(picks)
-        t = time.perf_counter()
-        sl = arr[:, cols]
-        t_col = time.perf_counter() - t
-        assert np.array_equal(sl, data[:, cols])
+        t_row, t_col = time_reads(tmp / "r", data, cols, picks)
         label = f"{rows} x {min(width, ccols)}" + ("  (store)" if base is None else "")
         base = base or (t_row, t_col)
         print(
@@ -148,10 +225,19 @@ def reads(tmp: Path, n_rows: int, width: int) -> None:
         )
 
 
+TARGETS = {  # issue 14: the new codec's bytes vs raw, per case
+    "(a)": 0.85,
+    "(b)": 0.55,
+    "(c)": 0.55,
+    "(d)": 0.70,
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=512)
     ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--bn-steps", type=int, default=300, help="P-diff case (0: skip it)")
     ap.add_argument("--read-rows", type=int, default=512)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -162,11 +248,29 @@ def main() -> None:
         f"trained {args.runs} MLPs 64-32-10 on digits for {args.steps} steps "
         f"in {time.perf_counter() - t:.1f} s"
     )
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        storage(tmp, "(a) independent runs (final weights)", final)
-        storage(tmp, "(b) consecutive steps of one run (8 runs, rows of a run adjacent)", per_step)
+        results["(a)"] = storage(tmp, "(a) independent runs (final weights)", final)
+        results["(b)"] = storage(
+            tmp, "(b) consecutive steps of one run (8 runs, rows of a run adjacent)", per_step
+        )
+        if args.bn_steps:
+            t = time.perf_counter()
+            bn = pdiff_rows(tmp, args.bn_steps)
+            print(f"\n(trained the mnist-bn zoo in {time.perf_counter() - t:.1f} s)")
+            results["(c)"] = storage(tmp, "(c) P-diff's BN-only steps (mnist-bn, one run)", bn)
+        bf16 = torch.from_numpy(final).to(torch.bfloat16).to(torch.float32).numpy()
+        results["(d)"] = storage(
+            tmp, "(d) bf16 model (the (a) weights in bfloat16)", bf16, raw=bf16.size * 2
+        )
         reads(tmp, args.read_rows, 65536)
+    print("\nissue 14 targets (wdb.rowdelta bytes vs raw):")
+    for case, target in TARGETS.items():
+        if case in results:
+            got = results[case]["store: wdb.rowdelta"]
+            verdict = "met" if got <= target else "NOT met"
+            print(f"  {case} {got:.3f}x raw, target <= {target:.2f}x: {verdict}")
 
 
 if __name__ == "__main__":

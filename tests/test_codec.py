@@ -1,0 +1,168 @@
+"""The store's codec, ``wdb.rowdelta``: lossless on every bit pattern, and it earns its keep."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zarr.codecs import BloscCodec
+
+from wdb import codec
+from wdb.codec import RowDeltaCodec
+
+DTYPES = ["float32", "float16", "float64", "int8", "int32", "int64", "uint8", "uint16", "bool"]
+SPECIAL = {  # bit patterns a float codec must not normalise
+    "float32": [0x80000000, 0x7FC00001, 0xFFC12345, 0x7F800000, 0xFF800000, 0x00000001, 0x807FFFFF],
+    "float16": [0x8000, 0x7E01, 0xFD55, 0x7C00, 0xFC00, 0x0001, 0x83FF],
+    "float64": [1 << 63, 0x7FF8000000000001, 0xFFF0000000000000, 1, 0x800FFFFFFFFFFFFF],
+}
+
+
+@st.composite
+def chunks(draw):
+    """A chunk of random bits, often with rows that are small steps from the row above (so
+    that the delta modes are taken) and with NaN payloads, -0.0, infinities and denormals."""
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    rows = draw(st.integers(1, 9))
+    cols = draw(st.integers(1, 40))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, (rows, cols)).astype(bool)
+    bits = rng.integers(0, 256, rows * cols * dtype.itemsize, dtype=np.uint8)
+    x = bits.view(dtype).reshape(rows, cols).copy()
+    kind = draw(st.sampled_from(["random", "steps", "momentum"]))
+    if kind != "random" and dtype.kind == "f":
+        base = rng.normal(size=cols).astype(dtype)
+        walk = np.cumsum(rng.normal(size=(rows, cols)) * 1e-3, axis=0)
+        if kind == "momentum":
+            walk = np.cumsum(walk, axis=0)
+        x = (base + walk).astype(dtype)
+    elif kind != "random":
+        x = np.cumsum(rng.integers(-3, 4, (rows, cols)), axis=0).astype(dtype)
+    if dtype.name in SPECIAL and draw(st.booleans()):
+        u = x.view(f"u{dtype.itemsize}").reshape(-1)
+        picks = rng.integers(0, u.size, min(u.size, len(SPECIAL[dtype.name])))
+        u[picks] = np.array(SPECIAL[dtype.name][: picks.size], dtype=u.dtype)
+    return x
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks(), st.sampled_from([1, 3]))
+def test_encode_decode_is_bit_exact(x, level):
+    blob = codec.encode(x.tobytes(), x.shape, x.dtype, level)
+    back = codec.decode(blob, x.shape, x.dtype)
+    assert back.tobytes() == x.tobytes()
+
+
+def test_one_dimensional_and_empty_chunks_round_trip():
+    for x in [np.arange(7, dtype=np.float32), np.zeros((0, 5), dtype=np.float32)]:
+        back = codec.decode(codec.encode(x.tobytes(), x.shape, x.dtype, 1), x.shape, x.dtype)
+        assert back.tobytes() == x.tobytes()
+
+
+def _modes(blob: bytes, rows: int) -> list[int]:
+    return list(blob[2 : 2 + rows])
+
+
+def test_related_rows_are_deltas_and_unrelated_rows_are_not():
+    rng = np.random.default_rng(0)
+    base = (rng.normal(size=4096) * 0.05).astype(np.float32)
+    drift = np.cumsum(rng.normal(size=(8, 4096)) * 1e-5, axis=0)
+    steps = (base + drift).astype(np.float32)
+    independent = (rng.normal(size=(8, 4096)) * 0.05).astype(np.float32)
+    step_blob = codec.encode(steps.tobytes(), steps.shape, steps.dtype, 1)
+    indep_blob = codec.encode(independent.tobytes(), independent.shape, independent.dtype, 1)
+    assert _modes(step_blob, 8)[0] == codec.RAW
+    assert all(m != codec.RAW for m in _modes(step_blob, 8)[1:])
+    assert _modes(indep_blob, 8) == [codec.RAW] * 8
+    # and the deltas pay: consecutive steps take well under the bytes of independent rows
+    assert len(step_blob) < 0.75 * len(indep_blob)
+
+
+def test_momentum_rows_use_the_second_difference():
+    rng = np.random.default_rng(1)
+    base, velocity = rng.normal(size=4096), rng.normal(size=4096) * 1e-3
+    rows = np.stack([base + k * velocity for k in range(6)]).astype(np.float32)
+    modes = _modes(codec.encode(rows.tobytes(), rows.shape, rows.dtype, 1), 6)
+    assert modes[1] == codec.DELTA and codec.DELTA2 in modes[2:]
+
+
+def test_bf16_values_stored_as_float32_compress_below_their_own_size():
+    """The store keeps bf16 checkpoints as float32 rows; the zero low bytes must cost nothing."""
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(32, 4096)) * 0.05).astype(np.float32)
+    x = (x.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+    blob = codec.encode(x.tobytes(), x.shape, x.dtype, 1)
+    assert len(blob) < 0.75 * x.size * 2  # under three quarters of the bf16 bytes
+
+
+def test_damaged_and_foreign_chunks_fail_with_a_reason():
+    x = np.ones((4, 64), dtype=np.float32)
+    blob = bytearray(codec.encode(x.tobytes(), x.shape, x.dtype, 1))
+    with pytest.raises(ValueError, match="version"):
+        codec.decode(bytes([99]) + bytes(blob[1:]), x.shape, x.dtype)
+    with pytest.raises(ValueError, match="2-byte values read as float32|4-byte"):
+        codec.decode(blob, x.shape, np.dtype("float16"))
+    blob[-3:] = b"\xff\xff\xff"
+    with pytest.raises(ValueError, match="byte plane"):
+        codec.decode(bytes(blob), x.shape, x.dtype)
+
+
+def test_zarr_alone_reads_the_arrays(tmp_path):
+    """The codec is registered under zarr's entry point: a program that never imports wdb
+    reads the store (as long as the package is installed)."""
+    rng = np.random.default_rng(3)
+    data = (np.cumsum(rng.normal(size=(40, 300)) * 1e-3, axis=0) + 1).astype(np.float32)
+    arr = zarr.create_array(
+        str(tmp_path / "a"),
+        shape=data.shape,
+        chunks=(32, 128),
+        dtype="float32",
+        compressors=RowDeltaCodec(level=1),
+        fill_value=0,
+    )
+    arr[:] = data
+    np.save(tmp_path / "want.npy", data)
+    script = (
+        "import sys, numpy as np, zarr; "
+        "assert 'wdb' not in sys.modules; "
+        f"a = zarr.open_array({str(tmp_path / 'a')!r}); "
+        f"assert np.array_equal(a[:].view(np.uint32), "
+        f"np.load({str(tmp_path / 'want.npy')!r}).view(np.uint32)); print(a.compressors)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "RowDeltaCodec" in out.stdout
+
+
+def test_codec_config_round_trips_and_refuses_bad_levels():
+    c = RowDeltaCodec(level=3)
+    assert RowDeltaCodec.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="level"):
+        RowDeltaCodec(level=99)
+
+
+def test_new_arrays_get_the_codec_and_old_ones_stay_readable(tmp_path):
+    from wdb.store import ArrayStore
+
+    store = ArrayStore(tmp_path / "s.zarr")
+    new = store.create("spaces/1", 100, "float32")
+    assert isinstance(new.compressors[0], RowDeltaCodec)
+    old = store.group.create_array(
+        "spaces/2",
+        shape=(0, 100),
+        chunks=(32, 100),
+        dtype="float32",
+        compressors=BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=4),
+        fill_value=0,
+    )
+    rows = np.random.default_rng(4).normal(size=(5, 100)).astype(np.float32)
+    store.write("spaces/2", 0, rows)
+    assert np.array_equal(ArrayStore(tmp_path / "s.zarr").read("spaces/2", [4, 0]), rows[[4, 0]])
+    assert isinstance(old.compressors[0], BloscCodec)

@@ -1,0 +1,348 @@
+"""``wdb.rowdelta``: the weight store's lossless Zarr codec for chunks of checkpoint rows.
+
+A chunk is ``R`` rows (checkpoints) by ``C`` values. The codec, a Zarr v3 bytes-to-bytes codec
+placed after the default ``bytes`` codec (little-endian), does three things, all bijective on
+the bit patterns (NaN payloads, -0.0 and denormals come back as they went in):
+
+1. **Row delta.** Each row after the first may be stored as the difference from the row above
+   it, taken on the integer order of the values (floats mapped to unsigned integers that sort
+   like the floats, subtracted modulo 2**bits, then zigzag-coded so that small differences of
+   either sign have many leading zero bits). Consecutive checkpoints of one run sit in adjacent
+   rows (ingest appends a run's steps in order), so their difference is small. Whether a row is
+   stored as its delta or as itself is decided per row, by the order-0 entropy of its byte
+   planes either way: unrelated rows (other runs, the zero padding of a chunk still filling up)
+   stay as they are. The choice is one byte per row in the chunk's header.
+2. **Byte planes.** The values' bytes are regrouped by significance (all first bytes, all
+   second bytes, ...), ZipNN's idea: the plane holding the exponent has 2-3 bits of entropy,
+   the low mantissa planes about 8. Floats stored as themselves are first rotated left one bit,
+   so that the exponent fills one byte plane and the sign moves next to the noise.
+3. **zstd per plane.** Each plane is compressed on its own, so zstd's Huffman tables fit the
+   plane (one zstd call over the concatenated planes mixes them inside its blocks and loses a
+   third of the gain on independent runs: 0.870x against 0.842x of raw, measured).
+
+Why a Zarr codec and not a row-group layout of our own: the chunk is already the unit the
+store reads and rewrites, the delta reference (the row above) lives in the same chunk, so a
+single-row read still decodes exactly one chunk per column block; and any program with ``zarr``
+and this package installed reads the arrays (the codec is registered under the ``zarr.codecs``
+entry point). Integer rather than XOR delta: on consecutive Adam steps of the digits MLPs XOR
+gave 0.709x of raw, the integer delta 0.666x (0.639x vs 0.539x at lr 1e-3;
+``benchmarks/bench_store.py`` prints the cases).
+
+Rows of wide spaces (one row per chunk, ``wdb.store.WIDE``) have no row above them in their
+chunk: they get byte planes and zstd only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import struct
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numcodecs import Blosc
+from numcodecs.zstd import Zstd
+from zarr.abc.codec import BytesBytesCodec
+from zarr.core.common import JSON, parse_named_configuration
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.buffer import Buffer
+
+NAME = "wdb.rowdelta"
+VERSION = 1
+RAW, DELTA, DELTA2 = 0, 1, 2  # row modes: itself; minus the row above; minus the line through two
+ZSTD, BITS = 0, 1  # plane coders: zstd; bit-shuffled then zstd (Blosc), for near-constant planes
+SAMPLES = 512  # values per row the mode choice looks at
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+_local = threading.local()
+
+
+def _scratch(name: str, n: int, dtype: type) -> np.ndarray:
+    """A work array of this thread, reused from chunk to chunk. Measured: a fresh 1 MiB array
+    costs ~0.4 ms of page faults here (glibc hands freed large blocks back to the system), ten
+    times the arithmetic done on it; so every step below writes into these with ``out=``."""
+    cache = _local.__dict__.setdefault("arrays", {})
+    arr = cache.get((name, dtype))
+    if arr is None or arr.size < n:
+        arr = cache[(name, dtype)] = np.empty(n, dtype=dtype)
+    return arr[:n]
+
+
+def _kind(dtype: np.dtype) -> str:
+    """'f' (float bits: rotate, order by sign-magnitude), 'i' (signed), 'u' (anything else
+    of 1, 2, 4 or 8 bytes: booleans, unsigned)."""
+    return dtype.kind if dtype.kind in "fi" else "u"
+
+
+def _ordered(u: np.ndarray, kind: str, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """Unsigned integers that sort like the values (a bijection on the bit patterns): floats
+    flip all bits when negative and the sign bit when not; signed integers flip the sign bit."""
+    t = u.dtype.type
+    top = t(1 << (8 * u.itemsize - 1))
+    if kind == "f":
+        np.right_shift(u, t(8 * u.itemsize - 1), out=tmp)
+        np.negative(tmp, out=tmp)  # 0 or all ones
+        np.bitwise_or(tmp, top, out=tmp)
+        return np.bitwise_xor(u, tmp, out=out)
+    if kind == "i":
+        return np.bitwise_xor(u, top, out=out)
+    np.copyto(out, u)
+    return out
+
+
+def _unordered(o: np.ndarray, kind: str, tmp: np.ndarray) -> np.ndarray:
+    """In place: the inverse of :func:`_ordered`."""
+    t = o.dtype.type
+    top = t(1 << (8 * o.itemsize - 1))
+    if kind == "f":
+        np.right_shift(o, t(8 * o.itemsize - 1), out=tmp)
+        np.subtract(tmp, t(1), out=tmp)  # all ones (was negative) or 0
+        np.bitwise_or(tmp, top, out=tmp)
+        return np.bitwise_xor(o, tmp, out=o)
+    if kind == "i":
+        return np.bitwise_xor(o, top, out=o)
+    return o
+
+
+def _zigzag(d: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """In place: signed differences to unsigned, small magnitudes first (0, -1, 1, -2, ...)."""
+    s = d.view(_INT[d.itemsize])
+    np.right_shift(s, 8 * d.itemsize - 1, out=tmp.view(s.dtype))
+    np.left_shift(s, 1, out=s)
+    np.bitwise_xor(s, tmp.view(s.dtype), out=s)
+    return d
+
+
+def _unzigzag(z: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """In place: the inverse of :func:`_zigzag`."""
+    t = z.dtype.type
+    np.bitwise_and(z, t(1), out=tmp)
+    np.negative(tmp, out=tmp)
+    np.right_shift(z, t(1), out=z)
+    return np.bitwise_xor(z, tmp, out=z)
+
+
+def _rotate(u: np.ndarray, left: bool, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """Rotate the bits by one (left: the sign bit becomes the lowest)."""
+    t, bits = u.dtype.type, 8 * u.itemsize
+    a, b = (t(1), t(bits - 1)) if left else (t(bits - 1), t(1))
+    np.left_shift(u, a, out=out)
+    np.right_shift(u, b, out=tmp)
+    return np.bitwise_or(out, tmp, out=out)
+
+
+def _histograms(words: np.ndarray) -> np.ndarray:
+    """Byte histograms ``[rows, planes, 256]`` of every row of ``words`` [R, S] (unsigned)."""
+    n_rows, n_cols = words.shape
+    size = words.itemsize
+    planes = np.ascontiguousarray(words).view(np.uint8).reshape(n_rows, n_cols, size)
+    slot = (np.arange(n_rows)[:, None] * size + np.arange(size)[None, :]) * 256
+    counts = np.bincount((planes + slot[:, None, :]).ravel(), minlength=n_rows * size * 256)
+    return counts.reshape(n_rows, size, 256)
+
+
+def _bits(counts: np.ndarray) -> np.ndarray:
+    """Order-0 entropy in bits of the histograms on the last axis, times their sample count
+    (``N log2 N - sum c log2 c``): what zstd's Huffman stage would pay, near enough to choose
+    by."""
+    total = counts.sum(axis=-1)
+    table = _clog2(int(total.max(initial=0)))
+    return table[total] - table[counts].sum(axis=-1)
+
+
+@functools.cache
+def _clog2_table(n: int) -> np.ndarray:
+    c = np.arange(n + 1, dtype=np.float64)
+    return c * np.log2(np.maximum(c, 1))
+
+
+def _clog2(n: int) -> np.ndarray:
+    """``c log2 c`` for c = 0..n (at least), from a cached table."""
+    return _clog2_table(max(1 << 15, 1 << int(n).bit_length()))
+
+
+def _row_modes(u: np.ndarray, words: np.ndarray, kind: str) -> np.ndarray:
+    """Per row, the cheapest of: itself, its delta from the row above, its residual from the
+    line through the two rows above (momentum). Rewrites ``words`` (both [R, C]) in place
+    and returns the modes."""
+    n_rows, n_cols = u.shape
+    n = u.size
+    t = u.dtype.type
+    tmp = _scratch("tmp", n, t)
+    o = _ordered(u.reshape(-1), kind, _scratch("o", n, t), tmp).reshape(n_rows, n_cols)
+    d1 = np.subtract(o[1:], o[:-1], out=_scratch("d1", n - n_cols, t).reshape(-1, n_cols))
+    cands = [words[1:], None]
+    if n_rows > 2:
+        e2 = _scratch("e2", n - n_cols, t).reshape(-1, n_cols)
+        np.subtract(d1[1:], d1[:-1], out=e2[1:])
+        np.copyto(e2[:1], d1[:1])
+        cands.append(_zigzag(e2, tmp[: e2.size].reshape(e2.shape)))
+    cands[1] = _zigzag(d1, tmp[: d1.size].reshape(d1.shape))
+    step = max(1, n_cols // SAMPLES)
+    cost = np.stack([_bits(_histograms(c[:, ::step])).sum(axis=1) for c in cands])
+    pick = cost.argmin(axis=0)
+    if n_rows > 2 and pick[0] == DELTA2:  # row 1 has one row above it: its "e2" is its delta
+        pick[0] = DELTA
+    for r in np.flatnonzero(pick != RAW):
+        words[r + 1] = cands[pick[r]][r]
+    modes = np.zeros(n_rows, dtype=np.uint8)
+    modes[1:] = pick
+    return modes
+
+
+def encode(data: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype, level: int) -> bytes:
+    """The chunk's little-endian bytes (``shape``, ``dtype``) to the codec's bytes."""
+    dtype = np.dtype(dtype)
+    size = dtype.itemsize
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if raw.size == 0:
+        return struct.pack("<BB", VERSION, 0)
+    if size not in _UINT:
+        return struct.pack("<BB", VERSION, 0) + Zstd(level).encode(raw)
+    kind, t = _kind(dtype), _UINT[size]
+    n_rows = shape[0] if len(shape) > 1 else 1
+    u = raw.view(t)
+    n = u.size
+    words, tmp = _scratch("words", n, t), _scratch("tmp", n, t)
+    if kind == "f":
+        _rotate(u, True, out=words, tmp=tmp)
+    else:
+        np.copyto(words, u)
+    modes = np.zeros(n_rows, dtype=np.uint8)
+    if n_rows > 1:
+        modes = _row_modes(u.reshape(n_rows, -1), words.reshape(n_rows, -1), kind)
+    step = max(1, n // (SAMPLES * 32))
+    plane_bits = _bits(_histograms(words[None, ::step]))[0] / words[::step].size
+    coders, blobs = [], []
+    plane = _scratch("plane", n, np.uint8)
+    for p in range(size):
+        if size > 1:
+            np.copyto(plane, np.right_shift(words, t(8 * p), out=tmp), casting="unsafe")
+        else:
+            plane = words
+        blob, coder = Zstd(level).encode(plane), ZSTD
+        if plane_bits[p] < 1.5:  # Huffman pays >= 1 bit a byte; bit planes need not
+            shuffled = Blosc("zstd", level, Blosc.BITSHUFFLE).encode(plane)
+            if len(shuffled) < len(blob):
+                blob, coder = shuffled, BITS
+        coders.append(coder)
+        blobs.append(blob)
+    head = struct.pack(
+        f"<BB{n_rows}s{size}s{size}I",
+        VERSION,
+        size,
+        modes.tobytes(),
+        bytes(coders),
+        *map(len, blobs),
+    )
+    return head + b"".join(blobs)
+
+
+def decode(blob: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The codec's bytes back to the chunk's little-endian bytes (a new uint8 array)."""
+    dtype = np.dtype(dtype)
+    buf = memoryview(np.frombuffer(blob, dtype=np.uint8))
+    version, size = struct.unpack_from("<BB", buf)
+    if version != VERSION:
+        raise ValueError(f"{NAME}: chunk written by codec version {version}, this is {VERSION}")
+    if size == 0:  # empty, or values of an odd size: plain zstd
+        rest = buf[2:]
+        return np.frombuffer(Zstd().decode(rest) if len(rest) else b"", dtype=np.uint8)
+    if size != dtype.itemsize:
+        raise ValueError(f"{NAME}: chunk of {size}-byte values read as {dtype}")
+    kind, t = _kind(dtype), _UINT[size]
+    n_rows = shape[0] if len(shape) > 1 else 1
+    at = 2
+    modes = np.frombuffer(buf[at : at + n_rows], dtype=np.uint8)
+    coders = bytes(buf[at + n_rows : at + n_rows + size])
+    at += n_rows + size
+    lengths = struct.unpack_from(f"<{size}I", buf, at)
+    at += 4 * size
+    n = int(np.prod(shape))
+    out = np.empty(n, dtype=t)
+    words = _scratch("words", n, t)
+    tmp = _scratch("tmp", n, t)
+    plane = _scratch("plane", n, np.uint8) if size > 1 else words.view(np.uint8)
+    for p, (coder, length) in enumerate(zip(coders, lengths, strict=True)):
+        part = buf[at : at + length]
+        at += length
+        try:
+            (Blosc() if coder == BITS else Zstd()).decode(part, out=plane)
+        except Exception as exc:  # a short, long or damaged plane: say which
+            raise ValueError(f"{NAME}: byte plane {p} does not decode to {n} values") from exc
+        if size == 1:
+            break
+        if p == 0:
+            np.copyto(words, plane, casting="unsafe")
+        else:
+            np.copyto(tmp, plane, casting="unsafe")
+            np.bitwise_or(words, np.left_shift(tmp, t(8 * p), out=tmp), out=words)
+    if kind == "f":
+        _rotate(words, False, out=out, tmp=tmp)
+    else:
+        np.copyto(out, words)
+    delta_rows = np.flatnonzero(modes != RAW)
+    if delta_rows.size:
+        o = _ordered(out, kind, _scratch("o", n, t), tmp).reshape(n_rows, -1)
+        resid = _unzigzag(words, tmp).reshape(n_rows, -1)
+        for r in delta_rows:  # in order: the rows a delta refers to are rebuilt first
+            np.add(o[r - 1], resid[r], out=o[r])
+            if modes[r] == DELTA2:
+                np.add(o[r], o[r - 1], out=o[r])
+                np.subtract(o[r], o[r - 2], out=o[r])
+        values = _unordered(o.reshape(-1), kind, tmp).reshape(n_rows, -1)
+        np.copyto(out.reshape(n_rows, -1), values, where=(modes != RAW)[:, None])
+    return out.view(np.uint8)
+
+
+@dataclass(frozen=True)
+class RowDeltaCodec(BytesBytesCodec):
+    """The Zarr face of :func:`encode` / :func:`decode` (``{"name": "wdb.rowdelta"}``)."""
+
+    is_fixed_size = False
+    level: int = 1
+
+    def __init__(self, *, level: int = 1) -> None:
+        if not isinstance(level, int) or not -7 <= level <= 22:
+            raise ValueError(f"{NAME}: zstd level must be an integer in -7..22, got {level!r}")
+        object.__setattr__(self, "level", level)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, JSON]) -> Self:
+        _, config = parse_named_configuration(data, NAME)
+        return cls(**config)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, JSON]:
+        return {"name": NAME, "configuration": {"level": self.level}}
+
+    def _encode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer | None:
+        dtype = chunk_spec.dtype.to_native_dtype()
+        out = encode(chunk_bytes.as_numpy_array(), chunk_spec.shape, dtype, self.level)
+        return chunk_spec.prototype.buffer.from_bytes(out)
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer:
+        dtype = chunk_spec.dtype.to_native_dtype()
+        out = decode(chunk_bytes.as_numpy_array(), chunk_spec.shape, dtype)
+        return chunk_spec.prototype.buffer.from_array_like(out)
+
+    async def _encode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer | None:
+        return await asyncio.to_thread(self._encode_sync, chunk_bytes, chunk_spec)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer:
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+    def compute_encoded_size(self, _input_byte_length: int, _chunk_spec: ArraySpec) -> int:
+        raise NotImplementedError
+
+
+def register() -> None:
+    """Make the codec known to zarr in this process (the entry point does it for installs)."""
+    from zarr.registry import register_codec
+
+    register_codec(NAME, RowDeltaCodec)
