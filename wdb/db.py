@@ -44,6 +44,7 @@ from wdb.spaces import Layout
 from wdb.store import ArrayStore
 
 if TYPE_CHECKING:
+    from wdb.compact import CompactReport
     from wdb.evaluate import EvalReport
     from wdb.fsck import FsckReport
     from wdb.generate import GenerateReport
@@ -529,6 +530,12 @@ class Database:
             config_file=config_file,
             from_run=from_run,
         )
+
+    def compact(self, dry_run: bool = False) -> CompactReport:
+        """Re-encode arrays of an older codec; see :mod:`wdb.compact`."""
+        from wdb.compact import compact
+
+        return compact(self, dry_run=dry_run)
 
     def fsck(self, fix: bool = False) -> FsckReport:
         """Check hashes, orphans and missing bytes; see :func:`wdb.fsck.fsck`."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from wdb.compact import leftovers
 from wdb.spaces import row_sha256
 
 #: bytes of weights read per block while hashing.
@@ -177,4 +178,10 @@ def fsck(db, fix: bool = False) -> FsckReport:
             _check_space(db, space, report, fix)
         _orphans(db, report, fix)
         _outputs(db, report)
+        for store in (db.weights_store, db.outputs_store):
+            for name in leftovers(store):
+                report.problems.append(
+                    f"{name}: a copy left by an interrupted `wdb compact` (run it again to "
+                    "finish or remove it)"
+                )
     return report

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "sql": "wdb.cli.store:sql",
     "export": "wdb.cli.store:export",
     "fsck": "wdb.cli.store:fsck",
+    "compact": "wdb.cli.store:compact",
     "zoo": "wdb.cli.zoo:zoo",
     "evaluate": "wdb.cli.zoo:evaluate",
     "plugins": "wdb.cli.zoo:plugins",
