@@ -85,6 +85,13 @@ DEFAULT_PRIORITY = 50
 #: bytes one commit holds in memory (large models commit in smaller batches).
 BATCH = int(os.environ.get("WDB_INGEST_BATCH", "4096"))
 BATCH_BYTES = 256 << 20
+#: processes that read, flatten and hash files ahead of the one writer (``WDB_INGEST_WORKERS``,
+#: see :func:`ingest_workers`; 0 reads in the writing process), used for folders of at least ``POOL_MIN_FILES`` files of at
+#: most ``POOL_MAX_BYTES`` each (a big file's row would cross a pipe for nothing: its reading is
+#: I/O and one pass of hashing, and the writer streams it instead).
+POOL_MIN_FILES = 64
+POOL_MAX_BYTES = 64 << 20
+POOL_WINDOW = 512  # files in flight at once: bounds the rows waiting for the writer
 #: file suffixes the generic loader understands.
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", "")
 STATE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
@@ -802,22 +809,32 @@ class _Ingest:
         self.report.skipped.append((source, reason))
 
     # ---- per file
-    def prepare(self, f: Found) -> _Item | None:
+    def prepare(self, f: Found, pre: tuple | None = None) -> _Item | None:
+        """One found file → an item to write, or None (skipped, or a companion). ``pre`` is
+        what a pool worker already made of it (:func:`_prepare_in_worker`)."""
         if f.problem:
             self.skip(f.source, f.problem)
             return None
         if f.companion:
             self.report.companions.append(f.source)
             return None
+        if pre is not None and pre[0] == "skip":
+            self.skip(f.source, pre[1])
+            return None
         try:
-            if f.layout is not None:
+            if pre is not None:
+                _, layout, row, sha, got = pre
+                layout = self.layouts.get(layout.hash, layout)
+                self.adopt(f, got)
+            elif f.layout is not None:
                 layout = f.layout
                 row = np.asarray(f.load())
                 row = _check_row(layout, row)
+                sha = _digest(row)
             else:
                 layout, row, got = self._row(f.load())
                 self.adopt(f, got)
-            sha = _digest(row)
+                sha = _digest(row)
         except WdbError as exc:
             self.skip(f.source, str(exc))
             return None
@@ -1140,6 +1157,122 @@ def _check_row(layout: Layout, row: np.ndarray) -> np.ndarray:
     return stored
 
 
+_POOL_FOUND: list[Found] = []  # what forked workers read their files from
+
+
+def ingest_workers() -> int:
+    """Reader processes for an ingest, ``WDB_INGEST_WORKERS`` (default 0: the writer reads
+    the files itself).
+
+    Off by default because it did not pay where it was measured: on 2 cores, 2,000 files of
+    40 KB took 2.35-3.1 s read by the writer and 2.6-3.6 s with 1 or 2 reader processes
+    (``benchmarks/bench_ingest.py``). Shipping each row back to the writer (pickled through a
+    pipe: 0.45 s for 77 MB here) costs about what parsing it does, and the writer's own work
+    (Zarr encoding, already threaded, and the catalog) is the longer half. Machines with more
+    cores than that may gain; measure with the benchmark before turning it on.
+    """
+    env = os.environ.get("WDB_INGEST_WORKERS", "0")
+    try:
+        return max(0, int(env))
+    except ValueError:
+        raise BadInput(f"WDB_INGEST_WORKERS must be a whole number, not {env!r}") from None
+
+
+def _poolable(f: Found) -> bool:
+    """Files a worker may read: plain checkpoint files, not shard sets (streamed by the
+    writer), not rows a reader hands over itself, not problems or companions."""
+    if f.problem or f.companion or f.layout is not None or f.source.endswith(".index.json"):
+        return False
+    try:
+        return os.stat(f.source).st_size <= POOL_MAX_BYTES
+    except OSError:
+        return False
+
+
+_WORKER_LAYOUTS: dict[tuple, Layout] = {}
+
+
+def _worker_layout(got: Loaded) -> Layout:
+    """A worker's layout cache, so that equal layouts are one object (pickled once per batch
+    of results rather than once per file)."""
+    key = tuple((k, a.shape, got.dtypes[k]) for k, a in got.arrays.items())
+    layout = _WORKER_LAYOUTS.get(key)
+    if layout is None:
+        layout = _WORKER_LAYOUTS[key] = Layout.from_arrays(got.arrays, got.dtypes)
+    return layout
+
+
+def _prepare_in_worker(i: int) -> tuple | None:
+    """In a forked worker: read file ``i``, flatten it and hash the row. Returns ``("ok",
+    layout, row, sha256, Loaded without its tensors)``, ``("skip", reason)``, or None for
+    "let the writer do it" (a reader that streams)."""
+    f = _POOL_FOUND[i]
+    try:
+        obj = f.load()
+        got = obj if isinstance(obj, Loaded) else None
+        if got is None:
+            if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], dict):
+                got = Loaded(*normalise(obj))
+            else:
+                got = unbundle(obj)
+        if got.stream is not None:
+            return None
+        if got.row is not None and got.layout is not None:
+            layout, row = got.layout, got.row
+        else:
+            layout = _worker_layout(got)
+            row = layout.flatten(got.arrays)
+        light = Loaded(meta=got.meta, numbers=got.numbers)
+        return ("ok", layout, row, _digest(row), light)
+    except WdbError as exc:
+        return ("skip", str(exc))
+    except Exception as exc:
+        return ("skip", f"unreadable ({type(exc).__name__}: {exc})")
+
+
+def _prefetched(found: list[Found]) -> Iterable[tuple[Found, tuple | None]]:
+    """``(found, what a worker made of it or None)`` in the scan's order.
+
+    The heavy part of ingesting many small files is parsing them (zip, pickle, tensor views)
+    and flattening and hashing the rows, all of which holds the GIL; forked worker processes do
+    it for windows of files ahead of the writer, which alone touches the catalog and the
+    store. Fork (not spawn) so that workers start in milliseconds with the readers' state; where
+    fork is unavailable, or the folder is small, the writer reads the files itself.
+    """
+    import multiprocessing as mp
+
+    workers = ingest_workers()
+    pool_idx = [i for i, f in enumerate(found) if _poolable(f)]
+    if workers < 1 or len(pool_idx) < POOL_MIN_FILES or "fork" not in mp.get_all_start_methods():
+        for f in found:
+            yield f, None
+        return
+    global _POOL_FOUND
+    _POOL_FOUND = found
+    pooled = set(pool_idx)
+    windows = [
+        range(a, min(a + POOL_WINDOW, len(found))) for a in range(0, len(found), POOL_WINDOW)
+    ]
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+
+            def submit(w: range) -> Any:
+                todo = [i for i in w if i in pooled]
+                chunk = max(1, len(todo) // (4 * workers))
+                return todo, pool.map_async(_prepare_in_worker, todo, chunk)
+
+            ahead = submit(windows[0])
+            for k, window in enumerate(windows):
+                todo, res = ahead
+                if k + 1 < len(windows):  # the next window is read while this one is written
+                    ahead = submit(windows[k + 1])
+                results = dict(zip(todo, res.get(), strict=True))
+                for i in window:
+                    yield found[i], results.get(i)
+    finally:
+        _POOL_FOUND = []
+
+
 def ingest(
     db,
     path: Path,
@@ -1206,10 +1339,13 @@ def ingest(
         )
         job.report.generator_run_id = job.generator_run_id
     try:
-        for f in progress(found, total=len(found), desc=f"ingest {path.name}"):
-            item = job.prepare(f)
+        bar = progress(total=len(found), desc=f"ingest {path.name}")
+        for f, pre in _prefetched(found):
+            item = job.prepare(f, pre)
             if item is not None:
                 job.add(item)
+            bar.update(1)
+        bar.close()
         job.finish_pending()
         job.flush_all()
     except BaseException as exc:

@@ -1,0 +1,100 @@
+"""Ingest with reader processes: the same catalog and bytes as reading in the writer, bad files
+skipped with the same lines, Lightning-style numbers adopted the same way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import wdb
+from wdb import importer
+
+
+def make_zoo(root, n_runs: int = 8, epochs: int = 10) -> None:
+    g = torch.Generator().manual_seed(0)
+    for r in range(n_runs):
+        d = root / f"run_{r}"
+        d.mkdir(parents=True)
+        state = {
+            "fc.weight": torch.randn(6, 5, generator=g),
+            "fc.bias": torch.randn(6, generator=g),
+        }
+        for e in range(epochs):
+            state = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in state.items()}
+            if r == 0:  # a Lightning-shaped bundle: its numbers become metrics
+                obj = {"state_dict": state, "epoch": e, "best_score": 0.5 + e / 100}
+                torch.save(obj, d / f"epoch_{e:02d}.ckpt")
+            else:
+                torch.save(state, d / f"epoch_{e:02d}.pt")
+    (root / "run_3" / "epoch_99.pt").write_bytes(b"not a checkpoint")
+    torch.save({"fc.weight": [1, 2]}, root / "run_4" / "epoch_98.pt")  # no tensors
+
+
+_REAL = importer._prepare_in_worker
+
+
+def _marked(i: int):
+    """The pool's task, noting which process ran it (module-level: the pool pickles it)."""
+    (Path(os.environ["WDB_TEST_MARKS"]) / str(os.getpid())).touch()
+    return _REAL(i)
+
+
+def _summary(db) -> tuple:
+    rows = db.sql(
+        "SELECT r.name AS run, c.step, c.sha256, c.row FROM checkpoints c "
+        "JOIN runs r ON r.id = c.run_id ORDER BY r.name, c.step"
+    )
+    metrics = db.sql(
+        "SELECT r.name AS run, c.step, m.name, m.value FROM metrics m "
+        "JOIN checkpoints c ON c.id = m.checkpoint_id JOIN runs r ON r.id = c.run_id "
+        "ORDER BY r.name, c.step, m.name"
+    )
+    weights = []
+    for space in db.spaces():
+        ids = db.sql(
+            "SELECT id FROM checkpoints WHERE space_id = :s ORDER BY id", {"s": space["id"]}
+        )
+        weights.append(db.weights([r["id"] for r in ids]).tobytes())
+    return rows, metrics, weights
+
+
+def test_reader_processes_give_the_same_database(tmp_path, monkeypatch):
+    make_zoo(tmp_path / "zoo")
+    monkeypatch.setattr(importer, "POOL_MIN_FILES", 8)
+    monkeypatch.setattr(importer, "POOL_WINDOW", 16)  # several windows in flight
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("WDB_TEST_MARKS", str(marks))
+    monkeypatch.setattr(importer, "_prepare_in_worker", _marked)
+    reports, summaries = [], []
+    for workers in ("0", "2"):
+        monkeypatch.setenv("WDB_INGEST_WORKERS", workers)
+        db = wdb.open(tmp_path / f"db{workers}")
+        reports.append(db.ingest(tmp_path / "zoo"))
+        summaries.append(_summary(db))
+    one, two = reports
+    assert one.checkpoints_added == two.checkpoints_added == 80
+    assert sorted(one.skipped) == sorted(two.skipped)
+    assert {src.rsplit("/", 1)[-1] for src, _ in two.skipped} == {"epoch_99.pt", "epoch_98.pt"}
+    assert summaries[0] == summaries[1]
+    readers = {int(p.name) for p in marks.iterdir()}
+    assert len(readers) == 2 and os.getpid() not in readers  # the files were read by the pool
+    _, metrics, _ = summaries[1]
+    assert any(m["name"] == "best_score" for m in metrics)
+    assert db.ingest(tmp_path / "zoo").checkpoints_added == 0  # re-ingest adds nothing
+
+
+def test_pool_is_used_only_where_it_pays(tmp_path, monkeypatch):
+    make_zoo(tmp_path / "zoo", n_runs=5, epochs=2)
+    found = [
+        importer.Found(source=str(p), run="r", step=i, load=lambda: {})
+        for i, p in enumerate(sorted((tmp_path / "zoo").rglob("*.pt")))
+    ]
+    monkeypatch.setenv("WDB_INGEST_WORKERS", "2")
+    assert all(pre is None for _, pre in importer._prefetched(found))  # too few files to fork
+    monkeypatch.setenv("WDB_INGEST_WORKERS", "many")
+    with pytest.raises(wdb.errors.BadInput, match="WDB_INGEST_WORKERS"):
+        importer.ingest_workers()
