@@ -303,15 +303,22 @@ def decode(blob: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype) ->
         np.copyto(out, words)
     delta_rows = np.flatnonzero(modes != RAW)
     if delta_rows.size:
-        o = _ordered(out, kind, _scratch("o", n, t), tmp).reshape(n_rows, -1)
+        o = _scratch("o", n, t).reshape(n_rows, -1)
+        u2 = out.reshape(n_rows, -1)
+        for r in np.flatnonzero(modes == RAW):  # the raw rows, in integer order (few, usually)
+            _ordered(u2[r], kind, o[r], tmp[: o.shape[1]])
         resid = _unzigzag(words, tmp).reshape(n_rows, -1)
+        slope = _scratch("slope", o.shape[1], t)
         for r in delta_rows:  # in order: the rows a delta refers to are rebuilt first
-            np.add(o[r - 1], resid[r], out=o[r])
             if modes[r] == DELTA2:
-                np.add(o[r], o[r - 1], out=o[r])
-                np.subtract(o[r], o[r - 2], out=o[r])
+                if modes[r - 1] != DELTA2:  # a run of momentum rows starts from the slope above
+                    np.subtract(o[r - 1], o[r - 2], out=slope)
+                np.add(slope, resid[r], out=slope)
+                np.add(o[r - 1], slope, out=o[r])
+            else:
+                np.add(o[r - 1], resid[r], out=o[r])
         values = _unordered(o.reshape(-1), kind, tmp).reshape(n_rows, -1)
-        np.copyto(out.reshape(n_rows, -1), values, where=(modes != RAW)[:, None])
+        np.copyto(u2, values, where=(modes != RAW)[:, None])
     return out.view(np.uint8)
 
 
