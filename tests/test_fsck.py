@@ -59,8 +59,17 @@ def test_corrupted_row_is_a_hash_mismatch(db) -> None:
 
 
 def test_corrupted_chunk_file_is_reported(db) -> None:
+    from wdb.codec import RowDeltaCodec
+
+    (space,) = db.spaces()
+    arr = db.weights_store.array(db.space(space["id"]).array_path)
+    assert isinstance(arr.compressors[0], RowDeltaCodec)  # fsck reads through the store's codec
     chunks = [p for p in (db.path / "weights.zarr").rglob("c/*/*") if p.is_file()]
     assert chunks
+    blob = bytearray(chunks[0].read_bytes())
+    blob[-1] ^= 0xFF  # one flipped byte in the last plane
+    chunks[0].write_bytes(bytes(blob))
+    assert not db.fsck().ok
     chunks[0].write_bytes(b"garbage")
     rep = db.fsck()
     assert not rep.ok and len(rep.problems) == 6

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import wdb
+from tests.conftest import ON_POSTGRES
 from wdb import importer
 
 
@@ -61,7 +62,7 @@ def _summary(db) -> tuple:
     return rows, metrics, weights
 
 
-def test_reader_processes_give_the_same_database(tmp_path, monkeypatch):
+def test_reader_processes_give_the_same_database(tmp_path, monkeypatch, request):
     make_zoo(tmp_path / "zoo")
     monkeypatch.setattr(importer, "POOL_MIN_FILES", 8)
     monkeypatch.setattr(importer, "POOL_WINDOW", 16)  # several windows in flight
@@ -72,6 +73,9 @@ def test_reader_processes_give_the_same_database(tmp_path, monkeypatch):
     reports, summaries = [], []
     for workers in ("0", "2"):
         monkeypatch.setenv("WDB_INGEST_WORKERS", workers)
+        if ON_POSTGRES:  # the second database needs a catalog of its own on the server
+            server = request.getfixturevalue("pg_server")
+            monkeypatch.setenv("WDB_CATALOG_URL", server.create("t_" + os.urandom(6).hex()))
         db = wdb.open(tmp_path / f"db{workers}")
         reports.append(db.ingest(tmp_path / "zoo"))
         summaries.append(_summary(db))

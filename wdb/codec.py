@@ -66,12 +66,17 @@ SAMPLES = 512  # values per row the mode choice looks at
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 _local = threading.local()
+#: work arrays larger than this are not kept between chunks: Zarr encodes with several threads
+#: at once, and kept arrays of 4 MiB chunks (wide spaces) cost more memory than page faults.
+SCRATCH_MAX_BYTES = 2 << 20
 
 
 def _scratch(name: str, n: int, dtype: type) -> np.ndarray:
     """A work array of this thread, reused from chunk to chunk. Measured: a fresh 1 MiB array
     costs ~0.4 ms of page faults here (glibc hands freed large blocks back to the system), ten
     times the arithmetic done on it; so every step below writes into these with ``out=``."""
+    if n * np.dtype(dtype).itemsize > SCRATCH_MAX_BYTES:  # a wide space's chunk: not kept
+        return np.empty(n, dtype=dtype)
     cache = _local.__dict__.setdefault("arrays", {})
     arr = cache.get((name, dtype))
     if arr is None or arr.size < n:
