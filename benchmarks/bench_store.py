@@ -113,10 +113,10 @@ def zipnn_bytes(data: np.ndarray, chunks: tuple[int, int], bf16: bool) -> tuple[
     return total, exact
 
 
-def storage(tmp: Path, name: str, data: np.ndarray, raw: int | None = None) -> dict[str, float]:
-    """Print and return bytes-on-disk / ``raw`` per codec (``raw``: the checkpoints' bytes)."""
-    raw = raw or data.nbytes
-    bf16 = raw == data.size * 2
+def storage(tmp: Path, name: str, data: np.ndarray, bf16: bool = False) -> dict[str, float]:
+    """Print and return bytes on disk / raw bytes per codec (raw: the checkpoints' own bytes,
+    2 a value for bf16 values held in float32 rows)."""
+    raw = data.size * 2 if bf16 else data.nbytes
     print(f"\n{name}: {data.shape[0]} rows x {data.shape[1]} params, raw {raw / 1e6:.2f} MB")
     chunks = (store.ROWS_PER_CHUNK, min(data.shape[1], store.COLS_PER_CHUNK))
     out = {}
@@ -269,7 +269,7 @@ def main() -> None:
             results["(c)"] = storage(tmp, "(c) P-diff's BN-only steps (mnist-bn, one run)", bn)
         bf16 = torch.from_numpy(final).to(torch.bfloat16).to(torch.float32).numpy()
         results["(d)"] = storage(
-            tmp, "(d) bf16 model (the (a) weights in bfloat16)", bf16, raw=bf16.size * 2
+            tmp, "(d) bf16 model (the (a) weights in bfloat16)", bf16, bf16=True
         )
         reads(tmp, args.read_rows, 65536)
     print("\nissue 14 targets (wdb.rowdelta bytes vs raw):")

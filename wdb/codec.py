@@ -8,17 +8,20 @@ the bit patterns (NaN payloads, -0.0 and denormals come back as they went in):
    it, taken on the integer order of the values (floats mapped to unsigned integers that sort
    like the floats, subtracted modulo 2**bits, then zigzag-coded so that small differences of
    either sign have many leading zero bits). Consecutive checkpoints of one run sit in adjacent
-   rows (ingest appends a run's steps in order), so their difference is small. Whether a row is
-   stored as its delta or as itself is decided per row, by the order-0 entropy of its byte
-   planes either way: unrelated rows (other runs, the zero padding of a chunk still filling up)
-   stay as they are. The choice is one byte per row in the chunk's header.
+   rows (ingest appends a run's steps in order), so their difference is small. A third choice
+   is the residual from the line through the two rows above (the difference of differences:
+   optimisers with momentum move weights in steady directions); on the bench's consecutive
+   Adam steps it took the store from 0.651x to 0.594x of raw, and P-diff's BN-only steps from
+   0.571x to 0.532x. Which of the three a row gets is decided per row, by the order-0 entropy of
+   its byte planes each way: unrelated rows (other runs, the zero padding of a chunk still
+   filling up) stay as they are. The choice is one byte per row in the chunk's header.
 2. **Byte planes.** The values' bytes are regrouped by significance (all first bytes, all
    second bytes, ...), ZipNN's idea: the plane holding the exponent has 2-3 bits of entropy,
    the low mantissa planes about 8. Floats stored as themselves are first rotated left one bit,
    so that the exponent fills one byte plane and the sign moves next to the noise.
 3. **zstd per plane.** Each plane is compressed on its own, so zstd's Huffman tables fit the
-   plane (one zstd call over the concatenated planes mixes them inside its blocks and loses a
-   third of the gain on independent runs: 0.870x against 0.842x of raw, measured). A plane of
+   plane (one zstd call over the concatenated planes mixes them inside its blocks and loses
+   about a sixth of the gain on independent runs: 0.870x against 0.842x of raw, measured). A plane of
    noise (estimated entropy above 7.9 bits a byte: low mantissa bytes) is stored as it is, as
    zstd would end up doing after spending the time; a near-constant plane (under 1.5 bits, e.g.
    the sign bits left alone in a byte when bf16 values sit in float32 rows) is also tried
@@ -29,9 +32,9 @@ Why a Zarr codec and not a row-group layout of our own: the chunk is already the
 store reads and rewrites, the delta reference (the row above) lives in the same chunk, so a
 single-row read still decodes exactly one chunk per column block; and any program with ``zarr``
 and this package installed reads the arrays (the codec is registered under the ``zarr.codecs``
-entry point). Integer rather than XOR delta: on consecutive Adam steps of the digits MLPs XOR
-gave 0.709x of raw, the integer delta 0.666x (0.639x vs 0.539x at lr 1e-3;
-``benchmarks/bench_store.py`` prints the cases).
+entry point). Integer rather than XOR delta: on the bench's consecutive Adam steps of the digits
+MLPs (case (b) of ``benchmarks/bench_store.py``), a prototype gave 0.709x of raw with XOR and
+0.666x with the integer delta (0.639x vs 0.539x with lr 1e-3 instead of 1e-2).
 
 Rows of wide spaces (one row per chunk, ``wdb.store.WIDE``) have no row above them in their
 chunk: they get byte planes and zstd only.

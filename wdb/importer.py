@@ -86,9 +86,9 @@ DEFAULT_PRIORITY = 50
 BATCH = int(os.environ.get("WDB_INGEST_BATCH", "4096"))
 BATCH_BYTES = 256 << 20
 #: processes that read, flatten and hash files ahead of the one writer (``WDB_INGEST_WORKERS``,
-#: see :func:`ingest_workers`; 0 reads in the writing process), used for folders of at least ``POOL_MIN_FILES`` files of at
-#: most ``POOL_MAX_BYTES`` each (a big file's row would cross a pipe for nothing: its reading is
-#: I/O and one pass of hashing, and the writer streams it instead).
+#: see :func:`ingest_workers`; 0 reads in the writing process), used for folders of at least
+#: ``POOL_MIN_FILES`` files of at most ``POOL_MAX_BYTES`` each (a big file's row would cross a
+#: pipe for nothing: its reading is I/O and one pass of hashing, and the writer streams it).
 POOL_MIN_FILES = 64
 POOL_MAX_BYTES = 64 << 20
 POOL_WINDOW = 512  # files in flight at once: bounds the rows waiting for the writer
