@@ -777,6 +777,16 @@ class _Item:
     nbytes: int
 
 
+def _as_loaded(obj: Any) -> Loaded:
+    """What a reader's ``load()`` returned, as a :class:`Loaded`: already one, normalised
+    ``(arrays, dtype names)``, or a state dict or training bundle (:func:`unbundle`)."""
+    if isinstance(obj, Loaded):
+        return obj
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], dict):
+        return Loaded(*normalise(obj))
+    return unbundle(obj)
+
+
 class _Ingest:
     def __init__(self, db, path, zoo, kind, strict, space, fmt):
         self.db, self.path, self.zoo, self.kind = db, path, zoo, kind
@@ -854,12 +864,7 @@ class _Ingest:
 
     def _row(self, obj: Any) -> tuple[Layout, np.ndarray | RowStream, Loaded]:
         """A reader's loaded object → (layout, row, the :class:`Loaded` it was read as)."""
-        got = obj if isinstance(obj, Loaded) else None
-        if got is None:
-            if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], dict):
-                got = Loaded(*normalise(obj))
-            else:
-                got = unbundle(obj)
+        got = _as_loaded(obj)
         if got.stream is not None and got.layout is not None:
             return got.layout, RowStream(got.layout.n_params, got.stream), got
         if got.row is not None and got.layout is not None:
@@ -1209,12 +1214,7 @@ def _prepare_in_worker(i: int) -> tuple | None:
     f = _POOL_FOUND[i]
     try:
         obj = f.load()
-        got = obj if isinstance(obj, Loaded) else None
-        if got is None:
-            if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], dict):
-                got = Loaded(*normalise(obj))
-            else:
-                got = unbundle(obj)
+        got = _as_loaded(obj)
         if got.stream is not None:
             return None
         if got.row is not None and got.layout is not None:
