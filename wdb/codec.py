@@ -222,9 +222,9 @@ def encode(data: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype, le
     n_rows = shape[0] if len(shape) > 1 else 1
     u = raw.view(t)
     n = u.size
-    words, tmp = _scratch("words", n, t), _scratch("tmp", n, t)
+    words = _scratch("words", n, t)
     if kind == "f":
-        _rotate(u, True, out=words, tmp=tmp)
+        _rotate(u, True, out=words, tmp=_scratch("tmp", n, t))
     else:
         np.copyto(words, u)
     modes = np.zeros(n_rows, dtype=np.uint8)
@@ -233,15 +233,14 @@ def encode(data: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype, le
     step = max(1, n // (SAMPLES * 32))
     plane_bits = _bits(_histograms(words[None, ::step]))[0] / words[::step].size
     coders, blobs = [], []
-    plane = _scratch("plane", n, np.uint8)
+    by_plane = words.view(np.uint8).reshape(-1, size)
+    plane = _scratch("plane", n, np.uint8) if size > 1 else by_plane[:, 0]
     for p in range(size):
         if size > 1:
-            np.copyto(plane, np.right_shift(words, t(8 * p), out=tmp), casting="unsafe")
-        else:
-            plane = words
+            np.copyto(plane, by_plane[:, p])
         if plane_bits[p] > 7.9:  # noise (low mantissa bytes): zstd would store it as it is
             coders.append(STORED)
-            blobs.append(plane.tobytes())
+            blobs.append(plane.copy())
             continue
         blob, coder = Zstd(level).encode(plane), ZSTD
         if plane_bits[p] < 1.5:  # Huffman pays >= 1 bit a byte; bit planes need not
@@ -256,9 +255,9 @@ def encode(data: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype, le
         size,
         modes.tobytes(),
         bytes(coders),
-        *map(len, blobs),
+        *(len(memoryview(b).cast("B")) for b in blobs),
     )
-    return head + b"".join(blobs)
+    return b"".join([head, *blobs])  # one copy of the planes, not two
 
 
 def decode(blob: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
