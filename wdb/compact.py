@@ -95,7 +95,7 @@ def _swap(store: ArrayStore, path: str) -> None:
         fs.copy(copy, target, recursive=True)
         fs.rm(f"{copy}/zarr.json")  # unverify the copy before removing the rest
         fs.rm(copy, recursive=True)
-    store._group = None  # the group caches its members
+    store.reopen()
 
 
 def _recover(store: ArrayStore, report: CompactReport) -> None:
@@ -107,7 +107,7 @@ def _recover(store: ArrayStore, report: CompactReport) -> None:
         else:
             fs, copy = _fs(store, name)
             fs.rm(copy, recursive=True)
-            store._group = None
+            store.reopen()
             report.recovered.append(f"{path}: removed an unverified copy")
 
 

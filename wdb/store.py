@@ -65,6 +65,11 @@ class ArrayStore:
             self._group = zarr.open_group(self.root, mode="a")
         return self._group
 
+    def reopen(self) -> None:
+        """Forget the opened group, whose member listing is cached (after arrays were moved
+        underneath it, as ``wdb compact`` does)."""
+        self._group = None
+
     def create(
         self,
         path: str,
