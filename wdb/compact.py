@@ -56,8 +56,7 @@ def _codec_name(arr: Any) -> str:
 def is_current(arr: Any) -> bool:
     """Whether the array already uses the codec new arrays get."""
     comps = arr.compressors
-    want = _compressor(arr.dtype)
-    return bool(comps) and type(comps[0]) is type(want) and comps[0] == want
+    return bool(comps) and comps[0] == _compressor(arr.dtype)
 
 
 def _arrays(store: ArrayStore) -> Iterator[tuple[str, Any]]:

@@ -1170,9 +1170,10 @@ def ingest_workers() -> int:
     the files itself).
 
     Off by default because it did not pay where it was measured: on 2 cores, 2,000 files of
-    40 KB took 2.35-3.1 s read by the writer and 2.6-3.6 s with 1 or 2 reader processes
-    (``benchmarks/bench_ingest.py``). Shipping each row back to the writer (pickled through a
-    pipe: 0.45 s for 77 MB here) costs about what parsing it does, and the writer's own work
+    40 KB took 2.35-3.1 s read by the writer and 2.6-3.6 s with 1 or 2 reader processes (a
+    loop of ``db.ingest`` calls on ``benchmarks/bench_ingest.py``'s zoo; the benchmark itself
+    prints both). Shipping each row back to the writer (pickling the 2,000 rows, 77 MB, took
+    0.45 s there) costs about what parsing it does, and the writer's own work
     (Zarr encoding, already threaded, and the catalog) is the longer half. Machines with more
     cores than that may gain; measure with the benchmark before turning it on.
     """

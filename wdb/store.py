@@ -19,8 +19,9 @@ above it, or as its residual from the line through the two rows above, whichever
 then byte planes, zstd level 1 per plane; lossless on every bit pattern. Measured with
 ``benchmarks/bench_store.py`` against the codec before it (Blosc zstd1 bitshuffle, which arrays
 created before it keep: zarr records the codecs per array, and ``wdb compact`` re-encodes them).
-Level 1 rather than higher: weights barely compress at any level (per-plane zstd on independent
-runs: 0.842x of raw at level 1, 0.848x at 3, 0.830x at 19) and ingest pays for every level.
+Level 1 rather than higher: weights barely compress at any level (a prototype of per-plane zstd
+on the bench's independent runs: 0.842x of raw at level 1, 0.848x at 3, 0.830x at 19) and
+ingest pays for every level.
 """
 
 from __future__ import annotations
