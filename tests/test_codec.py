@@ -109,6 +109,10 @@ def test_damaged_and_foreign_chunks_fail_with_a_reason():
         codec.decode(bytes([99]) + bytes(blob[1:]), x.shape, x.dtype)
     with pytest.raises(ValueError, match="2-byte values read as float32|4-byte"):
         codec.decode(blob, x.shape, np.dtype("float16"))
+    bad_mode = bytearray(blob)
+    bad_mode[2 + 1] = 7  # row 1's mode byte: no such mode
+    with pytest.raises(ValueError, match="row modes"):
+        codec.decode(bytes(bad_mode), x.shape, x.dtype)
     blob[-3:] = b"\xff\xff\xff"
     with pytest.raises(ValueError, match="byte plane"):
         codec.decode(bytes(blob), x.shape, x.dtype)
