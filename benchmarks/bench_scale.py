@@ -10,7 +10,8 @@ Also: one ingest of one zoo into a local store vs into a local S3 emulator (``mo
 ``tests/s3server.py``; the ratio is local wall time over S3 wall time); and ``wdb query novelty``
 of ``--targets`` (2,000) against ``--refs`` (10,000) in one space, in process vs on a local Dask
 cluster of 2 workers (``--workers 2``), checked identical (ratio: in-process time over engine
-time, the index built before either is timed).
+time, the index built before either is timed); and ``wdb evaluate`` of ``--evaluate`` (120)
+neural-field checkpoints in process vs on 2 workers (``evaluate_case``).
 
     .venv/bin/python benchmarks/bench_scale.py [--n 1000] [--batch 256]
 """
@@ -116,6 +117,51 @@ def novelty_case(tmp: Path, n_targets: int, n_refs: int, dim: int) -> None:
     )
 
 
+def evaluate_case(tmp: Path, n: int) -> None:
+    """``wdb evaluate`` of ``n`` neural-field checkpoints (shapes-occupancy: a marching-cubes
+    mesh and 2,048 surface points per checkpoint, the heaviest built-in evaluation), in
+    process vs on 2 Dask workers, both forced re-evaluations after a first one, checked
+    identical. The rows are a small trained zoo's fields plus small noise, so every mesh is
+    a real surface."""
+    import numpy as np
+
+    import wdb
+    from wdb import tasks
+
+    os.environ.pop("WDB_CATALOG_URL", None)
+    os.environ.pop("WDB_STORE_URL", None)
+    t = tasks.get("shapes-occupancy")
+    db = wdb.open(tmp / "evaluate_db")
+    db.ingest(t.train_zoo(tmp / "shapes_zoo", size="small", seed=0))
+    trained = db.weights([c["checkpoint_id"] for c in db.checkpoints()])
+    rng = np.random.default_rng(0)
+    rows = trained[rng.integers(0, len(trained), n)]
+    rows = (rows + rng.normal(0, 1e-3, rows.shape)).astype(np.float32)
+    db.add_checkpoints(t.layout(), rows, run="noisy", kind="training", zoo="bench")
+    where = "zoo = 'bench'"
+    db.evaluate(where=where)
+
+    def results() -> list:
+        return db.sql(
+            "SELECT checkpoint_id, name, value FROM metrics WHERE checkpoint_id IN "
+            "(SELECT checkpoint_id FROM checkpoint_info WHERE zoo = 'bench') ORDER BY 1, 2"
+        )
+
+    t0 = time.perf_counter()
+    db.evaluate(where=where, force=True)
+    t_local = time.perf_counter() - t0
+    local = results()
+    t0 = time.perf_counter()
+    db.evaluate(where=where, force=True, workers=2)
+    t_dist = time.perf_counter() - t0
+    same = [tuple(r.values()) for r in results()] == [tuple(r.values()) for r in local]
+    print(
+        f"evaluate   {n} shapes-occupancy checkpoints: in process {t_local:6.2f} s   2 Dask "
+        f"workers {t_dist:6.2f} s (cluster start-up included)   ratio {t_local / t_dist:.2f}x"
+        f"   identical: {same}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000, help="files per zoo")
@@ -123,11 +169,16 @@ def main() -> None:
     ap.add_argument("--targets", type=int, default=2000)
     ap.add_argument("--refs", type=int, default=10000)
     ap.add_argument("--dim", type=int, default=2000, help="parameters per checkpoint")
+    ap.add_argument("--evaluate", type=int, default=120, help="checkpoints (0: skip)")
     ap.add_argument("--only-novelty", action="store_true")
+    ap.add_argument("--only-evaluate", action="store_true")
     args = ap.parse_args()
-    if args.only_novelty:
+    if args.only_novelty or args.only_evaluate:
         with tempfile.TemporaryDirectory() as tmp:
-            novelty_case(Path(tmp), args.targets, args.refs, args.dim)
+            if args.only_novelty:
+                novelty_case(Path(tmp), args.targets, args.refs, args.dim)
+            if args.only_evaluate and args.evaluate:
+                evaluate_case(Path(tmp), args.evaluate)
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -148,6 +199,8 @@ def main() -> None:
         except pgserver.Unavailable as exc:
             print(f"postgresql skipped: {exc}")
             novelty_case(tmp, args.targets, args.refs, args.dim)
+            if args.evaluate:
+                evaluate_case(tmp, args.evaluate)
             return
         try:
 
@@ -159,6 +212,8 @@ def main() -> None:
         finally:
             server.stop()
         novelty_case(tmp, args.targets, args.refs, args.dim)
+        if args.evaluate:
+            evaluate_case(tmp, args.evaluate)
 
 
 if __name__ == "__main__":

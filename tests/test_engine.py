@@ -34,3 +34,50 @@ def test_novelty_on_two_workers_is_bit_identical(db, n_ref):
     assert [(r["nearest_id"], r["min_l2"]) for r in local] == [
         (r["nearest_id"], r["min_l2"]) for r in dist
     ]
+
+
+def _results(db, eval_name: str) -> tuple[dict, dict]:
+    """Every metric value (as float64 bytes) and every stored output row, per checkpoint."""
+    from wdb.outputs import eval_set, read_outputs
+
+    metrics = {
+        (r["checkpoint_id"], r["name"]): np.float64(r["value"]).tobytes()
+        for r in db.sql(
+            "SELECT m.checkpoint_id, m.name, m.value FROM metrics m "
+            "JOIN eval_sets e ON e.id = m.eval_set_id WHERE e.name = :e",
+            {"e": eval_name},
+        )
+    }
+    ids = sorted({cid for cid, _ in metrics})
+    preds = read_outputs(db, ids, eval_set(db, eval_name)["id"], "predictions")
+    return metrics, dict(zip(ids, (p.tobytes() for p in preds), strict=True))
+
+
+@pytest.mark.parametrize("task_ref", ["mnist-mlp", "outside"])
+def test_evaluate_on_two_workers_is_bit_identical(db, task_ref):
+    """A built-in task and a researcher's task file: the same metrics and predictions, to the
+    last bit, whether the batches ran here or on 2 workers; and one writer, so each checkpoint
+    has its metric once."""
+    from pathlib import Path
+
+    from wdb import tasks
+
+    if task_ref == "outside":
+        task_ref = str(Path(__file__).parent / "outside_study" / "my_task.py")
+    t = tasks.get(task_ref)
+    layout = t.layout()
+    rng = np.random.default_rng(0)
+    rows = (rng.normal(size=(37, layout.n_params)) * 0.1).astype(np.float32)
+    db.add_checkpoints(layout, rows, run="r", kind="training", zoo="z")
+    local = db.evaluate(task=task_ref, batch=8)
+    want = _results(db, t.eval_set_name())
+    remote = db.evaluate(task=task_ref, batch=8, force=True, workers=2)
+    got = _results(db, t.eval_set_name())
+    assert local.evaluated == remote.evaluated == 37
+    assert len(want[0]) >= 2 * 37 and got == want
+    n = db.sql(
+        "SELECT count(*) AS n FROM metrics WHERE name = 'accuracy' AND eval_set_id = "
+        "(SELECT id FROM eval_sets WHERE name = :e)",
+        {"e": t.eval_set_name()},
+    )[0]["n"]
+    assert n == 37

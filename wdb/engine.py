@@ -2,9 +2,9 @@
 
 ``--workers N`` (or ``WDB_ENGINE=local:N``) starts a local cluster of N single-threaded worker
 processes for one command and stops it afterwards; ``WDB_ENGINE=tcp://host:8786`` uses a running
-Dask scheduler (its workers must see the same database folder, catalog and store). Today
-``wdb query novelty``'s nearest-neighbour search runs there; evaluation and the analyses'
-relations still run in process.
+Dask scheduler (its workers must see the same database folder, catalog and store). Two kinds
+of work run there: ``wdb query novelty``'s nearest-neighbour search and ``wdb evaluate``'s
+batches (the task's ``evaluate_rows``); the analyses' relations still run in process.
 
 Why Dask and not Ray: ``distributed`` is pure Python, a local cluster starts in a couple of
 seconds with no daemon, and its futures map one-to-one on "run this function over these
@@ -12,14 +12,18 @@ chunks"; Ray's object store and dashboard are a heavier service for a 2-core lap
 
 Same results to the last bit: work is split by query rows, and every row's distances are computed
 by exactly the in-process code (``wdb.query.knn`` / ``aligned_knn``, one row at a time), on the
-same stored bytes; workers reopen the database from its path and URLs.
+same stored bytes; workers reopen the database from its path and URLs. Evaluation is split
+by batches of checkpoints: this process reads each batch's rows and context from the catalog
+and the store, a worker runs the task's ``evaluate_rows`` on them, and this process writes the
+results in batch order, so the catalog has one writer and the write protocol is unchanged.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -112,3 +116,50 @@ def knn(
         got = c.gather(futures)
     info = dict(got[-1][2], engine=engine, parts=len(parts))
     return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), info
+
+
+def ordered_map(c, fn: Callable, items: Iterable[tuple], window: int) -> Iterator[Any]:
+    """``fn(*item)`` on the cluster for every item, results in the items' order, with at most
+    ``window`` in flight: the items are made (read from the store) while workers compute, and
+    a long selection is never held in memory at once."""
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(c.submit(fn, *item, pure=False))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def task_ref(task) -> str:
+    """What a worker passes to ``wdb.tasks.get`` to have the same task: its file, or its name."""
+    return str(getattr(task, "source", None) or task.name)
+
+
+def _evaluate_part(db_spec, ref: str, rows: np.ndarray, context) -> dict:
+    """One batch, on a worker: the task's own ``evaluate_rows``, unchanged. The context's
+    database is reopened here (a connection does not travel), for tasks that read from it."""
+    from wdb import tasks
+    from wdb.db import Database
+
+    context.db = Database(*db_spec)
+    return tasks.get(ref).evaluate_rows(rows, context)
+
+
+def evaluate(c, db, task, batches: Iterable[tuple[list[int], np.ndarray, Any]]) -> Iterator:
+    """``(ids, result)`` for each ``(ids, rows, context)`` batch, computed on the cluster ``c``,
+    in the batches' order."""
+    import dataclasses
+
+    n = max(1, len(c.scheduler_info()["workers"]))
+    spec_f = _db_spec(db)
+    ref = task_ref(task)
+    held: collections.deque = collections.deque()
+
+    def items():
+        for ids, rows, context in batches:
+            held.append(ids)
+            yield spec_f, ref, rows, dataclasses.replace(context, db=None)
+
+    for result in ordered_map(c, _evaluate_part, items(), window=2 * n):
+        yield held.popleft(), result

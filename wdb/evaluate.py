@@ -50,11 +50,16 @@ def evaluate(
     force: bool = False,
     batch: int = 256,
     params: dict | None = None,
+    workers: int | None = None,
 ) -> EvalReport:
-    """Evaluate the checkpoints matching ``where`` (SQL over ``checkpoint_info``) on their task."""
+    """Evaluate the checkpoints matching ``where`` (SQL over ``checkpoint_info``) on their task.
+
+    ``workers`` (or ``WDB_ENGINE``) computes the batches on a Dask cluster (``wdb.engine``);
+    the rows are read and the results written here, in the same order, with the same values.
+    With an engine, batches are cut to at most ``ceil(n / (2 * workers))`` checkpoints so that
+    every worker gets work."""
+    from wdb import engine as engines
     from wdb import tasks as registry
-    from wdb.outputs import ensure_eval_set
-    from wdb.progress import progress
 
     if batch < 1:
         raise BadInput(f"batch must be ≥ 1, not {batch}")
@@ -86,50 +91,70 @@ def evaluate(
         plan.append((t, space, cks))
 
     report = EvalReport()
-    for t, _space, cks in plan:
-        eid = ensure_eval_set(
-            db,
-            t.eval_set_name(),
-            t.name,
-            t.eval_split,
-            t.eval_labels(),
-            task_source=getattr(t, "source", None),
-        )
-        metric = primary_metric(t)
-        done = {
-            r["checkpoint_id"]
-            for r in db.sql(
-                "SELECT checkpoint_id FROM metrics WHERE eval_set_id = :e AND name = :n",
-                {"e": eid, "n": metric},
-            )
-        }
-        todo = [c for c in cks if force or c["checkpoint_id"] not in done]
-        stats = report.by_task.setdefault(
-            t.name,
-            {"eval_set": t.eval_set_name(), "evaluated": 0, "skipped": 0, metric: []},
-        )
-        stats["skipped"] += len(cks) - len(todo)
-        report.skipped += len(cks) - len(todo)
-        bar = progress(total=len(todo), desc=f"evaluate {t.name}")
-        for start in range(0, len(todo), batch):
-            part = todo[start : start + batch]
-            ids = [int(c["checkpoint_id"]) for c in part]
-            rows = db.weights(ids)
-            context = t.prepare(db, part)
-            result = t.evaluate_rows(rows, context)
-            _store(db, eid, ids, result, replace=force)
-            values = np.asarray(result.get(metric, []), dtype=float)
-            stats[metric].extend(values[np.isfinite(values)].tolist())
-            stats["evaluated"] += len(ids)
-            report.evaluated += len(ids)
-            bar.update(len(ids))
-        bar.close()
+    with engines.client(engines.spec(workers)) as cluster:
+        for t, _space, cks in plan:
+            _evaluate_task(db, t, cks, force, batch, cluster, report)
     for stats in report.by_task.values():
         for key in ("accuracy", "mesh_empty"):
             if key in stats:
                 vals = stats.pop(key)
                 stats[f"mean_{key}"] = float(np.mean(vals)) if vals else None
     return report
+
+
+def _evaluate_task(db, t, cks: list[dict], force: bool, batch: int, cluster, report) -> None:
+    """One task's checkpoints: skip the evaluated ones, compute the rest batch by batch (here,
+    or on ``cluster``), store each batch's outputs and metrics in order."""
+    from wdb import engine as engines
+    from wdb.outputs import ensure_eval_set
+    from wdb.progress import progress
+
+    eid = ensure_eval_set(
+        db,
+        t.eval_set_name(),
+        t.name,
+        t.eval_split,
+        t.eval_labels(),
+        task_source=getattr(t, "source", None),
+    )
+    metric = primary_metric(t)
+    done = {
+        r["checkpoint_id"]
+        for r in db.sql(
+            "SELECT checkpoint_id FROM metrics WHERE eval_set_id = :e AND name = :n",
+            {"e": eid, "n": metric},
+        )
+    }
+    todo = [c for c in cks if force or c["checkpoint_id"] not in done]
+    stats = report.by_task.setdefault(
+        t.name,
+        {"eval_set": t.eval_set_name(), "evaluated": 0, "skipped": 0, metric: []},
+    )
+    stats["skipped"] += len(cks) - len(todo)
+    report.skipped += len(cks) - len(todo)
+    if cluster is not None and todo:
+        n = max(1, len(cluster.scheduler_info()["workers"]))
+        batch = min(batch, -(-len(todo) // (2 * n)))
+
+    def batches():
+        for start in range(0, len(todo), batch):
+            part = todo[start : start + batch]
+            ids = [int(c["checkpoint_id"]) for c in part]
+            yield ids, db.weights(ids), t.prepare(db, part)
+
+    if cluster is None:
+        results = ((ids, t.evaluate_rows(rows, ctx)) for ids, rows, ctx in batches())
+    else:
+        results = engines.evaluate(cluster, db, t, batches())
+    bar = progress(total=len(todo), desc=f"evaluate {t.name}")
+    for ids, result in results:
+        _store(db, eid, ids, result, replace=force)
+        values = np.asarray(result.get(metric, []), dtype=float)
+        stats[metric].extend(values[np.isfinite(values)].tolist())
+        stats["evaluated"] += len(ids)
+        report.evaluated += len(ids)
+        bar.update(len(ids))
+    bar.close()
 
 
 def _store(db, eval_set_id: int, ids: list[int], result: dict, replace: bool) -> None:

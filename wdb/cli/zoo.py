@@ -57,12 +57,19 @@ def train(task: str, out: str, runs: int | None, size: str, seed: int) -> None:
 )
 @click.option("--force", is_flag=True, help="Re-evaluate checkpoints already evaluated.")
 @click.option("--batch", type=int, default=256, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Compute the batches on a local Dask cluster of N worker processes (same results to "
+    "the last bit; default: in process, or WDB_ENGINE).",
+)
 @output_options
 @click.pass_context
-def evaluate(ctx, where, task, force, batch, fmt) -> None:
+def evaluate(ctx, where, task, force, batch, workers, fmt) -> None:
     """Evaluate checkpoints on their task; store metrics and per-item outputs."""
     db = get_db(ctx)
-    report = db.evaluate(where=where, task=task, force=force, batch=batch)
+    report = db.evaluate(where=where, task=task, force=force, batch=batch, workers=workers)
     emit(report.rows(), fmt, title=f"evaluated {report.evaluated}, skipped {report.skipped}")
 
 
