@@ -48,37 +48,29 @@ def nearest(db, targets: str, reference: str, k: int = 3, metric: str = "l2") ->
     return novelty(db, targets, reference, metric=metric, k=k)
 
 
-def shape_distances(db, targets: str, reference: str) -> dict[int, tuple[float, int]]:
+def shape_distances(
+    db, targets: str, reference: str, workers: int | None = None
+) -> dict[int, tuple[float, int]]:
     """Per target: (min Chamfer distance to the reference shapes, nearest reference id).
 
     Pairwise distances come from the shapes task's Chamfer engine (``wdb.tasks.shapes.chamfer``,
     METHODS.md's definition) over the stored 2048-point clouds (``wdb.outputs`` kind ``points``);
-    empty meshes (all points equal) are left out.
+    empty meshes (all points equal) are left out. ``workers`` (or the engine of ``wdb.engine``)
+    splits the targets over a Dask cluster; each target's loop is the same, so are the results.
     """
-    from wdb.tasks.shapes import chamfer
+    from wdb import engine as engines
+    from wdb.tasks.shapes import nearest_shapes, nonempty
 
     ENGINE["chamfer"] = "wdb.tasks.shapes.chamfer"
     tid, P = stored_points(db, _ids(db, targets))
     rid, Q = stored_points(db, _ids(db, reference))
-    ok_r = [j for j in range(len(rid)) if _nonempty(Q[j])]
-    out: dict[int, tuple[float, int]] = {}
-    for i, c in enumerate(tid):
-        if not _nonempty(P[i]):
-            continue
-        best, arg = np.inf, -1
-        for j in ok_r:
-            if rid[j] == c:
-                continue
-            d = chamfer(P[i], Q[j])
-            if d < best:
-                best, arg = d, rid[j]
-        if arg >= 0:
-            out[c] = (float(best), int(arg))
-    return out
-
-
-def _nonempty(p: np.ndarray) -> bool:
-    return bool(len(p)) and bool(np.isfinite(p).all()) and float(np.ptp(p, axis=0).max()) > 0
+    ok_r = [j for j in range(len(rid)) if nonempty(Q[j])]
+    run_on = engines.spec(workers)
+    if run_on == "local" or len(tid) < 2:
+        return nearest_shapes(P, tid, Q, rid, ok_r)
+    with engines.client(run_on) as c:
+        ENGINE["chamfer"] += f" on {run_on}"
+        return engines.chamfer(c, P, tid, Q, rid, ok_r)
 
 
 def stored_points(db, ids: list[int]) -> tuple[list[int], np.ndarray]:
@@ -87,9 +79,12 @@ def stored_points(db, ids: list[int]) -> tuple[list[int], np.ndarray]:
 
     if not ids:
         return [], np.empty((0, 0, 3), np.float32)
+    from wdb.tasks.base import id_in
+
     es = db.sql(
         "SELECT eval_set_id, count(*) AS n FROM predictions WHERE array_path LIKE 'points/%' "
-        f"AND checkpoint_id IN ({','.join(map(str, ids))}) GROUP BY 1 ORDER BY n DESC"
+        f"AND {id_in(db, 'checkpoint_id')} GROUP BY 1 ORDER BY n DESC",
+        {"ids": [int(i) for i in ids]},
     )
     if not es:
         return [], np.empty((0, 0, 3), np.float32)

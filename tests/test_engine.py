@@ -81,3 +81,37 @@ def test_evaluate_on_two_workers_is_bit_identical(db, task_ref):
         {"e": t.eval_set_name()},
     )[0]["n"]
     assert n == 37
+
+
+def test_chamfer_relation_and_an_engine_scope_on_two_workers(db):
+    """``wdb analyze --workers 2``: one cluster serves every relation of the scope, and the
+    Chamfer relation (split by target) and novelty give the in-process results to the bit."""
+    from analyses import relations
+    from wdb import engine
+    from wdb.outputs import ensure_eval_set, write_outputs
+    from wdb.spaces import Layout
+
+    rng = np.random.default_rng(3)
+    layout = Layout.from_arrays({"w": np.zeros(12, np.float32)})
+    db.add_checkpoints(
+        layout, rng.normal(size=(14, 12)).astype(np.float32), run="t", kind="training", zoo="z"
+    )
+    db.add_checkpoints(
+        layout, rng.normal(size=(9, 12)).astype(np.float32), run="g", kind="generated", zoo="z"
+    )
+    ids = [c["checkpoint_id"] for c in db.checkpoints()]
+    clouds = rng.normal(size=(len(ids), 256, 3)).astype(np.float32)
+    clouds[ids.index(ids[-1])] = 0.5  # an empty mesh's cloud: left out
+    eid = ensure_eval_set(db, "shapes:points", None, None, n_items=256)
+    write_outputs(db, eid, "points", ids, clouds)
+    targets, reference = "kind = 'generated'", "kind = 'training'"
+    local = relations.shape_distances(db, targets, reference)
+    local_nov = [(r["nearest_id"], r["min_l2"]) for r in query.novelty(db, targets, save=False)]
+    with engine.scope("local:2"):
+        with engine.client(engine.spec()) as a, engine.client(engine.spec()) as b:
+            assert a is b and a is not None  # the scope's one cluster
+        dist = relations.shape_distances(db, targets, reference)
+        dist_nov = [(r["nearest_id"], r["min_l2"]) for r in query.novelty(db, targets, save=False)]
+    assert engine.spec() == "local"  # the scope is gone with its cluster
+    assert len(local) == 8 and dist == local
+    assert dist_nov == local_nov

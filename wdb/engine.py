@@ -2,9 +2,11 @@
 
 ``--workers N`` (or ``WDB_ENGINE=local:N``) starts a local cluster of N single-threaded worker
 processes for one command and stops it afterwards; ``WDB_ENGINE=tcp://host:8786`` uses a running
-Dask scheduler (its workers must see the same database folder, catalog and store). Two kinds
-of work run there: ``wdb query novelty``'s nearest-neighbour search and ``wdb evaluate``'s
-batches (the task's ``evaluate_rows``); the analyses' relations still run in process.
+Dask scheduler (its workers must see the same database folder, catalog and store). What runs
+there: ``wdb query novelty``'s nearest-neighbour search, ``wdb evaluate``'s batches (the task's
+``evaluate_rows``), and ``wdb analyze``'s relations (nearest and novelty through the same
+search, Chamfer distances split by target), all relations of one ``wdb analyze --workers N``
+on one cluster (:func:`scope`).
 
 Why Dask and not Ray: ``distributed`` is pure Python, a local cluster starts in a couple of
 seconds with no daemon, and its futures map one-to-one on "run this function over these
@@ -30,17 +32,46 @@ import numpy as np
 
 from wdb.errors import WdbError
 
+#: the engine (and its running client) of an enclosing :func:`scope`, if any
+_scope: dict[str, Any] = {}
+
 
 def spec(workers: int | None = None) -> str:
-    """The engine to use: ``"local"`` (in process), ``"local:N"`` or a scheduler address."""
+    """The engine to use: ``"local"`` (in process), ``"local:N"`` or a scheduler address;
+    ``workers`` beats an enclosing :func:`scope`, which beats ``WDB_ENGINE``."""
     if workers is not None:
         return "local" if workers <= 1 else f"local:{int(workers)}"
-    return os.environ.get("WDB_ENGINE", "local")
+    return _scope.get("engine") or os.environ.get("WDB_ENGINE", "local")
+
+
+@contextlib.contextmanager
+def scope(engine: str) -> Iterator[None]:
+    """Run everything inside on ``engine``, with one cluster for all of it: ``wdb analyze
+    --workers N`` computes many relations, and a cluster per relation would spend seconds
+    starting each."""
+    if _scope:
+        raise WdbError("engine scopes do not nest")
+    with _start(engine) as c:
+        _scope.update(engine=engine, client=c)
+        try:
+            yield
+        finally:
+            _scope.clear()
 
 
 @contextlib.contextmanager
 def client(engine: str) -> Iterator[Any]:
-    """A Dask client for ``engine`` (None for in process)."""
+    """A Dask client for ``engine`` (None for in process); the enclosing scope's, if it has
+    one for this engine."""
+    if _scope and _scope["engine"] == engine:
+        yield _scope["client"]
+        return
+    with _start(engine) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def _start(engine: str) -> Iterator[Any]:
     if engine == "local":
         yield None
         return
@@ -163,3 +194,26 @@ def evaluate(c, db, task, batches: Iterable[tuple[list[int], np.ndarray, Any]]) 
 
     for result in ordered_map(c, _evaluate_part, items(), window=2 * n):
         yield held.popleft(), result
+
+
+def _chamfer_part(P: np.ndarray, tid: list[int], Q: np.ndarray, rid: list[int], ok: list[int]):
+    """One chunk of targets, on a worker: the in-process loop, unchanged."""
+    from wdb.tasks.shapes import nearest_shapes
+
+    return nearest_shapes(P, tid, Q, rid, ok)
+
+
+def chamfer(c, P: np.ndarray, tid: list[int], Q: np.ndarray, rid: list[int], ok: list[int]):
+    """``wdb.tasks.shapes.nearest_shapes`` over all targets, split by target on ``c``."""
+    n = max(1, len(c.scheduler_info()["workers"]))
+    bounds = np.linspace(0, len(tid), min(len(tid), 2 * n) + 1).astype(int)
+    q_f = c.scatter(Q, broadcast=True)
+    futures = [
+        c.submit(_chamfer_part, P[a:b], tid[a:b], q_f, rid, ok, pure=False)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        if b > a
+    ]
+    out: dict[int, tuple[float, int]] = {}
+    for part in c.gather(futures):
+        out.update(part)
+    return out

@@ -23,9 +23,21 @@ from wdb.cli.common import emit, get_db, output_options
     help="Report folder (default: beside the database, report/).",
 )
 @click.option("--list", "list_", is_flag=True, help="List the built-in analysis specs.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Compute the relations (nearest, novelty, Chamfer) on one local Dask cluster of N "
+    "worker processes (same results to the last bit; default: in process, or WDB_ENGINE).",
+)
 @output_options
 def analyze(
-    spec: str | None, methods: tuple[str, ...], out: str | None, list_: bool, fmt: str
+    spec: str | None,
+    methods: tuple[str, ...],
+    out: str | None,
+    list_: bool,
+    workers: int | None,
+    fmt: str,
 ) -> None:
     """Run an analysis SPEC (a built-in name such as `memorization`, or a TOML file).
 
@@ -37,7 +49,10 @@ def analyze(
     if list_ or not spec:
         emit(api.list_specs(), fmt, title="analysis specs")
         return
-    res = api.analyze(get_db(), spec, list(methods) or None, out)
+    from wdb import engine
+
+    with engine.scope(engine.spec(workers)):
+        res = api.analyze(get_db(), spec, list(methods) or None, out)
     rows = [
         {"method": r["method"], "table": t["name"], "rows": t["n_rows"]}
         for r in res["records"]

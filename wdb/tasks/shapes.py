@@ -216,6 +216,32 @@ def chamfer(a: np.ndarray, b: np.ndarray) -> float:
     return float((d_ab**2).mean() + (d_ba**2).mean())
 
 
+def nearest_shapes(
+    P: np.ndarray, tid: list[int], Q: np.ndarray, rid: list[int], ok_r: list[int]
+) -> dict[int, tuple[float, int]]:
+    """The nearest usable reference cloud ``Q[ok_r]`` of every non-empty target cloud ``P``
+    (never the target itself): ``{target id: (Chamfer distance, reference id)}``."""
+    out: dict[int, tuple[float, int]] = {}
+    for i, c in enumerate(tid):
+        if not nonempty(P[i]):
+            continue
+        best, arg = np.inf, -1
+        for j in ok_r:
+            if rid[j] == c:
+                continue
+            d = chamfer(P[i], Q[j])
+            if d < best:
+                best, arg = d, rid[j]
+        if arg >= 0:
+            out[c] = (float(best), int(arg))
+    return out
+
+
+def nonempty(p: np.ndarray) -> bool:
+    """A usable cloud: some points, all finite, not all equal (an empty mesh's cloud is)."""
+    return bool(len(p)) and bool(np.isfinite(p).all()) and float(np.ptp(p, axis=0).max()) > 0
+
+
 # -- the model ------------------------------------------------------------------------------
 #: coordinates are halved before the sin/cos features: their longest period (2) then spans
 #: [-2, 2], so points near +1 and -1 do not share an encoding (that aliasing grew floaters)
