@@ -45,8 +45,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import os
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -403,13 +405,30 @@ class RowDeltaCodec(BytesBytesCodec):
         return chunk_spec.prototype.buffer.from_array_like(out)
 
     async def _encode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer | None:
-        return await asyncio.to_thread(self._encode_sync, chunk_bytes, chunk_spec)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_pool(), self._encode_sync, chunk_bytes, chunk_spec)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer:
-        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_pool(), self._decode_sync, chunk_bytes, chunk_spec)
 
     def compute_encoded_size(self, _input_byte_length: int, _chunk_spec: ArraySpec) -> int:
         raise NotImplementedError
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The codec's threads: one per core, not asyncio's default of cores + 4. More threads
+    than cores only take turns at the GIL between numpy calls, and each keeps its own malloc
+    arena of chunk-sized temporaries (with six, ingesting a 210 MB sharded checkpoint peaked
+    at 1.5x its largest shard). One pool per process id, so a forked child makes its own."""
+    pid = os.getpid()
+    if pid not in _pools:
+        _pools.clear()
+        _pools[pid] = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="wdb-codec")
+    return _pools[pid]
 
 
 def register() -> None:
