@@ -275,6 +275,25 @@ def _undelta(words: np.ndarray, modes: np.ndarray, kind: str, tmp: np.ndarray) -
     _unordered(words, kind, tmp.reshape(words.shape), out=words)
 
 
+def _row_planes(u: np.ndarray, kind: str) -> np.ndarray:
+    """The byte planes ``[itemsize, n]`` of one long row, built a slice at a time: the whole
+    row's rotated words and their temporary (8 MiB for a 4 MiB chunk, in each encoding
+    thread) are what had pushed a sharded ingest's peak memory past 1.5x its largest shard."""
+    size, t = u.itemsize, u.dtype.type
+    planes = np.empty((size, u.size), dtype=np.uint8)
+    width = SCRATCH_MAX_BYTES // (2 * size)
+    words, tmp = _scratch("slice", width, t), _scratch("slice_tmp", width, t)
+    for a in range(0, u.size, width):
+        b = min(u.size, a + width)
+        w = words[: b - a]
+        if kind == "f":
+            _rotate(u[a:b], True, out=w, tmp=tmp[: b - a])
+        else:
+            np.copyto(w, u[a:b])
+        planes[:, a:b] = w.view(np.uint8).reshape(-1, size).T
+    return planes
+
+
 def encode(data: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype, level: int) -> bytes:
     """The chunk's little-endian bytes (``shape``, ``dtype``) to the codec's bytes."""
     dtype = np.dtype(dtype)
@@ -288,29 +307,41 @@ def encode(data: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype, le
     n_rows = shape[0] if len(shape) > 1 else 1
     u = raw.view(t)
     n = u.size
-    words = _scratch("words", n, t)
-    if kind == "f":
-        _rotate(u, True, out=words, tmp=_scratch("tmp", n, t))
-    else:
-        np.copyto(words, u)
-    modes = np.zeros(n_rows, dtype=np.uint8)
-    if n_rows > 1:
-        modes = _row_modes(u.reshape(n_rows, -1), words.reshape(n_rows, -1), kind)
     step = max(1, n // (SAMPLES * 32))
-    plane_bits = _bits(_histograms(words[None, ::step]))[0] / words[::step].size
-    coders, blobs = [], []
-    by_plane = words.view(np.uint8).reshape(-1, size)
-    plane = _scratch("plane", n, np.uint8) if size > 1 else by_plane[:, 0]
-    for p in range(size):
-        if size > 1:
+    modes = np.zeros(n_rows, dtype=np.uint8)
+    if n_rows == 1 and n * size > SCRATCH_MAX_BYTES:  # a wide space's chunk: no row above
+        planes = _row_planes(u, kind)
+        counts = np.stack([np.bincount(pl[::step], minlength=256) for pl in planes])
+        plane_bits = _bits(counts) / planes[0, ::step].size
+        plane_of = planes.__getitem__  # contiguous views: stored planes need no copy
+        reused = False
+    else:
+        words = _scratch("words", n, t)
+        if kind == "f":
+            _rotate(u, True, out=words, tmp=_scratch("tmp", n, t))
+        else:
+            np.copyto(words, u)
+        if n_rows > 1:
+            modes = _row_modes(u.reshape(n_rows, -1), words.reshape(n_rows, -1), kind)
+        plane_bits = _bits(_histograms(words[None, ::step]))[0] / words[::step].size
+        by_plane = words.view(np.uint8).reshape(-1, size)
+        plane = _scratch("plane", n, np.uint8)
+        reused = True  # one work array for every plane: a stored plane is copied out
+
+        def plane_of(p: int) -> np.ndarray:
             np.copyto(plane, by_plane[:, p])
+            return plane
+
+    coders, blobs = [], []
+    for p in range(size):
+        data_p = plane_of(p)
         if plane_bits[p] > 7.9:  # noise (low mantissa bytes): zstd would store it as it is
             coders.append(STORED)
-            blobs.append(plane.copy())
+            blobs.append(data_p.copy() if reused else data_p)
             continue
-        blob, coder = Zstd(level).encode(plane), ZSTD
+        blob, coder = Zstd(level).encode(data_p), ZSTD
         if plane_bits[p] < 1.5:  # Huffman pays >= 1 bit a byte; bit planes need not
-            shuffled = Blosc("zstd", level, Blosc.BITSHUFFLE).encode(plane)
+            shuffled = Blosc("zstd", level, Blosc.BITSHUFFLE).encode(data_p)
             if len(shuffled) < len(blob):
                 blob, coder = shuffled, BITS
         coders.append(coder)
