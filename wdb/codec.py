@@ -218,7 +218,8 @@ def _cumsum_rows(x: np.ndarray) -> None:
     """In place: the running sum of ``x``'s rows (modulo 2**bits), in about 2 sqrt(R) numpy
     calls instead of R: blocks of rows are summed side by side, then each block gets the last
     row of the one before. Fewer calls matter more than passes here: under Zarr's reader
-    threads each numpy call waits for the GIL (one call per row cost ~50 us instead of 4)."""
+    threads each numpy call waits for the GIL (with asyncio's six threads on 2 cores, one call
+    per row cost ~50 us instead of 4)."""
     m = len(x)
     s = max(1, math.isqrt(m))
     g = m // s
@@ -238,7 +239,6 @@ def _undelta(words: np.ndarray, modes: np.ndarray, kind: str, tmp: np.ndarray) -
     decode touches three arrays instead of five: under Zarr's reader threads the extra
     arrays' cache misses and page faults had made all-delta reads ~2x the old codec's."""
     n_rows, n_cols = words.shape
-    t = words.dtype.type
     raw = np.flatnonzero(modes == RAW)
     # the usual chunk of one run's steps has one raw row, its first; more are gathered, so
     # that a few calls do them all
@@ -249,28 +249,20 @@ def _undelta(words: np.ndarray, modes: np.ndarray, kind: str, tmp: np.ndarray) -
     _ordered(rows, kind, out=rows, tmp=part)
     if len(raw) > 1:
         words[raw] = rows
-    slope = _scratch("slope", n_cols, t)
     r = 1
-    while r < n_rows:  # each run of delta rows, in order: a delta refers to rows rebuilt first
+    while r < n_rows:  # each run of one delta mode, in order: a delta refers to rows rebuilt first
         if modes[r] == RAW:
             r += 1
             continue
         end = r
-        while end < n_rows and modes[end] != RAW:
+        while end < n_rows and modes[end] == modes[r]:
             end += 1
         _unzigzag(words[r:end], tmp[: (end - r) * n_cols].reshape(end - r, n_cols))
-        if not (modes[r:end] == DELTA2).any():  # plain deltas: a running sum down the rows
-            _cumsum_rows(words[r - 1 : end])
-            r = end
-            continue
-        for i in range(r, end):
-            if modes[i] == DELTA2:
-                if modes[i - 1] != DELTA2:  # a run of momentum rows starts from the slope above
-                    np.subtract(words[i - 1], words[i - 2], out=slope)
-                np.add(slope, words[i], out=slope)
-                np.add(words[i - 1], slope, out=words[i])
-            else:
-                np.add(words[i - 1], words[i], out=words[i])
+        if modes[r] == DELTA2:  # residuals -> slopes (from the slope above) -> rows
+            words[r] += words[r - 1]
+            words[r] -= words[r - 2]
+            _cumsum_rows(words[r:end])
+        _cumsum_rows(words[r - 1 : end])  # plain deltas (or slopes): a running sum down the rows
         r = end
     _unordered(words, kind, tmp.reshape(words.shape), out=words)
 
@@ -396,7 +388,7 @@ def decode(blob: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype) ->
         except Exception as exc:  # a short, long or damaged plane: say which
             raise ValueError(f"{NAME}: byte plane {p} does not decode to {n} values") from exc
         by_plane[:, p] = src
-    if n_rows and (modes[0] != RAW or modes.max() > DELTA2):
+    if n_rows and (modes[0] != RAW or modes.max() > DELTA2 or (n_rows > 1 and modes[1] == DELTA2)):
         raise ValueError(f"{NAME}: damaged chunk header (row modes)")
     if (modes != RAW).any():
         _undelta(words.reshape(n_rows, -1), modes, kind, tmp)
