@@ -139,7 +139,8 @@ def evaluate_case(tmp: Path, n: int) -> None:
     rows = (rows + rng.normal(0, 1e-3, rows.shape)).astype(np.float32)
     db.add_checkpoints(t.layout(), rows, run="noisy", kind="training", zoo="bench")
     where = "zoo = 'bench'"
-    db.evaluate(where=where)
+    batch = max(1, n // 6)  # both runs use the same batches (results depend on them); 6 to share
+    db.evaluate(where=where, batch=batch)
 
     def results() -> list:
         return db.sql(
@@ -148,11 +149,11 @@ def evaluate_case(tmp: Path, n: int) -> None:
         )
 
     t0 = time.perf_counter()
-    db.evaluate(where=where, force=True)
+    db.evaluate(where=where, force=True, batch=batch)
     t_local = time.perf_counter() - t0
     local = results()
     t0 = time.perf_counter()
-    db.evaluate(where=where, force=True, workers=2)
+    db.evaluate(where=where, force=True, batch=batch, workers=2)
     t_dist = time.perf_counter() - t0
     same = [tuple(r.values()) for r in results()] == [tuple(r.values()) for r in local]
     print(

@@ -69,7 +69,7 @@ def test_evaluate_on_two_workers_is_bit_identical(db, task_ref):
     rng = np.random.default_rng(0)
     rows = (rng.normal(size=(37, layout.n_params)) * 0.1).astype(np.float32)
     db.add_checkpoints(layout, rows, run="r", kind="training", zoo="z")
-    local = db.evaluate(task=task_ref, batch=8)
+    local = db.evaluate(task=task_ref, batch=8)  # 5 batches, spread over the 2 workers
     want = _results(db, t.eval_set_name())
     remote = db.evaluate(task=task_ref, batch=8, force=True, workers=2)
     got = _results(db, t.eval_set_name())
