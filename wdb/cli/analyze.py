@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from wdb.cli.common import emit, get_db, output_options
+from wdb.cli.common import emit, get_db, output_options, workers_option
 
 
 @click.command()
@@ -23,13 +23,7 @@ from wdb.cli.common import emit, get_db, output_options
     help="Report folder (default: beside the database, report/).",
 )
 @click.option("--list", "list_", is_flag=True, help="List the built-in analysis specs.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Compute the relations (nearest, novelty, Chamfer) on one local Dask cluster of N "
-    "worker processes (same results to the last bit; default: in process, or WDB_ENGINE).",
-)
+@workers_option("Compute all the relations (nearest, novelty, Chamfer)")
 @output_options
 def analyze(
     spec: str | None,

@@ -83,6 +83,17 @@ def output_options(fn: Callable) -> Callable:
     return click.option("--table", "fmt", flag_value="table", default=True, hidden=True)(fn)
 
 
+def workers_option(what: str) -> Callable:
+    """``--workers N``: run ``what`` on a local Dask cluster of N processes (``wdb.engine``)."""
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help=f"{what} on a local Dask cluster of N worker processes (same results to the last "
+        "bit; default: in process, or WDB_ENGINE).",
+    )
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from wdb.cli.common import emit, get_db, output_options
+from wdb.cli.common import emit, get_db, output_options, workers_option
 
 
 @click.group()
@@ -107,13 +107,7 @@ def nearest_cmd(run, step, k, among, aligned, eval_set, fmt) -> None:
 @click.option("--aligned", is_flag=True, help="Min distance by permutation-aligned L2 (exact).")
 @click.option("--eval-set", default=None, help="Eval set for error sets (default: best covered).")
 @click.option("--no-save", is_flag=True, help="Do not store the result in relations/similarity.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Run the neighbour search on a local Dask cluster of N worker processes (same results "
-    "to the last bit; default: in process, or WDB_ENGINE).",
-)
+@workers_option("Run the neighbour search")
 @output_options
 def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, workers, fmt) -> None:
     """Per target: min L2 to the reference set, nearest reference, max error-set IoU, accuracy.

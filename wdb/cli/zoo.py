@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from wdb.cli.common import PluginChoice, emit, get_db, output_options
+from wdb.cli.common import PluginChoice, emit, get_db, output_options, workers_option
 
 
 @click.group()
@@ -57,13 +57,7 @@ def train(task: str, out: str, runs: int | None, size: str, seed: int) -> None:
 )
 @click.option("--force", is_flag=True, help="Re-evaluate checkpoints already evaluated.")
 @click.option("--batch", type=int, default=256, show_default=True)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Compute the batches on a local Dask cluster of N worker processes (same results to "
-    "the last bit; default: in process, or WDB_ENGINE).",
-)
+@workers_option("Compute the batches")
 @output_options
 @click.pass_context
 def evaluate(ctx, where, task, force, batch, workers, fmt) -> None:
