@@ -96,35 +96,25 @@ def _kind(dtype: np.dtype) -> str:
     return dtype.kind if dtype.kind in "fi" else "u"
 
 
-def _ordered(u: np.ndarray, kind: str, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+def _ordered(
+    u: np.ndarray, kind: str, out: np.ndarray, tmp: np.ndarray, inverse: bool = False
+) -> np.ndarray:
     """Unsigned integers that sort like the values (a bijection on the bit patterns): floats
     flip all bits when negative and the sign bit when not; signed integers flip the sign bit.
-    ``out`` may be ``u``."""
+    ``inverse`` maps them back. ``out`` may be ``u``."""
     t = u.dtype.type
     top = t(1 << (8 * u.itemsize - 1))
     if kind == "f":
-        np.right_shift(u, t(8 * u.itemsize - 1), out=tmp)
-        np.negative(tmp, out=tmp)  # 0 or all ones
+        np.right_shift(u, t(8 * u.itemsize - 1), out=tmp)  # the sign bit (inverse: the top bit)
+        if inverse:
+            np.subtract(tmp, t(1), out=tmp)  # all ones (was negative) or 0
+        else:
+            np.negative(tmp, out=tmp)  # 0 or all ones (negative)
         np.bitwise_or(tmp, top, out=tmp)
         return np.bitwise_xor(u, tmp, out=out)
     if kind == "i":
         return np.bitwise_xor(u, top, out=out)
     np.copyto(out, u)
-    return out
-
-
-def _unordered(o: np.ndarray, kind: str, tmp: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`_ordered` (``out`` may be ``o``)."""
-    t = o.dtype.type
-    top = t(1 << (8 * o.itemsize - 1))
-    if kind == "f":
-        np.right_shift(o, t(8 * o.itemsize - 1), out=tmp)
-        np.subtract(tmp, t(1), out=tmp)  # all ones (was negative) or 0
-        np.bitwise_or(tmp, top, out=tmp)
-        return np.bitwise_xor(o, tmp, out=out)
-    if kind == "i":
-        return np.bitwise_xor(o, top, out=out)
-    np.copyto(out, o)
     return out
 
 
@@ -264,7 +254,7 @@ def _undelta(words: np.ndarray, modes: np.ndarray, kind: str, tmp: np.ndarray) -
             _cumsum_rows(words[r:end])
         _cumsum_rows(words[r - 1 : end])  # plain deltas (or slopes): a running sum down the rows
         r = end
-    _unordered(words, kind, tmp.reshape(words.shape), out=words)
+    _ordered(words, kind, out=words, tmp=tmp.reshape(words.shape), inverse=True)
 
 
 def _row_planes(u: np.ndarray, kind: str) -> np.ndarray:
