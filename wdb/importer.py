@@ -867,14 +867,7 @@ class _Ingest:
         got = _as_loaded(obj)
         if got.stream is not None and got.layout is not None:
             return got.layout, RowStream(got.layout.n_params, got.stream), got
-        if got.row is not None and got.layout is not None:
-            return got.layout, got.row, got
-        arrays, dtypes = got.arrays, got.dtypes
-        key = tuple((k, a.shape, dtypes[k]) for k, a in arrays.items())
-        layout = self.layout_cache.get(key)
-        if layout is None:
-            layout = self.layout_cache[key] = Layout.from_arrays(arrays, dtypes)
-        return layout, layout.flatten(arrays), got
+        return (*_flat_row(got, self.layout_cache), got)
 
     @staticmethod
     def adopt(f: Found, got: Loaded) -> None:
@@ -1195,17 +1188,20 @@ def _poolable(f: Found) -> bool:
         return False
 
 
-_WORKER_LAYOUTS: dict[tuple, Layout] = {}
-
-
-def _worker_layout(got: Loaded) -> Layout:
-    """A worker's layout cache, so that equal layouts are one object (pickled once per batch
-    of results rather than once per file)."""
+def _flat_row(got: Loaded, cache: dict[tuple, Layout]) -> tuple[Layout, np.ndarray]:
+    """(layout, row) of a loaded state dict (or the reader's own row). Equal layouts come out
+    as one object from ``cache``: the writer's, or a worker's, whose results then pickle each
+    layout once per batch rather than once per file."""
+    if got.row is not None and got.layout is not None:
+        return got.layout, got.row
     key = tuple((k, a.shape, got.dtypes[k]) for k, a in got.arrays.items())
-    layout = _WORKER_LAYOUTS.get(key)
+    layout = cache.get(key)
     if layout is None:
-        layout = _WORKER_LAYOUTS[key] = Layout.from_arrays(got.arrays, got.dtypes)
-    return layout
+        layout = cache[key] = Layout.from_arrays(got.arrays, got.dtypes)
+    return layout, layout.flatten(got.arrays)
+
+
+_WORKER_LAYOUTS: dict[tuple, Layout] = {}
 
 
 def _prepare_in_worker(i: int) -> tuple | None:
@@ -1218,11 +1214,7 @@ def _prepare_in_worker(i: int) -> tuple | None:
         got = _as_loaded(obj)
         if got.stream is not None:
             return None
-        if got.row is not None and got.layout is not None:
-            layout, row = got.layout, got.row
-        else:
-            layout = _worker_layout(got)
-            row = layout.flatten(got.arrays)
+        layout, row = _flat_row(got, _WORKER_LAYOUTS)
         light = Loaded(meta=got.meta, numbers=got.numbers)
         return ("ok", layout, row, _digest(row), light)
     except WdbError as exc:
