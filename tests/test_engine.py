@@ -54,7 +54,7 @@ def _results(db, eval_name: str) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize("task_ref", ["mnist-mlp", "outside"])
-def test_evaluate_on_two_workers_is_bit_identical(db, task_ref):
+def test_evaluate_on_two_workers_is_bit_identical(db, task_ref, monkeypatch):
     """A built-in task and a researcher's task file: the same metrics and predictions, to the
     last bit, whether the batches ran here or on 2 workers; and one writer, so each checkpoint
     has its metric once."""
@@ -81,6 +81,12 @@ def test_evaluate_on_two_workers_is_bit_identical(db, task_ref):
         {"e": t.eval_set_name()},
     )[0]["n"]
     assert n == 37
+    from wdb import engine
+
+    started, real = [], engine._start
+    monkeypatch.setattr(engine, "_start", lambda e: (started.append(e), real(e))[1])
+    again = db.evaluate(task=task_ref, workers=2)  # all evaluated already: no cluster
+    assert (again.evaluated, again.skipped, started) == (0, 37, [])
 
 
 def test_chamfer_relation_and_an_engine_scope_on_two_workers(db):

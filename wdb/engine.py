@@ -71,6 +71,21 @@ def client(engine: str) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
+def on_demand(engine: str) -> Iterator[Callable[[], Any]]:
+    """A function that returns :func:`client` for ``engine``, started on its first call and
+    stopped with the block: a command that finds nothing to compute starts no cluster."""
+    with contextlib.ExitStack() as stack:
+        started: list[Any] = []
+
+        def get() -> Any:
+            if not started:
+                started.append(stack.enter_context(client(engine)))
+            return started[0]
+
+        yield get
+
+
+@contextlib.contextmanager
 def _start(engine: str) -> Iterator[Any]:
     if engine == "local":
         yield None

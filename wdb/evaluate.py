@@ -92,9 +92,9 @@ def evaluate(
         plan.append((t, space, cks))
 
     report = EvalReport()
-    with engines.client(engines.spec(workers)) as cluster:
+    with engines.on_demand(engines.spec(workers)) as cluster_for:
         for t, _space, cks in plan:
-            _evaluate_task(db, t, cks, force, batch, cluster, report)
+            _evaluate_task(db, t, cks, force, batch, cluster_for, report)
     for stats in report.by_task.values():
         for key in ("accuracy", "mesh_empty"):
             if key in stats:
@@ -103,9 +103,10 @@ def evaluate(
     return report
 
 
-def _evaluate_task(db, t, cks: list[dict], force: bool, batch: int, cluster, report) -> None:
+def _evaluate_task(db, t, cks: list[dict], force: bool, batch: int, cluster_for, report) -> None:
     """One task's checkpoints: skip the evaluated ones, compute the rest batch by batch (here,
-    or on ``cluster``), store each batch's outputs and metrics in order."""
+    or on the cluster ``cluster_for()`` starts when there is work), store each batch's outputs
+    and metrics in order."""
     from wdb import engine as engines
     from wdb.outputs import ensure_eval_set
     from wdb.progress import progress
@@ -140,6 +141,7 @@ def _evaluate_task(db, t, cks: list[dict], force: bool, batch: int, cluster, rep
             ids = [int(c["checkpoint_id"]) for c in part]
             yield ids, db.weights(ids), t.prepare(db, part)
 
+    cluster = cluster_for() if todo else None
     if cluster is None:
         results = ((ids, t.evaluate_rows(rows, ctx)) for ids, rows, ctx in batches())
     else:
