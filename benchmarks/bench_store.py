@@ -186,22 +186,28 @@ def time_appends(path: Path, data: np.ndarray, codec) -> float:
     return (time.perf_counter() - t) / n
 
 
-def reads(tmp: Path, n_rows: int, width: int) -> None:
+def reads(tmp: Path, n_rows: int, width: int, steps: np.ndarray) -> None:
+    """Read and append times, old codec vs new, on synthetic rows of a wide space and on case
+    (b)'s Adam steps (``steps``: where the column mask and the sparse upper halves are used)."""
     rng = np.random.default_rng(0)
     independent = (rng.normal(size=(n_rows, width)) * 0.05).astype(np.float32)
     # rows drifting like consecutive steps: every row but a chunk's first is a delta to rebuild
     walk = np.cumsum(independent * 0.01, axis=0, dtype=np.float32) + independent[0]
-    cols = slice(width - width // 16, width)  # "the last layers": 1/16 of the columns
-    picks = rng.integers(0, n_rows, 50)
     shape = (store.ROWS_PER_CHUNK, store.COLS_PER_CHUNK)
-    for label, data in [("independent rows", independent), ("random-walk rows", walk)]:
-        print(f"\nread times: {n_rows} x {width} params, {label}, codec before vs now")
+    picks = rng.integers(0, n_rows, 50)
+    for label, data in [
+        ("independent rows", independent),
+        ("random-walk rows", walk),
+        ("case (b)'s Adam steps", steps),
+    ]:
+        cols = slice(data.shape[1] - data.shape[1] // 16, None)  # "the last layers": 1/16
+        print(f"\nread times: {len(data)} x {data.shape[1]} params, {label}, codec before vs now")
         base = None
         for cname, codec in CODECS.items():
             if cname.startswith("zstd"):
                 continue
             write_array(tmp / "r", data, shape, codec(data.dtype))
-            t_row, t_col = time_reads(tmp / "r", data, cols, picks)
+            t_row, t_col = time_reads(tmp / "r", data, cols, picks % len(data))
             t_app = time_appends(tmp / "w", data, codec(data.dtype))
             base = base or (t_row, t_col, t_app)
             print(
@@ -209,7 +215,7 @@ def reads(tmp: Path, n_rows: int, width: int) -> None:
                 f"  col-slice {t_col * 1e3:6.1f} ms ({t_col / base[1]:4.2f}x, target <= 2x)  "
                 f"append {t_app * 1e3:5.1f} ms/row ({t_app / base[2]:4.2f}x)"
             )
-    data = walk
+    data, cols = walk, slice(width - width // 16, None)
     print(f"\nchunk shapes, store codec: {n_rows} rows x {width} params")
     base = None
     for rows, ccols in [
@@ -271,7 +277,7 @@ def main() -> None:
         results["(d)"] = storage(
             tmp, "(d) bf16 model (the (a) weights in bfloat16)", bf16, bf16=True
         )
-        reads(tmp, args.read_rows, 65536)
+        reads(tmp, args.read_rows, 65536, per_step)
     print("\nissue 14 targets (wdb.rowdelta bytes vs raw):")
     for case, target in TARGETS.items():
         if case in results:

@@ -146,3 +146,28 @@ def test_compact_on_an_object_store(tmp_path, monkeypatch, s3_store):
     db = wdb.open(tmp_path / "db")
     assert isinstance(_array(db).compressors[0], RowDeltaCodec)
     assert _stored(db).tobytes() == rows.tobytes() and db.fsck().ok
+
+
+def test_arrays_of_the_first_rowdelta_format_are_compacted(tmp_path, monkeypatch):
+    """An array made when the codec wrote version 1 chunks records no ``format`` (read as 1):
+    compact rewrites it, so that no version 1 chunk is left, and leaves current ones alone."""
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=3000) * 0.05 + np.cumsum(rng.normal(size=(40, 3000)) * 1e-4, 0)
+    rows = rows.astype(np.float32)
+    layout = Layout.from_arrays({"w": np.zeros((30, 100), np.float32)})
+    with monkeypatch.context() as m:
+        m.setattr(store_mod, "_compressor", lambda dt: RowDeltaCodec(level=1, format=1))
+        db = wdb.open(tmp_path / "db")
+        db.add_checkpoints(layout, rows, run="r", kind="training")
+    db = wdb.open(tmp_path / "db")
+    meta = json.loads((db.path / "weights.zarr" / _path(db) / "zarr.json").read_text())
+    (config,) = [c["configuration"] for c in meta["codecs"] if c["name"] == "wdb.rowdelta"]
+    config.pop("format")  # as the first format's arrays were written
+    (db.path / "weights.zarr" / _path(db) / "zarr.json").write_text(json.dumps(meta))
+    db = wdb.open(tmp_path / "db")
+    assert _array(db).compressors[0].format == 1
+    assert [a["codec_before"] for a in db.compact().arrays] == ["RowDeltaCodec (format 1)"]
+    again = wdb.open(tmp_path / "db")
+    assert _array(again).compressors[0] == RowDeltaCodec(level=1)
+    assert _stored(again).tobytes() == rows.tobytes()
+    assert again.compact().arrays == []

@@ -4,21 +4,31 @@ A chunk is ``R`` rows (checkpoints) by ``C`` values. The codec, a Zarr v3 bytes-
 placed after the default ``bytes`` codec (little-endian), does three things, all bijective on
 the bit patterns (NaN payloads, -0.0 and denormals come back as they went in):
 
-1. **Row delta.** Each row after the first may be stored as the difference from the row above
+1. **Row delta.** Each row after the first may be stored as a residual from the rows above
    it, taken on the integer order of the values (floats mapped to unsigned integers that sort
    like the floats, subtracted modulo 2**bits, then zigzag-coded so that small differences of
    either sign have many leading zero bits). Consecutive checkpoints of one run sit in adjacent
-   rows (ingest appends a run's steps in order), so their difference is small. A third choice
-   is the residual from the line through the two rows above (the difference of differences:
-   optimisers with momentum move weights in steady directions); on the bench's consecutive
-   Adam steps it took the store from 0.651x to 0.594x of raw, and P-diff's BN-only steps from
-   0.571x to 0.532x. Which of the three a row gets is decided per row, by the order-0 entropy of
+   rows (ingest appends a run's steps in order), so their difference is small. Three
+   predictors: the row above (``DELTA``), the line through the two rows above (``DELTA2``:
+   optimisers with momentum move weights in steady directions), the parabola through the
+   three above (``DELTA3``); rows above row 0 count as copies of it, so each is defined from
+   row 1 on. Whether a row is a residual at all is decided per row, by the order-0 entropy of
    its byte planes each way: unrelated rows (other runs, the zero padding of a chunk still
-   filling up) stay as they are. The choice is one byte per row in the chunk's header.
-2. **Byte planes.** The values' bytes are regrouped by significance (all first bytes, all
-   second bytes, ...), ZipNN's idea: the plane holding the exponent has 2-3 bits of entropy,
-   the low mantissa planes about 8. Floats stored as themselves are first rotated left one bit,
-   so that the exponent fills one byte plane and the sign moves next to the noise.
+   filling up) stay as they are. Which predictor is decided once per run of residual rows
+   (each run costs a decode some twenty numpy calls; a choice per row saved 0.002x of raw on
+   case (b)). One byte per row in the chunk's header. On the bench's consecutive Adam steps
+   (case (b) of ``benchmarks/bench_store.py``), DELTA2 took the store from 0.651x to 0.594x
+   of raw (version 1), and DELTA3 takes it from 0.549x to 0.537x now.
+2. **Byte planes, in two groups.** The values' bytes are regrouped by significance (all first
+   bytes, all second bytes, ...), ZipNN's idea: the plane holding the exponent has 2-3 bits of
+   entropy, the low mantissa planes about 8. Floats stored as themselves are first rotated
+   left one bit, so that the exponent fills one byte plane and the sign moves next to the
+   noise. The rows stored as themselves and the residual rows get planes of their own (their
+   statistics differ: 0.549x against 0.537x on case (b) with one group), and the residual
+   rows' planes run **column by column**: one weight's residuals over consecutive steps sit
+   together, where a weight's size of step repeats (frozen weights give runs of zeros; a
+   weight near zero keeps making large jumps in integer order). On case (b), 0.578x of raw in
+   row order, 0.537x column by column.
 3. **zstd per plane.** Each plane is compressed on its own, so zstd's Huffman tables fit the
    plane (one zstd call over the concatenated planes mixes them inside its blocks and loses
    about a sixth of the gain on independent runs: 0.870x against 0.842x of raw, measured). A plane of
@@ -26,7 +36,11 @@ the bit patterns (NaN payloads, -0.0 and denormals come back as they went in):
    zstd would end up doing after spending the time; a near-constant plane (under 1.5 bits, e.g.
    the sign bits left alone in a byte when bf16 values sit in float32 rows) is also tried
    bit-shuffled (Blosc), since Huffman cannot spend less than one bit a byte. The choice is one
-   byte per plane in the header.
+   byte per plane in the header. zstd runs through ``zstandard`` with a context kept per
+   thread (see :func:`_zstd`).
+
+Version 1 chunks (one group of planes in row order, no DELTA3; written before issue 14's
+second round) are still read; ``wdb compact`` rewrites them as version 2.
 
 Why a Zarr codec and not a row-group layout of our own: the chunk is already the unit the
 store reads and rewrites, the delta reference (the row above) lives in the same chunk, so a
@@ -53,8 +67,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import zstandard
 from numcodecs import Blosc
-from numcodecs.zstd import Zstd
 from zarr.abc.codec import BytesBytesCodec
 from zarr.core.common import JSON, parse_named_configuration
 
@@ -65,8 +79,10 @@ if TYPE_CHECKING:
     from zarr.core.buffer import Buffer
 
 NAME = "wdb.rowdelta"
-VERSION = 1
-RAW, DELTA, DELTA2 = 0, 1, 2  # row modes: itself; minus the row above; minus the line through two
+VERSION = 2  # 1: one set of planes for all rows (still read)
+# row modes: itself; minus the row above; minus the line through the two above; minus the
+# parabola through the three above
+RAW, DELTA, DELTA2, DELTA3 = 0, 1, 2, 3
 ZSTD, BITS, STORED = 0, 1, 2  # plane coders: zstd; bit-shuffled + zstd (Blosc); as they are
 SAMPLES = 512  # values per row the mode choice looks at
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -176,27 +192,35 @@ def _clog2(n: int) -> np.ndarray:
 
 
 def _row_modes(u: np.ndarray, words: np.ndarray, kind: str) -> np.ndarray:
-    """Per row, the cheapest of: itself, its delta from the row above, its residual from the
-    line through the two rows above (momentum). Rewrites ``words`` (both [R, C]) in place
-    and returns the modes."""
+    """Per row, itself or a residual, whichever is cheaper; per run of residual rows, the
+    cheapest of: the delta from the row above, the residual from the line through the two
+    rows above (momentum), or from the parabola through the three above. Rewrites ``words``
+    (both [R, C]) in place and returns the modes."""
     n_rows, n_cols = u.shape
     n = u.size
     t = u.dtype.type
     tmp = _scratch("tmp", n, t)
     o = _ordered(u.reshape(-1), kind, _scratch("o", n, t), tmp).reshape(n_rows, n_cols)
-    d1 = np.subtract(o[1:], o[:-1], out=_scratch("d1", n - n_cols, t).reshape(-1, n_cols))
-    cands = [words[1:], None]
-    if n_rows > 2:
-        e2 = _scratch("e2", n - n_cols, t).reshape(-1, n_cols)
-        np.subtract(d1[1:], d1[:-1], out=e2[1:])
-        np.copyto(e2[:1], d1[:1])
-        cands.append(_zigzag(e2, tmp[: e2.size].reshape(e2.shape)))
-    cands[1] = _zigzag(d1, tmp[: d1.size].reshape(d1.shape))
+    # differences of order 1..3, each aligned to rows 1..R-1, of the rows with copies of row 0
+    # above them (so that every order is defined from row 1 on: see _difference)
+    diffs = [np.subtract(o[1:], o[:-1], out=_scratch("d1", n - n_cols, t).reshape(-1, n_cols))]
+    for order in range(2, min(n_rows, DELTA3 + 1)):
+        prev = diffs[-1]
+        d = _scratch(f"d{order}", n - n_cols, t).reshape(-1, n_cols)
+        np.subtract(prev[1:], prev[:-1], out=d[1:])
+        np.copyto(d[:1], prev[:1])
+        diffs.append(d)
+    cands = [words[1:], *(_zigzag(d, tmp[: d.size].reshape(d.shape)) for d in diffs)]
     step = max(1, n_cols // SAMPLES)
     cost = np.stack([_bits(_histograms(c[:, ::step])).sum(axis=1) for c in cands])
     pick = cost.argmin(axis=0)
-    if n_rows > 2 and pick[0] == DELTA2:  # row 1 has one row above it: its "e2" is its delta
-        pick[0] = DELTA
+    # one delta mode for each run of related rows, the cheapest over the run: each run costs
+    # a decode some twenty numpy calls, and under Zarr's reader threads calls weigh more than
+    # the bytes a choice per row saves
+    related = np.concatenate([[0], (pick != RAW).view(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(related))
+    for a, b in zip(edges[::2], edges[1::2], strict=True):
+        pick[a:b] = cost[1:, a:b].sum(axis=1).argmin() + 1
     for r in np.flatnonzero(pick != RAW):
         words[r + 1] = cands[pick[r]][r]
     modes = np.zeros(n_rows, dtype=np.uint8)
@@ -222,6 +246,22 @@ def _cumsum_rows(x: np.ndarray) -> None:
         np.add(x[i - 1], x[i], out=x[i])
 
 
+def _difference(rows: np.ndarray, i: int, order: int) -> np.ndarray:
+    """The backward difference of this order at row ``i`` (modulo 2**bits): rows i, i-1, ...
+    with binomial weights and alternating signs, rows above row 0 taken as copies of it. So a
+    mode of any order is defined from row 1 on (at row 1 each is the plain delta), and a run
+    of one mode can start right under the chunk's first row."""
+    t = rows.dtype.type
+    out = rows[i].copy()
+    for k in range(1, order + 1):
+        term = rows[max(0, i - k)] * t(math.comb(order, k))
+        if k % 2:
+            out -= term
+        else:
+            out += term
+    return out
+
+
 def _undelta(words: np.ndarray, modes: np.ndarray, kind: str, tmp: np.ndarray) -> None:
     """In place: the rows of a chunk ([R, C], as assembled from the byte planes) back from
     their ``modes``. Everything happens in the one output array (raw rows to integer order,
@@ -241,18 +281,21 @@ def _undelta(words: np.ndarray, modes: np.ndarray, kind: str, tmp: np.ndarray) -
         words[raw] = rows
     r = 1
     while r < n_rows:  # each run of one delta mode, in order: a delta refers to rows rebuilt first
-        if modes[r] == RAW:
+        mode = int(modes[r])
+        if mode == RAW:
             r += 1
             continue
         end = r
-        while end < n_rows and modes[end] == modes[r]:
+        while end < n_rows and modes[end] == mode:
             end += 1
         _unzigzag(words[r:end], tmp[: (end - r) * n_cols].reshape(end - r, n_cols))
-        if modes[r] == DELTA2:  # residuals -> slopes (from the slope above) -> rows
-            words[r] += words[r - 1]
-            words[r] -= words[r - 2]
+        # residuals of order m -> differences of order m-1 (the first one continues the
+        # difference at the row above) -> ... -> first differences
+        for order in range(mode - 1, 0, -1):
+            if r > 1:  # at row 0 every difference is 0
+                words[r] += _difference(words, r - 1, order)
             _cumsum_rows(words[r:end])
-        _cumsum_rows(words[r - 1 : end])  # plain deltas (or slopes): a running sum down the rows
+        _cumsum_rows(words[r - 1 : end])  # first differences: a running sum down the rows
         r = end
     _ordered(words, kind, out=words, tmp=tmp.reshape(words.shape), inverse=True)
 
@@ -276,6 +319,53 @@ def _row_planes(u: np.ndarray, kind: str) -> np.ndarray:
     return planes
 
 
+def _zstd(level: int | None = None) -> zstandard.ZstdCompressor | zstandard.ZstdDecompressor:
+    """This thread's zstd compressor for ``level`` (no level: its decompressor). They keep
+    their context from call to call, where numcodecs' ``Zstd`` makes one per call: measured,
+    3 us against 30 us to decode the 2.4 KB plane of one row of 2,410 params, and a chunk
+    decodes eight planes. Contexts are not thread-safe: one per thread."""
+    cache = _local.__dict__.setdefault("zstd", {})
+    z = cache.get(level)
+    if z is None:
+        z = zstandard.ZstdDecompressor() if level is None else zstandard.ZstdCompressor(level)
+        cache[level] = z
+    return z
+
+
+def _code(data: np.ndarray, bits: float, level: int, copy: bool) -> tuple[int, bytes | np.ndarray]:
+    """One byte stream's coder and bytes. Noise (an estimated ``bits`` a byte above 7.9: low
+    mantissa bytes) is stored as it is, as zstd would end up doing after spending the time; a
+    near-constant stream (under 1.5 bits) is also tried bit-shuffled, since Huffman cannot
+    spend less than one bit a byte. ``copy``: ``data`` is a work array, so a stored one is
+    copied out."""
+    if bits > 7.9:
+        return STORED, (data.copy() if copy else data)
+    blob, coder = _zstd(level).compress(data), ZSTD
+    if bits < 1.5:
+        shuffled = Blosc("zstd", level, Blosc.BITSHUFFLE).encode(data)
+        if len(shuffled) < len(blob):
+            blob, coder = shuffled, BITS
+    return coder, blob
+
+
+def _plane_streams(words: np.ndarray, level: int, planes: range | None = None) -> list:
+    """The coded byte planes (all, or ``planes``) of ``words`` (1-d, unsigned, contiguous)."""
+    size = words.itemsize
+    step = max(1, words.size // (SAMPLES * 32))
+    bits = _bits(_histograms(words[None, ::step]))[0] / max(1, words[::step].size)
+    by_plane = words.view(np.uint8).reshape(-1, size)
+    plane = _scratch("plane", words.size, np.uint8)  # one work array for every plane
+    out = []
+    for p in planes or range(size):
+        np.copyto(plane, by_plane[:, p])
+        out.append(_code(plane, bits[p], level, copy=True))
+    return out
+
+
+def _nbytes(blob: bytes | np.ndarray) -> int:
+    return len(memoryview(blob).cast("B"))
+
+
 def encode(data: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype, level: int) -> bytes:
     """The chunk's little-endian bytes (``shape``, ``dtype``) to the codec's bytes."""
     dtype = np.dtype(dtype)
@@ -284,104 +374,135 @@ def encode(data: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype, le
     if raw.size == 0:
         return struct.pack("<BB", VERSION, 0)
     if size not in _UINT:
-        return struct.pack("<BB", VERSION, 0) + Zstd(level).encode(raw)
+        return struct.pack("<BB", VERSION, 0) + _zstd(level).compress(raw)
     kind, t = _kind(dtype), _UINT[size]
     n_rows = shape[0] if len(shape) > 1 else 1
     u = raw.view(t)
     n = u.size
-    step = max(1, n // (SAMPLES * 32))
     modes = np.zeros(n_rows, dtype=np.uint8)
     if n_rows == 1 and n * size > SCRATCH_MAX_BYTES:  # a wide space's chunk: no row above
         planes = _row_planes(u, kind)
+        step = max(1, n // (SAMPLES * 32))
         counts = np.stack([np.bincount(pl[::step], minlength=256) for pl in planes])
         plane_bits = _bits(counts) / planes[0, ::step].size
-        plane_of = planes.__getitem__  # contiguous views: stored planes need no copy
-        reused = False
+        # contiguous views: stored planes need no copy
+        streams = [_code(planes[p], plane_bits[p], level, copy=False) for p in range(size)]
     else:
         words = _scratch("words", n, t)
         if kind == "f":
             _rotate(u, True, out=words, tmp=_scratch("tmp", n, t))
         else:
             np.copyto(words, u)
+        rows = words.reshape(n_rows, -1)
         if n_rows > 1:
-            modes = _row_modes(u.reshape(n_rows, -1), words.reshape(n_rows, -1), kind)
-        plane_bits = _bits(_histograms(words[None, ::step]))[0] / words[::step].size
-        by_plane = words.view(np.uint8).reshape(-1, size)
-        plane = _scratch("plane", n, np.uint8)
-        reused = True  # one work array for every plane: a stored plane is copied out
-
-        def plane_of(p: int) -> np.ndarray:
-            np.copyto(plane, by_plane[:, p])
-            return plane
-
-    coders, blobs = [], []
-    for p in range(size):
-        data_p = plane_of(p)
-        if plane_bits[p] > 7.9:  # noise (low mantissa bytes): zstd would store it as it is
-            coders.append(STORED)
-            blobs.append(data_p.copy() if reused else data_p)
-            continue
-        blob, coder = Zstd(level).encode(data_p), ZSTD
-        if plane_bits[p] < 1.5:  # Huffman pays >= 1 bit a byte; bit planes need not
-            shuffled = Blosc("zstd", level, Blosc.BITSHUFFLE).encode(data_p)
-            if len(shuffled) < len(blob):
-                blob, coder = shuffled, BITS
-        coders.append(coder)
-        blobs.append(blob)
-    head = struct.pack(
-        f"<BB{n_rows}s{size}s{size}I",
-        VERSION,
-        size,
-        modes.tobytes(),
-        bytes(coders),
-        *(len(memoryview(b).cast("B")) for b in blobs),
+            modes = _row_modes(u.reshape(n_rows, -1), rows, kind)
+        is_raw = modes == RAW
+        n_raw = int(is_raw.sum())
+        prefix = bool(is_raw[:n_raw].all())  # the rows as themselves come first (the usual)
+        streams = _plane_streams((rows[:n_raw] if prefix else rows[is_raw]).reshape(-1), level)
+        if n_raw < n_rows:  # the residual rows: planes of their own, column by column
+            res = rows[n_raw:] if prefix else rows[~is_raw]
+            streams += _plane_streams(np.ascontiguousarray(res.T).reshape(-1), level)
+    blobs = [b for _, b in streams]
+    head = struct.pack(f"<BB{n_rows}s", VERSION, size, modes.tobytes())
+    head += struct.pack(
+        f"<{len(streams)}s{len(streams)}I", bytes(c for c, _ in streams), *map(_nbytes, blobs)
     )
     return b"".join([head, *blobs])  # one copy of the planes, not two
 
 
+def _unpack(coder: int, part: memoryview, m: int, index: int) -> np.ndarray:
+    """Stream ``index`` back to its ``m`` bytes (a work array, or a view of ``part``)."""
+    try:
+        if coder == STORED:
+            if len(part) != m:
+                raise ValueError(f"{len(part)} bytes")
+            return np.frombuffer(part, dtype=np.uint8)
+        if coder == ZSTD:
+            out = np.frombuffer(_zstd().decompress(part), dtype=np.uint8)
+            if out.size != m:
+                raise ValueError(f"{out.size} bytes")
+            return out
+        if coder != BITS:
+            raise ValueError(f"coder {coder}")
+        out = _scratch("plane", m, np.uint8)
+        Blosc().decode(part, out=out)
+        return out
+    except Exception as exc:  # a short, long or damaged stream: say which
+        raise ValueError(f"{NAME}: byte plane {index} does not decode to {m} values") from exc
+
+
+def _fill(
+    words: np.ndarray,
+    planes: range,
+    streams: list,
+    first: int,
+    columns: tuple[int, int] | None = None,
+) -> None:
+    """Decode ``streams`` (coder, bytes) into byte planes ``planes`` of ``words`` (1-d).
+    ``columns`` (rows, cols): the streams run column by column and ``words`` row by row; each
+    plane is transposed as it is placed (measured on 31 x 8192 values: 400 us, against 510 us
+    for placing the planes and then transposing the words, and 360 us in row order)."""
+    size = words.itemsize
+    by_plane = words.view(np.uint8).reshape(words.size, size)
+    if columns is not None:
+        by_plane = by_plane.reshape(*columns, size)
+    for i, (p, (coder, part)) in enumerate(zip(planes, streams, strict=True)):
+        src = _unpack(coder, part, words.size, first + i)
+        if columns is None:
+            by_plane[:, p] = src
+        else:
+            by_plane[:, :, p] = src.reshape(columns[::-1]).T
+
+
 def decode(blob: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """The codec's bytes back to the chunk's little-endian bytes (a new uint8 array)."""
+    """The codec's bytes back to the chunk's little-endian bytes (a new uint8 array). Reads
+    version 1 chunks too (one set of planes for all rows in row order, modes up to DELTA2)."""
     dtype = np.dtype(dtype)
     buf = memoryview(np.frombuffer(blob, dtype=np.uint8))
     version, size = struct.unpack_from("<BB", buf)
-    if version != VERSION:
+    if version not in (1, VERSION):
         raise ValueError(f"{NAME}: chunk written by codec version {version}, this is {VERSION}")
     if size == 0:  # empty, or values of an odd size: plain zstd
         rest = buf[2:]
-        return np.frombuffer(Zstd().decode(rest) if len(rest) else b"", dtype=np.uint8)
+        return np.frombuffer(_zstd().decompress(rest) if len(rest) else b"", dtype=np.uint8)
     if size != dtype.itemsize:
         raise ValueError(f"{NAME}: chunk of {size}-byte values read as {dtype}")
     kind, t = _kind(dtype), _UINT[size]
     n_rows = shape[0] if len(shape) > 1 else 1
+    n = int(np.prod(shape))
+    n_cols = n // max(1, n_rows)
     at = 2
     modes = np.frombuffer(buf[at : at + n_rows], dtype=np.uint8)
-    coders = bytes(buf[at + n_rows : at + n_rows + size])
-    at += n_rows + size
-    lengths = struct.unpack_from(f"<{size}I", buf, at)
-    at += 4 * size
-    n = int(np.prod(shape))
-    words = np.empty(n, dtype=t)  # the output: the planes go straight into their bytes of it
-    tmp = _scratch("tmp", n, t)
-    plane = _scratch("plane", n, np.uint8)
-    by_plane = words.view(np.uint8).reshape(n, size)
-    for p, (coder, length) in enumerate(zip(coders, lengths, strict=True)):
-        part = buf[at : at + length]
-        at += length
-        try:
-            if coder == STORED:
-                if len(part) != n:
-                    raise ValueError(f"{len(part)} bytes")
-                src = np.frombuffer(part, dtype=np.uint8)
-            else:
-                (Blosc() if coder == BITS else Zstd()).decode(part, out=plane)
-                src = plane
-        except Exception as exc:  # a short, long or damaged plane: say which
-            raise ValueError(f"{NAME}: byte plane {p} does not decode to {n} values") from exc
-        by_plane[:, p] = src
-    if n_rows and (modes[0] != RAW or modes.max() > DELTA2 or (n_rows > 1 and modes[1] == DELTA2)):
+    at += n_rows
+    if n_rows and (modes[0] != RAW or modes.max() > (DELTA2 if version == 1 else DELTA3)):
         raise ValueError(f"{NAME}: damaged chunk header (row modes)")
+    is_raw = modes == RAW
+    n_raw = int(is_raw.sum()) if version > 1 else n_rows  # version 1: one group of all rows
+    n_streams = size if n_raw == n_rows else 2 * size
+    coders = bytes(buf[at : at + n_streams])
+    lengths = struct.unpack_from(f"<{n_streams}I", buf, at + n_streams)
+    at += 5 * n_streams
+    streams = []
+    for coder, length in zip(coders, lengths, strict=True):
+        streams.append((coder, buf[at : at + length]))
+        at += length
+    words = np.empty(n, dtype=t)  # the output: the planes go straight into their bytes of it
+    rows = words.reshape(n_rows, n_cols)
+    prefix = bool(is_raw[:n_raw].all()) or version == 1
+    first = rows[:n_raw] if prefix else _scratch("rows", n_raw * n_cols, t)
+    _fill(first.reshape(-1), range(size), streams[:size], 0)
+    if not prefix:
+        rows[is_raw] = first.reshape(n_raw, n_cols)
+    if n_raw < n_rows:  # the residual rows, stored column by column
+        shape = (n_rows - n_raw, n_cols)
+        res = rows[n_raw:] if prefix else _scratch("rows", n - n_raw * n_cols, t).reshape(shape)
+        _fill(res.reshape(-1), range(size), streams[size:], size, columns=shape)
+        if not prefix:
+            rows[~is_raw] = res
+    tmp = _scratch("tmp", n, t)
     if (modes != RAW).any():
-        _undelta(words.reshape(n_rows, -1), modes, kind, tmp)
+        _undelta(rows, modes, kind, tmp)
     elif kind == "f":
         _rotate(words, False, out=words, tmp=tmp)
     return words.view(np.uint8)
@@ -389,23 +510,32 @@ def decode(blob: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype) ->
 
 @dataclass(frozen=True)
 class RowDeltaCodec(BytesBytesCodec):
-    """The Zarr face of :func:`encode` / :func:`decode` (``{"name": "wdb.rowdelta"}``)."""
+    """The Zarr face of :func:`encode` / :func:`decode` (``{"name": "wdb.rowdelta"}``).
+
+    ``format``: the chunk version an array was created with, recorded in its metadata (absent
+    in arrays made before version 2: those read as 1). Chunks are always written in the
+    current version and each says its own, so decoding never needs it; it tells ``wdb
+    compact`` which arrays may still hold older chunks."""
 
     is_fixed_size = False
     level: int = 1
+    format: int = VERSION
 
-    def __init__(self, *, level: int = 1) -> None:
+    def __init__(self, *, level: int = 1, format: int = VERSION) -> None:  # noqa: A002
         if not isinstance(level, int) or not -7 <= level <= 22:
             raise ValueError(f"{NAME}: zstd level must be an integer in -7..22, got {level!r}")
+        if format not in (1, VERSION):
+            raise ValueError(f"{NAME}: unknown chunk format {format!r} (this reads 1..{VERSION})")
         object.__setattr__(self, "level", level)
+        object.__setattr__(self, "format", format)
 
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> Self:
         _, config = parse_named_configuration(data, NAME)
-        return cls(**config)  # type: ignore[arg-type]
+        return cls(**{"format": 1, **(config or {})})  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, JSON]:
-        return {"name": NAME, "configuration": {"level": self.level}}
+        return {"name": NAME, "configuration": {"level": self.level, "format": self.format}}
 
     def _encode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer | None:
         dtype = chunk_spec.dtype.to_native_dtype()

@@ -50,7 +50,10 @@ class CompactReport:
 
 def _codec_name(arr: Any) -> str:
     comps = arr.compressors
-    return type(comps[0]).__name__ if comps else "none"
+    if not comps:
+        return "none"
+    version = getattr(comps[0], "format", None)  # wdb.rowdelta: which chunk format
+    return type(comps[0]).__name__ + (f" (format {version})" if version else "")
 
 
 def is_current(arr: Any) -> bool:
