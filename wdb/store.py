@@ -14,9 +14,10 @@ mostly other rows, and a 200 MB model took 20 s to ingest; such models are read 
 checkpoint at a time, so the column-slice argument above does not apply. Existing arrays keep
 the chunking they were created with (Zarr records it per array).
 
-Codec: ``wdb.rowdelta`` (``wdb.codec``): each row as itself, as its integer delta from the row
-above it, or as its residual from the line through the two rows above, whichever is smallest;
-then byte planes, zstd level 1 per plane; lossless on every bit pattern. Measured with
+Codec: ``wdb.rowdelta`` (``wdb.codec``): each row as itself or as its integer residual from
+the row above, the line through the two above or the parabola through the three above,
+whichever is smallest; then byte planes (the residual rows' column by column), zstd level 1
+per plane; lossless on every bit pattern. Measured with
 ``benchmarks/bench_store.py`` against the codec before it (Blosc zstd1 bitshuffle, which arrays
 created before it keep: zarr records the codecs per array, and ``wdb compact`` re-encodes them).
 Level 1 rather than higher: weights barely compress at any level (a prototype of per-plane zstd
