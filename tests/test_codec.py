@@ -187,6 +187,22 @@ def test_damaged_and_foreign_chunks_fail_with_a_reason():
         codec.decode(bytes(blob), x.shape, x.dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int16", "V3"])
+def test_every_truncated_chunk_fails_with_a_reason(dtype):
+    """A chunk cut short anywhere (a torn write, a damaged file) is a ValueError naming the
+    codec, never a struct or index error from deep inside or a silently short array."""
+    rng = np.random.default_rng(8)
+    x = np.cumsum(rng.integers(-3, 4, (6, 40)), axis=0).astype("int16")
+    if dtype == "float32":
+        x = (rng.normal(size=40) + np.cumsum(rng.normal(size=(6, 40)) * 1e-3, 0)).astype(dtype)
+    elif dtype == "V3":
+        x = rng.integers(0, 4, (6, 40 * 3), dtype=np.uint8).view("V3")
+    blob = codec.encode(x.tobytes(), x.shape, x.dtype, 1)
+    for cut in range(len(blob)):
+        with pytest.raises(ValueError, match=codec.NAME):
+            codec.decode(blob[:cut], x.shape, x.dtype)
+
+
 def test_zarr_alone_reads_the_arrays(tmp_path):
     """The codec is registered under zarr's entry point: a program that never imports wdb
     reads the store (as long as the package is installed)."""

@@ -460,12 +460,21 @@ def decode(blob: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype) ->
     version 1 chunks too (one set of planes for all rows in row order, modes up to DELTA2)."""
     dtype = np.dtype(dtype)
     buf = memoryview(np.frombuffer(blob, dtype=np.uint8))
+    truncated = ValueError(f"{NAME}: damaged chunk header (truncated at {len(buf)} bytes)")
+    if len(buf) < 2:
+        raise truncated
     version, size = struct.unpack_from("<BB", buf)
     if version not in (1, VERSION):
         raise ValueError(f"{NAME}: chunk written by codec version {version}, this is {VERSION}")
     if size == 0:  # empty, or values of an odd size: plain zstd
         rest = buf[2:]
-        return np.frombuffer(_zstd().decompress(rest) if len(rest) else b"", dtype=np.uint8)
+        try:
+            out = np.frombuffer(_zstd().decompress(rest) if len(rest) else b"", dtype=np.uint8)
+        except zstandard.ZstdError as exc:
+            raise ValueError(f"{NAME}: damaged chunk ({exc})") from exc
+        if out.size != int(np.prod(shape)) * dtype.itemsize:
+            raise ValueError(f"{NAME}: chunk decodes to {out.size} bytes, not {shape} {dtype}")
+        return out
     if size != dtype.itemsize:
         raise ValueError(f"{NAME}: chunk of {size}-byte values read as {dtype}")
     kind, t = _kind(dtype), _UINT[size]
@@ -475,11 +484,15 @@ def decode(blob: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype) ->
     at = 2
     modes = np.frombuffer(buf[at : at + n_rows], dtype=np.uint8)
     at += n_rows
+    if len(buf) < at:
+        raise truncated
     if n_rows and (modes[0] != RAW or modes.max() > (DELTA2 if version == 1 else DELTA3)):
         raise ValueError(f"{NAME}: damaged chunk header (row modes)")
     is_raw = modes == RAW
     n_raw = int(is_raw.sum()) if version > 1 else n_rows  # version 1: one group of all rows
     n_streams = size if n_raw == n_rows else 2 * size
+    if len(buf) < at + 5 * n_streams:
+        raise truncated
     coders = bytes(buf[at : at + n_streams])
     lengths = struct.unpack_from(f"<{n_streams}I", buf, at + n_streams)
     at += 5 * n_streams
