@@ -348,15 +348,15 @@ def _code(data: np.ndarray, bits: float, level: int, copy: bool) -> tuple[int, b
     return coder, blob
 
 
-def _plane_streams(words: np.ndarray, level: int, planes: range | None = None) -> list:
-    """The coded byte planes (all, or ``planes``) of ``words`` (1-d, unsigned, contiguous)."""
+def _plane_streams(words: np.ndarray, level: int) -> list:
+    """The coded byte planes of ``words`` (1-d, unsigned, contiguous)."""
     size = words.itemsize
     step = max(1, words.size // (SAMPLES * 32))
     bits = _bits(_histograms(words[None, ::step]))[0] / max(1, words[::step].size)
     by_plane = words.view(np.uint8).reshape(-1, size)
     plane = _scratch("plane", words.size, np.uint8)  # one work array for every plane
     out = []
-    for p in planes or range(size):
+    for p in range(size):
         np.copyto(plane, by_plane[:, p])
         out.append(_code(plane, bits[p], level, copy=True))
     return out
@@ -508,9 +508,10 @@ def decode(blob: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype) ->
     if not prefix:
         rows[is_raw] = first.reshape(n_raw, n_cols)
     if n_raw < n_rows:  # the residual rows, stored column by column
-        shape = (n_rows - n_raw, n_cols)
-        res = rows[n_raw:] if prefix else _scratch("rows", n - n_raw * n_cols, t).reshape(shape)
-        _fill(res.reshape(-1), range(size), streams[size:], size, columns=shape)
+        res_shape = (n_rows - n_raw, n_cols)
+        res = rows[n_raw:] if prefix else _scratch("rows", n - n_raw * n_cols, t)
+        res = res.reshape(res_shape)
+        _fill(res.reshape(-1), range(size), streams[size:], size, columns=res_shape)
         if not prefix:
             rows[~is_raw] = res
     tmp = _scratch("tmp", n, t)
