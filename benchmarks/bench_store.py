@@ -188,7 +188,7 @@ def time_appends(path: Path, data: np.ndarray, codec) -> float:
 
 def reads(tmp: Path, n_rows: int, width: int, steps: np.ndarray) -> None:
     """Read and append times, old codec vs new, on synthetic rows of a wide space and on case
-    (b)'s Adam steps (``steps``: where the column mask and the sparse upper halves are used)."""
+    (b)'s Adam steps (``steps``: residual rows in column order, the third predictor)."""
     rng = np.random.default_rng(0)
     independent = (rng.normal(size=(n_rows, width)) * 0.05).astype(np.float32)
     # rows drifting like consecutive steps: every row but a chunk's first is a delta to rebuild

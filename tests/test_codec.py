@@ -141,7 +141,8 @@ def test_residual_rows_are_coded_column_by_column():
 
 
 def _as_version1(rows: np.ndarray) -> bytes:
-    """The planes of ``rows`` after their row modes, coded as version 1 chunks were."""
+    """The planes of ``rows`` after their row modes, in row order and one set for all rows, as
+    version 1 laid them out."""
     from numcodecs.zstd import Zstd
 
     u = rows.view(np.uint32)
@@ -153,8 +154,8 @@ def _as_version1(rows: np.ndarray) -> bytes:
 
 
 def test_version_1_chunks_still_decode():
-    """A chunk written by version 1 of the codec (before the column mask, the sparse upper
-    halves and the third difference; kept in tests/data) reads back bit for bit."""
+    """A chunk written by version 1 of the codec (one set of planes in row order, no third
+    difference; kept in tests/data) reads back bit for bit."""
     data = Path(__file__).parent / "data"
     want = np.load(data / "rowdelta_v1_rows.npy")
     blob = (data / "rowdelta_v1.bin").read_bytes()
