@@ -266,3 +266,29 @@ def test_novelty_aligned_and_multiple_spaces(db):
     assert len(both) == 3 and len({r["relation_id"] for r in both}) == 2
     rel = db.sql("SELECT metric, space_id FROM relations ORDER BY id")
     assert rel[0]["metric"] == "aligned_l2" and {r["metric"] for r in rel[1:]} == {"l2"}
+
+
+def test_add_metrics_replaces_only_its_own_keys(db):
+    """``replace`` drops the rows with the same (checkpoint, eval set, name) and no others, in
+    one statement per (eval set, name) with the ids bound as one list."""
+    from wdb.outputs import ensure_eval_set
+
+    ids = add_training(db, Layout.from_arrays({"w": np.zeros(4, np.float32)}), np.zeros((3, 4)))
+    a = ensure_eval_set(db, "toy:a", "toy", "test", np.arange(4) % 2)
+    b = ensure_eval_set(db, "toy:b", "toy", "test", np.arange(4) % 2)
+    first = [
+        {"checkpoint_id": c, "eval_set_id": e, "name": n, "value": 0.0}
+        for c in ids
+        for e in (a, b)
+        for n in ("accuracy", "loss")
+    ]
+    db.add_metrics(first)
+    db.add_metrics(
+        [{"checkpoint_id": c, "eval_set_id": a, "name": "accuracy", "value": 1.0} for c in ids[:2]]
+    )
+    got = {
+        (r["checkpoint_id"], r["eval_set_id"], r["name"]): r["value"]
+        for r in db.sql("SELECT checkpoint_id, eval_set_id, name, value FROM metrics")
+    }
+    assert len(got) == len(first)  # replaced, not duplicated; nothing else dropped
+    assert {k for k, v in got.items() if v == 1.0} == {(c, a, "accuracy") for c in ids[:2]}

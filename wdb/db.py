@@ -420,6 +420,7 @@ class Database:
         import sqlalchemy as sa
 
         from wdb.schema import metrics
+        from wdb.tasks.base import id_in
 
         rows = list(rows)
         if not rows:
@@ -431,14 +432,14 @@ class Database:
                     keys.setdefault((r["eval_set_id"], r["name"]), set()).add(
                         int(r["checkpoint_id"])
                     )
+                # the ids as one list parameter (``id_in``), not one bind each: PostgreSQL's
+                # driver takes at most 65,535 parameters a statement
+                drop = sa.text(
+                    f"DELETE FROM {metrics.name} WHERE eval_set_id = :e AND name = :n "
+                    f"AND {id_in(self, 'checkpoint_id')}"
+                )
                 for (eid, name), ids in keys.items():
-                    conn.execute(
-                        sa.delete(metrics).where(
-                            metrics.c.eval_set_id == eid,
-                            metrics.c.name == name,
-                            metrics.c.checkpoint_id.in_(sorted(ids)),
-                        )
-                    )
+                    conn.execute(drop, {"e": eid, "n": name, "ids": sorted(ids)})
             conn.execute(metrics.insert(), rows)
         return len(rows)
 

@@ -115,6 +115,11 @@ def _start(engine: str) -> Iterator[Any]:
         yield c
 
 
+def _n_workers(c) -> int:
+    """How many workers the cluster has now (at least 1): what the work is split by."""
+    return max(1, len(c.scheduler_info()["workers"]))
+
+
 def _db_spec(db) -> tuple[str, str, str | None]:
     return str(db.path), db.catalog.url, db.store_url
 
@@ -141,7 +146,7 @@ def knn(
 
         ensure(db, space)  # built once here, not by every worker at once
     with client(engine) as c:
-        n = max(1, len(c.scheduler_info()["workers"]))
+        n = _n_workers(c)
         bounds = np.linspace(0, len(q_rows), min(len(q_rows), n) + 1).astype(int)
         parts = [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
         ref_f, space_f = c.scatter(ref, broadcast=True), c.scatter(space, broadcast=True)
@@ -197,7 +202,7 @@ def evaluate(c, db, task, batches: Iterable[tuple[list[int], np.ndarray, Any]]) 
     in the batches' order."""
     import dataclasses
 
-    n = max(1, len(c.scheduler_info()["workers"]))
+    n = _n_workers(c)
     spec_f = _db_spec(db)
     ref = task_ref(task)
     held: collections.deque = collections.deque()
@@ -220,7 +225,7 @@ def _chamfer_part(P: np.ndarray, tid: list[int], Q: np.ndarray, rid: list[int], 
 
 def chamfer(c, P: np.ndarray, tid: list[int], Q: np.ndarray, rid: list[int], ok: list[int]):
     """``wdb.tasks.shapes.nearest_shapes`` over all targets, split by target on ``c``."""
-    n = max(1, len(c.scheduler_info()["workers"]))
+    n = _n_workers(c)
     bounds = np.linspace(0, len(tid), min(len(tid), 2 * n) + 1).astype(int)
     q_f = c.scatter(Q, broadcast=True)
     futures = [
