@@ -25,7 +25,7 @@ import numpy as np
 
 from analyses import relations as rel
 from analyses.spec import Spec, fill, load, why_not
-from wdb.dialect import json_ids
+from wdb.catalog.dialect import json_ids
 from wdb.errors import NotFound, WdbError
 
 
@@ -40,7 +40,7 @@ def create_table_as(db, name: str, sql: str) -> None:
     """Replace table ``name`` with the rows of ``sql``, in one transaction on any catalog."""
     import sqlalchemy as sa
 
-    from wdb.dialect import replace_table_sql
+    from wdb.catalog.dialect import replace_table_sql
 
     with db.catalog.begin() as conn:
         for stmt in replace_table_sql(db, name, sql):
@@ -103,7 +103,7 @@ class Context:
     baselines: dict[str, int] = field(default_factory=dict)
     sigmas: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    #: the catalog's SQL dialect (``wdb.dialect.name``): the placeholders' SQL is written for it
+    #: the catalog's SQL dialect (``wdb.catalog.dialect.name``): the placeholders' SQL is written for it
     dialect: str = "duckdb"
 
     def values(self) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def methods_with_data(db) -> list[str]:
         "SELECT DISTINCT g.method FROM generator_runs g WHERE g.status = 'done' AND EXISTS "
         "(SELECT 1 FROM runs r WHERE r.generator_run_id = g.id AND r.kind = 'generated')"
     )
-    from wdb.generate import baseline_methods, method_info
+    from wdb.study.generate import baseline_methods, method_info
 
     found = {r["method"] for r in rows} - set(baseline_methods())
     return sorted(found, key=lambda m: (method_info(m).order, m))
@@ -155,7 +155,7 @@ def _sigma(config: dict) -> float:
 
 def resolve_context(db, method: str | None, task: Any = None) -> Context:
     """The generator run, space, zoo, baselines and task of ``method``."""
-    from wdb.dialect import name as dialect_name
+    from wdb.catalog.dialect import name as dialect_name
 
     ctx = Context(method, dialect=dialect_name(db))
     if method is None:
@@ -182,7 +182,7 @@ def resolve_context(db, method: str | None, task: Any = None) -> Context:
             f"({','.join(str(int(i)) for i in train_ids[:2000])}) GROUP BY zoo ORDER BY n DESC"
         )
         ctx.zoo = (z[0]["zoo"] or "") if z else ""
-    from wdb.generate import baseline_methods
+    from wdb.study.generate import baseline_methods
 
     base = db.sql(
         "SELECT g.id, g.method, g.config FROM generator_runs g WHERE g.status = 'done' "
@@ -207,9 +207,9 @@ def resolve_context(db, method: str | None, task: Any = None) -> Context:
             )
     if task is None:
         try:
-            import wdb.tasks
+            import wdb.study.tasks
 
-            task = wdb.tasks.for_space(db.space(ctx.space_id), db)
+            task = wdb.study.tasks.for_space(db.space(ctx.space_id), db)
         except (ImportError, WdbError) as exc:  # tasks not available: figures needing one skip
             ctx.notes.append(f"no task for space {ctx.space_id}: {exc}")
         if task is None:
@@ -386,7 +386,7 @@ def run(
     spec = load(spec, method) if not isinstance(spec, Spec) else spec.for_method(method)
     for item in [*spec.relations, *spec.tables, *spec.figures]:
         item.update((options or {}).get(item.get("name"), {}))
-    from wdb.generate import recall_sources
+    from wdb.study.generate import recall_sources
 
     recall_sources(db)
     ctx = resolve_context(db, method, task)

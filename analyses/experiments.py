@@ -8,7 +8,7 @@ a figure, and a result record ``<out>/experiment_<name>_<method>.json`` that the
   selection as its latest run, evaluate the samples, and tabulate accuracy (MMD for shapes) against
   mean min-L2 novelty. A variant whose knob the method's config does not have is reported as
   skipped — a method's config keys are its own, so the mapping below names them explicitly.
-- ``symmetry``: function-preserving permutation and positive scaling (``wdb.symmetry``) of
+- ``symmetry``: function-preserving permutation and positive scaling (``wdb.query.symmetry``) of
   training weights, passed with the originals through the trained Hyper-Representations
   autoencoder; mean accuracy difference and 1 − prediction agreement of the two reconstructions,
   against pairs of reconstructions of different models.
@@ -28,7 +28,7 @@ import numpy as np
 
 from analyses import relations as rel
 from analyses.engine import create_table_as, write_table
-from wdb.dialect import json_ids, json_text
+from wdb.catalog.dialect import json_ids, json_text
 from wdb.errors import BadInput, NotFound, WdbError
 
 EXPERIMENTS = ("modeling-factors", "symmetry", "hd-augmentation")
@@ -105,7 +105,7 @@ VARIANTS: dict[str, Callable[[dict], dict]] = {
 
 
 def _reference_sql(db, method: str, gid: int) -> str:
-    from wdb.generate import method_info
+    from wdb.study.generate import method_info
 
     if method_info(method).reference == "reconstructed":
         return f"generator_run_id = {gid} AND kind = 'reconstructed'"
@@ -147,7 +147,7 @@ def modeling_factors(
     from analyses import figures as figs
 
     base = _latest(db, method)
-    from wdb.generate import get_method, resolve_config
+    from wdb.study.generate import get_method, resolve_config
 
     mod = get_method(method)
     fixed = {"size": size, **(overrides or {})}
@@ -210,9 +210,9 @@ def _is_field(db, gen_run: dict) -> bool:
     if not one:
         return False
     try:
-        import wdb.tasks
+        import wdb.study.tasks
 
-        task = wdb.tasks.for_space(db.space(int(one[0]["space_id"])))
+        task = wdb.study.tasks.for_space(db.space(int(one[0]["space_id"])))
     except (ImportError, WdbError):
         return False
     return getattr(task, "kind", "") == "field"
@@ -251,9 +251,9 @@ def find_run(
 def symmetry(db, out: Path, n_models: int = 40, seed: int = 0, task: Any = None) -> dict[str, Any]:
     """Permuted / scaled training weights through the HR autoencoder vs different models."""
     from analyses import figures as figs
-    from wdb import symmetry as sym
-    from wdb.generate import get_method
-    from wdb.tasks import for_space
+    from wdb.query import symmetry as sym
+    from wdb.study.generate import get_method
+    from wdb.study.tasks import for_space
 
     method = get_method("hyperrep")
     if not hasattr(method, "reconstructor"):

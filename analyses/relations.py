@@ -1,8 +1,8 @@
 """The ONE adapter between analyses and wdb's engines for relations (nearest, novelty, shapes).
 
 Analyses never compute neighbours, error-set similarity or shape distances themselves: nearest
-and novelty go through ``wdb.query.novelty`` (exact L2 or aligned L2 via FAISS + exact re-rank,
-max error-set IoU via the bit-packed ``wdb.similarity`` engine), which materialises ``relations``
+and novelty go through ``wdb.query.nearest.novelty`` (exact L2 or aligned L2 via FAISS + exact re-rank,
+max error-set IoU via the bit-packed ``wdb.query.similarity`` engine), which materialises ``relations``
 / ``neighbors`` / ``similarity`` rows with provenance; shape distances use the shapes task's
 Chamfer function on the stored point clouds. This module only translates a spec's request
 (targets / reference as SQL filters over ``checkpoint_info``) into those calls and returns the
@@ -28,10 +28,10 @@ def _ids(db, where: str) -> list[int]:
 def novelty(db, targets: str, reference: str, metric: str = "l2", k: int = 1) -> int:
     """Per target: min L2 (self excluded), nearest reference, max error IoU, accuracy, and its k
     nearest references; returns the ``relations`` id whose rows are in ``similarity`` and
-    ``neighbors`` (``wdb.query.novelty``)."""
-    from wdb.query import novelty as query_novelty
+    ``neighbors`` (``wdb.query.nearest.novelty``)."""
+    from wdb.query.nearest import novelty as query_novelty
 
-    ENGINE["novelty"] = "wdb.query.novelty"
+    ENGINE["novelty"] = "wdb.query.nearest.novelty"
     rows = query_novelty(
         db, targets=targets, reference=reference, k=k, aligned=metric == "aligned_l2"
     )
@@ -44,7 +44,7 @@ def novelty(db, targets: str, reference: str, metric: str = "l2", k: int = 1) ->
 def nearest(db, targets: str, reference: str, k: int = 3, metric: str = "l2") -> int:
     """k nearest reference checkpoints of every target (rank 1 = nearest, never itself); returns
     the ``relations`` id whose rows are in ``neighbors``."""
-    ENGINE["nearest"] = "wdb.query.novelty(k)"
+    ENGINE["nearest"] = "wdb.query.nearest.novelty(k)"
     return novelty(db, targets, reference, metric=metric, k=k)
 
 
@@ -53,15 +53,15 @@ def shape_distances(
 ) -> dict[int, tuple[float, int]]:
     """Per target: (min Chamfer distance to the reference shapes, nearest reference id).
 
-    Pairwise distances come from the shapes task's Chamfer engine (``wdb.tasks.shapes.chamfer``,
-    METHODS.md's definition) over the stored 2048-point clouds (``wdb.outputs`` kind ``points``);
-    empty meshes (all points equal) are left out. ``workers`` (or the engine of ``wdb.engine``)
+    Pairwise distances come from the shapes task's Chamfer engine (``wdb.study.tasks.shapes.chamfer``,
+    METHODS.md's definition) over the stored 2048-point clouds (``wdb.study.outputs`` kind ``points``);
+    empty meshes (all points equal) are left out. ``workers`` (or the engine of ``wdb.query.engine``)
     splits the targets over a Dask cluster; each target's loop is the same, so are the results.
     """
-    from wdb import engine as engines
-    from wdb.tasks.shapes import nearest_shapes, nonempty
+    from wdb.query import engine as engines
+    from wdb.study.tasks.shapes import nearest_shapes, nonempty
 
-    ENGINE["chamfer"] = "wdb.tasks.shapes.chamfer"
+    ENGINE["chamfer"] = "wdb.study.tasks.shapes.chamfer"
     tid, P = stored_points(db, _ids(db, targets))
     rid, Q = stored_points(db, _ids(db, reference))
     ok_r = [j for j in range(len(rid)) if nonempty(Q[j])]
@@ -75,11 +75,11 @@ def shape_distances(
 
 def stored_points(db, ids: list[int]) -> tuple[list[int], np.ndarray]:
     """Stored surface points of the checkpoints that have them (the eval set most of them use)."""
-    from wdb import outputs
+    from wdb.study import outputs
 
     if not ids:
         return [], np.empty((0, 0, 3), np.float32)
-    from wdb.tasks.base import id_in
+    from wdb.study.tasks.base import id_in
 
     es = db.sql(
         "SELECT eval_set_id, count(*) AS n FROM predictions WHERE array_path LIKE 'points/%' "

@@ -3,7 +3,7 @@
 A toy classifier task (an MLP ``F -> H -> C`` on Gaussian blobs), ``n_train`` trained-looking
 weight vectors, a fake generator run whose samples are near-copies of training rows, and the two
 noise baselines plus ``average``/``gaussian`` — all written through the public API
-(``db.add_checkpoints``, ``wdb.outputs``, ``db.add_metrics``) exactly as the real pipeline does.
+(``db.add_checkpoints``, ``wdb.study.outputs``, ``db.add_metrics``) exactly as the real pipeline does.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdb.spaces import Layout
+from wdb.store.spaces import Layout
 
 
 @dataclass
 class ToyTask:
-    """Just enough of ``wdb.tasks.base.Task`` for the analyses: data, predict, kind."""
+    """Just enough of ``wdb.study.tasks.base.Task`` for the analyses: data, predict, kind."""
 
     n_features: int = 6
     n_hidden: int = 5
@@ -88,7 +88,7 @@ class ToyTask:
 def _generator_run(db, method: str, config: dict, train_ids: list[int]) -> int:
     import sqlalchemy as sa
 
-    from wdb.schema import generator_runs
+    from wdb.catalog.schema import generator_runs
 
     with db.catalog.begin() as conn:
         gid = conn.execute(sa.text("SELECT nextval('generator_runs_id_seq')")).scalar_one()
@@ -155,7 +155,7 @@ def build(
 
 def evaluate(db, task: ToyTask, ids: list[int]) -> int:
     """What ``wdb evaluate`` does for a registered task: predictions + accuracy on its eval set."""
-    from wdb import outputs
+    from wdb.study import outputs
 
     X, y = task.data("test")
     es = outputs.ensure_eval_set(db, f"{task.name}:test", task.name, "test", y)

@@ -82,7 +82,7 @@ def cpu_of(fn) -> float:
 _SHARDED_CHILD = """
 import os, sys, time
 os.environ["WDB_PROGRESS"] = "0"
-import wdb, wdb.importer, ingest.folder, safetensors.torch, zarr
+import wdb, wdb.ingest.pipeline, ingest.folder, safetensors.torch, zarr
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
@@ -168,7 +168,7 @@ def main() -> None:
     if args.codec != "store":
         from zarr.codecs import BloscCodec
 
-        from wdb import store
+        from wdb.store import arrays as store
 
         cname, level = ("lz4", 5) if args.codec == "lz4" else ("zstd", 1)
         store._compressor = lambda dt: BloscCodec(
@@ -212,7 +212,7 @@ def main() -> None:
         wdb.open(tmp / "db_cpu")
         for name in ("db_one", "db_disk1", "db_disk"):
             wdb.open(tmp / name)
-        from wdb.importer import ingest_workers
+        from wdb.ingest.pipeline import ingest_workers
 
         workers = ingest_workers() or max(1, (os.cpu_count() or 2) - 1)
         os.environ["WDB_INGEST_WORKERS"] = "0"

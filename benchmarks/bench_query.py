@@ -46,8 +46,8 @@ def bench_nearest(n: int, d: int, workdir: Path, repeats: int = 5) -> None:
     import torch
 
     import wdb
-    from wdb import index as wi
-    from wdb.spaces import Layout
+    from wdb.query import index as wi
+    from wdb.store.spaces import Layout
 
     print(f"\n== nearest: 1 query, {n} checkpoints x {d} params ==")
     db = wdb.open(workdir / "db")
@@ -113,7 +113,7 @@ def plain_max_iou_torch(a, b):
 def bench_iou(n_t: int, n_r: int, items: int, plain_targets: int) -> None:
     import torch
 
-    from wdb.similarity import max_iou
+    from wdb.query.similarity import max_iou
 
     print(f"\n== max error-set IoU: {n_t} targets x {n_r} references x {items} items ==")
     rng = np.random.default_rng(1)
@@ -149,7 +149,7 @@ def _warm(_):
 
 
 def _pair_job(args):
-    from wdb.align import pair_distance
+    from wdb.query.align import pair_distance
 
     q, k = args
     ref, nl = _REF
@@ -159,11 +159,11 @@ def _pair_job(args):
 
 
 def bench_aligned(n_q: int, n_r: int, workers: int) -> None:
-    from wdb.align import AlignedSearch, neuron_layout
-    from wdb.symmetry import permute
+    from wdb.query.align import AlignedSearch, neuron_layout
+    from wdb.query.symmetry import permute
 
     print(f"\n== aligned nearest: {n_q} queries x {n_r} references, 784-10-10 MLP ==")
-    from wdb.tasks import get as get_task
+    from wdb.study.tasks import get as get_task
 
     lay = get_task("mnist-mlp").layout()  # the G.pt zoo's 784-10-10 MLP
     nl = neuron_layout(lay)

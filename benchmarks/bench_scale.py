@@ -86,9 +86,9 @@ def novelty_case(tmp: Path, n_targets: int, n_refs: int, dim: int) -> None:
     import numpy as np
 
     import wdb
-    from wdb import query
-    from wdb.index import ensure
-    from wdb.spaces import Layout
+    from wdb.query import nearest as query
+    from wdb.query.index import ensure
+    from wdb.store.spaces import Layout
 
     os.environ.pop("WDB_CATALOG_URL", None)
     os.environ.pop("WDB_STORE_URL", None)
@@ -126,7 +126,7 @@ def evaluate_case(tmp: Path, n: int) -> None:
     import numpy as np
 
     import wdb
-    from wdb import tasks
+    from wdb.study import tasks
 
     os.environ.pop("WDB_CATALOG_URL", None)
     os.environ.pop("WDB_STORE_URL", None)

@@ -8,9 +8,9 @@
    (c) P-diff's BN-only steps: the ``mnist-bn`` task's zoo (``size="small"``, 300 BN-only AdamW
        steps of bn1/bn2, 512 params), trained here and read back through ``wdb ingest``;
    (d) a bf16 model: the (a) weights cast to bfloat16, stored as the store stores bf16 (float32
-       rows, ``wdb.spaces.storage_dtype_of``); raw is the bf16 bytes, 2 per parameter;
+       rows, ``wdb.store.spaces.storage_dtype_of``); raw is the bf16 bytes, 2 per parameter;
    for the store's codec before issue 14 (Blosc zstd1 bitshuffle), ``wdb.rowdelta`` (the store's
-   codec now, ``wdb.codec``), plain zstd, and ``zipnn`` over the same chunks if it is installed.
+   codec now, ``wdb.store.codec``), plain zstd, and ``zipnn`` over the same chunks if it is installed.
 2. Single-row and column-slice read times and append time: old codec vs new on the store's chunk
    shape, then the store's chunk shape vs alternatives, on a wider space (D = 65,536).
 
@@ -31,7 +31,7 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from wdb import store
+from wdb.store import arrays as store
 
 
 def train_zoo(n_runs: int, steps: int, snapshot_runs: int):
@@ -141,7 +141,7 @@ def storage(tmp: Path, name: str, data: np.ndarray, bf16: bool = False) -> dict[
 def pdiff_rows(tmp: Path, steps: int) -> np.ndarray:
     """The BN-only rows of the mnist-bn zoo, in step order, as ``wdb ingest`` stores them."""
     import wdb
-    from wdb.tasks.mnist_bn import MnistBN
+    from wdb.study.tasks.mnist_bn import MnistBN
 
     zoo = MnistBN().train_zoo(tmp / "bn-zoo", runs=steps, size="small")
     db = wdb.open(tmp / "bn-db")

@@ -35,8 +35,8 @@ def quality(task, folder: Path) -> str:
         return f"final test accuracy mean {acc.mean():.4f} (min {acc.min():.4f}, {len(acc)} runs)"
     import torch
 
-    from wdb.tasks.base import EvalContext
-    from wdb.tensors import state_to_numpy
+    from wdb.store.tensors import state_to_numpy
+    from wdb.study.tasks.base import EvalContext
 
     held = [r for r in lines if r.get("split") == "test"]
     rows = np.stack(
@@ -56,7 +56,7 @@ def quality(task, folder: Path) -> str:
 
 
 def main() -> None:
-    from wdb import tasks
+    from wdb.study import tasks
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="default")

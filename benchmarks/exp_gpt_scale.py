@@ -30,7 +30,7 @@ def main() -> None:
     import wdb
     from analyses import demo, findings
     from generators import gpt
-    from wdb.tasks import mnist_mlp
+    from wdb.study.tasks import mnist_mlp
 
     # the experiment's zoo and generator sizes, in place of the demo plan's
     mnist_mlp.SIZES["small"] = dict(runs=args.runs, epochs=args.epochs, ckpts=args.ckpts)

@@ -16,7 +16,7 @@ as a residual over the start. MSE on the clean weights; linear betas 1e-4→2e-2
 DDPM sampling predicting x0. Weights are multiplied by ``weight_std / std(all training
 parameters)`` (0.538 in the CPU recipe; the factor is returned in the state dict as
 ``norm.scale`` and recorded in the config as ``weight_scale``). Augmentation: the same random
-hidden-neuron permutation (wdb.symmetry.permute, function-preserving) applied to the start and
+hidden-neuron permutation (wdb.query.symmetry.permute, function-preserving) applied to the start and
 the target of every pair, on by default as in the original (``augment_permutations=false``
 turns it off). EMA of the weights is what is returned. ``tokens=chunks`` restores the original
 tokenisation (every tensor cut into chunks of ≤ 1000 values, separate start tokens: 11 + 11).
@@ -111,11 +111,11 @@ from generators.transformer import (
     token_slices,
 )
 from wdb.errors import BadInput
-from wdb.generate import Fitted, MethodInfo, Samples, TrainingSet
+from wdb.study.generate import Fitted, MethodInfo, Samples, TrainingSet
 
 NAME = "gpt"
 KIND = "generated"
-#: how the study shows and compares it (wdb.generate.MethodInfo): novelty in permutation-aligned
+#: how the study shows and compares it (wdb.study.generate.MethodInfo): novelty in permutation-aligned
 #: L2; the paper's σ are meant for its normalised weight space (overall std 0.538).
 INFO = MethodInfo(
     display="G.pt",
@@ -184,7 +184,7 @@ def neuron_groups(layout, chunk: int) -> list[np.ndarray]:
     rows) is cut into chunks of ≤ ``chunk`` values, one group each. Raises for layouts that are
     not a plain layer chain.
     """
-    from wdb.symmetry import layers
+    from wdb.query.symmetry import layers
 
     chain = layers(layout)
     owned = np.zeros(layout.n_params, dtype=bool)
@@ -345,7 +345,7 @@ def _runs(train: TrainingSet) -> list[np.ndarray]:
 
 
 def _permutable(layout) -> bool:
-    from wdb.symmetry import layers
+    from wdb.query.symmetry import layers
 
     try:
         layers(layout)

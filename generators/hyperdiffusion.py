@@ -9,7 +9,7 @@ timestep token and predicts the clean weights (x0); linear betas 1e-4→2e-2 ove
 shape as the metric ``chamfer_train_min``.
 
 Permutation augmentation (the paper's x2/x4/x8 experiment): ``augment_permutations=k`` adds ``k``
-random function-preserving hidden-unit permutations (wdb.symmetry.permute) of every training MLP
+random function-preserving hidden-unit permutations (wdb.query.symmetry.permute) of every training MLP
 to the data, fixed once per fit. The paper found that this makes HyperDiffusion fail to produce
 shapes; the zoo's "first weights" alignment is exactly what the permutations destroy.
 
@@ -51,11 +51,11 @@ from generators.transformer import (
     token_slices,
 )
 from wdb.errors import BadInput
-from wdb.generate import Fitted, MethodInfo, Samples, TrainingSet
+from wdb.study.generate import Fitted, MethodInfo, Samples, TrainingSet
 
 NAME = "hyperdiffusion"
 KIND = "generated"
-#: how the study shows and compares it (wdb.generate.MethodInfo).
+#: how the study shows and compares it (wdb.study.generate.MethodInfo).
 INFO = MethodInfo(
     display="HyperDiffusion",
     order=30,
@@ -258,8 +258,8 @@ def nearest_training_chamfer(
     NaN. With ``write``, records ``chamfer_train_min`` (and ``chamfer_train_nearest`` = the
     nearest training checkpoint id) as metrics on the task's eval set.
     """
-    from wdb.tasks import shapes as S
-    from wdb.tasks.base import run_configs
+    from wdb.study.tasks import shapes as S
+    from wdb.study.tasks.base import run_configs
 
     task = S.ShapesOccupancy()
     tgt = db.checkpoints(targets)
@@ -283,7 +283,7 @@ def nearest_training_chamfer(
         j = int(np.argmin(d))
         out.append({"checkpoint_id": cid, "chamfer_train_min": d[j], "nearest": ref_ids[j]})
     if write:
-        from wdb.outputs import ensure_eval_set
+        from wdb.study.outputs import ensure_eval_set
 
         es_id = ensure_eval_set(db, task.eval_set_name(), task.name, task.eval_split, None)
         rows = []
@@ -314,7 +314,7 @@ def _points(db, task, ids: list[int], resolution: int) -> list[np.ndarray | None
     """Surface clouds per checkpoint: stored outputs if present, else meshed here."""
     stored: dict[int, np.ndarray] = {}
     try:
-        from wdb import outputs
+        from wdb.study import outputs
 
         rows = db.sql("SELECT id FROM eval_sets WHERE name = :n", {"n": task.eval_set_name()})
         if rows:
@@ -337,7 +337,7 @@ def _points(db, task, ids: list[int], resolution: int) -> list[np.ndarray | None
     missing = [i for i in ids if i not in stored]
     if missing:
         W = db.weights(missing)
-        from wdb.tasks.shapes import LEVEL, N_POINTS, marching_mesh, sample_points
+        from wdb.study.tasks.shapes import LEVEL, N_POINTS, marching_mesh, sample_points
 
         for i, w in zip(missing, W, strict=True):
             grid = task.grid_logits(w[None], resolution)[0]

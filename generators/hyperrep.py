@@ -2,7 +2,7 @@
 at CPU scale: a transformer autoencoder over a zoo's weights, sampled by KDE in its latent space.
 
 Data: the ``mnist-cnn`` zoo (a small CNN, ~100 runs × the last 5 epochs), any feed-forward chain
-that ``wdb.symmetry.layers`` can read.
+that ``wdb.query.symmetry.layers`` can read.
 
 - Tokens: one per output neuron. For each layer and output unit, the unit's incoming weights
   (a row of a linear layer, or a whole ``[in, k, k]`` kernel of a conv layer) followed by its
@@ -16,7 +16,7 @@ that ``wdb.symmetry.layers`` can read.
   ``latent_dim`` (32) values; the latent is the concatenation over tokens (**per-token latent**, so
   ``n_tokens × 32`` numbers: 60 × 32 = 1920 for the 1,296-parameter CNN). 2 blocks decode.
 - Loss: ``γ · NT-Xent + (1 − γ) · reconstruction``, γ = 0.5. Two views of every training row, each
-  a random function-preserving hidden-unit permutation (``wdb.symmetry.permute``) plus Gaussian
+  a random function-preserving hidden-unit permutation (``wdb.query.symmetry.permute``) plus Gaussian
   noise; NT-Xent (temperature 0.1) on a projection head over the flattened latent; the
   reconstruction target is the clean permuted row, MSE in the per-tensor standardised space
   (= the layer-normalised reconstruction error).
@@ -56,14 +56,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wdb.generate import MethodInfo, Samples, TrainingSet, torch_threads
 from wdb.progress import progress
-from wdb.spaces import Layout
-from wdb.symmetry import layers, permute, random_permutations
+from wdb.query.symmetry import layers, permute, random_permutations
+from wdb.store.spaces import Layout
+from wdb.study.generate import MethodInfo, Samples, TrainingSet, torch_threads
 
 NAME = "hyperrep"
 KIND = "generated"
-#: how the study shows and compares it (wdb.generate.MethodInfo): the paper's noise baseline
+#: how the study shows and compares it (wdb.study.generate.MethodInfo): the paper's noise baseline
 #: perturbs the top-30% reconstructions, which also stand for the training set in experiments.
 INFO = MethodInfo(
     display="Hyper-Representations",

@@ -54,12 +54,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from generators.diffusion import LinearSchedule, timestep_embedding
-from wdb.generate import MethodInfo, Samples, TrainingSet, torch_threads
 from wdb.progress import progress
+from wdb.study.generate import MethodInfo, Samples, TrainingSet, torch_threads
 
 NAME = "pdiff"
 KIND = "generated"
-#: how the study shows and compares it (wdb.generate.MethodInfo): trained on every checkpoint of
+#: how the study shows and compares it (wdb.study.generate.MethodInfo): trained on every checkpoint of
 #: its one run; the paper's baselines add averaged and Gaussian models; the paper finds P-diff
 #: the one method that beats the noise baseline (finding 3's exception).
 INFO = MethodInfo(

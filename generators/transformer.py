@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wdb.spaces import Layout
+from wdb.store.spaces import Layout
 
 
 def token_slices(layout: Layout, chunk: int | None = None) -> list[tuple[int, int]]:
@@ -30,18 +30,18 @@ def token_slices(layout: Layout, chunk: int | None = None) -> list[tuple[int, in
 def permutation_index(layout: Layout, perms: list[np.ndarray | None]) -> np.ndarray:
     """The gather index ``idx`` with ``permute(row) == row[idx]`` for these hidden-unit perms.
 
-    Computed by running :func:`wdb.symmetry.permute` on ``arange(D)`` (exact in float64), so the
+    Computed by running :func:`wdb.query.symmetry.permute` on ``arange(D)`` (exact in float64), so the
     augmentation is literally the shared function-preserving permutation, applied as one cheap
     gather per batch.
     """
-    from wdb.symmetry import permute
+    from wdb.query.symmetry import permute
 
     base = np.arange(layout.n_params, dtype=np.float64)
     return permute(base, layout, perms).astype(np.int64)
 
 
 def random_permutation_index(layout: Layout, rng: np.random.Generator) -> np.ndarray:
-    from wdb.symmetry import random_permutations
+    from wdb.query.symmetry import random_permutations
 
     return permutation_index(layout, random_permutations(layout, rng))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from wdb.errors import BadInput
-from wdb.importer import Found
+from wdb.ingest.pipeline import Found
 
 #: detection order among readers (lower first).
 PRIORITY = 20

@@ -1,6 +1,6 @@
 """Alembic environment for the wdb catalog.
 
-wdb runs migrations in-process (``wdb.catalog.upgrade``) and hands its connection over through
+wdb runs migrations in-process (``wdb.catalog.connect.upgrade``) and hands its connection over through
 ``config.attributes["connection"]``. Run by hand, ``sqlalchemy.url`` (or ``WDB_CATALOG_URL``) is used.
 """
 

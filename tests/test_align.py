@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wdb.align import AlignedSearch, neuron_layout, pair_distance
 from wdb.errors import BadInput
-from wdb.spaces import Layout
-from wdb.symmetry import permute
+from wdb.query.align import AlignedSearch, neuron_layout, pair_distance
+from wdb.query.symmetry import permute
+from wdb.store.spaces import Layout
 
 
 def mlp_layout(n_in=784, hidden=10, n_out=10) -> Layout:

@@ -9,7 +9,7 @@ import pytest
 from test_generate import TRAIN, add_toy_zoo, toy_layout
 
 from generators import baselines
-from wdb import generate as G
+from wdb.study import generate as G
 
 
 def synthetic(n: int = 40, d: int = 30, seed: int = 0, acc: bool = True) -> G.TrainingSet:

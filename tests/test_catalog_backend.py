@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import wdb
 from tests.conftest import ON_POSTGRES
-from wdb.schema import SCHEMA_HEAD
+from wdb.catalog.schema import SCHEMA_HEAD
 
 
 def test_the_suite_runs_on_the_catalog_it_says(tmp_path):

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from wdb.cli.main import cli
-from wdb.spaces import Layout
-from wdb.tensors import state_to_numpy
+from wdb.store.spaces import Layout
+from wdb.store.tensors import state_to_numpy
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zarr.codecs import BloscCodec
 
-from wdb import codec
-from wdb.codec import RowDeltaCodec
+from wdb.store import codec
+from wdb.store.codec import RowDeltaCodec
 
 DTYPES = ["float32", "float16", "float64", "int8", "int32", "int64", "uint8", "uint16", "bool"]
 SPECIAL = {  # bit patterns a float codec must not normalise
@@ -239,7 +239,7 @@ def test_codec_config_round_trips_and_refuses_bad_levels():
 
 
 def test_new_arrays_get_the_codec_and_old_ones_stay_readable(tmp_path):
-    from wdb.store import ArrayStore
+    from wdb.store.arrays import ArrayStore
 
     store = ArrayStore(tmp_path / "s.zarr")
     new = store.create("spaces/1", 100, "float32")

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from zarr.codecs import BloscCodec
 
 import wdb
-from wdb import compact as compact_mod
-from wdb import store as store_mod
 from wdb.cli.main import cli
-from wdb.codec import RowDeltaCodec
-from wdb.spaces import Layout
+from wdb.store import arrays as store_mod
+from wdb.store import compact as compact_mod
+from wdb.store.codec import RowDeltaCodec
+from wdb.store.spaces import Layout
 
 
 @pytest.fixture

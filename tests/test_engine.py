@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wdb import query
+from wdb.query import nearest as query
 
 pytest.importorskip("distributed", reason="Dask is not installed (pip install -e '.[dask]')")
 
 
 @pytest.mark.parametrize("n_ref", [120, 700])  # brute-force scan, and the FAISS index path
 def test_novelty_on_two_workers_is_bit_identical(db, n_ref):
-    from wdb.spaces import Layout
+    from wdb.store.spaces import Layout
 
     rng = np.random.default_rng(n_ref)
     layout = Layout.from_arrays({"w": np.zeros((6, 10), np.float32), "b": np.zeros(6, np.float32)})
@@ -38,7 +38,7 @@ def test_novelty_on_two_workers_is_bit_identical(db, n_ref):
 
 def _results(db, eval_name: str) -> tuple[dict, dict]:
     """Every metric value (as float64 bytes) and every stored output row, per checkpoint."""
-    from wdb.outputs import eval_set, read_outputs
+    from wdb.study.outputs import eval_set, read_outputs
 
     metrics = {
         (r["checkpoint_id"], r["name"]): np.float64(r["value"]).tobytes()
@@ -60,7 +60,7 @@ def test_evaluate_on_two_workers_is_bit_identical(db, task_ref, monkeypatch):
     has its metric once."""
     from pathlib import Path
 
-    from wdb import tasks
+    from wdb.study import tasks
 
     if task_ref == "outside":
         task_ref = str(Path(__file__).parent / "outside_study" / "my_task.py")
@@ -81,7 +81,7 @@ def test_evaluate_on_two_workers_is_bit_identical(db, task_ref, monkeypatch):
         {"e": t.eval_set_name()},
     )[0]["n"]
     assert n == 37
-    from wdb import engine
+    from wdb.query import engine
 
     started, real = [], engine._start
     monkeypatch.setattr(engine, "_start", lambda e: (started.append(e), real(e))[1])
@@ -93,9 +93,9 @@ def test_chamfer_relation_and_an_engine_scope_on_two_workers(db):
     """``wdb analyze --workers 2``: one cluster serves every relation of the scope, and the
     Chamfer relation (split by target) and novelty give the in-process results to the bit."""
     from analyses import relations
-    from wdb import engine
-    from wdb.outputs import ensure_eval_set, write_outputs
-    from wdb.spaces import Layout
+    from wdb.query import engine
+    from wdb.store.spaces import Layout
+    from wdb.study.outputs import ensure_eval_set, write_outputs
 
     rng = np.random.default_rng(3)
     layout = Layout.from_arrays({"w": np.zeros(12, np.float32)})

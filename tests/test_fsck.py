@@ -11,7 +11,7 @@ import pytest
 
 import wdb
 from tests.conftest import ON_POSTGRES
-from wdb.spaces import Layout
+from wdb.store.spaces import Layout
 
 
 def populate(path: Path) -> Path:
@@ -59,7 +59,7 @@ def test_corrupted_row_is_a_hash_mismatch(db) -> None:
 
 
 def test_corrupted_chunk_file_is_reported(db) -> None:
-    from wdb.codec import RowDeltaCodec
+    from wdb.store.codec import RowDeltaCodec
 
     (space,) = db.spaces()
     arr = db.weights_store.array(db.space(space["id"]).array_path)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from generators import gpt
-from wdb import generate as G
-from wdb.checkpoints import NewCheckpoint
-from wdb.tasks import get
+from wdb.store.write import NewCheckpoint
+from wdb.study import generate as G
+from wdb.study.tasks import get
 
 TINY = {"size": "small", "width": 16, "train_steps": 6, "diffusion_steps": 12, "batch": 8}
 
@@ -162,7 +162,7 @@ def test_untrained_preconditioned_denoiser_is_the_gaussian_posterior_mean():
 
 
 def test_unit_tokens_partition_the_row_and_are_permutation_equivariant():
-    from wdb.symmetry import permute, random_permutations
+    from wdb.query.symmetry import permute, random_permutations
 
     layout = _layout()
     groups = gpt.neuron_groups(layout, 1000)

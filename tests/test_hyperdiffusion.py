@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from generators import hyperdiffusion as hd
-from wdb import generate as G
-from wdb.checkpoints import NewCheckpoint
-from wdb.tasks import get
-from wdb.tasks import shapes as S
+from wdb.store.write import NewCheckpoint
+from wdb.study import generate as G
+from wdb.study.tasks import get
+from wdb.study.tasks import shapes as S
 
 TINY = {"size": "small", "width": 16, "train_steps": 6, "diffusion_steps": 10, "batch": 8}
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from generators import hyperrep as H
-from wdb import generate as G
-from wdb.spaces import Layout
-from wdb.symmetry import permute, random_permutations
+from wdb.query.symmetry import permute, random_permutations
+from wdb.store.spaces import Layout
+from wdb.study import generate as G
 
 
 def cnn_layout() -> Layout:

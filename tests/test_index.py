@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from wdb import index as wi
-from wdb.spaces import Layout
+from wdb.query import index as wi
+from wdb.store.spaces import Layout
 
 
 def make(db, n=300, d=40, seed=0, prefix="train"):
@@ -102,8 +102,9 @@ def test_cli_index_build_status(db):
 def test_subset_search_by_flat_copy_matches_the_id_selector(db, monkeypatch):
     """Many queries against a subset of the index take a flat copy of the subset (BLAS) instead
     of FAISS's per-vector IDSelector scan; after the exact refinement the result is identical."""
-    from wdb import index, query
-    from wdb.spaces import Layout
+    from wdb.query import index
+    from wdb.query import nearest as query
+    from wdb.store.spaces import Layout
 
     rng = np.random.default_rng(1)
     layout = Layout.from_arrays({"w": np.zeros(64, np.float32)})

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from wdb.errors import BadInput
-from wdb.importer import IngestReport, _fast_torch_load, load_file
+from wdb.ingest.pipeline import IngestReport, _fast_torch_load, load_file
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -183,8 +183,8 @@ def test_modelzoo_layout(db, tmp_path: Path) -> None:
 
 
 def test_flat_layout_with_error_sets(db, tmp_path: Path) -> None:
-    from wdb.outputs import error_masks, eval_set
-    from wdb.spaces import Layout
+    from wdb.store.spaces import Layout
+    from wdb.study.outputs import error_masks, eval_set
 
     src = {"fc.weight": np.zeros((3, 4), np.float32), "fc.bias": np.zeros(3, np.float32)}
     layout = Layout.from_arrays(src)

@@ -22,12 +22,12 @@ N_FILES = 24
 KILLER = textwrap.dedent(
     """
     import contextlib, os, signal, sys
-    import wdb, wdb.importer
-    from wdb.catalog import Catalog
-    from wdb.store import ArrayStore
+    import wdb, wdb.ingest.pipeline
+    from wdb.catalog.connect import Catalog
+    from wdb.store.arrays import ArrayStore
 
     db_path, zoo, mode = sys.argv[1:4]
-    wdb.importer.BATCH = 4
+    wdb.ingest.pipeline.BATCH = 4
     state = {"writes": 0}
     orig_write, orig_begin = ArrayStore.write, Catalog.begin
 
@@ -48,11 +48,11 @@ KILLER = textwrap.dedent(
     ArrayStore.write, Catalog.begin = write, begin
     if mode == "slow":
         import time
-        orig_load = wdb.importer.read_checkpoint
+        orig_load = wdb.ingest.pipeline.read_checkpoint
         def slow(path):
             time.sleep(0.05)
             return orig_load(path)
-        wdb.importer.read_checkpoint = slow
+        wdb.ingest.pipeline.read_checkpoint = slow
         import ingest.folder
         ingest.folder.read_checkpoint = slow
     wdb.open(db_path).ingest(zoo)

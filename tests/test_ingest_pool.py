@@ -11,7 +11,7 @@ import torch
 
 import wdb
 from tests.conftest import ON_POSTGRES
-from wdb import importer
+from wdb.ingest import pipeline as importer
 
 
 def make_zoo(root, n_runs: int = 8, epochs: int = 10) -> None:

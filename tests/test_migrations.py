@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import wdb
-from wdb.catalog import Catalog, migrations_dir
+from wdb.catalog.connect import Catalog, migrations_dir
+from wdb.catalog.schema import SCHEMA_HEAD, metadata
 from wdb.db import Database
 from wdb.errors import SchemaError
-from wdb.schema import SCHEMA_HEAD, metadata
-from wdb.spaces import Layout
+from wdb.store.spaces import Layout
 
 
 def _script():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from generators import pdiff
-from wdb import generate as G
-from wdb.spaces import Layout
+from wdb.store.spaces import Layout
+from wdb.study import generate as G
 
 BN = ["bn1.weight", "bn1.bias", "bn2.weight", "bn2.bias"]
 

@@ -1,7 +1,7 @@
 """The permutation augmentation G.pt and HyperDiffusion use is function-preserving.
 
 Both methods permute through ``generators.transformer.permutation_index`` (a gather index built
-by ``wdb.symmetry.permute``); HyperDiffusion's ``augmented`` adds the permuted copies. A permuted
+by ``wdb.query.symmetry.permute``); HyperDiffusion's ``augmented`` adds the permuted copies. A permuted
 network must compute exactly the same function, through the tasks' own forward passes.
 """
 
@@ -12,11 +12,11 @@ import torch
 
 from generators import hyperdiffusion as hd
 from generators.transformer import permutation_index, random_permutation_index
-from wdb import generate as G
-from wdb.tasks import get
-from wdb.tasks import mnist_mlp as M
-from wdb.tasks import shapes as S
-from wdb.tasks.base import stacked_params
+from wdb.study import generate as G
+from wdb.study.tasks import get
+from wdb.study.tasks import mnist_mlp as M
+from wdb.study.tasks import shapes as S
+from wdb.study.tasks.base import stacked_params
 
 
 def _space(layout):
@@ -24,7 +24,7 @@ def _space(layout):
 
 
 def test_permutation_index_matches_symmetry_permute():
-    from wdb.symmetry import permute, random_permutations
+    from wdb.query.symmetry import permute, random_permutations
 
     layout = get("shapes-occupancy").layout()
     rng = np.random.default_rng(3)

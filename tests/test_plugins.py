@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wdb import generate as G
 from wdb import plugins
 from wdb.errors import BadInput, NotFound
-from wdb.outputs import ingest_outputs
+from wdb.study import generate as G
+from wdb.study.outputs import ingest_outputs
 
 
 def test_builtins_are_entry_points_like_any_plugin():
     assert {"mnist-mlp", "shapes-occupancy"} <= set(plugins.names("wdb.tasks"))
     assert {"pdiff", "noise"} <= set(plugins.names("wdb.generators"))
     assert plugins.registry("wdb.readers")["folder"].distribution == "wdb"
-    from wdb.importer import format_names
+    from wdb.ingest.pipeline import format_names
 
     assert format_names()[-1] == "folder"  # the generic reader is asked last
     assert G.study_methods()[:4] == ["hyperrep", "gpt", "hyperdiffusion", "pdiff"]
@@ -41,7 +41,7 @@ def test_bad_plugin_files_fail_in_one_line_naming_the_file(tmp_path):
 def test_a_generator_file_without_fit_is_a_baseline_style_method(tmp_path):
     f = tmp_path / "copycat.py"
     f.write_text(
-        "from wdb.generate import Samples\n"
+        "from wdb.study.generate import Samples\n"
         "def default_config(size):\n    return {'n': 2}\n"
         "def sample(model, train, n, config, seed, load):\n"
         "    return [Samples(train.weights[:n])]\n"
@@ -61,7 +61,7 @@ def test_config_is_read_only_for_methods():
 
 def _db_with_runs(tmp_path):
     import wdb
-    from wdb.spaces import Layout
+    from wdb.store.spaces import Layout
 
     db = wdb.open(tmp_path / "db")
     layout = Layout.from_arrays({"w": np.zeros(4, np.float32)})
@@ -89,7 +89,7 @@ def test_ingest_outputs_checks_everything_before_writing(tmp_path):
 
 
 def test_ingest_outputs_csv_metrics_and_npz_errors(tmp_path):
-    from wdb.outputs import error_masks, eval_set
+    from wdb.study.outputs import error_masks, eval_set
 
     db, ids = _db_with_runs(tmp_path)
     csv = tmp_path / "m.csv"

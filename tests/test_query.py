@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from wdb import query as wq
-from wdb.spaces import Layout
+from wdb.query import nearest as wq
+from wdb.store.spaces import Layout
 
 
 def layout(d: int = 48) -> Layout:
@@ -106,8 +106,8 @@ def test_knn_widening_rounds(db, monkeypatch):
 
 
 def test_aligned_nearest_finds_permuted_copy(db):
-    from wdb.symmetry import permute
-    from wdb.tasks import get as get_task
+    from wdb.query.symmetry import permute
+    from wdb.study.tasks import get as get_task
 
     lay = get_task("mnist-mlp").layout()  # the G.pt zoo's 784-10-10 MLP
     rng = np.random.default_rng(5)
@@ -123,7 +123,7 @@ def test_aligned_nearest_finds_permuted_copy(db):
 
 
 def _with_predictions(db, rng):
-    from wdb.outputs import ensure_eval_set, write_outputs
+    from wdb.study.outputs import ensure_eval_set, write_outputs
 
     lay = layout(32)
     train = rng.normal(size=(300, 32)).astype(np.float32)
@@ -146,7 +146,7 @@ def _with_predictions(db, rng):
 
 
 def test_nearest_joins_metrics_and_error_iou(db):
-    from wdb.similarity import iou_matrix
+    from wdb.query.similarity import iou_matrix
 
     rng = np.random.default_rng(6)
     lay, train, t_ids, g_ids, err, acc = _with_predictions(db, rng)
@@ -162,7 +162,7 @@ def test_nearest_joins_metrics_and_error_iou(db):
 
 
 def test_novelty_tables_and_staleness(db):
-    from wdb.similarity import iou_matrix
+    from wdb.query.similarity import iou_matrix
 
     rng = np.random.default_rng(7)
     lay, train, t_ids, g_ids, err, acc = _with_predictions(db, rng)
@@ -236,7 +236,7 @@ def test_cli_json_keys(db):
 
 def test_novelty_aligned_and_multiple_spaces(db):
     """Aligned novelty finds the permuted copy; targets in two spaces give two relations."""
-    from wdb.symmetry import permute
+    from wdb.query.symmetry import permute
 
     z = np.zeros
     mlp = Layout.from_arrays(
@@ -271,7 +271,7 @@ def test_novelty_aligned_and_multiple_spaces(db):
 def test_add_metrics_replaces_only_its_own_keys(db):
     """``replace`` drops the rows with the same (checkpoint, eval set, name) and no others, in
     one statement per (eval set, name) with the ids bound as one list."""
-    from wdb.outputs import ensure_eval_set
+    from wdb.study.outputs import ensure_eval_set
 
     ids = add_training(db, Layout.from_arrays({"w": np.zeros(4, np.float32)}), np.zeros((3, 4)))
     a = ensure_eval_set(db, "toy:a", "toy", "test", np.arange(4) % 2)

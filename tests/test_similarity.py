@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wdb import similarity as sim
+from wdb.query import similarity as sim
 
 
 def plain_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -9,8 +9,8 @@ import torch
 import wdb
 from tests.conftest import ON_POSTGRES
 from wdb.errors import BadInput, NotFound
-from wdb.spaces import Layout
-from wdb.tensors import state_to_numpy
+from wdb.store.spaces import Layout
+from wdb.store.tensors import state_to_numpy
 
 
 class BNNet(torch.nn.Module):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import wdb
-from wdb import tasks
 from wdb.errors import BadInput, NotFound, WdbError
-from wdb.outputs import error_masks, eval_set, read_outputs
+from wdb.study import tasks
+from wdb.study.outputs import error_masks, eval_set, read_outputs
 
 CLASSIFIERS = ["mnist-mlp", "mnist-cnn", "mnist-bn"]
 
@@ -71,7 +71,7 @@ def test_vectorised_evaluation_matches_torch_module(name):
     """Batched evaluation = the plain nn.Module, item for item, on fresh random models."""
     import torch
 
-    from wdb.tensors import state_to_numpy
+    from wdb.store.tensors import state_to_numpy
 
     t = tasks.get(name)
     X, y = t.data("test")
@@ -145,7 +145,7 @@ def test_mnist_mlp_held_out_runs(zoo_db):
 def test_shapes_meshes_and_chamfer(zoo_db):
     """Threshold: a fitted field must be closer (Chamfer) to its own ground-truth shape than to
     any other shape of the zoo, and within half the median distance between distinct shapes."""
-    from wdb.tasks.shapes import chamfer, mesh_for_checkpoint
+    from wdb.study.tasks.shapes import chamfer, mesh_for_checkpoint
 
     db, _, _ = zoo_db
     t = tasks.get("shapes-occupancy")
@@ -173,7 +173,7 @@ def test_shapes_meshes_and_chamfer(zoo_db):
 
 
 def test_chamfer_definition():
-    from wdb.tasks.shapes import chamfer
+    from wdb.study.tasks.shapes import chamfer
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(2048, 3)), rng.normal(size=(2048, 3)) * [1, 2, 3]
@@ -215,7 +215,7 @@ def test_bn_generated_rows_find_the_base_model(zoo_db):
 
 def test_unknown_space_is_a_clear_error(zoo_db, tmp_path):
     db = wdb.open(tmp_path / "other")
-    from wdb.spaces import Layout
+    from wdb.store.spaces import Layout
 
     layout = Layout.from_arrays({"w": np.zeros((2, 3), np.float32)})
     (cid,) = db.add_checkpoints(layout, np.ones((1, 6)), run="odd", kind="training")
@@ -227,6 +227,6 @@ def test_unknown_space_is_a_clear_error(zoo_db, tmp_path):
     with pytest.raises(WdbError, match="not a weight space of task"):
         db.evaluate(task="mnist-mlp")
     with pytest.raises(BadInput, match="not a shapes-occupancy"):
-        from wdb.tasks.shapes import mesh_for_checkpoint
+        from wdb.study.tasks.shapes import mesh_for_checkpoint
 
         mesh_for_checkpoint(db, cid)

@@ -15,7 +15,7 @@ then ``<url>/weights.zarr`` and ``<url>/outputs.zarr``. A bucket has no file loc
 PostgreSQL catalog the writers' lock is a PostgreSQL advisory lock instead of ``.write.lock``:
 writers on different machines that share the catalog and the bucket take turns per commit.
 
-Writes go through :meth:`Database.write_checkpoints` (the protocol lives in ``wdb.checkpoints``):
+Writes go through :meth:`Database.write_checkpoints` (the protocol lives in ``wdb.store.write``):
 under the write lock, bytes first, then one catalog transaction, so a row is visible only once
 its bytes are on disk.
 """
@@ -31,24 +31,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wdb.catalog import Catalog
-from wdb.checkpoints import (  # noqa: F401  (KINDS, CommitResult: re-exported)
+from wdb.catalog.connect import Catalog
+from wdb.errors import BadInput, NotFound, WdbError
+from wdb.store.arrays import ArrayStore
+from wdb.store.spaces import Layout
+from wdb.store.write import (  # noqa: F401  (KINDS, CommitResult: re-exported)
     KINDS,
     CommitResult,
     NewCheckpoint,
     Space,
     write_checkpoints,
 )
-from wdb.errors import BadInput, NotFound, WdbError
-from wdb.spaces import Layout
-from wdb.store import ArrayStore
 
 if TYPE_CHECKING:
-    from wdb.compact import CompactReport
-    from wdb.evaluate import EvalReport
-    from wdb.fsck import FsckReport
-    from wdb.generate import GenerateReport
-    from wdb.importer import IngestReport
+    from wdb.ingest.pipeline import IngestReport
+    from wdb.store.compact import CompactReport
+    from wdb.store.fsck import FsckReport
+    from wdb.study.evaluate import EvalReport
+    from wdb.study.generate import GenerateReport
 
 DEFAULT_DB = ".wdb"
 #: the PostgreSQL advisory-lock key of the writers' lock ("wdbw" in ASCII)
@@ -106,7 +106,7 @@ class Database:
         """
         import time
 
-        from wdb.catalog import lock_wait_s, waiting
+        from wdb.catalog.connect import lock_wait_s, waiting
         from wdb.errors import CatalogLocked
 
         if self.catalog.dialect == "postgresql":
@@ -190,7 +190,7 @@ class Database:
             return self._space_from_row(rows[0])
         import sqlalchemy as sa
 
-        from wdb.schema import spaces
+        from wdb.catalog.schema import spaces
 
         with self.write_lock(), self.catalog.begin() as conn:
             found = conn.execute(sa.select(spaces).where(spaces.c.hash == layout.hash)).first()
@@ -336,7 +336,7 @@ class Database:
         arrays = space.layout.unflatten(row)
         if as_numpy:
             return arrays
-        from wdb.tensors import to_torch
+        from wdb.store.tensors import to_torch
 
         return {e.name: to_torch(arrays[e.name], e.dtype) for e in space.layout.entries}
 
@@ -409,7 +409,7 @@ class Database:
         self, space: Space, items: list[NewCheckpoint], run_prefix: str = "gen_"
     ) -> CommitResult:
         """Write ``items`` into ``space`` (bytes first, then one catalog transaction); see
-        :func:`wdb.checkpoints.write_checkpoints`."""
+        :func:`wdb.store.write.write_checkpoints`."""
         return write_checkpoints(self, space, items, run_prefix=run_prefix)
 
     def add_metrics(self, rows: Iterable[dict], replace: bool = True) -> int:
@@ -419,8 +419,8 @@ class Database:
         forced re-evaluation of 2,000 checkpoints had spent 6 s in 4,000 single-row deletes."""
         import sqlalchemy as sa
 
-        from wdb.schema import metrics
-        from wdb.tasks.base import id_in
+        from wdb.catalog.schema import metrics
+        from wdb.study.tasks.base import id_in
 
         rows = list(rows)
         if not rows:
@@ -456,8 +456,8 @@ class Database:
         trained_on: str | None = None,
         generator_config: dict | None = None,
     ) -> IngestReport:
-        """Ingest a folder or file of checkpoints; see :func:`wdb.importer.ingest`."""
-        from wdb.importer import ingest
+        """Ingest a folder or file of checkpoints; see :func:`wdb.ingest.pipeline.ingest`."""
+        from wdb.ingest.pipeline import ingest
 
         return ingest(
             self,
@@ -481,8 +481,8 @@ class Database:
         aligned: bool = False,
         eval_set: int | str | None = None,
     ) -> list[dict]:
-        """k nearest checkpoints in weight space; see :func:`wdb.query.nearest`."""
-        from wdb.query import nearest
+        """k nearest checkpoints in weight space; see :func:`wdb.query.nearest.nearest`."""
+        from wdb.query.nearest import nearest
 
         return nearest(self, run, step=step, k=k, among=among, aligned=aligned, eval_set=eval_set)
 
@@ -495,8 +495,8 @@ class Database:
         eval_set: int | str | None = None,
         save: bool = True,
     ) -> list[dict]:
-        """Per-target min L2 / max error-IoU to a reference set; see :func:`wdb.query.novelty`."""
-        from wdb.query import novelty
+        """Per-target min L2 / max error-IoU to a reference set; see :func:`wdb.query.nearest.novelty`."""
+        from wdb.query.nearest import novelty
 
         return novelty(
             self, targets, reference=reference, k=k, aligned=aligned, eval_set=eval_set, save=save
@@ -511,8 +511,8 @@ class Database:
         params: dict | None = None,
         workers: int | None = None,
     ) -> EvalReport:
-        """Evaluate checkpoints on their task; see :func:`wdb.evaluate.evaluate`."""
-        from wdb.evaluate import evaluate
+        """Evaluate checkpoints on their task; see :func:`wdb.study.evaluate.evaluate`."""
+        from wdb.study.evaluate import evaluate
 
         return evaluate(
             self, where, task=task, force=force, batch=batch, params=params, workers=workers
@@ -529,8 +529,8 @@ class Database:
         from_run: int | None = None,
     ) -> GenerateReport:
         """Fit a generator on a selection and write its samples; see
-        :func:`wdb.generate.generate`."""
-        from wdb.generate import generate
+        :func:`wdb.study.generate.generate`."""
+        from wdb.study.generate import generate
 
         return generate(
             self,
@@ -544,14 +544,14 @@ class Database:
         )
 
     def compact(self, dry_run: bool = False) -> CompactReport:
-        """Re-encode arrays of an older codec; see :mod:`wdb.compact`."""
-        from wdb.compact import compact
+        """Re-encode arrays of an older codec; see :mod:`wdb.store.compact`."""
+        from wdb.store.compact import compact
 
         return compact(self, dry_run=dry_run)
 
     def fsck(self, fix: bool = False) -> FsckReport:
-        """Check hashes, orphans and missing bytes; see :func:`wdb.fsck.fsck`."""
-        from wdb.fsck import fsck
+        """Check hashes, orphans and missing bytes; see :func:`wdb.store.fsck.fsck`."""
+        from wdb.store.fsck import fsck
 
         return fsck(self, fix=fix)
 

@@ -14,8 +14,8 @@ There is one mechanism, and wdb's own plugins use it exactly as a researcher's d
   see :func:`from_module` for the fallbacks.
 
 What each kind of plugin must provide is written down once, as typed protocols:
-``wdb.tasks.base.Task`` (tasks), ``wdb.generate.Generator`` (generators) and
-``wdb.importer.Reader`` (readers).
+``wdb.study.tasks.base.Task`` (tasks), ``wdb.study.generate.Generator`` (generators) and
+``wdb.ingest.pipeline.Reader`` (readers).
 
 Names are unique per group; when two distributions register one name, the first one found wins
 and :func:`conflicts` lists the others (``wdb plugins`` prints them), so a clash is never silent.
@@ -199,7 +199,7 @@ def from_module(group: str, module: Any, where: Any = None) -> Any:
     if group == "wdb.readers" and hasattr(module, "detect") and hasattr(module, "scan"):
         return module
     if group == "wdb.tasks":
-        from wdb.tasks.base import Task
+        from wdb.study.tasks.base import Task
 
         own = [
             v

@@ -1,6 +1,6 @@
 """An outside weight generator: the mean of two final training checkpoints plus Gaussian noise.
 
-The contract (``wdb.generate.Generator``): ``NAME``, ``KIND``, ``default_config(size)``,
+The contract (``wdb.study.generate.Generator``): ``NAME``, ``KIND``, ``default_config(size)``,
 ``fit(train, config, seed)``, ``sample(model, train, n, config, seed, load)``. The config is a
 typed dataclass here; what sampling derives is returned in ``Samples.record``, never written into
 the config. ``INFO`` tells the study how to show it and which noise baselines compare with it.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdb.generate import MethodInfo, Samples, TrainingSet
+from wdb.study.generate import MethodInfo, Samples, TrainingSet
 
 NAME = "mixup"
 KIND = "generated"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wdb.importer import Found
+from wdb.ingest.pipeline import Found
 
 PRIORITY = 5  # ask before the built-in readers: this layout is unambiguous
 

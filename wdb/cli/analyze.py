@@ -43,7 +43,7 @@ def analyze(
     if list_ or not spec:
         emit(api.list_specs(), fmt, title="analysis specs")
         return
-    from wdb import engine
+    from wdb.query import engine
 
     with engine.scope(engine.spec(workers)):
         res = api.analyze(get_db(), spec, list(methods) or None, out)
@@ -86,7 +86,7 @@ def experiment(
 ) -> None:
     """Run one experiment: modeling-factors, symmetry or hd-augmentation."""
     from analyses import experiments
-    from wdb.generate import parse_sets
+    from wdb.study.generate import parse_sets
 
     rec = experiments.run(
         get_db(), name, method=method, out=out, size=size, n=n, overrides=parse_sets(sets)

@@ -57,7 +57,7 @@ class PluginChoice(click.ParamType):
 
         names = plugins.names(self.group)
         if self.group == "wdb.readers":
-            from wdb.importer import format_names
+            from wdb.ingest.pipeline import format_names
 
             names = format_names()  # in detection order
         return names
@@ -84,7 +84,7 @@ def output_options(fn: Callable) -> Callable:
 
 
 def workers_option(what: str) -> Callable:
-    """``--workers N``: run ``what`` on a local Dask cluster of N processes (``wdb.engine``)."""
+    """``--workers N``: run ``what`` on a local Dask cluster of N processes (``wdb.query.engine``)."""
     return click.option(
         "--workers",
         type=click.IntRange(min=1),

@@ -42,9 +42,9 @@ def generate(ctx, method, train, n, seed, sets, config_file, from_run, fmt) -> N
     run (gen_<id>), with lineage (generator_runs: method, config, exact training ids).
 
     METHOD is a registered generator (entry point group wdb.generators: the built-ins and any
-    installed package's) or a .py file defining one; the contract is wdb.generate.Generator."""
-    from wdb.generate import generate as run_generate
-    from wdb.generate import parse_sets
+    installed package's) or a .py file defining one; the contract is wdb.study.generate.Generator."""
+    from wdb.study.generate import generate as run_generate
+    from wdb.study.generate import parse_sets
 
     db = get_db(ctx)
     report = run_generate(

@@ -103,7 +103,7 @@ def cli(ctx: click.Context, db_path: str, wait_s: float, store_url: str | None) 
     """
     import os
 
-    os.environ["WDB_LOCK_WAIT"] = f"{wait_s:g}"  # read by wdb.catalog.lock_wait_s
+    os.environ["WDB_LOCK_WAIT"] = f"{wait_s:g}"  # read by wdb.catalog.connect.lock_wait_s
     if store_url:
         os.environ["WDB_STORE_URL"] = store_url  # read by wdb.db.Database
     ctx.obj = {"db_path": db_path}

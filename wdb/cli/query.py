@@ -1,5 +1,5 @@
 """``wdb index build|status`` and ``wdb query nearest|novelty|relations``: thin wrappers over
-``wdb.index`` and ``wdb.query``. Imports stay inside the commands so ``wdb query nearest`` starts
+``wdb.query.index`` and ``wdb.query.nearest``. Imports stay inside the commands so ``wdb query nearest`` starts
 fast (no torch; FAISS only when the index is used)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def index() -> None:
 @output_options
 def build_cmd(space, approx, nlist, nprobe, rebuild, fmt) -> None:
     """Build or update indexes: new checkpoints are added incrementally, changed rows rebuild."""
-    from wdb.index import build
+    from wdb.query.index import build
 
     rows = build(get_db(), space, approx=approx, rebuild=rebuild, nlist=nlist, nprobe=nprobe)
     emit(rows, fmt, title="indexes")
@@ -42,7 +42,7 @@ def build_cmd(space, approx, nlist, nprobe, rebuild, fmt) -> None:
 @output_options
 def status_cmd(space, fmt) -> None:
     """Per space: fresh | stale (new checkpoints) | changed (rows rewritten) | missing."""
-    from wdb.index import status
+    from wdb.query.index import status
 
     emit(status(get_db(), space), fmt, title="indexes")
 
@@ -80,7 +80,7 @@ def nearest_cmd(run, step, k, among, aligned, eval_set, fmt) -> None:
     Columns: rank, run, step, checkpoint_id, kind, distance, the neighbour's metrics, and
     error_iou (IoU of the two error sets where both have predictions on one eval set).
     """
-    from wdb.query import nearest
+    from wdb.query.nearest import nearest
 
     rows = nearest(get_db(), run, step=step, k=k, among=among, aligned=aligned, eval_set=eval_set)
     what = "aligned L2" if aligned else "L2"
@@ -115,7 +115,7 @@ def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, workers, fmt)
     Stored as tables (relations, neighbors, similarity; join on relation_id / checkpoint_id);
     `wdb query relations` says which stored results are stale.
     """
-    from wdb.query import novelty
+    from wdb.query.nearest import novelty
 
     rows = novelty(
         get_db(),
@@ -141,6 +141,6 @@ def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, workers, fmt)
 @output_options
 def relations_cmd(relation_id, fmt) -> None:
     """Stored relations and whether each is stale (selection or predictions changed since)."""
-    from wdb.query import relation_status
+    from wdb.query.nearest import relation_status
 
     emit(relation_status(get_db(), relation_id), fmt, title="relations")

@@ -16,7 +16,7 @@ def zoo() -> None:
 @output_options
 def list_tasks(fmt: str) -> None:
     """The tasks a zoo can be trained for, with their weight spaces."""
-    from wdb.tasks import list_info
+    from wdb.study.tasks import list_info
 
     emit(list_info(), fmt, title="tasks")
 
@@ -37,7 +37,7 @@ def train(task: str, out: str, runs: int | None, size: str, seed: int) -> None:
     """Train the zoo of TASK into --out (state dicts + manifest.jsonl), ready for `wdb ingest`."""
     import json
 
-    from wdb.tasks import get
+    from wdb.study.tasks import get
 
     path = get(task).train_zoo(out, runs=runs, size=size, seed=seed)
     meta = json.loads((path / "zoo.json").read_text())
@@ -72,7 +72,7 @@ def evaluate(ctx, where, task, force, batch, workers, fmt) -> None:
 def plugins(fmt: str) -> None:
     """Every registered task, generator and ingest reader, and the distribution declaring it.
 
-    Plugins are entry points of the groups wdb.tasks, wdb.generators and wdb.readers (wdb's own
+    Plugins are entry points of the groups wdb.study.tasks, wdb.generators and wdb.readers (wdb's own
     built-ins included); a .py file works too wherever a plugin is named (--task ./t.py, wdb
     generate ./g.py, --format ./r.py). A name two distributions register is listed twice, the
     loser marked "shadowed".

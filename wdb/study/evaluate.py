@@ -1,11 +1,11 @@
 """``wdb evaluate``: run each selected checkpoint's task on its eval set; store metrics and outputs.
 
 Flow: select checkpoints (``db.checkpoints(where)``) → group by weight space → resolve the task
-(``task=`` or ``wdb.tasks.for_space``; an unknown space is a one-line error naming it and a
+(``task=`` or ``wdb.study.tasks.for_space``; an unknown space is a one-line error naming it and a
 checkpoint, raised before anything is computed) → skip checkpoints that already have the task's
 primary metric on its eval set (unless ``force``) → evaluate in batches: read rows (the catalog
 connection is closed again before computing), compute, then store outputs
-(``wdb.outputs.write_outputs``: bytes, then catalog rows) and metrics (``db.add_metrics``).
+(``wdb.study.outputs.write_outputs``: bytes, then catalog rows) and metrics (``db.add_metrics``).
 Outputs are written before metrics, and "done" means "has the metric", so an interrupted run
 re-evaluates the unfinished batch and replaces its outputs.
 
@@ -54,13 +54,13 @@ def evaluate(
 ) -> EvalReport:
     """Evaluate the checkpoints matching ``where`` (SQL over ``checkpoint_info``) on their task.
 
-    ``workers`` (or ``WDB_ENGINE``) computes the batches on a Dask cluster (``wdb.engine``);
+    ``workers`` (or ``WDB_ENGINE``) computes the batches on a Dask cluster (``wdb.query.engine``);
     the rows are read and the results written here, in the same order, with the same values.
     The batches stay those of ``batch``: a vectorised task's numbers depend on which models
     share a batch (measured: mnist-mlp's loss moved in the last bits when 37 checkpoints were
     cut into batches of 10), so a small selection needs a smaller ``batch`` to spread."""
-    from wdb import engine as engines
-    from wdb import tasks as registry
+    from wdb.query import engine as engines
+    from wdb.study import tasks as registry
 
     if batch < 1:
         raise BadInput(f"batch must be ≥ 1, not {batch}")
@@ -107,9 +107,9 @@ def _evaluate_task(db, t, cks: list[dict], force: bool, batch: int, cluster_for,
     """One task's checkpoints: skip the evaluated ones, compute the rest batch by batch (here,
     or on the cluster ``cluster_for()`` starts when there is work), store each batch's outputs
     and metrics in order."""
-    from wdb import engine as engines
-    from wdb.outputs import ensure_eval_set
     from wdb.progress import progress
+    from wdb.query import engine as engines
+    from wdb.study.outputs import ensure_eval_set
 
     eid = ensure_eval_set(
         db,
@@ -161,7 +161,7 @@ def _store(db, eval_set_id: int, ids: list[int], result: dict, replace: bool) ->
     """Outputs first (bytes, then catalog rows), then metric rows (one transaction). Without
     ``force`` the checkpoints have no metric on this eval set yet (that is how they were picked,
     and a batch's metrics commit together), so the per-row delete of an upsert is skipped."""
-    from wdb.outputs import write_outputs
+    from wdb.study.outputs import write_outputs
 
     for kind in OUTPUT_KINDS:
         if kind in result:

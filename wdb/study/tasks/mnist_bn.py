@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from wdb.errors import NotFound, WdbError
-from wdb.spaces import Layout
-from wdb.tasks.base import (
+from wdb.store.spaces import Layout
+from wdb.study.tasks.base import (
     Adam,
     ClassifierTask,
     EvalContext,

@@ -94,7 +94,7 @@ class Samples:
     rows: np.ndarray  # [n, D'] float32
     kind: str = "generated"  # generated | baseline | reconstructed
     info: list[dict] | None = None  # per-row provenance, stored in each run's config
-    space: Any = None  # None = the training space; or a wdb.spaces.Layout
+    space: Any = None  # None = the training space; or a wdb.store.spaces.Layout
     record: dict = field(default_factory=dict)  # run-level values to record (e.g. σ used)
 
 
@@ -230,7 +230,9 @@ def get_method(ref: str) -> Generator:
         obj.fit = no_fit  # baselines need no network
         missing.remove("fit")
     if missing:
-        raise BadInput(f"generator '{ref}' lacks {', '.join(missing)} (see wdb.generate.Generator)")
+        raise BadInput(
+            f"generator '{ref}' lacks {', '.join(missing)} (see wdb.study.generate.Generator)"
+        )
     if not getattr(obj, "NAME", None):
         obj.NAME = Path(ref).stem if plugins.is_path(ref) else ref
     if not getattr(obj, "KIND", None):
@@ -536,7 +538,7 @@ def _common_zoo(train: TrainingSet) -> str | None:
 def _update_run(db, gid: int, **values: Any) -> None:
     import sqlalchemy as sa
 
-    from wdb.schema import generator_runs
+    from wdb.catalog.schema import generator_runs
 
     with db.catalog.begin() as conn:
         conn.execute(sa.update(generator_runs).where(generator_runs.c.id == gid).values(**values))
@@ -546,7 +548,7 @@ def _discard_outputs(db, gid: int, error: str) -> None:
     """Delete every row this generator run wrote and mark it failed (one transaction)."""
     import sqlalchemy as sa
 
-    from wdb.schema import checkpoints, generator_runs, metrics, runs
+    from wdb.catalog.schema import checkpoints, generator_runs, metrics, runs
 
     with db.catalog.begin() as conn:
         run_ids = sa.select(runs.c.id).where(runs.c.generator_run_id == gid)
@@ -568,9 +570,9 @@ def _discard_outputs(db, gid: int, error: str) -> None:
 
 def _store_model(db, gid: int, method: str, state: Mapping[str, Any]) -> int:
     """The generator's own network as one checkpoint in its own space (run ``genmodel_<gid>``)."""
-    from wdb.checkpoints import NewCheckpoint
-    from wdb.spaces import Layout
-    from wdb.tensors import state_to_numpy
+    from wdb.store.spaces import Layout
+    from wdb.store.tensors import state_to_numpy
+    from wdb.store.write import NewCheckpoint
 
     arrays, dtypes = state_to_numpy(dict(state))
     layout = Layout.from_arrays(arrays, dtypes)
@@ -590,8 +592,8 @@ def _store_model(db, gid: int, method: str, state: Mapping[str, Any]) -> int:
 def _write_samples(
     db, gid: int, method: str, train: TrainingSet, blocks: list[Samples]
 ) -> list[dict]:
-    from wdb.checkpoints import NewCheckpoint
-    from wdb.spaces import Layout
+    from wdb.store.spaces import Layout
+    from wdb.store.write import NewCheckpoint
 
     base_config = {**_common_config(train), "generator": method, "generator_run_id": gid}
     zoo = _common_zoo(train)
@@ -628,7 +630,7 @@ def _check_samples(blocks: Any, train: TrainingSet, method: str) -> list[Samples
         blocks = [blocks]
     if not isinstance(blocks, list | tuple) or not all(isinstance(b, Samples) for b in blocks):
         raise WdbError(f"{method}: sample() must return a list of Samples")
-    from wdb.checkpoints import KINDS
+    from wdb.store.write import KINDS
 
     for b in blocks:
         b.rows = np.asarray(b.rows, dtype=np.float32)
@@ -736,7 +738,7 @@ def generate(
 
     import sqlalchemy as sa
 
-    from wdb.schema import generator_runs
+    from wdb.catalog.schema import generator_runs
 
     with db.catalog.begin() as conn:
         gid = int(
@@ -808,7 +810,7 @@ def start_outside_run(
 ) -> int:
     """Record an outside generator's run (``wdb ingest --generator``): a ``generator_runs`` row
     with the training selection and its exact ids, status ``running`` until the samples are in."""
-    from wdb.schema import generator_runs
+    from wdb.catalog.schema import generator_runs
 
     if not method or not method.replace("-", "").replace("_", "").isalnum():
         raise BadInput(f"--generator '{method}': use letters, digits, '-' and '_'")
@@ -845,7 +847,7 @@ def finish_outside_run(db, gid: int, added: int, error: BaseException | None = N
     of an ingested folder adds nothing); ``failed`` with the error otherwise. True if kept."""
     import sqlalchemy as sa
 
-    from wdb.schema import generator_runs
+    from wdb.catalog.schema import generator_runs
 
     with db.catalog.begin() as conn:
         if not added:

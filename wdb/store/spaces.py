@@ -23,7 +23,7 @@ from math import prod
 import numpy as np
 
 from wdb.errors import BadInput
-from wdb.tensors import FLOAT_DTYPES, from_storage
+from wdb.store.tensors import FLOAT_DTYPES, from_storage
 
 
 @dataclass(frozen=True)

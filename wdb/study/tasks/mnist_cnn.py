@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wdb.tasks.base import (
+from wdb.study.tasks.base import (
     Adam,
     ClassifierTask,
     ZooWriter,

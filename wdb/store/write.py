@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from wdb.dialect import insert_many, next_ids
+from wdb.catalog.dialect import insert_many, next_ids
 from wdb.errors import BadInput
-from wdb.spaces import Layout, row_sha256
+from wdb.store.spaces import Layout, row_sha256
 
 #: what a checkpoint is: a training checkpoint, a generator's sample, a baseline's sample, an
 #: autoencoder reconstruction, or a generator's own network.
@@ -98,7 +98,7 @@ def reported_eval_set(conn: Any, zoo: str | None) -> int:
     """Eval set for metrics a source reported (wdb did not compute them): ``reported:<zoo>``."""
     import sqlalchemy as sa
 
-    from wdb.schema import eval_sets
+    from wdb.catalog.schema import eval_sets
 
     name = f"reported:{zoo or 'default'}"
     found = conn.execute(sa.select(eval_sets.c.id).where(eval_sets.c.name == name)).first()
@@ -125,7 +125,7 @@ def write_checkpoints(
     """
     import sqlalchemy as sa
 
-    from wdb.schema import checkpoints, metrics, runs
+    from wdb.catalog.schema import checkpoints, metrics, runs
 
     result = CommitResult()
     if not items:

@@ -5,7 +5,7 @@
 (min L2) and how similar is its error set to the most similar reference (max IoU)?" and stores
 the answer as catalog rows (``relations`` + ``neighbors`` + ``similarity``) that users join in SQL.
 
-Exactness. FAISS (``wdb.index``) only proposes candidates. Their distances are recomputed in
+Exactness. FAISS (``wdb.query.index``) only proposes candidates. Their distances are recomputed in
 float64 from the stored rows, and the candidate set is widened (x4 per round, up to the whole
 reference set) until the float32 error bound proves that no reference outside it can be closer
 than the k-th exact distance. So every distance reported is the exact L2 and every neighbour list
@@ -147,7 +147,7 @@ def knn(
     Returns ids ``[nq, k]`` (-1 where fewer exist), float64 distances ``[nq, k]`` (nan there),
     and info (index version, whether approximate, candidates examined).
     """
-    from wdb.index import ensure, error_bound
+    from wdb.query.index import ensure, error_bound
 
     q_rows = np.atleast_2d(q_rows)
     nq = q_rows.shape[0]
@@ -232,7 +232,7 @@ def aligned_knn(
     db, space, q_rows: np.ndarray, q_ids: Sequence[int | None], ref: RefSet, k: int
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Exact k nearest references by permutation-aligned L2 over the whole reference set."""
-    from wdb.align import AlignedSearch, neuron_layout
+    from wdb.query.align import AlignedSearch, neuron_layout
 
     nl = neuron_layout(space.layout)
     q_rows = np.atleast_2d(q_rows)
@@ -323,7 +323,7 @@ def _pick_eval_set(
 def _eval_set_id(db, key: int | str | None) -> int | None:
     if key is None:
         return None
-    from wdb.outputs import eval_set
+    from wdb.study.outputs import eval_set
 
     return int(eval_set(db, key)["id"])
 
@@ -387,8 +387,8 @@ def _nearest(db, run, step, k, among, aligned, eval_set) -> list[dict]:
     if es is None:
         es = _pick_eval_set(sets, [qid], nb_ids)
     if es is not None and qid in sets.get(es, set()):
-        from wdb.outputs import error_masks
-        from wdb.similarity import iou_matrix
+        from wdb.query.similarity import iou_matrix
+        from wdb.study.outputs import error_masks
 
         have = [i for i in nb_ids if i in sets[es]]
         if have:
@@ -446,9 +446,9 @@ def novelty(
     reference fingerprint, index version and time), its ``neighbors`` (k per target) and
     ``similarity`` rows; ``relation_status`` tells whether it is still current. Rows carry
     ``relation_id``. ``workers`` (or ``WDB_ENGINE``) runs the neighbour search on Dask
-    (``wdb.engine``), with the same results to the last bit.
+    (``wdb.query.engine``), with the same results to the last bit.
     """
-    from wdb import engine as engines
+    from wdb.query import engine as engines
 
     run_on = engines.spec(workers)
     tgt = select(db, targets)
@@ -481,8 +481,8 @@ def novelty(
         max_iou = np.full(len(picks), np.nan)
         max_id = np.full(len(picks), -1, dtype=np.int64)
         if es is not None and sets.get(es):
-            from wdb.outputs import error_masks
-            from wdb.similarity import max_iou as engine_iou
+            from wdb.query.similarity import max_iou as engine_iou
+            from wdb.study.outputs import error_masks
 
             have_t = [j for j, i in enumerate(t_ids) if int(i) in sets[es]]
             have_r = [int(i) for i in ref.ids if int(i) in sets[es]]
@@ -550,8 +550,8 @@ def novelty(
 
 def _save(db, rel: dict, rows: list[dict], nn_ids: np.ndarray, nn_d: np.ndarray) -> int:
     """One short write transaction: the relation row, its neighbours, its similarity rows."""
-    from wdb.dialect import insert_many
-    from wdb.schema import neighbors, relations, similarity
+    from wdb.catalog.dialect import insert_many
+    from wdb.catalog.schema import neighbors, relations, similarity
 
     nb = [
         {

@@ -72,10 +72,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from wdb.checkpoints import RowStream
 from wdb.errors import BadInput, WdbError
-from wdb.spaces import Entry, Layout, storage_dtype_of
-from wdb.tensors import FLOAT_DTYPES, state_to_numpy
+from wdb.store.spaces import Entry, Layout, storage_dtype_of
+from wdb.store.tensors import FLOAT_DTYPES, state_to_numpy
+from wdb.store.write import RowStream
 
 READER_GROUP = "wdb.readers"
 #: detection priority of a reader that declares none (lower is asked first).
@@ -521,7 +521,7 @@ def normalise(state: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def _sha256(row: np.ndarray) -> str:
-    """``wdb.spaces.row_sha256`` without the ``tobytes`` copy (same digest)."""
+    """``wdb.store.spaces.row_sha256`` without the ``tobytes`` copy (same digest)."""
     return hashlib.sha256(np.ascontiguousarray(row).data).hexdigest()
 
 
@@ -852,7 +852,7 @@ class _Ingest:
             self.skip(f.source, f"unreadable ({type(exc).__name__}: {exc})")
             return None
         kind = f.kind or self.kind
-        from wdb.checkpoints import KINDS
+        from wdb.store.write import KINDS
 
         if kind not in KINDS:
             self.skip(f.source, f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
@@ -1002,7 +1002,7 @@ class _Ingest:
                 )
 
     def flush(self, h: str) -> None:
-        from wdb.checkpoints import NewCheckpoint
+        from wdb.store.write import NewCheckpoint
 
         items = self.ready.pop(h, [])
         self.ready_bytes.pop(h, None)
@@ -1094,7 +1094,7 @@ class _Ingest:
         return {(r["run"], int(r["step"])): int(r["checkpoint_id"]) for r in rows}
 
     def _write_errors(self, ids: dict, by_key: dict) -> None:
-        from wdb.outputs import ensure_eval_set, has_outputs, write_outputs
+        from wdb.study.outputs import ensure_eval_set, has_outputs, write_outputs
 
         groups: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
         for key, it in by_key.items():
@@ -1286,8 +1286,8 @@ def ingest(
     ``generator_config``, and every new checkpoint's run points to it, so analyses treat the
     samples exactly like a built-in generator's.
     """
-    from wdb.checkpoints import KINDS
     from wdb.progress import progress
+    from wdb.store.write import KINDS
 
     path = Path(path)
     if not path.exists():
@@ -1325,7 +1325,7 @@ def ingest(
     found: Iterable[Found] = mod.scan(path, options)
     found = list(found)
     if generator:
-        from wdb.generate import finish_outside_run, start_outside_run
+        from wdb.study.generate import finish_outside_run, start_outside_run
 
         job.generator_run_id = start_outside_run(
             db, generator, trained_on, generator_config, source=str(path)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wdb.errors import BadInput
-from wdb.spaces import Entry, Layout
+from wdb.store.spaces import Entry, Layout
 
 
 @dataclass

@@ -45,7 +45,7 @@ def ensure_eval_set(
     that analyses can load the task again for spaces no installed plugin knows."""
     import sqlalchemy as sa
 
-    from wdb.schema import eval_sets
+    from wdb.catalog.schema import eval_sets
 
     sha = labels_sha256(labels) if labels is not None else None
     n = int(len(labels)) if labels is not None else n_items
@@ -112,7 +112,7 @@ def write_outputs(
     """Store one output row per checkpoint (replacing earlier ones), bytes before catalog rows."""
     import sqlalchemy as sa
 
-    from wdb.schema import predictions
+    from wdb.catalog.schema import predictions
 
     if kind not in KINDS:
         raise BadInput(f"output kind must be one of {sorted(KINDS)}, not '{kind}'")
@@ -298,7 +298,7 @@ def ingest_outputs(
     set ``eval_set``; every other numeric column of length N is a metric (``accuracy``, ``loss``,
     ...; NaN = missing). Everything is checked before anything is written.
     """
-    import wdb.tasks
+    import wdb.study.tasks
 
     path = Path(path)
     cols = read_outputs_file(path)
@@ -351,7 +351,7 @@ def ingest_outputs(
     if not metric_names and kind is None:
         raise BadInput(f"{path}: no metrics, errors or predictions to store")
     if task:
-        wdb.tasks.get(task)  # an unknown task fails here, before anything is written
+        wdb.study.tasks.get(task)  # an unknown task fails here, before anything is written
     eid = ensure_eval_set(
         db,
         eval_set,

@@ -50,7 +50,7 @@ entry point). Integer rather than XOR delta: on the bench's consecutive Adam ste
 MLPs (case (b) of ``benchmarks/bench_store.py``), a prototype gave 0.709x of raw with XOR and
 0.666x with the integer delta (0.639x vs 0.539x with lr 1e-3 instead of 1e-2).
 
-Rows of wide spaces (one row per chunk, ``wdb.store.WIDE``) have no row above them in their
+Rows of wide spaces (one row per chunk, ``wdb.store.arrays.WIDE``) have no row above them in their
 chunk: they get byte planes and zstd only.
 """
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wdb.errors import BadInput
-from wdb.spaces import Layout
+from wdb.store.spaces import Layout
 
 #: References per chunk of cost matrices: chunk x H x F float64 stays a few tens of MiB.
 CHUNK_BYTES = 64 << 20
@@ -52,8 +52,8 @@ class NeuronLayout:
 
 
 def neuron_layout(layout: Layout) -> NeuronLayout:
-    """Neuron groups of a one-hidden-layer MLP layout (via ``wdb.symmetry.layers``)."""
-    from wdb.symmetry import layers
+    """Neuron groups of a one-hidden-layer MLP layout (via ``wdb.query.symmetry.layers``)."""
+    from wdb.query.symmetry import layers
 
     chain = layers(layout)
     if len(chain) != 2:

@@ -130,7 +130,7 @@ def _export_sharded(state: dict, fmt: str, out: Path, max_shard_size: int | str)
 
 def export_mesh(db, run: str, step: int | None, out: str | os.PathLike) -> dict:
     """Decode a neural-field checkpoint to a mesh (marching cubes) and write it (.ply/.obj/.stl)."""
-    from wdb.tasks.shapes import mesh_for_checkpoint
+    from wdb.study.tasks.shapes import mesh_for_checkpoint
 
     info = db.checkpoint(run, step)
     mesh = mesh_for_checkpoint(db, info["checkpoint_id"])

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from wdb.errors import BadInput
-from wdb.spaces import Layout
+from wdb.store.spaces import Layout
 
 SIZES = ("small", "default")
 
@@ -177,8 +177,8 @@ class EvalContext:
 
 class Task:
     """The contract of a task: what a checkpoint is for. Subclass it (usually through
-    :class:`ClassifierTask` or ``wdb.tasks.shapes.FieldTask``) and register the class under the
-    entry-point group ``wdb.tasks``, or pass the file: ``wdb evaluate --task ./my_task.py``.
+    :class:`ClassifierTask` or ``wdb.study.tasks.shapes.FieldTask``) and register the class under the
+    entry-point group ``wdb.study.tasks``, or pass the file: ``wdb evaluate --task ./my_task.py``.
 
     Required:
 
@@ -208,7 +208,7 @@ class Task:
     def base_layout(self) -> Layout:
         """Layout of the whole model's state dict."""
         if not hasattr(self, "_base_layout"):
-            from wdb.tensors import state_to_numpy
+            from wdb.store.tensors import state_to_numpy
 
             arrays, dtypes = state_to_numpy(self.build_model().state_dict())
             self._base_layout = Layout.from_arrays(arrays, dtypes)
@@ -219,7 +219,7 @@ class Task:
         return self.base_layout()
 
     def layouts(self) -> list[Layout]:
-        """Every layout this task can evaluate (for ``wdb.tasks.for_space``)."""
+        """Every layout this task can evaluate (for ``wdb.study.tasks.for_space``)."""
         return [self.layout(), self.base_layout()]
 
     # -- data ----------------------------------------------------------------------------
@@ -290,7 +290,7 @@ class ClassifierTask(Task):
         import torch
         from torch.func import functional_call
 
-        from wdb.tensors import to_torch
+        from wdb.store.tensors import to_torch
 
         layout = self.base_layout()
         if rows.shape[-1] != layout.n_params:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from wdb.tasks.base import (
+from wdb.study.tasks.base import (
     Adam,
     EvalContext,
     Task,
@@ -519,7 +519,7 @@ class ShapesOccupancy(Task):
 def mesh_for_checkpoint(db, checkpoint_id: int, resolution: int = 64):
     """The mesh of a stored shapes-occupancy checkpoint (for ``wdb export RUN --mesh out.ply``)."""
     from wdb.errors import BadInput, WdbError
-    from wdb.tasks import for_space
+    from wdb.study.tasks import for_space
 
     info = db.checkpoints("checkpoint_id = :i", {"i": int(checkpoint_id)})
     if not info:

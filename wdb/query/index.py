@@ -15,7 +15,7 @@ the norms) and kept for incremental adds, so one pass over Zarr builds the index
 Freshness: the catalog's (id, row, sha256) of the space are hashed and compared with the
 fingerprint stored at build time. Only additions → ``stale`` and updated incrementally (new rows
 added, same mean); removed or rewritten rows → rebuilt. Queries call ``ensure`` and so never read
-a stale index. The FAISS distances are only used to choose candidates: ``wdb.query`` re-ranks them
+a stale index. The FAISS distances are only used to choose candidates: ``wdb.query.nearest`` re-ranks them
 exactly in float64 from Zarr and widens the candidate set until the float32 error bound
 (``error_bound``) proves the exact top-k is inside it.
 

@@ -13,7 +13,7 @@ seconds with no daemon, and its futures map one-to-one on "run this function ove
 chunks"; Ray's object store and dashboard are a heavier service for a 2-core laptop and CI.
 
 Same results to the last bit: work is split by query rows, and every row's distances are computed
-by exactly the in-process code (``wdb.query.knn`` / ``aligned_knn``, one row at a time), on the
+by exactly the in-process code (``wdb.query.nearest.knn`` / ``aligned_knn``, one row at a time), on the
 same stored bytes; workers reopen the database from its path and URLs. Evaluation is split
 by batches of checkpoints: this process reads each batch's rows and context from the catalog
 and the store, a worker runs the task's ``evaluate_rows`` on them, and this process writes the
@@ -127,7 +127,7 @@ def _db_spec(db) -> tuple[str, str, str | None]:
 def _knn_part(db_spec, space, q_rows, q_ids, ref, k, aligned):
     """One chunk of queries, on a worker: the in-process search, unchanged."""
     from wdb.db import Database
-    from wdb.query import aligned_knn, knn
+    from wdb.query.nearest import aligned_knn, knn
 
     db = Database(*db_spec)
     return (aligned_knn if aligned else knn)(db, space, q_rows, q_ids, ref, k)
@@ -136,13 +136,13 @@ def _knn_part(db_spec, space, q_rows, q_ids, ref, k, aligned):
 def knn(
     db, space, q_rows: np.ndarray, q_ids: list, ref, k: int, aligned: bool, engine: str
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """``wdb.query.knn`` (or ``aligned_knn``) over all query rows, on ``engine``."""
-    from wdb import query
+    """``wdb.query.nearest.knn`` (or ``aligned_knn``) over all query rows, on ``engine``."""
+    from wdb.query import nearest as query
 
     if engine == "local" or len(q_rows) < 2:
         return (query.aligned_knn if aligned else query.knn)(db, space, q_rows, q_ids, ref, k)
     if not aligned and len(ref) > query.BRUTE_MAX:
-        from wdb.index import ensure
+        from wdb.query.index import ensure
 
         ensure(db, space)  # built once here, not by every worker at once
     with client(engine) as c:
@@ -183,15 +183,15 @@ def ordered_map(c, fn: Callable, items: Iterable[tuple], window: int) -> Iterato
 
 
 def task_ref(task) -> str:
-    """What a worker passes to ``wdb.tasks.get`` to have the same task: its file, or its name."""
+    """What a worker passes to ``wdb.study.tasks.get`` to have the same task: its file, or its name."""
     return str(getattr(task, "source", None) or task.name)
 
 
 def _evaluate_part(db_spec, ref: str, rows: np.ndarray, context) -> dict:
     """One batch, on a worker: the task's own ``evaluate_rows``, unchanged. The context's
     database is reopened here (a connection does not travel), for tasks that read from it."""
-    from wdb import tasks
     from wdb.db import Database
+    from wdb.study import tasks
 
     context.db = Database(*db_spec)
     return tasks.get(ref).evaluate_rows(rows, context)
@@ -218,13 +218,13 @@ def evaluate(c, db, task, batches: Iterable[tuple[list[int], np.ndarray, Any]]) 
 
 def _chamfer_part(P: np.ndarray, tid: list[int], Q: np.ndarray, rid: list[int], ok: list[int]):
     """One chunk of targets, on a worker: the in-process loop, unchanged."""
-    from wdb.tasks.shapes import nearest_shapes
+    from wdb.study.tasks.shapes import nearest_shapes
 
     return nearest_shapes(P, tid, Q, rid, ok)
 
 
 def chamfer(c, P: np.ndarray, tid: list[int], Q: np.ndarray, rid: list[int], ok: list[int]):
-    """``wdb.tasks.shapes.nearest_shapes`` over all targets, split by target on ``c``."""
+    """``wdb.study.tasks.shapes.nearest_shapes`` over all targets, split by target on ``c``."""
     n = _n_workers(c)
     bounds = np.linspace(0, len(tid), min(len(tid), 2 * n) + 1).astype(int)
     q_f = c.scatter(Q, broadcast=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from wdb.store import ArrayStore, _compressor
+from wdb.store.arrays import ArrayStore, _compressor
 
 NEW = ".compact-new"
 VERIFIED = "wdb_compact_verified"

@@ -2,15 +2,15 @@
 
 A task = deterministic data splits, a model constructor (which defines its weight space), a
 batched evaluation that returns metrics and per-item outputs, and optionally a vectorised training
-recipe that writes a zoo folder. The contract is ``wdb.tasks.base.Task`` (read its docstring);
+recipe that writes a zoo folder. The contract is ``wdb.study.tasks.base.Task`` (read its docstring);
 ``ClassifierTask`` and ``FieldTask`` do most of the work for the two kinds.
 
-Tasks are plugins (``wdb.plugins``): the built-ins are entry points of group ``wdb.tasks`` in
+Tasks are plugins (``wdb.plugins``): the built-ins are entry points of group ``wdb.study.tasks`` in
 wdb's own ``pyproject.toml``, a user's package adds its own the same way, and a file works too
 (``wdb evaluate --task ./my_task.py``). ``for_space`` maps a weight space back to its task, so
 ``wdb evaluate`` finds the task of any stored checkpoint::
 
-    task = wdb.tasks.get("mnist-mlp")
+    task = wdb.study.tasks.get("mnist-mlp")
     task.layout(); task.build_model(); task.data("test"); task.evaluate_rows(rows)
 
 Task modules import torch; this module does not (``names()`` stays cheap).
@@ -25,7 +25,7 @@ from wdb import plugins
 from wdb.errors import BadInput
 
 if TYPE_CHECKING:
-    from wdb.tasks.base import Task
+    from wdb.study.tasks.base import Task
 
 GROUP = "wdb.tasks"
 
@@ -39,11 +39,11 @@ def names() -> list[str]:
 
 
 def _instantiate(obj: Any, ref: str) -> Task:
-    from wdb.tasks.base import Task
+    from wdb.study.tasks.base import Task
 
     task = obj() if isinstance(obj, type) else obj
     if not isinstance(task, Task):
-        raise BadInput(f"task '{ref}' is a {type(task).__name__}, not a wdb.tasks.base.Task")
+        raise BadInput(f"task '{ref}' is a {type(task).__name__}, not a wdb.study.tasks.base.Task")
     if not getattr(task, "name", ""):
         raise BadInput(f"task '{ref}' has no name")
     return task

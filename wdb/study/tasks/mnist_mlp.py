@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wdb.tasks.base import (
+from wdb.study.tasks.base import (
     SGD,
     ClassifierTask,
     ZooWriter,
@@ -108,7 +108,7 @@ class MnistMLP(ClassifierTask):
     def train_zoo(
         self, out: Path, runs: int | None = None, size: str = "default", seed: int = 0
     ) -> Path:
-        """Train every run at once; write the zoo folder (see ``wdb.tasks.base``)."""
+        """Train every run at once; write the zoo folder (see ``wdb.study.tasks.base``)."""
         import torch
         import torch.nn.functional as F
 

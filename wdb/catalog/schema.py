@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from wdb.catalog import SCHEMA_HEAD  # noqa: F401  (re-exported: the revision these tables are at)
+from wdb.catalog.connect import SCHEMA_HEAD  # noqa: F401  (re-exported: the revision these tables are at)
 
 metadata = sa.MetaData()
 

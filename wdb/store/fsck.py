@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wdb.compact import leftovers
-from wdb.spaces import row_sha256
+from wdb.store.compact import leftovers
+from wdb.store.spaces import row_sha256
 
 #: bytes of weights read per block while hashing.
 BLOCK_BYTES = 128 << 20

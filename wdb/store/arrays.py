@@ -14,7 +14,7 @@ mostly other rows, and a 200 MB model took 20 s to ingest; such models are read 
 checkpoint at a time, so the column-slice argument above does not apply. Existing arrays keep
 the chunking they were created with (Zarr records it per array).
 
-Codec: ``wdb.rowdelta`` (``wdb.codec``): each row as itself or as its integer residual from
+Codec: ``wdb.rowdelta`` (``wdb.store.codec``): each row as itself or as its integer residual from
 the row above, the line through the two above or the parabola through the three above,
 whichever is smallest; then byte planes (the residual rows' column by column), zstd level 1
 per plane; lossless on every bit pattern. Measured with
@@ -44,7 +44,7 @@ WIDE_COLS = 1 << 20
 
 def _compressor(dtype: np.dtype) -> Any:
     """The codec new arrays get (``dtype`` kept for codecs that need the item size)."""
-    from wdb.codec import RowDeltaCodec
+    from wdb.store.codec import RowDeltaCodec
 
     return RowDeltaCodec(level=1)
 
@@ -61,7 +61,7 @@ class ArrayStore:
         if self._group is None:
             import zarr  # imported lazily: ~0.3 s that catalog-only commands need not pay
 
-            from wdb.codec import register
+            from wdb.store.codec import register
 
             register()  # the entry point does this for installs; a source checkout needs it
             self._group = zarr.open_group(self.root, mode="a")
@@ -119,7 +119,7 @@ class ArrayStore:
     def write_stream(self, path: str, row: int, n: int, segments: Iterable[np.ndarray]) -> str:
         """Write one row of ``n`` values given as consecutive segments, one column chunk at a
         time (memory: one chunk, not the row); returns the sha256 of the bytes written (the
-        same digest as ``wdb.spaces.row_sha256`` of the whole row)."""
+        same digest as ``wdb.store.spaces.row_sha256`` of the whole row)."""
         import hashlib
 
         arr = self.array(path)

@@ -1,0 +1,1 @@
+"""The study: tasks (train, evaluate), evaluation, stored outputs, the generator framework."""
