@@ -7,7 +7,7 @@ from typing import Any
 
 from analyses import engine, report
 from analyses.spec import builtin, load
-from wdb.errors import NotFound
+from wdb.plugin import NotFound
 
 
 def default_out(db) -> Path:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from analyses.experiments import find_run
-from wdb.errors import NotFound, WdbError
+from wdb.plugin import NotFound, WdbError
 
 SIZES = ("quick", "demo", "default")
 #: per size, what a method without a plan for it gets (zoo size, samples, baseline samples)
@@ -60,14 +60,14 @@ QUICK = {"boundary": {"grid": 48}}
 def demo_methods() -> list[str]:
     """The study's methods: registered generators that name a task (``MethodInfo.task``), in
     the paper's order. A user's generator joins ``wdb demo`` by declaring one."""
-    from wdb.study.generate import method_info, study_methods
+    from wdb.plugin import method_info, study_methods
 
     return [m for m in study_methods() if method_info(m).task]
 
 
 def plan(method: str, size: str) -> Plan:
     """The method's plan for ``size`` (``MethodInfo.plans``), the size's defaults otherwise."""
-    from wdb.study.generate import method_info
+    from wdb.plugin import method_info
 
     if size not in SIZES:
         raise NotFound(f"unknown demo size '{size}' (known: {', '.join(SIZES)})")
@@ -112,18 +112,17 @@ class Log:
 
 
 def _zoo_name(task: str, size: str, seed: int = 0) -> str:
-    from wdb.study.tasks.base import zoo_name
+    from wdb.plugin import zoo_name
 
     return zoo_name(task, size, seed)
 
 
 def ensure_zoo(db, method: str, plan: Plan, work: Path, log: Log) -> str:
     """Train + ingest + evaluate the method's zoo unless the catalog already has it."""
-    import wdb.study.tasks
-    from wdb.study.generate import method_info
+    from wdb.plugin import get_task, method_info
 
     task_name = str(method_info(method).task)
-    task = wdb.study.tasks.get(task_name)
+    task = get_task(task_name)
     zoo = _zoo_name(task_name, plan.zoo_size)
     have = db.sql("SELECT count(*) AS n FROM checkpoint_info WHERE zoo = :z", {"z": zoo})[0]["n"]
     if not have:
@@ -161,7 +160,7 @@ def ensure_generated(db, method: str, plan: Plan, selection: str, log: Log) -> i
 
 def ensure_baselines(db, method: str, plan: Plan, selection: str, gid: int, log: Log) -> list[int]:
     """The paper's baselines for this method (``MethodInfo``), in the same weight space."""
-    from wdb.study.generate import method_info
+    from wdb.plugin import method_info
 
     info = method_info(method)
     src = (
@@ -197,7 +196,7 @@ def ensure_baselines(db, method: str, plan: Plan, selection: str, gid: int, log:
 def run_method(db, method: str, size: str, out: Path, work: Path, log: Log) -> dict:
     """Zoo → generator → baselines → evaluation → memorization analysis, for one method."""
     from analyses import engine
-    from wdb.study.generate import method_info
+    from wdb.plugin import method_info
 
     p = plan(method, size)
     zoo = ensure_zoo(db, method, p, work, log)
@@ -231,8 +230,7 @@ def run_method(db, method: str, size: str, out: Path, work: Path, log: Log) -> d
 
 def _available(method: str) -> str | None:
     """Why a method cannot run here (not registered, module or task missing), or None."""
-    import wdb.study.tasks
-    from wdb.study.generate import get_method, method_info
+    from wdb.plugin import get_method, get_task, method_info
 
     try:
         get_method(method)
@@ -242,7 +240,7 @@ def _available(method: str) -> str | None:
     if not task:
         return f"generator '{method}' names no task (MethodInfo.task), so the demo has no zoo"
     try:
-        wdb.study.tasks.get(task)
+        get_task(task)
     except (WdbError, ImportError) as exc:
         return f"task {task} unavailable: {exc}"
     return None

@@ -25,8 +25,7 @@ import numpy as np
 
 from analyses import relations as rel
 from analyses.spec import Spec, fill, load, why_not
-from wdb.catalog.dialect import json_ids
-from wdb.errors import NotFound, WdbError
+from wdb.plugin import NotFound, WdbError, json_ids
 
 
 # -- catalog helpers --------------------------------------------------------------------------
@@ -40,7 +39,7 @@ def create_table_as(db, name: str, sql: str) -> None:
     """Replace table ``name`` with the rows of ``sql``, in one transaction on any catalog."""
     import sqlalchemy as sa
 
-    from wdb.catalog.dialect import replace_table_sql
+    from wdb.plugin import replace_table_sql
 
     with db.catalog.begin() as conn:
         for stmt in replace_table_sql(db, name, sql):
@@ -140,7 +139,7 @@ def methods_with_data(db) -> list[str]:
         "SELECT DISTINCT g.method FROM generator_runs g WHERE g.status = 'done' AND EXISTS "
         "(SELECT 1 FROM runs r WHERE r.generator_run_id = g.id AND r.kind = 'generated')"
     )
-    from wdb.study.generate import baseline_methods, method_info
+    from wdb.plugin import baseline_methods, method_info
 
     found = {r["method"] for r in rows} - set(baseline_methods())
     return sorted(found, key=lambda m: (method_info(m).order, m))
@@ -155,7 +154,7 @@ def _sigma(config: dict) -> float:
 
 def resolve_context(db, method: str | None, task: Any = None) -> Context:
     """The generator run, space, zoo, baselines and task of ``method``."""
-    from wdb.catalog.dialect import name as dialect_name
+    from wdb.plugin import dialect_name
 
     ctx = Context(method, dialect=dialect_name(db))
     if method is None:
@@ -182,7 +181,7 @@ def resolve_context(db, method: str | None, task: Any = None) -> Context:
             f"({','.join(str(int(i)) for i in train_ids[:2000])}) GROUP BY zoo ORDER BY n DESC"
         )
         ctx.zoo = (z[0]["zoo"] or "") if z else ""
-    from wdb.study.generate import baseline_methods
+    from wdb.plugin import baseline_methods
 
     base = db.sql(
         "SELECT g.id, g.method, g.config FROM generator_runs g WHERE g.status = 'done' "
@@ -207,9 +206,9 @@ def resolve_context(db, method: str | None, task: Any = None) -> Context:
             )
     if task is None:
         try:
-            import wdb.study.tasks
+            from wdb.plugin import task_for_space
 
-            task = wdb.study.tasks.for_space(db.space(ctx.space_id), db)
+            task = task_for_space(db.space(ctx.space_id), db)
         except (ImportError, WdbError) as exc:  # tasks not available: figures needing one skip
             ctx.notes.append(f"no task for space {ctx.space_id}: {exc}")
         if task is None:
@@ -353,7 +352,7 @@ def _as_list(v: Any) -> list[str]:
 def _spec_table(db, spec: Spec, item: str, name: str, sql: str) -> None:
     """Materialise a spec's SQL as table ``name``; a database error becomes one line naming the
     spec, the item and the database's message (not a 60-line traceback)."""
-    from wdb.errors import BadInput
+    from wdb.plugin import BadInput
 
     try:
         create_table_as(db, name, sql)
@@ -386,7 +385,7 @@ def run(
     spec = load(spec, method) if not isinstance(spec, Spec) else spec.for_method(method)
     for item in [*spec.relations, *spec.tables, *spec.figures]:
         item.update((options or {}).get(item.get("name"), {}))
-    from wdb.study.generate import recall_sources
+    from wdb.plugin import recall_sources
 
     recall_sources(db)
     ctx = resolve_context(db, method, task)

@@ -28,8 +28,7 @@ import numpy as np
 
 from analyses import relations as rel
 from analyses.engine import create_table_as, write_table
-from wdb.catalog.dialect import json_ids, json_text
-from wdb.errors import BadInput, NotFound, WdbError
+from wdb.plugin import BadInput, NotFound, WdbError, json_ids, json_text
 
 EXPERIMENTS = ("modeling-factors", "symmetry", "hd-augmentation")
 
@@ -105,7 +104,7 @@ VARIANTS: dict[str, Callable[[dict], dict]] = {
 
 
 def _reference_sql(db, method: str, gid: int) -> str:
-    from wdb.study.generate import method_info
+    from wdb.plugin import method_info
 
     if method_info(method).reference == "reconstructed":
         return f"generator_run_id = {gid} AND kind = 'reconstructed'"
@@ -147,7 +146,7 @@ def modeling_factors(
     from analyses import figures as figs
 
     base = _latest(db, method)
-    from wdb.study.generate import get_method, resolve_config
+    from wdb.plugin import get_method, resolve_config
 
     mod = get_method(method)
     fixed = {"size": size, **(overrides or {})}
@@ -210,9 +209,9 @@ def _is_field(db, gen_run: dict) -> bool:
     if not one:
         return False
     try:
-        import wdb.study.tasks
+        from wdb.plugin import task_for_space
 
-        task = wdb.study.tasks.for_space(db.space(int(one[0]["space_id"])))
+        task = task_for_space(db.space(int(one[0]["space_id"])))
     except (ImportError, WdbError):
         return False
     return getattr(task, "kind", "") == "field"
@@ -251,9 +250,9 @@ def find_run(
 def symmetry(db, out: Path, n_models: int = 40, seed: int = 0, task: Any = None) -> dict[str, Any]:
     """Permuted / scaled training weights through the HR autoencoder vs different models."""
     from analyses import figures as figs
-    from wdb.query import symmetry as sym
-    from wdb.study.generate import get_method
-    from wdb.study.tasks import for_space
+    from wdb.plugin import get_method
+    from wdb.plugin import symmetry as sym
+    from wdb.plugin import task_for_space as for_space
 
     method = get_method("hyperrep")
     if not hasattr(method, "reconstructor"):

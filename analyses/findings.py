@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from analyses.engine import table_name
-from wdb.errors import WdbError
+from wdb.plugin import WdbError
 
 PAPER = {
     1: "HR, G.pt, HyperDiffusion: generated models are much closer to their nearest training "
@@ -52,7 +52,7 @@ class _DisplayNames(dict):
     """method → display name, from the generator registry (``MethodInfo.display``)."""
 
     def __missing__(self, method: str) -> str:
-        from wdb.study.generate import method_info
+        from wdb.plugin import method_info
 
         self[method] = method_info(method).display if method else str(method)
         return self[method]
@@ -148,7 +148,7 @@ PAPER_METHODS = ("hyperrep", "gpt", "hyperdiffusion", "pdiff")
 
 
 def finding1(db, methods: list[str]) -> Finding:
-    from wdb.study.generate import method_info
+    from wdb.plugin import method_info
 
     f = Finding(1, "not evaluated")
     checks: dict[str, tuple[bool, str]] = {}
@@ -259,7 +259,7 @@ def tradeoff(db, m: str) -> tuple[float, str, bool] | None:
 def finding3(db, methods: list[str]) -> Finding:
     """Every method is expected not to beat noise, except those whose ``MethodInfo.beats_noise``
     says the paper found they do (P-diff): a P-diff that does not beat noise contradicts it."""
-    from wdb.study.generate import method_info
+    from wdb.plugin import method_info
 
     f = Finding(3, "not evaluated")
     checks: dict[str, tuple[bool, str]] = {}

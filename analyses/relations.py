@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wdb.errors import WdbError
+from wdb.plugin import WdbError
 
 #: Which engine served each relation kind in this process.
 ENGINE: dict[str, str] = {}
@@ -29,7 +29,7 @@ def novelty(db, targets: str, reference: str, metric: str = "l2", k: int = 1) ->
     """Per target: min L2 (self excluded), nearest reference, max error IoU, accuracy, and its k
     nearest references; returns the ``relations`` id whose rows are in ``similarity`` and
     ``neighbors`` (``wdb.query.nearest.novelty``)."""
-    from wdb.query.nearest import novelty as query_novelty
+    from wdb.plugin import novelty as query_novelty
 
     ENGINE["novelty"] = "wdb.query.nearest.novelty"
     rows = query_novelty(
@@ -58,8 +58,8 @@ def shape_distances(
     empty meshes (all points equal) are left out. ``workers`` (or the engine of ``wdb.query.engine``)
     splits the targets over a Dask cluster; each target's loop is the same, so are the results.
     """
-    from wdb.query import engine as engines
-    from wdb.study.tasks.shapes import nearest_shapes, nonempty
+    from wdb.plugin import engine as engines
+    from wdb.plugin import nearest_shapes, nonempty
 
     ENGINE["chamfer"] = "wdb.study.tasks.shapes.chamfer"
     tid, P = stored_points(db, _ids(db, targets))
@@ -75,11 +75,11 @@ def shape_distances(
 
 def stored_points(db, ids: list[int]) -> tuple[list[int], np.ndarray]:
     """Stored surface points of the checkpoints that have them (the eval set most of them use)."""
-    from wdb.study import outputs
+    from wdb.plugin import outputs
 
     if not ids:
         return [], np.empty((0, 0, 3), np.float32)
-    from wdb.study.tasks.base import id_in
+    from wdb.plugin import id_in
 
     es = db.sql(
         "SELECT eval_set_id, count(*) AS n FROM predictions WHERE array_path LIKE 'points/%' "

@@ -82,7 +82,7 @@ def load_records(out: Path) -> tuple[list[dict], list[dict]]:
             analyses.append(rec)
         elif "experiment" in rec:
             experiments.append(rec)
-    from wdb.study.generate import method_info
+    from wdb.plugin import method_info
 
     def order(method: str | None) -> int:
         return method_info(method).order if method else 0
@@ -125,7 +125,7 @@ def _figures(figs: list[dict], out: Path) -> str:
 
 def build(db, out: str | Path, title: str = "wdb report: generalization or memorization?") -> dict:
     """Write ``index.html`` and ``summary.md`` into ``out``; returns their paths and verdicts."""
-    from wdb.study.generate import recall_sources
+    from wdb.plugin import recall_sources
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

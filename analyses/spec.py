@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wdb.errors import BadInput, NotFound
+from wdb.plugin import BadInput, NotFound
 
 BUILTIN_DIR = Path(__file__).parent
 RELATION_KINDS = ("novelty", "nearest", "chamfer", "values", "decision", "points", "tsne")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdb.store.spaces import Layout
+from wdb.plugin import Layout
 
 
 @dataclass
@@ -88,7 +88,7 @@ class ToyTask:
 def _generator_run(db, method: str, config: dict, train_ids: list[int]) -> int:
     import sqlalchemy as sa
 
-    from wdb.catalog.schema import generator_runs
+    from wdb.plugin import generator_runs_table as generator_runs
 
     with db.catalog.begin() as conn:
         gid = conn.execute(sa.text("SELECT nextval('generator_runs_id_seq')")).scalar_one()
@@ -155,7 +155,7 @@ def build(
 
 def evaluate(db, task: ToyTask, ids: list[int]) -> int:
     """What ``wdb evaluate`` does for a registered task: predictions + accuracy on its eval set."""
-    from wdb.study import outputs
+    from wdb.plugin import outputs
 
     X, y = task.data("test")
     es = outputs.ensure_eval_set(db, f"{task.name}:test", task.name, "test", y)

@@ -212,7 +212,7 @@ def main() -> None:
         wdb.open(tmp / "db_cpu")
         for name in ("db_one", "db_disk1", "db_disk"):
             wdb.open(tmp / name)
-        from wdb.ingest.pipeline import ingest_workers
+        from wdb.ingest.pool import ingest_workers
 
         workers = ingest_workers() or max(1, (os.cpu_count() or 2) - 1)
         os.environ["WDB_INGEST_WORKERS"] = "0"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wdb.study.generate import Samples, TrainingSet, method_namespace
+from wdb.plugin import Samples, TrainingSet, method_namespace
 
 
 def _rng(seed: int) -> np.random.Generator:

@@ -53,7 +53,7 @@ class LinearSchedule:
         deterministic DDIM update (eta = 0) over all steps. ``desc`` labels the progress bar
         (``wdb.progress``: a bar on a terminal, a line every 10 s in a log, else silent).
         """
-        from wdb.progress import progress
+        from wdb.plugin import progress
 
         x = torch.randn(shape, generator=generator)
         steps = range(self.steps - 1, -1, -1)

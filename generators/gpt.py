@@ -110,8 +110,7 @@ from generators.transformer import (
     random_permutation_index,
     token_slices,
 )
-from wdb.errors import BadInput
-from wdb.study.generate import Fitted, MethodInfo, Samples, TrainingSet
+from wdb.plugin import BadInput, Fitted, MethodInfo, Samples, TrainingSet
 
 NAME = "gpt"
 KIND = "generated"
@@ -184,7 +183,7 @@ def neuron_groups(layout, chunk: int) -> list[np.ndarray]:
     rows) is cut into chunks of ≤ ``chunk`` values, one group each. Raises for layouts that are
     not a plain layer chain.
     """
-    from wdb.query.symmetry import layers
+    from wdb.plugin import layers
 
     chain = layers(layout)
     owned = np.zeros(layout.n_params, dtype=bool)
@@ -345,7 +344,7 @@ def _runs(train: TrainingSet) -> list[np.ndarray]:
 
 
 def _permutable(layout) -> bool:
-    from wdb.query.symmetry import layers
+    from wdb.plugin import layers
 
     try:
         layers(layout)
@@ -377,7 +376,7 @@ def _build(config: dict, layout) -> GPT:
 # -- fit ----------------------------------------------------------------------------------------
 def fit(train: TrainingSet, config: Mapping[str, Any], seed: int) -> Fitted:
     """Train the denoiser on same-run (start, later) pairs; returns EMA weights + ``norm.scale``."""
-    from wdb.progress import progress
+    from wdb.plugin import progress
 
     layout = train.layout
     torch.manual_seed(seed)

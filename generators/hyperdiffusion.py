@@ -50,8 +50,7 @@ from generators.transformer import (
     random_permutation_index,
     token_slices,
 )
-from wdb.errors import BadInput
-from wdb.study.generate import Fitted, MethodInfo, Samples, TrainingSet
+from wdb.plugin import BadInput, Fitted, MethodInfo, Samples, TrainingSet
 
 NAME = "hyperdiffusion"
 KIND = "generated"
@@ -168,7 +167,7 @@ def _schedule(config: dict) -> LinearSchedule:
 # -- fit ----------------------------------------------------------------------------------------
 def fit(train: TrainingSet, config: Mapping[str, Any], seed: int) -> Fitted:
     """Train the x0-predicting denoiser; returns EMA weights plus ``norm.mean`` / ``norm.std``."""
-    from wdb.progress import progress
+    from wdb.plugin import progress
 
     torch.manual_seed(seed)
     k = int(config["augment_permutations"])
@@ -258,8 +257,8 @@ def nearest_training_chamfer(
     NaN. With ``write``, records ``chamfer_train_min`` (and ``chamfer_train_nearest`` = the
     nearest training checkpoint id) as metrics on the task's eval set.
     """
-    from wdb.study.tasks import shapes as S
-    from wdb.study.tasks.base import run_configs
+    from wdb.plugin import run_configs
+    from wdb.plugin import shapes as S
 
     task = S.ShapesOccupancy()
     tgt = db.checkpoints(targets)
@@ -283,7 +282,7 @@ def nearest_training_chamfer(
         j = int(np.argmin(d))
         out.append({"checkpoint_id": cid, "chamfer_train_min": d[j], "nearest": ref_ids[j]})
     if write:
-        from wdb.study.outputs import ensure_eval_set
+        from wdb.plugin import ensure_eval_set
 
         es_id = ensure_eval_set(db, task.eval_set_name(), task.name, task.eval_split, None)
         rows = []
@@ -314,7 +313,7 @@ def _points(db, task, ids: list[int], resolution: int) -> list[np.ndarray | None
     """Surface clouds per checkpoint: stored outputs if present, else meshed here."""
     stored: dict[int, np.ndarray] = {}
     try:
-        from wdb.study import outputs
+        from wdb.plugin import outputs
 
         rows = db.sql("SELECT id FROM eval_sets WHERE name = :n", {"n": task.eval_set_name()})
         if rows:
@@ -337,7 +336,7 @@ def _points(db, task, ids: list[int], resolution: int) -> list[np.ndarray | None
     missing = [i for i in ids if i not in stored]
     if missing:
         W = db.weights(missing)
-        from wdb.study.tasks.shapes import LEVEL, N_POINTS, marching_mesh, sample_points
+        from wdb.plugin import LEVEL, N_POINTS, marching_mesh, sample_points
 
         for i, w in zip(missing, W, strict=True):
             grid = task.grid_logits(w[None], resolution)[0]

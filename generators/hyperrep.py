@@ -56,10 +56,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wdb.progress import progress
-from wdb.query.symmetry import layers, permute, random_permutations
-from wdb.store.spaces import Layout
-from wdb.study.generate import MethodInfo, Samples, TrainingSet, torch_threads
+from wdb.plugin import (
+    Layout,
+    MethodInfo,
+    Samples,
+    TrainingSet,
+    layers,
+    permute,
+    progress,
+    random_permutations,
+    torch_threads,
+)
 
 NAME = "hyperrep"
 KIND = "generated"

@@ -54,8 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from generators.diffusion import LinearSchedule, timestep_embedding
-from wdb.progress import progress
-from wdb.study.generate import MethodInfo, Samples, TrainingSet, torch_threads
+from wdb.plugin import MethodInfo, Samples, TrainingSet, progress, torch_threads
 
 NAME = "pdiff"
 KIND = "generated"

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wdb.store.spaces import Layout
+from wdb.plugin import Layout
 
 
 def token_slices(layout: Layout, chunk: int | None = None) -> list[tuple[int, int]]:
@@ -34,14 +34,14 @@ def permutation_index(layout: Layout, perms: list[np.ndarray | None]) -> np.ndar
     augmentation is literally the shared function-preserving permutation, applied as one cheap
     gather per batch.
     """
-    from wdb.query.symmetry import permute
+    from wdb.plugin import permute
 
     base = np.arange(layout.n_params, dtype=np.float64)
     return permute(base, layout, perms).astype(np.int64)
 
 
 def random_permutation_index(layout: Layout, rng: np.random.Generator) -> np.ndarray:
-    from wdb.query.symmetry import random_permutations
+    from wdb.plugin import random_permutations
 
     return permutation_index(layout, random_permutations(layout, rng))
 

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wdb.errors import BadInput
-from wdb.ingest.pipeline import Found
+from wdb.plugin import BadInput, Found
 
 #: detection order among readers (lower first).
 PRIORITY = 20

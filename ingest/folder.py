@@ -4,7 +4,7 @@ researchers have them (plain files, Hugging Face, Trainer, Lightning, mixed arch
 Layouts understood (first match wins, per checkpoint):
 
 - a **sharded checkpoint**: ``model.safetensors.index.json`` (or ``pytorch_model.bin.index.json``)
-  with the shards it names is *one* checkpoint (``wdb.ingest.pipeline.read_sharded``); shards found
+  with the shards it names is *one* checkpoint (``wdb.files.checkpoint.read_sharded``); shards found
   without their index are one line per set ("without its index"), never one run per shard;
 - a **Trainer folder** ``checkpoint-<step>/``: step = the folder's number, run = the folder that
   holds the ``checkpoint-*`` folders (the ingested folder's name at the top); ``trainer_state.json``'s
@@ -42,7 +42,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from wdb.ingest.pipeline import (
+from wdb.plugin import (
     SHARD_NAME,
     STATE_SUFFIXES,
     Found,

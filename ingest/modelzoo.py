@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
-from wdb.ingest.pipeline import Found, read_checkpoint
+from wdb.plugin import Found, read_checkpoint
 
 #: detection order among readers (lower first).
 PRIORITY = 10

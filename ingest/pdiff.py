@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
-from wdb.ingest.pipeline import Found, read_checkpoint, step_from_name
+from wdb.plugin import Found, read_checkpoint, step_from_name
 
 #: detection order among readers (lower first).
 PRIORITY = 30

@@ -9,20 +9,21 @@ import pytest
 from test_generate import TRAIN, add_toy_zoo, toy_layout
 
 from generators import baselines
+from wdb import plugin as P
 from wdb.study import generate as G
 
 
-def synthetic(n: int = 40, d: int = 30, seed: int = 0, acc: bool = True) -> G.TrainingSet:
+def synthetic(n: int = 40, d: int = 30, seed: int = 0, acc: bool = True) -> P.TrainingSet:
     rng = np.random.default_rng(seed)
     w = (rng.normal(0, 1, d) * 0.3 + rng.normal(0, 0.2, (n, d))).astype(np.float32)
     info = [{"run": f"r{i // 4}", "step": i % 4} for i in range(n)]
     metrics = {"accuracy": np.linspace(0.1, 0.9, n)} if acc else {}
     space = type("S", (), {"n_params": d, "layout": None, "name": "s", "id": 1})()
-    return G.TrainingSet(np.arange(100, 100 + n), w, space, info, metrics, {}, "test")
+    return P.TrainingSet(np.arange(100, 100 + n), w, space, info, metrics, {}, "test")
 
 
 def run(method, train, n, seed=0, **over):
-    cfg = G.resolve_config(method, over)
+    cfg = P.resolve_config(method, over)
     return G.sample_method(method, None, train, n, cfg, seed), cfg
 
 

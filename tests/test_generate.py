@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from wdb import plugin as P
 from wdb import plugins
 from wdb.errors import BadInput, NotFound
 from wdb.store.spaces import Layout
 from wdb.study import generate as G
+from wdb.study import methods as M
 
 TRAIN = "zoo = 'toy' AND kind = 'training'"
 
@@ -70,7 +72,7 @@ def fake_method(fit_hook=None, sample_hook=None) -> types.SimpleNamespace:
         rows = base + config["scale"] * 0.1 * rng.standard_normal((n, base.size))
         recon = train.weights + 0.001
         info = [{"source_checkpoint": int(i)} for i in train.ids]
-        return [G.Samples(rows), G.Samples(recon, kind="reconstructed", info=info)]
+        return [P.Samples(rows), P.Samples(recon, kind="reconstructed", info=info)]
 
     return types.SimpleNamespace(
         NAME="fake", KIND="generated", default_config=default_config, fit=fit, sample=sample
@@ -92,24 +94,24 @@ def with_fake():
 def test_resolve_config_layers_and_refuses_unknown_keys(tmp_path):
     from generators.baselines import noise
 
-    cfg = G.resolve_config(noise, {"sigma": 0.1, "size": "small"})
+    cfg = P.resolve_config(noise, {"sigma": 0.1, "size": "small"})
     assert cfg["sigma"] == 0.1 and cfg["size"] == "small" and cfg["n"] == 10
     f = tmp_path / "c.toml"
     f.write_text('sigma = 0.2\nselect = "all"\n')
-    cfg = G.resolve_config(noise, {"sigma": 1}, f)
+    cfg = P.resolve_config(noise, {"sigma": 1}, f)
     assert cfg["sigma"] == 1.0 and isinstance(cfg["sigma"], float) and cfg["select"] == "all"
     with pytest.raises(BadInput, match="unknown config key 'sigmaa'"):
-        G.resolve_config(noise, {"sigmaa": 0.1})
-    assert G.parse_sets(["a=0.5", "b=small", "c=[1,2]", "d=true"]) == {
+        P.resolve_config(noise, {"sigmaa": 0.1})
+    assert M.parse_sets(["a=0.5", "b=small", "c=[1,2]", "d=true"]) == {
         "a": 0.5,
         "b": "small",
         "c": [1, 2],
         "d": True,
     }
     with pytest.raises(BadInput):
-        G.parse_sets(["novalue"])
+        M.parse_sets(["novalue"])
     with pytest.raises(NotFound):
-        G.get_method("nope")
+        P.get_method("nope")
 
 
 def test_load_training_set_prefers_computed_metrics(db):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from generators import gpt
+from wdb import plugin as P
 from wdb.store.write import NewCheckpoint
 from wdb.study import generate as G
 from wdb.study.tasks import get
@@ -42,11 +43,11 @@ def synthetic(runs=4, steps=3, seed=0, metrics=("loss",), offset=0):
         m["accuracy"] = 1 - np.array(loss) / 3
     ids = np.arange(100 + offset * steps, 100 + offset * steps + len(rows))
     W = np.asarray(rows, dtype=np.float32)
-    return G.TrainingSet(ids, W, _space(layout), info, m, {}, "synthetic")
+    return P.TrainingSet(ids, W, _space(layout), info, m, {}, "synthetic")
 
 
 def fit_sample(ts, n=5, seed=0, load=None, **over):
-    cfg = G.resolve_config(gpt, {**TINY, **over})
+    cfg = P.resolve_config(gpt, {**TINY, **over})
     state = G.fit_method(gpt, ts, cfg, seed)
     return state, G.sample_method(gpt, state, ts, n, cfg, seed, load), cfg
 
@@ -91,7 +92,7 @@ def test_condition_falls_back_to_error_then_none():
     values, name = gpt.condition(synthetic(metrics=("accuracy",)))
     assert name == "error" and np.all((values >= 0) & (values <= 1))
     ts = synthetic()
-    cfg = G.resolve_config(gpt, {"target_min": True})
+    cfg = P.resolve_config(gpt, {"target_min": True})
     assert gpt._target({**cfg, "condition_used": "loss"}, ts) == pytest.approx(1.3)
     assert gpt._target({**cfg, "condition_used": "loss", "target_min": False}, ts) == 0.0
     ts = synthetic(metrics=())
@@ -169,7 +170,7 @@ def test_unit_tokens_partition_the_row_and_are_permutation_equivariant():
     flat = np.concatenate([g.reshape(-1) for g in groups])
     assert sorted(flat.tolist()) == list(range(layout.n_params))
     assert [g.shape for g in groups] == [(10, 795), (1, 10)]
-    cfg = {**G.resolve_config(gpt, TINY), "delta_std": 0.1, "tokens_used": "units"}
+    cfg = {**P.resolve_config(gpt, TINY), "delta_std": 0.1, "tokens_used": "units"}
     torch.manual_seed(0)
     net = gpt._build(cfg, layout)
     for p in net.parameters():  # non-zero output projections

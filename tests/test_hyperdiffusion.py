@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from generators import hyperdiffusion as hd
+from wdb import plugin as P
 from wdb.store.write import NewCheckpoint
 from wdb.study import generate as G
 from wdb.study.tasks import get
@@ -28,11 +29,11 @@ def synthetic(n=12, seed=0):
     )
     space = type("S", (), {"layout": layout, "id": 3, "name": "s", "n_params": layout.n_params})()
     info = [{"run": f"r{i}", "step": 0} for i in range(n)]
-    return G.TrainingSet(np.arange(n), W, space, info, {}, {}, "synthetic")
+    return P.TrainingSet(np.arange(n), W, space, info, {}, {}, "synthetic")
 
 
 def fit_sample(ts, n=4, seed=0, **over):
-    cfg = G.resolve_config(hd, {**TINY, **over})
+    cfg = P.resolve_config(hd, {**TINY, **over})
     state = G.fit_method(hd, ts, cfg, seed)
     return state, G.sample_method(hd, state, ts, n, cfg, seed), cfg
 

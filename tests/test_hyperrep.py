@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from generators import hyperrep as H
+from wdb import plugin as P
 from wdb.query.symmetry import permute, random_permutations
 from wdb.store.spaces import Layout
 from wdb.study import generate as G
@@ -24,14 +25,14 @@ def cnn_layout() -> Layout:
     return Layout.from_arrays({k: np.zeros(s, np.float32) for k, s in shapes.items()})
 
 
-def training_set(n: int = 24, seed: int = 0) -> G.TrainingSet:
+def training_set(n: int = 24, seed: int = 0) -> P.TrainingSet:
     layout = cnn_layout()
     rng = np.random.default_rng(seed)
     w = (0.3 * rng.normal(size=(n, layout.n_params))).astype(np.float32)
     space = type("S", (), {"n_params": layout.n_params, "layout": layout, "name": "c", "id": 1})()
     info = [{"run": f"r{i}", "step": 0} for i in range(n)]
     metrics = {"accuracy": rng.uniform(0.2, 0.9, n)}
-    return G.TrainingSet(np.arange(1000, 1000 + n), w, space, info, metrics, {}, "test")
+    return P.TrainingSet(np.arange(1000, 1000 + n), w, space, info, metrics, {}, "test")
 
 
 def test_tokens_are_one_per_output_neuron_and_cover_the_row():
@@ -83,7 +84,7 @@ def test_shared_kde_copies_a_latent_plus_one_offset_independent_does_not():
 
 def test_fit_sample_shapes_kinds_determinism():
     ts = training_set()
-    cfg = G.resolve_config(H, {"size": "small", "steps": 6})
+    cfg = P.resolve_config(H, {"size": "small", "steps": 6})
     a = H.fit(ts, cfg, seed=0)
     b = H.fit(ts, cfg, seed=0)
     for k in a:
@@ -108,7 +109,7 @@ def test_fit_sample_shapes_kinds_determinism():
 
 def test_reconstruction_improves_with_training():
     ts = training_set(16)
-    cfg = G.resolve_config(H, {"size": "small", "gamma": 0.0})
+    cfg = P.resolve_config(H, {"size": "small", "gamma": 0.0})
 
     def recon_error(steps):
         state = H.fit(ts, {**cfg, "steps": steps}, seed=0)

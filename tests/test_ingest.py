@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from wdb.errors import BadInput
-from wdb.ingest.pipeline import IngestReport, _fast_torch_load, load_file
+from wdb.files.checkpoint import load_file
+from wdb.files.torch import fast_torch_load
+from wdb.ingest.pipeline import IngestReport
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -57,7 +59,7 @@ def test_loader_matches_torch_load(tmp_path: Path) -> None:
     sd["param"] = torch.nn.Parameter(torch.ones(2))
     torch.save(sd, tmp_path / "x.pt")
     arrays, dtypes = load_file(tmp_path / "x.pt")
-    assert isinstance(_fast_torch_load(tmp_path / "x.pt"), dict)  # the fast path read it
+    assert isinstance(fast_torch_load(tmp_path / "x.pt"), dict)  # the fast path read it
     ref = torch.load(tmp_path / "x.pt", weights_only=True)
     assert list(arrays) == list(ref)
     for k, v in ref.items():

@@ -48,12 +48,11 @@ KILLER = textwrap.dedent(
     ArrayStore.write, Catalog.begin = write, begin
     if mode == "slow":
         import time
-        orig_load = wdb.ingest.pipeline.read_checkpoint
+        import ingest.folder
+        orig_load = ingest.folder.read_checkpoint
         def slow(path):
             time.sleep(0.05)
             return orig_load(path)
-        wdb.ingest.pipeline.read_checkpoint = slow
-        import ingest.folder
         ingest.folder.read_checkpoint = slow
     wdb.open(db_path).ingest(zoo)
     """

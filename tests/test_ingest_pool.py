@@ -11,7 +11,8 @@ import torch
 
 import wdb
 from tests.conftest import ON_POSTGRES
-from wdb.ingest import pipeline as importer
+from wdb.ingest import pool as importer
+from wdb.ingest.readers import Found
 
 
 def make_zoo(root, n_runs: int = 8, epochs: int = 10) -> None:
@@ -94,11 +95,11 @@ def test_reader_processes_give_the_same_database(tmp_path, monkeypatch, request)
 def test_pool_is_used_only_where_it_pays(tmp_path, monkeypatch):
     make_zoo(tmp_path / "zoo", n_runs=5, epochs=2)
     found = [
-        importer.Found(source=str(p), run="r", step=i, load=lambda: {})
+        Found(source=str(p), run="r", step=i, load=lambda: {})
         for i, p in enumerate(sorted((tmp_path / "zoo").rglob("*.pt")))
     ]
     monkeypatch.setenv("WDB_INGEST_WORKERS", "2")
-    assert all(pre is None for _, pre in importer._prefetched(found))  # too few files to fork
+    assert all(pre is None for _, pre in importer.prefetched(found))  # too few files to fork
     monkeypatch.setenv("WDB_INGEST_WORKERS", "many")
     with pytest.raises(wdb.errors.BadInput, match="WDB_INGEST_WORKERS"):
         importer.ingest_workers()

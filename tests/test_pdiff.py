@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from generators import pdiff
+from wdb import plugin as P
 from wdb.store.spaces import Layout
 from wdb.study import generate as G
 
@@ -25,11 +26,11 @@ def bn_rows(n: int = 30, width: int = 12, seed: int = 0) -> np.ndarray:
     return (start + drift).astype(np.float32)
 
 
-def training_set(n: int = 30) -> G.TrainingSet:
+def training_set(n: int = 30) -> P.TrainingSet:
     layout = bn_layout()
     space = type("S", (), {"n_params": layout.n_params, "layout": layout, "name": "bn", "id": 1})()
     info = [{"run": "bn", "step": i} for i in range(n)]
-    return G.TrainingSet(np.arange(n), bn_rows(n), space, info, {}, {}, "test")
+    return P.TrainingSet(np.arange(n), bn_rows(n), space, info, {}, {}, "test")
 
 
 def test_tensor_stats_standardise_each_tensor():
@@ -43,7 +44,7 @@ def test_tensor_stats_standardise_each_tensor():
 
 def test_fit_and_sample_shapes_and_determinism():
     ts = training_set()
-    cfg = G.resolve_config(pdiff, {"size": "small", "ae_steps": 8, "ddpm_steps": 8})
+    cfg = P.resolve_config(pdiff, {"size": "small", "ae_steps": 8, "ddpm_steps": 8})
     a = pdiff.fit(ts, cfg, seed=0)
     b = pdiff.fit(ts, cfg, seed=0)
     assert {"norm.mean", "norm.std", "latent.mean", "latent.std"} <= set(a)
@@ -62,7 +63,7 @@ def test_fit_and_sample_shapes_and_determinism():
 def test_autoencoder_learns_the_training_rows():
     """A short AE-only fit reconstructs training rows better than the per-tensor mean does."""
     ts = training_set(40)
-    cfg = G.resolve_config(pdiff, {"size": "small", "ae_steps": 150, "ddpm_steps": 1})
+    cfg = P.resolve_config(pdiff, {"size": "small", "ae_steps": 150, "ddpm_steps": 1})
     state = pdiff.fit(ts, cfg, seed=0)
     ae, _ = pdiff._load(state, ts.space.n_params, cfg)
     mean, std = state["norm.mean"], state["norm.std"]

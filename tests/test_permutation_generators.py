@@ -12,7 +12,7 @@ import torch
 
 from generators import hyperdiffusion as hd
 from generators.transformer import permutation_index, random_permutation_index
-from wdb.study import generate as G
+from wdb import plugin as P
 from wdb.study.tasks import get
 from wdb.study.tasks import mnist_mlp as M
 from wdb.study.tasks import shapes as S
@@ -59,7 +59,7 @@ def test_hyperdiffusion_augmentation_preserves_occupancy_functions():
     layout = get("shapes-occupancy").layout()
     rng = np.random.default_rng(1)
     W = rng.normal(0, 0.3, (3, layout.n_params)).astype(np.float32)
-    ts = G.TrainingSet(np.arange(3), W, _space(layout), [{}] * 3, {}, {}, "t")
+    ts = P.TrainingSet(np.arange(3), W, _space(layout), [{}] * 3, {}, {}, "t")
     aug = hd.augmented(ts, 3, seed=0)
     assert aug.shape == (12, layout.n_params)
     np.testing.assert_array_equal(aug[:3], W)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from wdb import plugin as P
 from wdb import plugins
 from wdb.errors import BadInput, NotFound
-from wdb.study import generate as G
+from wdb.study import methods as M
 from wdb.study.outputs import ingest_outputs
 
 
@@ -15,12 +16,12 @@ def test_builtins_are_entry_points_like_any_plugin():
     assert {"mnist-mlp", "shapes-occupancy"} <= set(plugins.names("wdb.tasks"))
     assert {"pdiff", "noise"} <= set(plugins.names("wdb.generators"))
     assert plugins.registry("wdb.readers")["folder"].distribution == "wdb"
-    from wdb.ingest.pipeline import format_names
+    from wdb.ingest.readers import format_names
 
     assert format_names()[-1] == "folder"  # the generic reader is asked last
-    assert G.study_methods()[:4] == ["hyperrep", "gpt", "hyperdiffusion", "pdiff"]
-    assert set(G.baseline_methods()) == {"noise", "average", "gaussian"}
-    assert G.method_info("pdiff").beats_noise and G.method_info("gpt").aligned
+    assert P.study_methods()[:4] == ["hyperrep", "gpt", "hyperdiffusion", "pdiff"]
+    assert set(P.baseline_methods()) == {"noise", "average", "gaussian"}
+    assert P.method_info("pdiff").beats_noise and P.method_info("gpt").aligned
 
 
 def test_bad_plugin_files_fail_in_one_line_naming_the_file(tmp_path):
@@ -31,11 +32,11 @@ def test_bad_plugin_files_fail_in_one_line_naming_the_file(tmp_path):
     empty = tmp_path / "empty.py"
     empty.write_text("X = 1\n")
     with pytest.raises(BadInput, match="defines no generator"):
-        G.get_method(str(empty))
+        P.get_method(str(empty))
     with pytest.raises(NotFound, match="no such task file"):
         plugins.load("wdb.tasks", str(tmp_path / "missing.py"))
     with pytest.raises(NotFound, match="unknown generator 'nope'"):
-        G.get_method("nope")
+        P.get_method("nope")
 
 
 def test_a_generator_file_without_fit_is_a_baseline_style_method(tmp_path):
@@ -46,15 +47,15 @@ def test_a_generator_file_without_fit_is_a_baseline_style_method(tmp_path):
         "def sample(model, train, n, config, seed, load):\n"
         "    return [Samples(train.weights[:n])]\n"
     )
-    m = G.get_method(str(f))
-    assert m.NAME == "copycat" and m.KIND == "generated" and m.fit is G.no_fit
+    m = P.get_method(str(f))
+    assert m.NAME == "copycat" and m.KIND == "generated" and m.fit is P.no_fit
 
 
 def test_config_is_read_only_for_methods():
     from generators.baselines import noise
 
-    cfg = G.resolve_config(noise, {"size": "small"})
-    view = G.config_view(noise, cfg)
+    cfg = P.resolve_config(noise, {"size": "small"})
+    view = M.config_view(noise, cfg)
     with pytest.raises(TypeError):
         view["sigma"] = 1.0  # type: ignore[index]
 
@@ -146,9 +147,9 @@ def test_a_registered_generator_with_a_task_joins_the_demo():
     fifth = types.SimpleNamespace(
         NAME="fifth",
         KIND="generated",
-        INFO=G.MethodInfo(display="Fifth", order=45, task="mnist-mlp", noise_sigmas=(0.1, 0.2)),
+        INFO=P.MethodInfo(display="Fifth", order=45, task="mnist-mlp", noise_sigmas=(0.1, 0.2)),
         default_config=lambda size: {"n": 2},
-        fit=G.no_fit,
+        fit=P.no_fit,
         sample=lambda *a: [],
     )
     plugins.register("wdb.generators", "fifth", fifth)

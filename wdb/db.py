@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     from wdb.ingest.pipeline import IngestReport
     from wdb.store.compact import CompactReport
     from wdb.store.fsck import FsckReport
+    from wdb.study.contract import GenerateReport
     from wdb.study.evaluate import EvalReport
-    from wdb.study.generate import GenerateReport
 
 DEFAULT_DB = ".wdb"
 #: the PostgreSQL advisory-lock key of the writers' lock ("wdbw" in ASCII)

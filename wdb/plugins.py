@@ -15,7 +15,7 @@ There is one mechanism, and wdb's own plugins use it exactly as a researcher's d
 
 What each kind of plugin must provide is written down once, as typed protocols:
 ``wdb.study.tasks.base.Task`` (tasks), ``wdb.study.generate.Generator`` (generators) and
-``wdb.ingest.pipeline.Reader`` (readers).
+``wdb.ingest.readers.Reader`` (readers).
 
 Names are unique per group; when two distributions register one name, the first one found wins
 and :func:`conflicts` lists the others (``wdb plugins`` prints them), so a clash is never silent.

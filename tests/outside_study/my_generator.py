@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdb.study.generate import MethodInfo, Samples, TrainingSet
+from wdb.plugin import MethodInfo, Samples, TrainingSet
 
 NAME = "mixup"
 KIND = "generated"

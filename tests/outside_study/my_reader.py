@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wdb.ingest.pipeline import Found
+from wdb.plugin import Found
 
 PRIORITY = 5  # ask before the built-in readers: this layout is unambiguous
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from wdb.study.tasks.base import ClassifierTask
+from wdb.plugin import ClassifierTask
 
 TEST_FROM = 1400  # digits 0..1399 train, 1400..1796 test
 

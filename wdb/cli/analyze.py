@@ -86,7 +86,7 @@ def experiment(
 ) -> None:
     """Run one experiment: modeling-factors, symmetry or hd-augmentation."""
     from analyses import experiments
-    from wdb.study.generate import parse_sets
+    from wdb.study.methods import parse_sets
 
     rec = experiments.run(
         get_db(), name, method=method, out=out, size=size, n=n, overrides=parse_sets(sets)

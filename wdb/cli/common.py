@@ -57,7 +57,7 @@ class PluginChoice(click.ParamType):
 
         names = plugins.names(self.group)
         if self.group == "wdb.readers":
-            from wdb.ingest.pipeline import format_names
+            from wdb.ingest.readers import format_names
 
             names = format_names()  # in detection order
         return names

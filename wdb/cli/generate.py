@@ -44,7 +44,7 @@ def generate(ctx, method, train, n, seed, sets, config_file, from_run, fmt) -> N
     METHOD is a registered generator (entry point group wdb.generators: the built-ins and any
     installed package's) or a .py file defining one; the contract is wdb.study.generate.Generator."""
     from wdb.study.generate import generate as run_generate
-    from wdb.study.generate import parse_sets
+    from wdb.study.methods import parse_sets
 
     db = get_db(ctx)
     report = run_generate(

@@ -106,7 +106,7 @@ def ingest(
     companions, not errors), Lightning .ckpt, bundles with metadata, mixed architectures (one space
     each); see the README's format table.
     """
-    from wdb.study.generate import read_config_file
+    from wdb.study.methods import read_config_file
 
     config = read_config_file(generator_config) if generator_config else None
     if config is not None and not generator:

@@ -1,0 +1,412 @@
+"""A checkpoint file (or a shard set) as arrays: unwrap containers, validate values, keep metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wdb.errors import BadInput
+from wdb.files.torch import _STORAGE_NAMES, _np_dtype, _Tensor, torch_load
+from wdb.store.spaces import Entry, Layout, storage_dtype_of
+from wdb.store.tensors import FLOAT_DTYPES, state_to_numpy
+from wdb.store.write import RowStream
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", "")
+STATE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
+#: containers whose value is the weights, in the order they are tried (Lightning's
+#: ``state_dict``, the common training-loop names, DeepSpeed's ``module``, an EMA copy last).
+CONTAINER_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model_state",
+    "model",
+    "module",
+    "ema",
+    "state",
+    "params",
+)
+#: top-level numbers of a bundle that count training progress: the checkpoint's step when the
+#: reader only guessed it (first present wins; they must agree when both are present).
+STEP_KEYS = ("global_step", "step")
+
+
+@dataclass
+class Loaded:
+    """One checkpoint as read from its file(s): the tensors, plus what the file says about itself.
+
+    ``meta`` holds the JSON-able non-tensor entries (``checkpoints.meta``) and, under
+    ``not_stored``, the names of entries that are neither (optimizer state, callbacks);
+    ``numbers`` the numeric top-level entries of a training bundle (``epoch``, ``global_step``,
+    ``best_score``). A reader that gives a checkpoint as one row sets ``layout`` and ``row``
+    instead of ``arrays``, or ``layout`` and ``stream`` for a row too large to hold twice.
+    """
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    numbers: dict[str, float] = field(default_factory=dict)
+    layout: Layout | None = None
+    row: np.ndarray | None = None
+    #: a row too large to hold twice: its segments in layout order, regenerated on each call
+    stream: Callable[[], Iterable[np.ndarray]] | None = None
+
+    def materialise(self) -> np.ndarray:
+        """The streamed row as one array (for callers that need it whole)."""
+        if self.row is None and self.stream is not None and self.layout is not None:
+            self.row = np.empty(self.layout.n_params, dtype=self.layout.storage_dtype)
+            pos = 0
+            for seg in self.stream():
+                self.row[pos : pos + seg.size] = seg
+                pos += seg.size
+        return self.row
+
+    def step(self) -> int | None:
+        """The file's own step counter, when it has one unambiguous integer value."""
+        got = {int(self.numbers[k]) for k in STEP_KEYS if k in self.numbers}
+        got |= {int(v) for k, v in self.meta.items() if k in STEP_KEYS and _is_number(v)}
+        return got.pop() if len(got) == 1 else None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_tensor(v: Any) -> bool:
+    return isinstance(v, _Tensor | np.ndarray) or (
+        type(v).__module__.startswith("torch") and hasattr(v, "untyped_storage")
+    )
+
+
+def _jsonable(v: Any, depth: int = 0) -> bool:
+    """Small plain data (numbers, strings, lists and dicts of them) that the catalog can keep."""
+    if v is None or isinstance(v, bool | str) or _is_number(v):
+        return not isinstance(v, str) or len(v) <= 10_000
+    if depth < 3 and isinstance(v, list | tuple) and len(v) <= 1000:
+        return all(_jsonable(x, depth + 1) for x in v)
+    if depth < 3 and isinstance(v, Mapping) and len(v) <= 1000:
+        return all(isinstance(k, str) and _jsonable(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def _set_aside(entries: Mapping, meta: dict, numbers: dict | None) -> None:
+    """Non-tensor entries into ``meta`` (numbers also into ``numbers``); the rest named."""
+    for k, v in entries.items():
+        if _jsonable(v):
+            meta[str(k)] = list(v) if isinstance(v, tuple) else v
+            if numbers is not None and _is_number(v):
+                numbers[str(k)] = float(v)
+        else:
+            meta.setdefault("not_stored", []).append(str(k))
+
+
+def unbundle(obj: Any) -> Loaded:
+    """A loaded object → its tensors and its metadata, refusing what cannot be weights.
+
+    Containers (:data:`CONTAINER_KEYS`, up to three levels: Lightning ``.ckpt``,
+    ``{'model': ..., 'optimizer': ...}`` bundles, DeepSpeed ``module``) are unwrapped; their other
+    entries are metadata, never a reason to refuse the weights. Inside the state dict, non-tensor
+    entries (a ``step`` int, a ``note`` string) become metadata too. Complex tensors are refused
+    with one line: weights are real, and a silent split into two columns would change the layout.
+    """
+    meta: dict = {}
+    numbers: dict[str, float] = {}
+    for _ in range(3):
+        if not isinstance(obj, Mapping):
+            break
+        key = next(
+            (k for k in CONTAINER_KEYS if isinstance(obj.get(k), Mapping) and obj.get(k)), None
+        )
+        if key is None:
+            break
+        _set_aside({k: v for k, v in obj.items() if k != key}, meta, numbers)
+        obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise BadInput(f"not a state dict (a {type(obj).__name__})")
+    tensors = {k: v for k, v in obj.items() if _is_tensor(v)}
+    _set_aside({k: v for k, v in obj.items() if k not in tensors}, meta, None)
+    if not tensors:
+        rest = ", ".join(f"'{k}'" for k in list(obj)[:5])
+        raise BadInput(f"no tensors in the state dict (entries: {rest or 'none'})")
+    arrays, dtypes = _tensors_to_numpy(tensors)
+    return Loaded(arrays, dtypes, meta, numbers)
+
+
+def _tensors_to_numpy(state: Mapping) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    if not all(isinstance(k, str) for k in state):
+        raise BadInput("state dict keys are not all strings")
+    if all(isinstance(v, _Tensor) for v in state.values()):
+        arrays = {k: v.array for k, v in state.items()}
+        dtypes = {k: v.dtype for k, v in state.items()}
+        for k in arrays:  # the pickle could have rewritten these attributes (BUILD)
+            if not isinstance(arrays[k], np.ndarray) or dtypes[k] not in _STORAGE_NAMES:
+                raise BadInput(f"entry '{k}' is not a plain tensor")
+    else:
+        for k, v in state.items():
+            if type(v).__module__.startswith("torch"):
+                if v.is_complex():
+                    raise BadInput(
+                        f"entry '{k}' is a complex tensor ({str(v.dtype).removeprefix('torch.')}): "
+                        "not stored; save its real and imaginary parts as two tensors"
+                    )
+                if v.numel() > v.untyped_storage().nbytes() // max(1, v.element_size()):
+                    raise BadInput(f"entry '{k}' is a broadcast view larger than its storage")
+        state = {k: (v.array if isinstance(v, _Tensor) else v) for k, v in state.items()}
+        arrays, dtypes = state_to_numpy(state)
+    for name, arr in arrays.items():
+        check_finite(name, arr, dtypes[name])
+    return arrays, dtypes
+
+
+def check_finite(name: str, arr: np.ndarray, dtype: str) -> None:
+    """Refuse NaN/Inf in a float tensor (one line naming the tensor)."""
+    # a float64 sum is finite iff no value is NaN/Inf (for float16/32 it cannot overflow;
+    # for float64 an overflowing sum falls through to the exact test)
+    if (
+        dtype in FLOAT_DTYPES
+        and not np.isfinite(arr.sum(dtype=np.float64))
+        and not np.isfinite(arr).all()
+    ):
+        kind = "NaN" if np.isnan(arr).any() else "Inf"
+        raise BadInput(f"'{name}' contains {kind} values")
+
+
+def normalise(state: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Any loaded object → (arrays, dtype names); see :func:`unbundle` for what is kept."""
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+        arrays, dtypes = state
+        for name, arr in arrays.items():
+            check_finite(name, arr, dtypes[name])
+        return arrays, dtypes
+    got = state if isinstance(state, Loaded) else unbundle(state)
+    return got.arrays, got.dtypes
+
+
+def _sha256(row: np.ndarray) -> str:
+    """``wdb.store.spaces.row_sha256`` without the ``tobytes`` copy (same digest)."""
+    return hashlib.sha256(np.ascontiguousarray(row).data).hexdigest()
+
+
+def digest(row: np.ndarray | RowStream) -> str:
+    """The row's content hash; a streamed row is read (and validated) once, segment by segment."""
+    if not isinstance(row, RowStream):
+        return _sha256(row)
+    h, n = hashlib.sha256(), 0
+    for seg in row.segments():
+        h.update(np.ascontiguousarray(seg).data)
+        n += seg.size
+    if n != row.n:
+        raise BadInput(f"the checkpoint's tensors hold {n} values, its layout {row.n}")
+    return h.hexdigest()
+
+
+def load_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Load one checkpoint file of any supported kind safely → (arrays, dtype names)."""
+    got = read_checkpoint(path)
+    if got.layout is not None and not got.arrays:
+        row = got.materialise()
+        return got.layout.unflatten(row), {e.name: e.dtype for e in got.layout.entries}
+    return got.arrays, got.dtypes
+
+
+def read_checkpoint(path: str | os.PathLike) -> Loaded:
+    """Load one checkpoint file safely → :class:`Loaded` (tensors plus the file's metadata).
+
+    A ``*.index.json`` (Hugging Face's sharded safetensors or ``.bin``) is read as the one
+    checkpoint its shards make up (:func:`read_sharded`).
+    """
+    path = Path(path)
+    if path.name.endswith(".index.json"):
+        return read_sharded(path)
+    suffix = path.suffix.lower()
+    if path.stat().st_size == 0:
+        raise BadInput("empty file (truncated?)")
+    if suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file as st_load
+
+            state = st_load(str(path), device="cpu")
+        except Exception as exc:
+            raise BadInput(f"corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+    elif suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                state = {k: npz[k] for k in npz.files}
+        except ValueError as exc:
+            raise BadInput(f"refused .npz ({str(exc).splitlines()[0]})") from None
+        except Exception as exc:
+            raise BadInput(f"corrupt .npz file ({str(exc).splitlines()[0]})") from None
+    else:
+        state = torch_load(path)
+    return unbundle(state)
+
+
+SHARD_NAME = re.compile(r"^(?P<base>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})(?P<ext>\.safetensors|\.bin)$")
+
+
+def read_index(index: Path) -> list[tuple[Path, list[str]]]:
+    """A sharded checkpoint's index → [(shard file, its tensor names in index order)]."""
+    try:
+        data = json.loads(index.read_text())
+        weight_map = data["weight_map"]
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise TypeError("empty")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"not a shard index ('weight_map' missing or invalid: {exc})") from None
+    shards: dict[str, list[str]] = {}
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or Path(file).name != file:
+            raise BadInput(f"shard '{file}' of '{name}' is not a file name beside the index")
+        shards.setdefault(file, []).append(name)
+    out = []
+    for file, names in shards.items():
+        if not (index.parent / file).is_file():
+            raise BadInput(f"shard '{file}' is missing")
+        out.append((index.parent / file, names))
+    return out
+
+
+def read_sharded(index: Path) -> Loaded:
+    """A sharded checkpoint (``model.safetensors.index.json`` or ``pytorch_model.bin.index.json``
+    with its shards) → one :class:`Loaded` whose row is streamed, never held whole.
+
+    The layout comes from the safetensors headers (a ``.bin`` shard is read once for its
+    shapes); ``Loaded.stream`` yields the row tensor by tensor, shard by shard, so ingest hashes
+    it in one pass and writes it into the store chunk by chunk in another: memory holds one
+    shard's pages and one chunk, not the model. Tensor order is shard by shard, each shard's
+    tensors in ``weight_map`` order; every shard must hold exactly the tensors the index names.
+    """
+    shards = read_index(index)
+    entries, offset = [], 0
+    for path, names in shards:
+        for name, shape, dtype in _shard_specs(path, names):
+            entries.append(Entry(name, shape, dtype, offset))
+            offset += math.prod(shape)
+    layout = Layout(tuple(entries), storage_dtype_of([e.dtype for e in entries]))
+
+    def stream() -> Iterable[np.ndarray]:
+        for path, names in shards:
+            for name, arr, dtype in _shard_tensors(path, names):
+                check_finite(name, arr, dtype)
+                yield layout.segment(layout.entry(name), arr)
+
+    meta = {"shards": len(shards), "shard_format": shards[0][0].suffix.lstrip(".")}
+    return Loaded(meta=meta, layout=layout, stream=stream)
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """(tensor entries of the header, offset of the data) of a ``.safetensors`` file: an 8-byte
+    little-endian header length, then a JSON header (the format's whole specification)."""
+    try:
+        with path.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > 100 << 20:
+                raise ValueError("header larger than 100 MB")
+            header = json.loads(fh.read(n))
+    except (OSError, struct.error, ValueError) as exc:
+        raise BadInput(f"{path.name}: corrupt safetensors shard ({exc})") from None
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def _shard_specs(path: Path, names: list[str]) -> Iterable[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, dtype) of a shard's tensors in index order, checked against the index."""
+    if path.suffix == ".safetensors":
+        header, _ = _safetensors_header(path)
+        _same_names(path, names, set(header))
+        for name in names:
+            info = header[name]
+            dtype = _ST_DTYPES.get(info.get("dtype"))
+            if dtype is None:
+                raise BadInput(f"{path.name}: '{name}' has unsupported dtype {info.get('dtype')}")
+            yield name, tuple(int(d) for d in info["shape"]), dtype
+        return
+    for name, arr, dtype in _shard_tensors(path, names):
+        yield name, tuple(arr.shape), dtype
+
+
+def _shard_tensors(path: Path, names: list[str]) -> Iterable[tuple[str, np.ndarray, str]]:
+    """(name, array, dtype name) per tensor of one shard, one at a time.
+
+    safetensors shards are read tensor by tensor with plain reads into a fresh array (not
+    through a memory map, whose touched pages would count against this process until the whole
+    shard is done); bf16 is widened exactly to float32, as everywhere in wdb.
+    """
+    if path.suffix == ".safetensors":
+        header, base = _safetensors_header(path)
+        with path.open("rb") as fh:
+            for name in names:
+                info = header[name]
+                dtype = _ST_DTYPES[info["dtype"]]
+                shape = tuple(int(d) for d in info["shape"])
+                start, stop = (int(x) for x in info["data_offsets"])
+                raw = np.empty(math.prod(shape), dtype=_np_dtype(dtype).newbyteorder("<"))
+                fh.seek(base + start)
+                if (
+                    stop - start != raw.nbytes
+                    or fh.readinto(memoryview(raw).cast("B")) != raw.nbytes
+                ):
+                    raise BadInput(f"{path.name}: '{name}' is truncated or its offsets are wrong")
+                arr = (raw.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else raw
+                yield name, arr.reshape(shape), dtype
+        return
+    try:
+        got = unbundle(torch_load(path))
+    except BadInput as exc:
+        raise BadInput(f"{path.name}: {exc}") from None
+    _same_names(path, names, set(got.arrays))
+    for name in names:
+        yield name, got.arrays[name], got.dtypes[name]
+
+
+def _same_names(path: Path, names: list[str], have: set[str]) -> None:
+    if set(names) != have:
+        missing, extra = sorted(set(names) - have)[:3], sorted(have - set(names))[:3]
+        raise BadInput(
+            f"{path.name} does not match the index (missing {missing}, not listed {extra})"
+        )
+
+
+#: safetensors dtype codes wdb stores (others are refused by name).
+_ST_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def step_from_name(stem: str) -> int | None:
+    """The last integer in a file or folder name (``epoch_012`` → 12), or None."""
+    digits, out = "", None
+    for ch in stem:
+        if ch.isdigit():
+            digits += ch
+        elif digits:
+            out, digits = int(digits), ""
+    return int(digits) if digits else out
+
+
+def as_loaded(obj: Any) -> Loaded:
+    """What a reader's ``load()`` returned, as a :class:`Loaded`: already one, normalised
+    ``(arrays, dtype names)``, or a state dict or training bundle (:func:`unbundle`)."""
+    if isinstance(obj, Loaded):
+        return obj
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], dict):
+        return Loaded(*normalise(obj))
+    return unbundle(obj)
