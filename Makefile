@@ -23,6 +23,7 @@ test: setup
 	-sh tests/apt_install.sh chromium chromium chromium-browser google-chrome  # report test
 	-sh tests/apt_install.sh postgresql initdb '/usr/lib/postgresql/*/bin/initdb'
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports  # the layers of wdb/ (pyproject.toml [tool.importlinter])
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; \
 	  [ $$rc -eq 0 ] || exit $$rc
@@ -32,6 +33,7 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -54,12 +54,12 @@ def shape_distances(
     """Per target: (min Chamfer distance to the reference shapes, nearest reference id).
 
     Pairwise distances come from the shapes task's Chamfer engine (``wdb.study.tasks.shapes.chamfer``,
-    METHODS.md's definition) over the stored 2048-point clouds (``wdb.study.outputs`` kind ``points``);
+    METHODS.md's definition) over the stored 2048-point clouds (``wdb.store.outputs`` kind ``points``);
     empty meshes (all points equal) are left out. ``workers`` (or the engine of ``wdb.query.engine``)
     splits the targets over a Dask cluster; each target's loop is the same, so are the results.
     """
     from wdb.plugin import engine as engines
-    from wdb.plugin import nearest_shapes, nonempty
+    from wdb.plugin import nearest_shapes, nonempty, shapes
 
     ENGINE["chamfer"] = "wdb.study.tasks.shapes.chamfer"
     tid, P = stored_points(db, _ids(db, targets))
@@ -70,7 +70,7 @@ def shape_distances(
         return nearest_shapes(P, tid, Q, rid, ok_r)
     with engines.client(run_on) as c:
         ENGINE["chamfer"] += f" on {run_on}"
-        return engines.chamfer(c, P, tid, Q, rid, ok_r)
+        return shapes.nearest_shapes_on(c, P, tid, Q, rid, ok_r)
 
 
 def stored_points(db, ids: list[int]) -> tuple[list[int], np.ndarray]:

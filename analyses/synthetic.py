@@ -3,7 +3,7 @@
 A toy classifier task (an MLP ``F -> H -> C`` on Gaussian blobs), ``n_train`` trained-looking
 weight vectors, a fake generator run whose samples are near-copies of training rows, and the two
 noise baselines plus ``average``/``gaussian`` — all written through the public API
-(``db.add_checkpoints``, ``wdb.study.outputs``, ``db.add_metrics``) exactly as the real pipeline does.
+(``db.add_checkpoints``, ``wdb.store.outputs``, ``db.add_metrics``) exactly as the real pipeline does.
 """
 
 from __future__ import annotations

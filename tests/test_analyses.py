@@ -205,7 +205,7 @@ def test_unknown_method_is_a_clear_error(analysed):
 def test_neural_field_method_gets_shapes_and_chamfer_tables(tmp_path):
     """A 'field' task: stored point clouds instead of predictions → shape figure, Chamfer table."""
     import wdb
-    from wdb.study import outputs
+    from wdb.store import outputs
     from wdb.study.tasks.shapes import chamfer
 
     db = wdb.open(tmp_path / "db")

@@ -38,7 +38,7 @@ def test_novelty_on_two_workers_is_bit_identical(db, n_ref):
 
 def _results(db, eval_name: str) -> tuple[dict, dict]:
     """Every metric value (as float64 bytes) and every stored output row, per checkpoint."""
-    from wdb.study.outputs import eval_set, read_outputs
+    from wdb.store.outputs import eval_set, read_outputs
 
     metrics = {
         (r["checkpoint_id"], r["name"]): np.float64(r["value"]).tobytes()
@@ -94,8 +94,8 @@ def test_chamfer_relation_and_an_engine_scope_on_two_workers(db):
     Chamfer relation (split by target) and novelty give the in-process results to the bit."""
     from analyses import relations
     from wdb.query import engine
+    from wdb.store.outputs import ensure_eval_set, write_outputs
     from wdb.store.spaces import Layout
-    from wdb.study.outputs import ensure_eval_set, write_outputs
 
     rng = np.random.default_rng(3)
     layout = Layout.from_arrays({"w": np.zeros(12, np.float32)})

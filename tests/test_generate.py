@@ -116,7 +116,7 @@ def test_resolve_config_layers_and_refuses_unknown_keys(tmp_path):
 
 def test_load_training_set_prefers_computed_metrics(db):
     ids = add_toy_zoo(db, runs=2, steps=2)
-    from wdb.study.outputs import ensure_eval_set
+    from wdb.store.outputs import ensure_eval_set
 
     es = ensure_eval_set(db, "toy:test", "toy", "test", np.arange(4) % 2)
     db.add_metrics([{"checkpoint_id": ids[0], "eval_set_id": es, "name": "accuracy", "value": 0.9}])

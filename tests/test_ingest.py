@@ -185,8 +185,8 @@ def test_modelzoo_layout(db, tmp_path: Path) -> None:
 
 
 def test_flat_layout_with_error_sets(db, tmp_path: Path) -> None:
+    from wdb.store.outputs import error_masks, eval_set
     from wdb.store.spaces import Layout
-    from wdb.study.outputs import error_masks, eval_set
 
     src = {"fc.weight": np.zeros((3, 4), np.float32), "fc.bias": np.zeros(3, np.float32)}
     layout = Layout.from_arrays(src)

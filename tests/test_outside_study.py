@@ -189,7 +189,7 @@ def test_entry_points_of_an_installed_distribution(tmp_path, monkeypatch):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-study\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
-        "[wdb.study.tasks]\ndigits-mlp = digits_task:DigitsMLP\n\n"
+        "[wdb.tasks]\ndigits-mlp = digits_task:DigitsMLP\n\n"
         "[wdb.readers]\nmine = digits_reader\n\n"
         "[wdb.generators]\nmixup = digits_generator\n"
     )

@@ -8,8 +8,8 @@ import pytest
 from wdb import plugin as P
 from wdb import plugins
 from wdb.errors import BadInput, NotFound
+from wdb.ingest.outputs import ingest_outputs
 from wdb.study import methods as M
-from wdb.study.outputs import ingest_outputs
 
 
 def test_builtins_are_entry_points_like_any_plugin():
@@ -90,7 +90,7 @@ def test_ingest_outputs_checks_everything_before_writing(tmp_path):
 
 
 def test_ingest_outputs_csv_metrics_and_npz_errors(tmp_path):
-    from wdb.study.outputs import error_masks, eval_set
+    from wdb.store.outputs import error_masks, eval_set
 
     db, ids = _db_with_runs(tmp_path)
     csv = tmp_path / "m.csv"

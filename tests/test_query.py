@@ -123,7 +123,7 @@ def test_aligned_nearest_finds_permuted_copy(db):
 
 
 def _with_predictions(db, rng):
-    from wdb.study.outputs import ensure_eval_set, write_outputs
+    from wdb.store.outputs import ensure_eval_set, write_outputs
 
     lay = layout(32)
     train = rng.normal(size=(300, 32)).astype(np.float32)
@@ -271,7 +271,7 @@ def test_novelty_aligned_and_multiple_spaces(db):
 def test_add_metrics_replaces_only_its_own_keys(db):
     """``replace`` drops the rows with the same (checkpoint, eval set, name) and no others, in
     one statement per (eval set, name) with the ids bound as one list."""
-    from wdb.study.outputs import ensure_eval_set
+    from wdb.store.outputs import ensure_eval_set
 
     ids = add_training(db, Layout.from_arrays({"w": np.zeros(4, np.float32)}), np.zeros((3, 4)))
     a = ensure_eval_set(db, "toy:a", "toy", "test", np.arange(4) % 2)

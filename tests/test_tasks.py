@@ -10,8 +10,8 @@ import pytest
 
 import wdb
 from wdb.errors import BadInput, NotFound, WdbError
+from wdb.store.outputs import error_masks, eval_set, read_outputs
 from wdb.study import tasks
-from wdb.study.outputs import error_masks, eval_set, read_outputs
 
 CLASSIFIERS = ["mnist-mlp", "mnist-cnn", "mnist-bn"]
 

@@ -23,6 +23,7 @@ its bytes are on disk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -60,6 +61,22 @@ def resolve_path(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get("WDB_DB") or DEFAULT_DB)
 
 
+@dataclasses.dataclass(frozen=True)
+class Handle:
+    """What a worker process needs to reopen a database: its folder, catalog URL and store URL.
+
+    Passed to engine workers instead of a ``Database`` (a connection does not travel); the
+    layers below ``db`` call ``handle.open()`` and so never import this module.
+    """
+
+    path: str
+    catalog_url: str
+    store_url: str | None
+
+    def open(self) -> Database:
+        return Database(self.path, self.catalog_url, self.store_url)
+
+
 class Database:
     """A wdb database directory. Cheap to construct; connections open per operation."""
 
@@ -77,6 +94,10 @@ class Database:
         self.weights_store = ArrayStore(f"{base}/weights.zarr")
         self.outputs_store = ArrayStore(f"{base}/outputs.zarr")
         self._spaces: dict[int, Space] = {}
+
+    def handle(self) -> Handle:
+        """A small picklable handle that reopens this database in another process."""
+        return Handle(str(self.path), self.catalog.url, self.store_url)
 
     # -- lifecycle -------------------------------------------------------------------------
     def init(self) -> Database:

@@ -187,6 +187,14 @@ def _tb_frames(exc: BaseException) -> list:
     return list(traceback.extract_tb(exc.__traceback__))
 
 
+#: the task contract's class, named rather than imported: the registry sits below the study.
+_TASK_CLASS = "wdb.study.tasks.base.Task"
+
+
+def _is_task_class(cls: type) -> bool:
+    return any(f"{b.__module__}.{b.__qualname__}" == _TASK_CLASS for b in cls.__mro__)
+
+
 def from_module(group: str, module: Any, where: Any = None) -> Any:
     """The plugin a module defines: the attribute named by ``GROUPS[group]`` when present; else,
     for generators and readers, the module itself when it has the protocol's functions; for
@@ -199,13 +207,11 @@ def from_module(group: str, module: Any, where: Any = None) -> Any:
     if group == "wdb.readers" and hasattr(module, "detect") and hasattr(module, "scan"):
         return module
     if group == "wdb.tasks":
-        from wdb.study.tasks.base import Task
-
         own = [
             v
             for v in vars(module).values()
             if isinstance(v, type)
-            and issubclass(v, Task)
+            and _is_task_class(v)
             and v.__module__ == module.__name__
             and getattr(v, "name", "")
         ]

@@ -173,7 +173,7 @@ def ingest_outputs(ctx, file, eval_set, task, split, fmt) -> None:
     'labels' [T]) become the eval set's outputs, so error-set IoU works on them; every other [N]
     numeric column (accuracy, loss, ...) is a metric. Checked in full before anything is written.
     """
-    from wdb.study.outputs import ingest_outputs as run_ingest
+    from wdb.ingest.outputs import ingest_outputs as run_ingest
 
     db = get_db(ctx)
     res = run_ingest(db, file, eval_set, task=task, split=split)
@@ -267,7 +267,8 @@ def sql(ctx, query, write, fmt) -> None:
 def export(ctx, run, step, file_format, out, max_shard_size, mesh, fmt) -> None:
     """Export a checkpoint as a state dict file (bit-exact) or, for neural fields, a mesh."""
     from wdb.errors import BadInput
-    from wdb.store.export import export_checkpoint, export_mesh
+    from wdb.store.export import export_checkpoint
+    from wdb.study.tasks.shapes import export_mesh
 
     if not out and not mesh:
         raise BadInput("give --out FILE (state dict) and/or --mesh FILE (neural-field mesh)")

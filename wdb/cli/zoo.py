@@ -72,7 +72,7 @@ def evaluate(ctx, where, task, force, batch, workers, fmt) -> None:
 def plugins(fmt: str) -> None:
     """Every registered task, generator and ingest reader, and the distribution declaring it.
 
-    Plugins are entry points of the groups wdb.study.tasks, wdb.generators and wdb.readers (wdb's own
+    Plugins are entry points of the groups wdb.tasks, wdb.generators and wdb.readers (wdb's own
     built-ins included); a .py file works too wherever a plugin is named (--task ./t.py, wdb
     generate ./g.py, --format ./r.py). A name two distributions register is listed twice, the
     loser marked "shadowed".

@@ -417,7 +417,7 @@ class _Ingest:
         return {(r["run"], int(r["step"])): int(r["checkpoint_id"]) for r in rows}
 
     def _write_errors(self, ids: dict, by_key: dict) -> None:
-        from wdb.study.outputs import ensure_eval_set, has_outputs, write_outputs
+        from wdb.store.outputs import ensure_eval_set, has_outputs, write_outputs
 
         groups: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
         for key, it in by_key.items():

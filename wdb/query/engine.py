@@ -115,21 +115,17 @@ def _start(engine: str) -> Iterator[Any]:
         yield c
 
 
-def _n_workers(c) -> int:
+def n_workers(c) -> int:
     """How many workers the cluster has now (at least 1): what the work is split by."""
     return max(1, len(c.scheduler_info()["workers"]))
 
 
-def _db_spec(db) -> tuple[str, str, str | None]:
-    return str(db.path), db.catalog.url, db.store_url
-
-
-def _knn_part(db_spec, space, q_rows, q_ids, ref, k, aligned):
-    """One chunk of queries, on a worker: the in-process search, unchanged."""
-    from wdb.db import Database
+def _knn_part(handle, space, q_rows, q_ids, ref, k, aligned):
+    """One chunk of queries, on a worker: the in-process search, unchanged. ``handle`` (a
+    ``wdb.db.Handle``) reopens the database there: a connection does not travel."""
     from wdb.query.nearest import aligned_knn, knn
 
-    db = Database(*db_spec)
+    db = handle.open()
     return (aligned_knn if aligned else knn)(db, space, q_rows, q_ids, ref, k)
 
 
@@ -146,14 +142,14 @@ def knn(
 
         ensure(db, space)  # built once here, not by every worker at once
     with client(engine) as c:
-        n = _n_workers(c)
+        n = n_workers(c)
         bounds = np.linspace(0, len(q_rows), min(len(q_rows), n) + 1).astype(int)
         parts = [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
         ref_f, space_f = c.scatter(ref, broadcast=True), c.scatter(space, broadcast=True)
         futures = [
             c.submit(
                 _knn_part,
-                _db_spec(db),
+                db.handle(),
                 space_f,
                 q_rows[a:b],
                 q_ids[a:b],
@@ -185,55 +181,3 @@ def ordered_map(c, fn: Callable, items: Iterable[tuple], window: int) -> Iterato
 def task_ref(task) -> str:
     """What a worker passes to ``wdb.study.tasks.get`` to have the same task: its file, or its name."""
     return str(getattr(task, "source", None) or task.name)
-
-
-def _evaluate_part(db_spec, ref: str, rows: np.ndarray, context) -> dict:
-    """One batch, on a worker: the task's own ``evaluate_rows``, unchanged. The context's
-    database is reopened here (a connection does not travel), for tasks that read from it."""
-    from wdb.db import Database
-    from wdb.study import tasks
-
-    context.db = Database(*db_spec)
-    return tasks.get(ref).evaluate_rows(rows, context)
-
-
-def evaluate(c, db, task, batches: Iterable[tuple[list[int], np.ndarray, Any]]) -> Iterator:
-    """``(ids, result)`` for each ``(ids, rows, context)`` batch, computed on the cluster ``c``,
-    in the batches' order."""
-    import dataclasses
-
-    n = _n_workers(c)
-    spec_f = _db_spec(db)
-    ref = task_ref(task)
-    held: collections.deque = collections.deque()
-
-    def items():
-        for ids, rows, context in batches:
-            held.append(ids)
-            yield spec_f, ref, rows, dataclasses.replace(context, db=None)
-
-    for result in ordered_map(c, _evaluate_part, items(), window=2 * n):
-        yield held.popleft(), result
-
-
-def _chamfer_part(P: np.ndarray, tid: list[int], Q: np.ndarray, rid: list[int], ok: list[int]):
-    """One chunk of targets, on a worker: the in-process loop, unchanged."""
-    from wdb.study.tasks.shapes import nearest_shapes
-
-    return nearest_shapes(P, tid, Q, rid, ok)
-
-
-def chamfer(c, P: np.ndarray, tid: list[int], Q: np.ndarray, rid: list[int], ok: list[int]):
-    """``wdb.study.tasks.shapes.nearest_shapes`` over all targets, split by target on ``c``."""
-    n = _n_workers(c)
-    bounds = np.linspace(0, len(tid), min(len(tid), 2 * n) + 1).astype(int)
-    q_f = c.scatter(Q, broadcast=True)
-    futures = [
-        c.submit(_chamfer_part, P[a:b], tid[a:b], q_f, rid, ok, pure=False)
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-        if b > a
-    ]
-    out: dict[int, tuple[float, int]] = {}
-    for part in c.gather(futures):
-        out.update(part)
-    return out

@@ -323,7 +323,7 @@ def _pick_eval_set(
 def _eval_set_id(db, key: int | str | None) -> int | None:
     if key is None:
         return None
-    from wdb.study.outputs import eval_set
+    from wdb.store.outputs import eval_set
 
     return int(eval_set(db, key)["id"])
 
@@ -388,7 +388,7 @@ def _nearest(db, run, step, k, among, aligned, eval_set) -> list[dict]:
         es = _pick_eval_set(sets, [qid], nb_ids)
     if es is not None and qid in sets.get(es, set()):
         from wdb.query.similarity import iou_matrix
-        from wdb.study.outputs import error_masks
+        from wdb.store.outputs import error_masks
 
         have = [i for i in nb_ids if i in sets[es]]
         if have:
@@ -482,7 +482,7 @@ def novelty(
         max_id = np.full(len(picks), -1, dtype=np.int64)
         if es is not None and sets.get(es):
             from wdb.query.similarity import max_iou as engine_iou
-            from wdb.study.outputs import error_masks
+            from wdb.store.outputs import error_masks
 
             have_t = [j for j, i in enumerate(t_ids) if int(i) in sets[es]]
             have_r = [int(i) for i in ref.ids if int(i) in sets[es]]

@@ -23,7 +23,7 @@ FORMATS = ("safetensors", "pt")
 
 
 @contextlib.contextmanager
-def _atomic_write(out: Path) -> Iterator[Path]:
+def atomic_write(out: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``out``; rename it into place only if the block succeeds."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
@@ -66,7 +66,7 @@ def export_checkpoint(
             "files": files,
             "out": str(out),
         }
-    with _atomic_write(out) as tmp:
+    with atomic_write(out) as tmp:
         if fmt == "safetensors":
             from safetensors.torch import save_file
 
@@ -126,24 +126,3 @@ def _export_sharded(state: dict, fmt: str, out: Path, max_shard_size: int | str)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return len(split.filename_to_tensors) + int(split.is_sharded)
-
-
-def export_mesh(db, run: str, step: int | None, out: str | os.PathLike) -> dict:
-    """Decode a neural-field checkpoint to a mesh (marching cubes) and write it (.ply/.obj/.stl)."""
-    from wdb.study.tasks.shapes import mesh_for_checkpoint
-
-    info = db.checkpoint(run, step)
-    mesh = mesh_for_checkpoint(db, info["checkpoint_id"])
-    if mesh is None or len(mesh.faces) == 0:
-        raise BadInput(f"run '{run}' step {info['step']}: the occupancy field has no surface")
-    out = Path(out)
-    suffix = out.suffix.lstrip(".") or "ply"
-    with _atomic_write(out) as tmp:
-        mesh.export(str(tmp), file_type=suffix)
-    return {
-        "run": run,
-        "step": info["step"],
-        "vertices": len(mesh.vertices),
-        "faces": len(mesh.faces),
-        "out": str(out),
-    }

@@ -5,7 +5,7 @@ Flow: select checkpoints (``db.checkpoints(where)``) → group by weight space �
 checkpoint, raised before anything is computed) → skip checkpoints that already have the task's
 primary metric on its eval set (unless ``force``) → evaluate in batches: read rows (the catalog
 connection is closed again before computing), compute, then store outputs
-(``wdb.study.outputs.write_outputs``: bytes, then catalog rows) and metrics (``db.add_metrics``).
+(``wdb.store.outputs.write_outputs``: bytes, then catalog rows) and metrics (``db.add_metrics``).
 Outputs are written before metrics, and "done" means "has the metric", so an interrupted run
 re-evaluates the unfinished batch and replaces its outputs.
 
@@ -16,8 +16,11 @@ run config names its shape, ``chamfer`` to that shape's ground truth, on ``<task
 
 from __future__ import annotations
 
+import collections
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -108,8 +111,7 @@ def _evaluate_task(db, t, cks: list[dict], force: bool, batch: int, cluster_for,
     or on the cluster ``cluster_for()`` starts when there is work), store each batch's outputs
     and metrics in order."""
     from wdb.progress import progress
-    from wdb.query import engine as engines
-    from wdb.study.outputs import ensure_eval_set
+    from wdb.store.outputs import ensure_eval_set
 
     eid = ensure_eval_set(
         db,
@@ -145,7 +147,7 @@ def _evaluate_task(db, t, cks: list[dict], force: bool, batch: int, cluster_for,
     if cluster is None:
         results = ((ids, t.evaluate_rows(rows, ctx)) for ids, rows, ctx in batches())
     else:
-        results = engines.evaluate(cluster, db, t, batches())
+        results = evaluate_on(cluster, db, t, batches())
     bar = progress(total=len(todo), desc=f"evaluate {t.name}")
     for ids, result in results:
         _store(db, eid, ids, result, replace=force)
@@ -161,7 +163,7 @@ def _store(db, eval_set_id: int, ids: list[int], result: dict, replace: bool) ->
     """Outputs first (bytes, then catalog rows), then metric rows (one transaction). Without
     ``force`` the checkpoints have no metric on this eval set yet (that is how they were picked,
     and a batch's metrics commit together), so the per-row delete of an upsert is skipped."""
-    from wdb.study.outputs import write_outputs
+    from wdb.store.outputs import write_outputs
 
     for kind in OUTPUT_KINDS:
         if kind in result:
@@ -180,3 +182,33 @@ def _store(db, eval_set_id: int, ids: list[int], result: dict, replace: bool) ->
                 )
     with db.write_lock():
         db.add_metrics(metric_rows, replace=replace)
+
+
+def _evaluate_part(db_spec, ref: str, rows: np.ndarray, context) -> dict:
+    """One batch, on a worker: the task's own ``evaluate_rows``, unchanged. The context's
+    database is reopened here (a connection does not travel), for tasks that read from it."""
+    from wdb.study import tasks
+
+    context.db = db_spec.open()
+    return tasks.get(ref).evaluate_rows(rows, context)
+
+
+def evaluate_on(c, db, task, batches: Iterable[tuple[list[int], np.ndarray, Any]]) -> Iterator:
+    """``(ids, result)`` for each ``(ids, rows, context)`` batch, computed on the cluster ``c``,
+    in the batches' order."""
+    import dataclasses
+
+    from wdb.query import engine as engines
+
+    n = engines.n_workers(c)
+    spec_f = db.handle()
+    ref = engines.task_ref(task)
+    held: collections.deque = collections.deque()
+
+    def items():
+        for ids, rows, context in batches:
+            held.append(ids)
+            yield spec_f, ref, rows, dataclasses.replace(context, db=None)
+
+    for result in engines.ordered_map(c, _evaluate_part, items(), window=2 * n):
+        yield held.popleft(), result

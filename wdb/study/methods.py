@@ -215,11 +215,14 @@ def config_view(method: Any, config: Mapping[str, Any]) -> Any:
 
 def code_version() -> str:
     """``wdb <version>`` plus ``git describe`` of the source tree when there is one; never fails."""
-    import wdb
+    import importlib.metadata
 
-    version = f"wdb {wdb.__version__}"
     try:
-        root = Path(wdb.__file__).resolve().parent.parent
+        version = f"wdb {importlib.metadata.version('wdb')}"
+    except importlib.metadata.PackageNotFoundError:
+        version = "wdb (not installed)"
+    try:
+        root = Path(__file__).resolve().parents[2]
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--tags"],
             cwd=root,

@@ -5,7 +5,7 @@ batched evaluation that returns metrics and per-item outputs, and optionally a v
 recipe that writes a zoo folder. The contract is ``wdb.study.tasks.base.Task`` (read its docstring);
 ``ClassifierTask`` and ``FieldTask`` do most of the work for the two kinds.
 
-Tasks are plugins (``wdb.plugins``): the built-ins are entry points of group ``wdb.study.tasks`` in
+Tasks are plugins (``wdb.plugins``): the built-ins are entry points of group ``wdb.tasks`` in
 wdb's own ``pyproject.toml``, a user's package adds its own the same way, and a file works too
 (``wdb evaluate --task ./my_task.py``). ``for_space`` maps a weight space back to its task, so
 ``wdb evaluate`` finds the task of any stored checkpoint::

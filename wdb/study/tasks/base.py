@@ -178,7 +178,7 @@ class EvalContext:
 class Task:
     """The contract of a task: what a checkpoint is for. Subclass it (usually through
     :class:`ClassifierTask` or ``wdb.study.tasks.shapes.FieldTask``) and register the class under the
-    entry-point group ``wdb.study.tasks``, or pass the file: ``wdb evaluate --task ./my_task.py``.
+    entry-point group ``wdb.tasks``, or pass the file: ``wdb evaluate --task ./my_task.py``.
 
     Required:
 
