@@ -273,3 +273,33 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(x) for x in text.split()]
+
+
+def test_a_newer_format_catalog_open_elsewhere_is_read_and_rewritten_later(tmp_path, monkeypatch):
+    path = old_catalog(tmp_path, monkeypatch)
+    # a notebook (same duckdb as wdb, so it reads the newer format) has it open, read-only
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); "
+            "print('open', flush=True); sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        r = wdb_cli("--db", str(tmp_path / "db"), "ls", "runs", "--csv")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert r.returncode == 0, r.stderr  # read, not blocked by the rewrite
+    assert len(r.stdout.strip().splitlines()) == 3
+    assert "note:" in r.stderr and "rewrites it" in r.stderr
+    assert compat.too_new(tag(path))
+    r = wdb_cli("--db", str(tmp_path / "db"), "ls", "runs", "--csv")
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+    assert not compat.too_new(tag(path))

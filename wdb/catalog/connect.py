@@ -281,10 +281,14 @@ class Catalog:
 
     def ensure_storage(self) -> None:
         """Create a missing DuckDB file in a format every current DuckDB reads, and rewrite one
-        written in a newer format in place, once (``wdb.catalog.compat``)."""
+        written in a newer format in place, once (``wdb.catalog.compat``).
+
+        The rewrite needs the file to itself. It does not wait for it: when another process has
+        the file open, or the file is not writable, the command goes on with the file as it is
+        and says so once; the next open tries again."""
         if self.duckdb_file is None:
             return
-        import duckdb
+        import sys
 
         from wdb.catalog import compat
 
@@ -299,7 +303,20 @@ class Catalog:
             if self._reader is not None:  # the rewrite opens the file read-write
                 self._reader.close()
                 self._reader = None
-            compat.rewrite(path, lambda: self._retry(lambda: duckdb.connect(path)))
+            try:
+                compat.rewrite(path)
+            except Exception as exc:
+                if not (_is_lock_error(exc) or "ermission denied" in str(exc)):
+                    raise
+                if "storage" not in _SAID:
+                    _SAID.add("storage")
+                    print(
+                        f"note: {path} is in DuckDB's newest storage format ({tag}), which "
+                        f"DuckDB before 2.0 cannot open; wdb rewrites it in format "
+                        f"{compat.STORAGE_VERSION} when it next opens it with no other process "
+                        f"using it ({str(exc).splitlines()[0][:120]})",
+                        file=sys.stderr,
+                    )
 
     def ensure_schema(self) -> None:
         """Create or upgrade the schema to this code's head; refuse a newer database. A DuckDB
