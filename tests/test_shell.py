@@ -126,3 +126,34 @@ def test_interactive_prompt_completes_names_and_keeps_history(tmp_path, capsys, 
     assert capsys.readouterr().out.split() == ["n", "1"]
     history = shell_mod.history_path(d).read_text()
     assert "SELECT count(*)" in history and "AS n FROM runs;" in history
+
+
+def test_export_tables_writes_every_table_and_view_as_parquet(tmp_path):
+    import duckdb
+
+    db = tmp_path / "db"
+    n = make_zoo(tmp_path / "zoo", 2, 2, seed=4)
+    assert ingest(db, tmp_path / "zoo").returncode == 0
+    r = subprocess.run(
+        [str(WDB), "--db", str(db), "export-tables", str(tmp_path / "out"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    d = wdb.open(db)
+    names = {x["name"] for x in shell_mod.names(d)}
+    files = {p.stem for p in (tmp_path / "out").iterdir()}
+    assert files == names and {"checkpoints", "checkpoint_info", "novelty"} <= files
+    mem = duckdb.connect()
+    for name in names:
+        (k,) = mem.execute(
+            "SELECT count(*) FROM read_parquet(?)", [str(tmp_path / "out" / f"{name}.parquet")]
+        ).fetchone()
+        assert k == d.sql(f"SELECT count(*) AS n FROM {name}")[0]["n"], name
+    got = mem.execute(
+        "SELECT run, step, sha256 FROM read_parquet(?) ORDER BY ALL",
+        [str(tmp_path / "out" / "checkpoint_info.parquet")],
+    ).fetchall()
+    want = [(x["run"], x["step"], x["sha256"]) for x in d.checkpoints()]
+    assert got == sorted(want) and len(got) == n

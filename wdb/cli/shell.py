@@ -264,3 +264,18 @@ def shell(ctx: click.Context, fmt: str) -> None:
         sh.feed_lines(iter(sys.stdin.readline, ""), Splitter(db.catalog.dialect))
     if sh.failed and not sys.stdin.isatty():
         sys.exit(1)
+
+
+@click.command("export-tables")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@output_options
+@click.pass_context
+def export_tables(ctx: click.Context, out_dir: str, fmt: str) -> None:
+    """Write every table and view of the catalog to OUT_DIR/<name>.parquet.
+
+    Any DuckDB, pandas, polars or Spark reads them with no lock and no DuckDB version
+    constraint: the way to hand a study's tables to others.
+    """
+    from wdb.catalog.parquet import export_tables as run
+
+    emit(run(get_db(ctx), out_dir), fmt)
