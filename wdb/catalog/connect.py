@@ -47,7 +47,7 @@ def lock_wait_s() -> float:
 _SAID: set[str] = set()
 
 
-def waiting(what: str, holder: str | None, wait: float) -> None:
+def waiting(what: str, holder: str | None, wait: float, advice: str = "") -> None:
     """Say on stderr that this process waits for a lock, and for whom: once per process and
     lock (two interleaving ingests take turns at every batch; one line says it all)."""
     import sys
@@ -56,7 +56,43 @@ def waiting(what: str, holder: str | None, wait: float) -> None:
         return
     _SAID.add(what)
     who = f" held by pid {holder}" if holder else ""
-    print(f"waiting for the {what}{who} (up to {wait:g} s; --wait)", file=sys.stderr, flush=True)
+    print(
+        f"waiting for the {what}{who} (up to {wait:g} s; --wait){advice}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def lock_holder(pid: str | None, path: str | None) -> tuple[str, str]:
+    """Who holds a DuckDB file's lock, from DuckDB's message's pid: ``("123: duckdb -readonly
+    x.duckdb", advice)``, the advice empty when the holder is wdb itself (its connections are
+    short: waiting is the answer) or unknown. A DuckDB CLI or notebook keeps the file locked
+    for as long as it stays open, even read-only, so it is named with what to do instead."""
+    if not pid:
+        return "?", ""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # not Linux, or it has just gone
+        return pid, ""
+    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    if not argv:
+        return pid, ""
+    import shlex
+
+    short = [" ".join(a.split()) for a in argv]  # duckdb-cli's wrapper passes a long -cmd
+    line = shlex.join(a if len(a) <= 80 else a[:24] + "..." for a in short)
+    names = [Path(a).name for a in argv[:2]] + argv[1:3]
+    if "wdb" in names or any(a.startswith("wdb.cli") for a in argv[1:3]):
+        return f"{pid}: {line}", ""
+    program = Path(argv[0]).name
+    target = path or "CATALOG"
+    advice = (
+        f"\n  pid {pid} is {program}, not wdb: a DuckDB session locks the catalog for as long "
+        "as it stays open, even read-only. Explore with `wdb shell` (it holds no lock between "
+        f"statements), or open `duckdb -readonly {target}` and close it after use; for many "
+        "users at once put the catalog on PostgreSQL (WDB_CATALOG_URL, docs/duckdb.md)."
+    )
+    return f"{pid}: {line}", advice
 
 
 class Catalog:
@@ -101,15 +137,16 @@ class Catalog:
             except Exception as exc:  # duckdb.IOException, sqlalchemy.exc.OperationalError
                 if not _is_lock_error(exc):
                     raise
-                holder = re.search(r"PID (\d+)", str(exc))
+                pid = re.search(r"PID (\d+)", str(exc))
+                who, advice = lock_holder(pid[1] if pid else None, self.duckdb_file)
                 if time.monotonic() > deadline:
                     raise CatalogLocked(
                         f"{self.duckdb_file or self.url}: the catalog is locked by another "
-                        f"process{f' (pid {holder[1]})' if holder else ''} for more than "
-                        f"{wait:g} s; try again when it finishes, or raise --wait"
+                        f"process (pid {who}) for more than {wait:g} s; try again when it "
+                        f"finishes, or raise --wait{'' if said else advice}"
                     ) from None
                 if not said and wait > 0:
-                    waiting("catalog lock", holder[1] if holder else None, wait)
+                    waiting("catalog lock", who if pid else None, wait, advice)
                     said = True
                 time.sleep(0.1)
 
@@ -242,9 +279,54 @@ class Catalog:
             raise
         return rows[0][0] if rows else None
 
+    def ensure_storage(self) -> None:
+        """Create a missing DuckDB file in a format every current DuckDB reads, and rewrite one
+        written in a newer format in place, once (``wdb.catalog.compat``).
+
+        The rewrite needs the file to itself. It does not wait for it: when another process has
+        the file open, or the file is not writable, the command goes on with the file as it is
+        and says so once; the next open tries again."""
+        if self.duckdb_file is None:
+            return
+        import sys
+
+        from wdb.catalog import compat
+
+        path = self.duckdb_file
+        if not self.exists():
+            self._retry(lambda: compat.create(path))
+            return
+        with self.reading():
+            tag = compat.storage_tag(self._reader)
+            if not compat.too_new(tag):
+                return
+            if self._reader is not None:  # the rewrite opens the file read-write
+                self._reader.close()
+                self._reader = None
+            try:
+                compat.rewrite(path)
+            except Exception as exc:
+                if not (_is_lock_error(exc) or "ermission denied" in str(exc)):
+                    raise
+                if "storage" not in _SAID:
+                    _SAID.add("storage")
+                    print(
+                        f"note: {path} is in DuckDB's newest storage format ({tag}), which "
+                        f"DuckDB before 2.0 cannot open; wdb rewrites it in format "
+                        f"{compat.STORAGE_VERSION} when it next opens it with no other process "
+                        f"using it ({str(exc).splitlines()[0][:120]})",
+                        file=sys.stderr,
+                    )
+
     def ensure_schema(self) -> None:
-        """Create or upgrade the schema to this code's head; refuse a newer database."""
-        current = self.current_revision()
+        """Create or upgrade the schema to this code's head; refuse a newer database. A DuckDB
+        file is first brought to a storage format that older DuckDBs read (:meth:`ensure_storage`).
+        """
+        if self.duckdb_file is not None and not self.exists():
+            self.ensure_storage()  # creates the file
+        with self.reading():  # one read-only connection for both checks
+            self.ensure_storage()
+            current = self.current_revision()
         if current == SCHEMA_HEAD:
             return
         from alembic.script import ScriptDirectory

@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "ls": "wdb.cli.store:ls",
     "show": "wdb.cli.store:show",
     "sql": "wdb.cli.store:sql",
+    "shell": "wdb.cli.shell:shell",
+    "export-tables": "wdb.cli.shell:export_tables",
     "export": "wdb.cli.store:export",
     "fsck": "wdb.cli.store:fsck",
     "compact": "wdb.cli.store:compact",
