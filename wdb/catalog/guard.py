@@ -280,7 +280,7 @@ def check_read_only(sql: str, dialect: str, what: str = "SQL") -> str:
                 raise BadInput(f"{what}: SHOW takes one setting name")
         else:
             raise BadInput(
-                f"{what}: {keyword} is not allowed without --write"
+                f"{what}: {keyword} is not a read (read-only without --write)"
                 + (" (use SELECT * FROM fn(...) for a table function)" if keyword == "CALL" else "")
             )
         return _strip(sql)
