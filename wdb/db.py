@@ -234,9 +234,12 @@ class Database:
         return self.space(int(new_id))
 
     # -- runs and checkpoints --------------------------------------------------------------
-    def runs(self, where: str | None = None, params: dict | None = None) -> list[dict]:
-        """Runs with their checkpoint counts; ``where`` filters over ``runs`` columns."""
-        where = self.selection(where)
+    def runs(
+        self, where: str | None = None, params: dict | None = None, what: str = "selection"
+    ) -> list[dict]:
+        """Runs with their checkpoint counts; ``where`` filters over ``runs`` columns (``what``
+        names it in errors, e.g. ``--where``)."""
+        where = self.selection(where, what)
         clause = f"WHERE ({where})" if where else ""
         return self.sql(
             "SELECT * FROM (SELECT r.id AS run_id, r.name AS run, r.zoo, r.kind, "
@@ -246,7 +249,7 @@ class Database:
             "GROUP BY r.id, r.name, r.zoo, r.kind, r.generator_run_id, r.config, r.source) "
             f"AS runs {clause} ORDER BY run_id",
             params,
-            what=f"selection {where.strip()!r}" if where else "SQL",
+            what=f"{what} {where.strip()!r}" if where else "SQL",
         )
 
     def run(self, name: str) -> dict:
@@ -255,13 +258,16 @@ class Database:
             raise NotFound(f"run '{name}' not found (see `wdb ls runs`)")
         return rows[0]
 
-    def checkpoints(self, where: str | None = None, params: dict | None = None) -> list[dict]:
-        """Checkpoints as rows of the ``checkpoint_info`` view, filtered by a SQL ``where``."""
-        where = self.selection(where)
+    def checkpoints(
+        self, where: str | None = None, params: dict | None = None, what: str = "selection"
+    ) -> list[dict]:
+        """Checkpoints as rows of the ``checkpoint_info`` view, filtered by a SQL ``where``
+        (``what`` names it in errors, e.g. ``--train``)."""
+        where = self.selection(where, what)
         clause = f"WHERE ({where})" if where else ""
-        what = f"selection {where.strip()!r}" if where else "SQL"
+        label = f"{what} {where.strip()!r}" if where else "SQL"
         return self.sql(
-            f"SELECT * FROM checkpoint_info {clause} ORDER BY checkpoint_id", params, what=what
+            f"SELECT * FROM checkpoint_info {clause} ORDER BY checkpoint_id", params, what=label
         )
 
     def checkpoint(self, run: str, step: int | None = None) -> dict:
