@@ -384,11 +384,18 @@ def _read_duckdb(catalog, stmt: str, params: dict | None, what: str):
         raise BadInput(
             f"{what}: DuckDB reads it as {kinds}; read-only without --write runs one read"
         )
-    with catalog.reading():
-        catalog._reader.execute(  # an https:// path must not fetch and load httpfs
+    held = catalog._reader  # as Catalog.query_rows: the block's shared reader, else our own
+    con = held or catalog._retry(lambda: duckdb.connect(catalog.duckdb_file, read_only=True))
+    try:
+        con.execute(  # an https:// path must not fetch and load httpfs
             "SET autoinstall_known_extensions = false; SET autoload_known_extensions = false"
         )
-        return catalog.query_rows(stmt, params)
+        cur = con.execute(_PARAM.sub(r"$\1", stmt), params or None)
+        cols = [d[0] for d in cur.description] if cur.description else []
+        return cols, cur.fetchall() if cols else []
+    finally:
+        if held is None:
+            con.close()
 
 
 def _read_postgres(catalog, stmt: str, params: dict | None):

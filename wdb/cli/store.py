@@ -222,7 +222,7 @@ def show(ctx, run, fmt) -> None:
 @click.option(
     "--write",
     is_flag=True,
-    help="Run any SQL, in one write transaction (several statements allowed).",
+    help="Allow statements that change the catalog (one write transaction).",
 )
 @output_options
 @click.pass_context
