@@ -427,7 +427,10 @@ def run(
         )
 
     # 1. selections
-    sel_sql = {k: fill(v, values) for k, v in spec.selections.items()}
+    sel_sql = {
+        k: db.selection(fill(v, values), f"{spec.path or spec.name}: selection '{k}'")
+        for k, v in spec.selections.items()
+    }
     parts = [
         f"SELECT '{k}' AS selection, checkpoint_id FROM checkpoint_info WHERE ({v})"
         for k, v in sel_sql.items()

@@ -166,12 +166,26 @@ class Database:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- SQL -------------------------------------------------------------------------------
-    def sql(self, query: str, params: dict | None = None, write: bool = False) -> list[dict]:
-        """Run SQL against the catalog; rows as dicts. Read-only unless ``write``."""
+    def sql(
+        self, query: str, params: dict | None = None, write: bool = False, what: str = "SQL"
+    ) -> list[dict]:
+        """Run SQL against the catalog; rows as dicts. Without ``write``: exactly one statement
+        that reads (``wdb.catalog.guard``), else :class:`BadInput` in one line (``what`` names
+        it), as is a database error."""
         if write:
             cols, rows = self.catalog.execute(query, params)
-            return [dict(zip(cols, r, strict=True)) for r in rows]
-        return self.catalog.query(query, params)
+        else:
+            from wdb.catalog.guard import read
+
+            cols, rows = read(self.catalog, query, params, what)
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def selection(self, where: str | None, what: str = "selection") -> str | None:
+        """``where`` checked as one SQL filter expression that reads (for splicing into a
+        ``WHERE``), else :class:`BadInput` in one line."""
+        from wdb.catalog.guard import check_selection
+
+        return check_selection(where, self.catalog.dialect, what)
 
     # -- spaces ----------------------------------------------------------------------------
     def _space_from_row(self, row: Mapping[str, Any]) -> Space:
@@ -241,8 +255,12 @@ class Database:
         return self.space(int(new_id))
 
     # -- runs and checkpoints --------------------------------------------------------------
-    def runs(self, where: str | None = None, params: dict | None = None) -> list[dict]:
-        """Runs with their checkpoint counts; ``where`` filters over ``runs`` columns."""
+    def runs(
+        self, where: str | None = None, params: dict | None = None, what: str = "selection"
+    ) -> list[dict]:
+        """Runs with their checkpoint counts; ``where`` filters over ``runs`` columns (``what``
+        names it in errors, e.g. ``--where``)."""
+        where = self.selection(where, what)
         clause = f"WHERE ({where})" if where else ""
         return self.sql(
             "SELECT * FROM (SELECT r.id AS run_id, r.name AS run, r.zoo, r.kind, "
@@ -252,6 +270,7 @@ class Database:
             "GROUP BY r.id, r.name, r.zoo, r.kind, r.generator_run_id, r.config, r.source) "
             f"AS runs {clause} ORDER BY run_id",
             params,
+            what=f"{what} {where.strip()!r}" if where else "SQL",
         )
 
     def run(self, name: str) -> dict:
@@ -260,10 +279,17 @@ class Database:
             raise NotFound(f"run '{name}' not found (see `wdb ls runs`)")
         return rows[0]
 
-    def checkpoints(self, where: str | None = None, params: dict | None = None) -> list[dict]:
-        """Checkpoints as rows of the ``checkpoint_info`` view, filtered by a SQL ``where``."""
+    def checkpoints(
+        self, where: str | None = None, params: dict | None = None, what: str = "selection"
+    ) -> list[dict]:
+        """Checkpoints as rows of the ``checkpoint_info`` view, filtered by a SQL ``where``
+        (``what`` names it in errors, e.g. ``--train``)."""
+        where = self.selection(where, what)
         clause = f"WHERE ({where})" if where else ""
-        return self.sql(f"SELECT * FROM checkpoint_info {clause} ORDER BY checkpoint_id", params)
+        label = f"{what} {where.strip()!r}" if where else "SQL"
+        return self.sql(
+            f"SELECT * FROM checkpoint_info {clause} ORDER BY checkpoint_id", params, what=label
+        )
 
     def checkpoint(self, run: str, step: int | None = None) -> dict:
         """One checkpoint of a run: the given step, or its last one."""
@@ -287,6 +313,7 @@ class Database:
         exists in the result, else plain ``<name>``.
         """
         base = self.checkpoints(where, params)
+        where = self.selection(where)
         if not base:
             return []
         ids = [r["checkpoint_id"] for r in base]

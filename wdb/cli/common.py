@@ -127,7 +127,7 @@ def emit(
         click.echo(json.dumps(data, indent=1, default=str))
         return
     if fmt == "csv":
-        writer = csv.writer(sys.stdout)
+        writer = csv.writer(sys.stdout, lineterminator="\n")  # not CRLF: `while read` loops
         writer.writerow(columns)
         for r in rows:
             writer.writerow([_cell(r.get(c)) for c in columns])

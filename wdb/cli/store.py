@@ -6,7 +6,9 @@ import sys
 
 import click
 
+from wdb.catalog.guard import READ_ONLY_HELP, db_error_line
 from wdb.cli.common import PluginChoice, emit, get_db, output_options
+from wdb.errors import WdbError
 
 LS_SQL = {
     "runs": (
@@ -189,10 +191,11 @@ def ingest_outputs(ctx, file, eval_set, task, split, fmt) -> None:
 def ls(ctx, what, where, limit, fmt) -> None:
     """List runs, checkpoints, spaces, generator runs or eval sets."""
     db = get_db(ctx)
+    where = db.selection(where, "--where")
     sql = LS_SQL[what].format(runs=RUNS_SUBQUERY, where=f"WHERE ({where})" if where else "")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    emit(db.sql(sql), fmt, title=what)
+    emit(db.sql(sql, what=f"--where {where.strip()!r}" if where else "SQL"), fmt, title=what)
 
 
 @click.command()
@@ -214,25 +217,32 @@ def show(ctx, run, fmt) -> None:
     emit(rows, fmt, title=f"checkpoints of {run}")
 
 
-@click.command()
+@click.command(epilog=READ_ONLY_HELP)
 @click.argument("query")
-@click.option("--write", is_flag=True, help="Allow statements that change the catalog.")
+@click.option(
+    "--write",
+    is_flag=True,
+    help="Allow statements that change the catalog (one write transaction).",
+)
 @output_options
 @click.pass_context
 def sql(ctx, query, write, fmt) -> None:
-    """Run SQL on the catalog (read-only unless --write).
+    """Run SQL on the catalog: one statement that reads, unless --write.
 
     Tables: spaces, runs, checkpoints, metrics, eval_sets, predictions, generator_runs,
     relations, neighbors, similarity; view checkpoint_info.
+
+    \b
+    Example:
+      wdb sql "SELECT run, count(*) AS n FROM checkpoint_info GROUP BY run"
     """
     db = get_db(ctx)
     try:
         rows = db.sql(query, write=write)
+    except WdbError:
+        raise
     except Exception as exc:  # SQL errors from the engine: one line, not a traceback
-        from wdb.errors import WdbError
-
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WdbError(f"SQL failed: {first}") from None
+        raise WdbError(f"SQL failed: {db_error_line(exc)}") from None
     emit(rows, fmt)
 
 

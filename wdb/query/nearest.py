@@ -63,7 +63,7 @@ def select(db, where: str | None, space_id: int | None = None) -> RefSet:
     if space_id is not None:
         clauses.append("space_id = :space_id")
         params["space_id"] = int(space_id)
-    if where:
+    if where := db.selection(where):
         clauses.append(f"({where})")
     clause = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     try:
@@ -71,6 +71,7 @@ def select(db, where: str | None, space_id: int | None = None) -> RefSet:
             "SELECT checkpoint_id, row, sha256, run, step, kind, space_id FROM checkpoint_info "
             f"{clause} ORDER BY checkpoint_id",
             params,
+            what=f"selection '{where.strip()}' over checkpoint_info" if where else "SQL",
         )
     except Exception as exc:
         mod = type(exc).__module__
