@@ -128,8 +128,8 @@ def test_load_training_set_prefers_computed_metrics(db):
     assert ts.run_configs["train_01"] == {"task": "toy", "seed": 1}
     with pytest.raises(BadInput, match="selects no checkpoints"):
         G.load_training_set(db, "zoo = 'nothing'")
-    # the database's message and hint, naming the selection (wdb.db.Database.checkpoints)
-    with pytest.raises(BadInput, match="selection .no_such_column = 1. failed: .*no_such_column"):
+    # the database's message and hint, naming the option the selection came from
+    with pytest.raises(BadInput, match="--train .no_such_column = 1. failed: .*no_such_column"):
         G.load_training_set(db, "no_such_column = 1")
 
 

@@ -67,7 +67,7 @@ def evaluate(
 
     if batch < 1:
         raise BadInput(f"batch must be ≥ 1, not {batch}")
-    selected = db.checkpoints(where, params)
+    selected = db.checkpoints(where, params, what="--where")
     # A generator's own network (run genmodel_<id>, kind 'model') is no task's model: skip it, so
     # a bare `wdb evaluate` after `wdb generate` works.
     selected = [

@@ -111,7 +111,7 @@ def load_training_set(
         if not where or not where.strip():
             raise BadInput("--train: give a SQL filter over checkpoint_info selecting the set")
         try:
-            info = db.checkpoints(where, params)
+            info = db.checkpoints(where, params, what="--train")
         except WdbError:
             raise
         except Exception as exc:
