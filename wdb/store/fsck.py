@@ -117,9 +117,7 @@ def _check_space(db, space: dict, report: FsckReport, fix: bool, reread: Reread 
                 damaged.append((c, f"bytes at row {c['row']} are unreadable ({exc})"))
                 continue
             if row_sha256(row) != c["sha256"]:
-                damaged.append(
-                    (c, f"sha256 mismatch at row {c['row']} (bytes changed on disk)")
-                )
+                damaged.append((c, f"sha256 mismatch at row {c['row']} (bytes changed on disk)"))
                 continue
             if not c["chunk_hashes"]:
                 hashes[int(c["id"])] = chunk_hashes(row, width_cols)

@@ -293,7 +293,11 @@ def _mismatches(
             if chunk_hashes(data[i], width) == e.chunk_hashes:
                 continue
             got = _parse(chunk_hashes(data[i], width))[1]
-            diff = [b for b in range(len(hexs) // HEX) if got[b * HEX : (b + 1) * HEX] != hexs[b * HEX : (b + 1) * HEX]]
+            diff = [
+                b
+                for b in range(len(hexs) // HEX)
+                if got[b * HEX : (b + 1) * HEX] != hexs[b * HEX : (b + 1) * HEX]
+            ]
             bad[r] = (diff[0] if diff else 0) * width
             continue
         for b in blocks.tolist():
