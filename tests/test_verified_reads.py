@@ -136,7 +136,7 @@ def test_flipped_bits_never_read_back_wrong(store) -> None:
         try:
             got = db.weights(ids)
         except DamagedChunk as exc:
-            assert f"run 'run_b' step" in str(exc) and "wdb fsck" in str(exc)
+            assert "run 'run_b' step" in str(exc) and "wdb fsck" in str(exc)
             failed += 1
         else:
             assert got.tobytes() == want.tobytes(), f"wrong bytes read after a flip at {at}"
