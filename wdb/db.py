@@ -77,7 +77,9 @@ class Database:
         base = self.store_url or str(self.path)
         self.weights_store = ArrayStore(f"{base}/weights.zarr")
         # every row read from the weight store is checked against the catalog's hashes
-        self.weights_store.verifier = RowHashes(self.sql, self.catalog.duckdb_file is not None)
+        self.weights_store.verifier = RowHashes(
+            self.catalog.query_rows, self.catalog.duckdb_file is not None
+        )
         self.outputs_store = ArrayStore(f"{base}/outputs.zarr")
         self._spaces: dict[int, Space] = {}
 

@@ -39,19 +39,20 @@ from wdb.errors import DamagedChunk
 if TYPE_CHECKING:
     from wdb.store.arrays import ArrayStore
 
-HEX = 32  # hex digits of one xxh3_128 digest
 #: bytes of decoded blocks a column-slice read holds at once
 SLICE_BYTES = 64 << 20
 
 
 class Expected(NamedTuple):
-    """What the catalog says one stored row holds."""
+    """What the catalog says one stored row holds (``chunk_hashes`` parsed: block ``width``
+    in columns and the concatenated binary ``digests``; 0 and None before revision 0006)."""
 
     checkpoint_id: int
     run: str | None
     step: int
     sha256: str
-    chunk_hashes: str | None
+    width: int
+    digests: bytes | None
     damaged: str | None
 
 
@@ -80,27 +81,32 @@ _NO_COLUMNS = "NULL AS chunk_hashes, NULL AS damaged"
 class RowHashes:
     """The catalog's expectations for rows of the weight arrays, fetched on demand and cached.
 
-    ``sql(query, params)`` runs a read-only query (``Database.sql``); ``duckdb`` picks the
-    list-parameter idiom. Catalogs before revision 0006 (a ``Database`` opened without
-    upgrading) lack the two columns: their rows are checked by sha256 alone."""
+    ``query_rows(sql, params) -> (columns, tuples)`` runs a read-only query
+    (``Catalog.query_rows``: tuples, not dicts, since a scan fetches thousands); ``duckdb``
+    picks the list-parameter idiom. Catalogs before revision 0006 (a ``Database`` opened
+    without upgrading) lack the two columns: their rows are checked by sha256 alone."""
 
-    def __init__(self, sql: Callable[[str, dict | None], list[dict]], duckdb: bool) -> None:
-        self._sql = sql
+    #: rows fetched at least per query once a scan misses (one catalog round trip, not one
+    #: per read batch: a DuckDB connect alone costs 20-60 ms)
+    SPAN = 1 << 16
+
+    def __init__(
+        self, query_rows: Callable[[str, dict | None], tuple[list, list]], duckdb: bool
+    ) -> None:
+        self._query_rows = query_rows
         self._duckdb = duckdb
         self._columns: str | None = None
         self._by_path: dict[str, dict[int, Expected]] = {}
 
-    def select(self, where: str, params: dict) -> list[dict]:
-        """Checkpoint rows (``row``, ``id``, ``space_id``, ``run``, ``step``, ``sha256``,
-        ``chunk_hashes``, ``damaged``) of ``checkpoints c`` matching ``where``."""
+    def _select(self, where: str, params: dict) -> tuple[list[str], list[tuple]]:
         for cols in [self._columns] if self._columns else [_COLUMNS, _NO_COLUMNS]:
             sql = (
-                f"SELECT c.row, c.id, c.space_id, r.name AS run, c.step, c.sha256, {cols} "
+                f"SELECT c.row, c.id, r.name AS run, c.step, c.sha256, {cols}, c.space_id "
                 "FROM checkpoints c LEFT JOIN runs r ON r.id = c.run_id "
                 f"JOIN spaces s ON s.id = c.space_id WHERE {where}"
             )
             try:
-                out = self._sql(sql, params)
+                out = self._query_rows(sql, params)
             except Exception as exc:
                 if cols == _COLUMNS and "chunk_hashes" in str(exc):
                     continue  # a catalog before revision 0006
@@ -108,6 +114,12 @@ class RowHashes:
             self._columns = cols
             return out
         raise AssertionError("unreachable")
+
+    def select(self, where: str, params: dict) -> list[dict]:
+        """Checkpoint rows (``row``, ``id``, ``space_id``, ``run``, ``step``, ``sha256``,
+        ``chunk_hashes``, ``damaged``) of ``checkpoints c`` matching ``where``."""
+        cols, rows = self._select(where, params)
+        return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def in_list(self, column: str, name: str) -> str:
         if self._duckdb:
@@ -117,30 +129,37 @@ class RowHashes:
     def prime(self, path: str, records: Iterable[dict]) -> None:
         """Remember expectations already fetched (``Database.weights`` gets them with the
         rows' locations, saving a second query)."""
+        keys = ("row", "id", "run", "step", "sha256", "chunk_hashes", "damaged")
+        self._store(path, (tuple(r.get(k) for k in keys) for r in records))
+
+    def _store(self, path: str, tuples: Iterable[tuple]) -> None:
         cache = self._by_path.setdefault(path, {})
-        for r in records:
-            cache[int(r["row"])] = _expected(r)
+        for row, cid, run, step, sha, text, damaged, *_ in tuples:
+            width, hexs = _parse(text) if text else (0, None)
+            digests = None if hexs is None else bytes.fromhex(hexs)
+            cache[int(row)] = Expected(int(cid), run, int(step), sha, width, digests, damaged)
 
     def get(self, path: str, rows: np.ndarray, refresh: bool = False) -> dict[int, Expected]:
         """Expectations of ``rows`` (unique) that a checkpoint references."""
         cache = self._by_path.setdefault(path, {})
-        want = [int(r) for r in rows if refresh or int(r) not in cache]
+        want = [r for r in rows.tolist() if refresh or r not in cache]
         if want:
             if refresh:
                 for r in want:
                     cache.pop(r, None)
             if len(want) > 256:  # a scan: one range query, not a long list
-                found = self.select(
+                lo = min(want)
+                _, found = self._select(
                     "s.array_path = :p AND c.row BETWEEN :lo AND :hi",
-                    {"p": path, "lo": min(want), "hi": max(want)},
+                    {"p": path, "lo": lo, "hi": max(max(want), lo + self.SPAN)},
                 )
             else:
-                found = self.select(
+                _, found = self._select(
                     f"s.array_path = :p AND {self.in_list('c.row', 'rows')}",
                     {"p": path, "rows": want},
                 )
-            self.prime(path, found)
-        return {int(r): cache[int(r)] for r in rows if int(r) in cache}
+            self._store(path, found)
+        return {r: cache[r] for r in rows.tolist() if r in cache}
 
     # -- the read --------------------------------------------------------------------------
     def read(self, store: ArrayStore, path: str, rows: Any, cols: Any = None) -> np.ndarray:
@@ -151,15 +170,18 @@ class RowHashes:
         expect = self.get(path, np.unique(rows))
         if not expect:
             return store.read(path, rows, cols, verify=False)
-        arr = store.array(path)
-        n_cols = int(arr.shape[1])
-        widths = {_parse(e.chunk_hashes)[0] for e in expect.values() if e.chunk_hashes}
-        whole = cols is None or len(widths) != 1 or any(not e.chunk_hashes for e in expect.values())
-        if whole:
+        if cols is None:
             data = self._guarded(store, path, rows, None, expect)
             self._check(store, path, rows, data, 0, None, expect)
-            return data if cols is None else data[:, cols]
+            return data
+        widths = {e.width for e in expect.values()}
+        if len(widths) != 1 or 0 in widths:  # rows from before block hashes: whole rows
+            data = self._guarded(store, path, rows, None, expect)
+            self._check(store, path, rows, data, 0, None, expect)
+            return data[:, cols]
         (width,) = widths
+        arr = store.array(path)
+        n_cols = int(arr.shape[1])
         idx = np.arange(n_cols)[cols]
         scalar = np.ndim(idx) == 0
         idx = np.atleast_1d(idx)
@@ -259,17 +281,6 @@ class RowHashes:
         )
 
 
-def _expected(r: dict) -> Expected:
-    return Expected(
-        int(r["id"]),
-        r.get("run"),
-        int(r["step"]),
-        r["sha256"],
-        r.get("chunk_hashes"),
-        r.get("damaged"),
-    )
-
-
 def _mismatches(
     rows: np.ndarray,
     data: np.ndarray,
@@ -278,32 +289,41 @@ def _mismatches(
     expect: dict[int, Expected],
 ) -> dict[int, int]:
     """Rows whose bytes in ``data`` differ from ``expect`` → column offset (in ``data``) of the
-    first differing block."""
+    first differing block. Hashes slices of one flat memoryview: a numpy view per row and
+    block had cost more than the hashing."""
+    data = np.ascontiguousarray(data)
+    flat = memoryview(data.reshape(-1).view(np.uint8))
+    size = data.dtype.itemsize
+    rb = data.shape[1] * size  # bytes of one row in ``data``
+    digest = xxhash.xxh3_128_digest
     bad: dict[int, int] = {}
     for i, r in enumerate(rows.tolist()):
         e = expect.get(r)
         if e is None or r in bad:
             continue
-        if not e.chunk_hashes:  # a row written before revision 0006: its sha256
-            if hashlib.sha256(np.ascontiguousarray(data[i]).data).hexdigest() != e.sha256:
+        at = i * rb
+        if e.digests is None:  # a row written before revision 0006: its sha256
+            if hashlib.sha256(flat[at : at + rb]).hexdigest() != e.sha256:
                 bad[r] = 0
             continue
-        width, hexs = _parse(e.chunk_hashes)
+        wb = e.width * size
         if blocks is None:
-            if chunk_hashes(data[i], width) == e.chunk_hashes:
-                continue
-            got = _parse(chunk_hashes(data[i], width))[1]
-            diff = [
-                b
-                for b in range(len(hexs) // HEX)
-                if got[b * HEX : (b + 1) * HEX] != hexs[b * HEX : (b + 1) * HEX]
-            ]
-            bad[r] = (diff[0] if diff else 0) * width
+            if wb >= rb:
+                got = digest(flat[at : at + rb])
+            else:
+                got = b"".join(
+                    digest(flat[a : min(a + wb, at + rb)]) for a in range(at, at + rb, wb)
+                )
+            if got != e.digests:
+                diff = [
+                    k for k in range(0, len(got), 16) if got[k : k + 16] != e.digests[k : k + 16]
+                ]
+                bad[r] = (diff[0] // 16 if diff else 0) * e.width
             continue
         for b in blocks.tolist():
-            a = b * width - c0
-            seg = data[i, a : a + width]
-            if block_digest(seg).hex() != hexs[b * HEX : (b + 1) * HEX]:
+            a = b * e.width - c0
+            seg = flat[at + a * size : at + min(rb, (a + e.width) * size)]
+            if digest(seg) != e.digests[b * 16 : (b + 1) * 16]:
                 bad[r] = a
                 break
     return bad
