@@ -36,6 +36,7 @@ from wdb.catalog.connect import Catalog
 from wdb.errors import BadInput, NotFound, WdbError
 from wdb.store.arrays import ArrayStore
 from wdb.store.spaces import Layout
+from wdb.store.verify import RowHashes
 from wdb.store.write import (  # noqa: F401  (KINDS, CommitResult: re-exported)
     KINDS,
     CommitResult,
@@ -92,6 +93,10 @@ class Database:
         self.store_url = (store_url or os.environ.get("WDB_STORE_URL") or "").rstrip("/") or None
         base = self.store_url or str(self.path)
         self.weights_store = ArrayStore(f"{base}/weights.zarr")
+        # every row read from the weight store is checked against the catalog's hashes
+        self.weights_store.verifier = RowHashes(
+            self.catalog.query_rows, self.catalog.duckdb_file is not None
+        )
         self.outputs_store = ArrayStore(f"{base}/outputs.zarr")
         self._spaces: dict[int, Space] = {}
 
@@ -341,13 +346,9 @@ class Database:
         ids = [int(i) for i in ids]
         if not ids:
             return []
-        rows = self.sql(
-            "SELECT id, space_id, row FROM checkpoints WHERE id IN "
-            "(SELECT unnest(CAST(:ids AS BIGINT[])))"
-            if self.catalog.duckdb_file
-            else "SELECT id, space_id, row FROM checkpoints WHERE id = ANY(:ids)",
-            {"ids": ids},
-        )
+        # with the hashes the read is checked against (one query, not two)
+        hashes = self.weights_store.verifier
+        rows = hashes.select(hashes.in_list("c.id", "ids"), {"ids": ids})
         by_id = {r["id"]: r for r in rows}
         missing = [i for i in ids if i not in by_id]
         if missing:
@@ -364,6 +365,7 @@ class Database:
             raise WdbError(f"checkpoints span {len(space_ids)} weight spaces; select one space")
         space = self.space(space_ids.pop())
         rows = np.array([r["row"] for r in located], dtype=np.int64)
+        self.weights_store.verifier.prime(space.array_path, located)
         return self.weights_store.read(space.array_path, rows, cols)
 
     def iter_weights(
@@ -598,10 +600,28 @@ class Database:
         return compact(self, dry_run=dry_run)
 
     def fsck(self, fix: bool = False) -> FsckReport:
-        """Check hashes, orphans and missing bytes; see :func:`wdb.store.fsck.fsck`."""
+        """Check hashes, orphans and missing bytes; ``fix`` restores damaged rows from their
+        source files (or marks them damaged); see :func:`wdb.store.fsck.fsck`."""
         from wdb.store.fsck import fsck
 
-        return fsck(self, fix=fix)
+        return fsck(self, fix=fix, reread=self._source_row)
+
+    def _source_row(self, source: str, checkpoint_id: int) -> np.ndarray:
+        """A checkpoint's row as its source file holds it now, read by the ingest readers
+        (``wdb fsck --fix`` compares its sha256 with the stored one before using it)."""
+        from wdb.ingest.pipeline import read_checkpoint
+
+        (info,) = self._locate([checkpoint_id])
+        layout = self.space(int(info["space_id"])).layout
+        got = read_checkpoint(source)
+        if got.layout is not None:  # a reader that gives the row itself
+            row = got.row if got.row is not None else got.materialise()
+        else:
+            have = Layout.from_arrays(got.arrays, got.dtypes)
+            if have.hash != layout.hash:
+                raise BadInput("its tensors no longer match the checkpoint's layout")
+            row = have.flatten(got.arrays)
+        return np.asarray(row, dtype=layout.storage_dtype)
 
 
 def open(  # noqa: A001

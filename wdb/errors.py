@@ -24,3 +24,16 @@ class CatalogLocked(WdbError):
 
 class BadInput(WdbError):
     """A file, layout or value that wdb refuses to store."""
+
+
+class DamagedChunk(WdbError):
+    """Stored bytes of one or more checkpoints are missing or do not match the catalog's hash.
+
+    ``checkpoint_ids`` lists every damaged checkpoint the failed read met (``--skip-damaged``
+    leaves them out and tries again); the message names the first one."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, checkpoint_ids: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.checkpoint_ids = tuple(checkpoint_ids)

@@ -84,6 +84,10 @@ checkpoints = sa.Table(
     sa.Column("source", sa.Text),
     _now(),
     sa.Column("meta", sa.Text),  # JSON: a source's non-tensor entries (revision 0005)
+    # xxh3_128 of each column block of the row, checked on every read (revision 0006;
+    # ``wdb.store.verify``)
+    sa.Column("chunk_hashes", sa.Text),
+    sa.Column("damaged", sa.Text),  # why `wdb fsck --fix` could not restore the bytes (0006)
     sa.UniqueConstraint("run_id", "space_id", "step", name="uq_checkpoint_run_space_step"),
     sa.UniqueConstraint("space_id", "row", name="uq_checkpoint_space_row"),
 )
@@ -172,6 +176,6 @@ CHECKPOINT_INFO_VIEW = """
 CREATE VIEW checkpoint_info AS
 SELECT c.id AS checkpoint_id, r.name AS run, c.step, r.kind, r.zoo, s.name AS space,
        c.space_id, c.run_id, c.row, c.sha256, c.split, r.generator_run_id, c.source,
-       c.created_at
+       c.created_at, c.damaged
 FROM checkpoints c JOIN runs r ON r.id = c.run_id JOIN spaces s ON s.id = c.space_id
 """

@@ -47,6 +47,22 @@ def status_cmd(space, fmt) -> None:
     emit(status(get_db(), space), fmt, title="indexes")
 
 
+def _skip_option(what: str):
+    return click.option(
+        "--skip-damaged",
+        is_flag=True,
+        help=f"Go on without {what} whose stored bytes are damaged (or that `wdb fsck --fix` "
+        "marked damaged) and say how many were skipped. Works on exact scans (reference sets up "
+        "to 256 rows, --aligned) and with an index built before the damage; building a FAISS "
+        "index reads every row of the space and still fails on a damaged one.",
+    )
+
+
+def _said_skipped(n: int) -> None:
+    if n:
+        click.echo(f"skipped {n} damaged checkpoints (see `wdb fsck`)", err=True)
+
+
 @click.group()
 def query() -> None:
     """Nearest neighbours and novelty (min L2, max error-set IoU) of checkpoints."""
@@ -71,8 +87,9 @@ def query() -> None:
     "the search stops once the next bound exceeds the k-th exact distance.",
 )
 @click.option("--eval-set", default=None, help="Eval set for error_iou (default: best covered).")
+@_skip_option("reference checkpoints (never the query itself)")
 @output_options
-def nearest_cmd(run, step, k, among, aligned, eval_set, fmt) -> None:
+def nearest_cmd(run, step, k, among, aligned, eval_set, skip_damaged, fmt) -> None:
     """The k nearest checkpoints of RUN in weight space, with exact L2 distances.
 
     FAISS proposes candidates; distances are recomputed in float64 from the stored rows and the
@@ -82,7 +99,14 @@ def nearest_cmd(run, step, k, among, aligned, eval_set, fmt) -> None:
     """
     from wdb.query.nearest import nearest
 
-    rows = nearest(get_db(), run, step=step, k=k, among=among, aligned=aligned, eval_set=eval_set)
+    kw = dict(k=k, aligned=aligned, eval_set=eval_set)
+    if skip_damaged:
+        from wdb.query import damaged
+
+        rows, n = damaged.nearest(get_db(), run, step=step, among=among, **kw)
+        _said_skipped(n)
+    else:
+        rows = nearest(get_db(), run, step=step, among=among, **kw)
     what = "aligned L2" if aligned else "L2"
     emit(
         rows,
@@ -108,8 +132,11 @@ def nearest_cmd(run, step, k, among, aligned, eval_set, fmt) -> None:
 @click.option("--eval-set", default=None, help="Eval set for error sets (default: best covered).")
 @click.option("--no-save", is_flag=True, help="Do not store the result in relations/similarity.")
 @workers_option("Run the neighbour search")
+@_skip_option("targets and references")
 @output_options
-def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, workers, fmt) -> None:
+def novelty_cmd(
+    targets, reference, k, aligned, eval_set, no_save, workers, skip_damaged, fmt
+) -> None:
     """Per target: min L2 to the reference set, nearest reference, max error-set IoU, accuracy.
 
     Stored as tables (relations, neighbors, similarity; join on relation_id / checkpoint_id);
@@ -117,16 +144,14 @@ def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, workers, fmt)
     """
     from wdb.query.nearest import novelty
 
-    rows = novelty(
-        get_db(),
-        targets,
-        reference,
-        k=k,
-        aligned=aligned,
-        eval_set=eval_set,
-        save=not no_save,
-        workers=workers,
-    )
+    kw = dict(k=k, aligned=aligned, eval_set=eval_set, save=not no_save, workers=workers)
+    if skip_damaged:
+        from wdb.query import damaged
+
+        rows, n = damaged.novelty(get_db(), targets, reference, **kw)
+        _said_skipped(n)
+    else:
+        rows = novelty(get_db(), targets, reference, **kw)
     emit(rows, fmt, title="novelty")
     if rows and all(r.get("max_iou") is None for r in rows):
         click.echo(

@@ -295,7 +295,13 @@ def export(ctx, run, step, file_format, out, max_shard_size, mesh, fmt) -> None:
 
 
 @click.command()
-@click.option("--fix", is_flag=True, help="Reclaim unreferenced rows and repair what is safe.")
+@click.option(
+    "--fix",
+    is_flag=True,
+    help="Reclaim unreferenced rows and repair what is safe: a damaged checkpoint is restored "
+    "from its source file when that file is still there and hashes to the stored sha256, "
+    "otherwise marked damaged (checkpoint_info.damaged).",
+)
 @output_options
 @click.pass_context
 def fsck(ctx, fix, fmt) -> None:
@@ -306,6 +312,8 @@ def fsck(ctx, fix, fmt) -> None:
         click.echo(f"problem: {line}", err=True)
     for line in report.fixed:
         click.echo(f"fixed: {line}", err=True)
+    for line in report.notes:
+        click.echo(f"note: {line}", err=True)
     emit(
         [
             {

@@ -55,6 +55,9 @@ class ArrayStore:
     def __init__(self, root: Path | str):
         self.root = str(root)
         self._group: zarr.Group | None = None
+        #: checks every row read against the catalog (``wdb.store.verify.RowHashes``); the
+        #: database sets it on its weight store
+        self.verifier: Any = None
 
     @property
     def group(self) -> zarr.Group:
@@ -116,11 +119,16 @@ class ArrayStore:
             arr.resize((stop, *arr.shape[1:]))
         arr[start:stop] = rows
 
-    def write_stream(self, path: str, row: int, n: int, segments: Iterable[np.ndarray]) -> str:
+    def write_stream(
+        self, path: str, row: int, n: int, segments: Iterable[np.ndarray]
+    ) -> tuple[str, str]:
         """Write one row of ``n`` values given as consecutive segments, one column chunk at a
         time (memory: one chunk, not the row); returns the sha256 of the bytes written (the
-        same digest as ``wdb.store.spaces.row_sha256`` of the whole row)."""
+        same digest as ``wdb.store.spaces.row_sha256`` of the whole row) and their block
+        hashes (``wdb.store.verify.chunk_hashes``)."""
         import hashlib
+
+        from wdb.store.verify import block_digest
 
         arr = self.array(path)
         if row + 1 > arr.shape[0]:
@@ -128,6 +136,7 @@ class ArrayStore:
         width = int(arr.chunks[1])
         buf = np.empty(min(width, n), dtype=arr.dtype)
         digest = hashlib.sha256()
+        blocks: list[bytes] = []
         col, fill = 0, 0
         for seg in segments:
             seg = np.ascontiguousarray(seg, dtype=arr.dtype).reshape(-1)
@@ -139,22 +148,32 @@ class ArrayStore:
                 buf[fill : fill + take] = seg[:take]
                 fill, seg = fill + take, seg[take:]
                 if fill == buf.size:
+                    blocks.append(block_digest(buf))
                     arr[row, col : col + fill] = buf
                     col, fill = col + fill, 0
                     buf = buf[: min(width, n - col)] if n > col else buf[:0]
         if fill:
+            blocks.append(block_digest(buf[:fill]))
             arr[row, col : col + fill] = buf[:fill]
             col += fill
         if col != n:
             raise ValueError(f"row stream gave {col} values, expected {n}")
-        return digest.hexdigest()
+        return digest.hexdigest(), f"{width}:{b''.join(blocks).hex()}"
 
     def truncate(self, path: str, n_rows: int) -> None:
         arr = self.array(path)
         arr.resize((n_rows, *arr.shape[1:]))
 
-    def read(self, path: str, rows: np.ndarray | list[int], cols=None) -> np.ndarray:
-        """Rows in the order given. Contiguous runs of sorted rows are read as slices."""
+    def read(
+        self, path: str, rows: np.ndarray | list[int], cols=None, verify: bool = True
+    ) -> np.ndarray:
+        """Rows in the order given. Contiguous runs of sorted rows are read as slices.
+
+        With a ``verifier`` (the weight store of a database) every row a checkpoint references
+        is checked against the catalog's hashes, and damage raises ``DamagedChunk``;
+        ``verify=False`` reads the bytes as they are (``wdb fsck``, which checks them itself)."""
+        if verify and self.verifier is not None:
+            return self.verifier.read(self, path, rows, cols)
         rows = np.asarray(rows, dtype=np.int64)
         arr = self.array(path)
         col_sel = slice(None) if cols is None else cols

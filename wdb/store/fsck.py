@@ -15,18 +15,32 @@ interrupted write leaves them at the array's tail (bytes are written before the 
 and the next write reuses them; they are reported per space as reclaimable.
 
 ``fix=True`` does only what loses nothing committed: it truncates unreferenced tail rows, and
-deletes metric and output rows whose checkpoint no longer exists. It never deletes or rewrites a
-checkpoint; hash mismatches and missing bytes are reported for a human to decide.
+deletes metric and output rows whose checkpoint no longer exists. It never deletes a checkpoint.
+A checkpoint whose bytes are damaged (hash mismatch, chunk missing or not decodable) is restored
+from its source file (``checkpoints.source``) when that file is still there and its row hashes to
+the stored ``sha256``; otherwise it is marked damaged (``checkpoints.damaged`` says why, and the
+``checkpoint_info`` view shows it) and stays a problem. A chunk that does not decode at all is
+rewritten from the restored rows, with zeros for rows in it that could not be restored (their
+bytes were lost already; the mark says so).
+
+Every check records the block hashes that reads verify against (``wdb.store.verify``) for rows
+written before revision 0006 whose sha256 still matches: that is bookkeeping, not a repair, and
+happens with or without ``fix``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from wdb.store.compact import leftovers
 from wdb.store.spaces import row_sha256
+from wdb.store.verify import chunk_hashes
+
+#: ``(source, checkpoint id) -> row`` (storage dtype): a checkpoint re-read from its source file
+Reread = Callable[[str, int], np.ndarray]
 
 #: bytes of weights read per block while hashing.
 BLOCK_BYTES = 128 << 20
@@ -40,6 +54,7 @@ class FsckReport:
     problems: list[str] = field(default_factory=list)
     unreferenced: dict[str, int] = field(default_factory=dict)
     fixed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -51,11 +66,12 @@ def _where(c: dict, space: str) -> str:
     return f"checkpoint {c['id']} ({run} step {c['step']}, space '{space}')"
 
 
-def _check_space(db, space: dict, report: FsckReport, fix: bool) -> None:
+def _check_space(db, space: dict, report: FsckReport, fix: bool, reread: Reread | None) -> None:
     name, path = space["name"], space["array_path"]
     ck = db.sql(
-        "SELECT c.id, c.run_id, c.step, c.row, c.sha256, r.name AS run FROM checkpoints c "
-        "LEFT JOIN runs r ON r.id = c.run_id WHERE c.space_id = :s ORDER BY c.row",
+        "SELECT c.id, c.run_id, c.step, c.row, c.sha256, c.chunk_hashes, c.damaged, c.source, "
+        "r.name AS run FROM checkpoints c LEFT JOIN runs r ON r.id = c.run_id "
+        "WHERE c.space_id = :s ORDER BY c.row",
         {"s": space["id"]},
     )
     report.checked += len(ck)
@@ -66,6 +82,8 @@ def _check_space(db, space: dict, report: FsckReport, fix: bool) -> None:
                 "have no bytes)"
             )
         return
+    arr = db.weights_store.array(path)
+    width_cols = int(arr.chunks[1])
     n_rows = db.weights_store.n_rows(path)
     inside = []
     for c in ck:
@@ -78,25 +96,43 @@ def _check_space(db, space: dict, report: FsckReport, fix: bool) -> None:
             inside.append(c)
     width = max(1, int(space["n_params"]) * np.dtype(space["dtype"]).itemsize)
     block = max(1, BLOCK_BYTES // width)
+    damaged: list[tuple[dict, str]] = []
+    hashes: dict[int, str] = {}  # block hashes to record (rows from before revision 0006)
+    healed: list[dict] = []  # marked damaged, verify again
     for start in range(0, len(inside), block):
         part = inside[start : start + block]
         rows = [c["row"] for c in part]
         try:
-            data = db.weights_store.read(path, rows)
+            data = db.weights_store.read(path, rows, verify=False)
         except Exception:
             data = None
         for i, c in enumerate(part):
             try:
-                row = data[i] if data is not None else db.weights_store.read(path, [c["row"]])[0]
-            except Exception as exc:
-                report.problems.append(
-                    f"{_where(c, name)}: bytes at row {c['row']} are unreadable ({exc})"
+                row = (
+                    data[i]
+                    if data is not None
+                    else db.weights_store.read(path, [c["row"]], verify=False)[0]
                 )
+            except Exception as exc:
+                damaged.append((c, f"bytes at row {c['row']} are unreadable ({exc})"))
                 continue
             if row_sha256(row) != c["sha256"]:
-                report.problems.append(
-                    f"{_where(c, name)}: sha256 mismatch at row {c['row']} (bytes changed on disk)"
-                )
+                damaged.append((c, f"sha256 mismatch at row {c['row']} (bytes changed on disk)"))
+                continue
+            if not c["chunk_hashes"]:
+                hashes[int(c["id"])] = chunk_hashes(row, width_cols)
+            if c["damaged"]:
+                healed.append(c)
+    if fix and damaged:
+        damaged, restored = _restore(db, name, path, arr, damaged, reread, report)
+        for c, row in restored:
+            if not c["chunk_hashes"]:
+                hashes[int(c["id"])] = chunk_hashes(row, width_cols)
+            if c["damaged"]:
+                healed.append(c)
+    for c, why in damaged:
+        report.problems.append(f"{_where(c, name)}: {why}")
+    _record(db, hashes, healed if fix else [], damaged if fix else [], name, report)
     referenced = {c["row"] for c in inside}
     unref = n_rows - len(referenced)
     if unref:
@@ -107,6 +143,110 @@ def _check_space(db, space: dict, report: FsckReport, fix: bool) -> None:
         report.fixed.append(
             f"space '{name}': truncated {n_rows - tail_start} unreferenced tail rows"
         )
+
+
+def _restore(
+    db,
+    name: str,
+    path: str,
+    arr,
+    damaged: list[tuple[dict, str]],
+    reread: Reread | None,
+    report: FsckReport,
+) -> tuple[list[tuple[dict, str]], list[tuple[dict, np.ndarray]]]:
+    """Rewrite damaged rows from their source files; returns those left damaged (with why, and
+    why they could not be restored) and the restored ones with their bytes."""
+    from zarr.core.sync import sync
+
+    n_rows, n_cols = int(arr.shape[0]), int(arr.shape[1])
+    rpc, cpc = int(arr.chunks[0]), int(arr.chunks[1])
+    good: dict[int, np.ndarray] = {}
+    left: list[tuple[dict, str]] = []
+    for c, why in damaged:
+        src = c["source"]
+        if not src or reread is None:
+            left.append((c, f"{why}; no source file to restore it from"))
+            continue
+        try:
+            row = np.asarray(reread(src, int(c["id"])))
+        except Exception as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            left.append((c, f"{why}; its source {src} cannot be read ({msg})"))
+            continue
+        if row.shape != (n_cols,) or row_sha256(row.astype(arr.dtype, copy=False)) != c["sha256"]:
+            left.append((c, f"{why}; its source {src} no longer hashes to the stored sha256"))
+            continue
+        good[int(c["row"])] = row.astype(arr.dtype, copy=False)
+    sp = arr.store_path
+    for g in sorted({r // rpc for r in good}):
+        r0, r1 = g * rpc, min(n_rows, (g + 1) * rpc)
+        for j in range(-(-n_cols // cpc)):
+            c0, c1 = j * cpc, min(n_cols, (j + 1) * cpc)
+            try:
+                region = np.array(arr[r0:r1, c0:c1])
+            except Exception:  # the chunk does not decode: every row in it is lost already
+                sync(sp.store.delete(f"{sp.path}/{arr.metadata.encode_chunk_key((g, j))}"))
+                region = np.zeros((r1 - r0, c1 - c0), dtype=arr.dtype)
+            for r, row in good.items():
+                if r0 <= r < r1:
+                    region[r - r0] = row[c0:c1]
+            arr[r0:r1, c0:c1] = region
+    restored: list[tuple[dict, np.ndarray]] = []
+    for c, _ in damaged:
+        r = int(c["row"])
+        if r not in good:
+            continue
+        back = db.weights_store.read(path, [r], verify=False)[0]
+        if row_sha256(back) == c["sha256"]:
+            report.fixed.append(f"{_where(c, name)}: restored from {c['source']}")
+            restored.append((c, back))
+        else:  # pragma: no cover - the store did not keep what was just written
+            left.append((c, f"row {r} still differs after restoring it from {c['source']}"))
+    return left, restored
+
+
+def _record(
+    db,
+    hashes: dict[int, str],
+    healed: list[dict],
+    damaged: list[tuple[dict, str]],
+    name: str,
+    report: FsckReport,
+) -> None:
+    """One catalog transaction: block hashes of old rows, damaged marks set and cleared."""
+    import sqlalchemy as sa
+
+    from wdb.catalog.schema import checkpoints
+
+    restored = healed
+    if not (hashes or restored or damaged):
+        return
+    upd = (
+        sa.update(checkpoints)
+        .where(checkpoints.c.id == sa.bindparam("cid"))
+        .values(chunk_hashes=sa.bindparam("h"))
+    )
+    mark = (
+        sa.update(checkpoints)
+        .where(checkpoints.c.id == sa.bindparam("cid"))
+        .values(damaged=sa.bindparam("why"))
+    )
+    with db.catalog.begin() as conn:
+        if hashes:
+            conn.execute(upd, [{"cid": k, "h": v} for k, v in hashes.items()])
+        if restored:
+            conn.execute(mark, [{"cid": int(c["id"]), "why": None} for c in restored])
+        if damaged:
+            conn.execute(mark, [{"cid": int(c["id"]), "why": why[:500]} for c, why in damaged])
+    if hashes:
+        report.notes.append(
+            f"space '{name}': recorded block hashes of {len(hashes)} rows written before "
+            "verified reads (their reads no longer hash whole rows with sha256)"
+        )
+    for c in restored:
+        report.fixed.append(f"{_where(c, name)}: bytes verify again; damaged mark cleared")
+    for c, _ in damaged:
+        report.fixed.append(f"{_where(c, name)}: marked damaged (see checkpoint_info.damaged)")
 
 
 def _orphans(db, report: FsckReport, fix: bool) -> None:
@@ -170,12 +310,13 @@ def _outputs(db, report: FsckReport) -> None:
             )
 
 
-def fsck(db, fix: bool = False) -> FsckReport:
-    """Check hashes, orphans, duplicates and missing bytes; with ``fix``, reclaim what is safe."""
+def fsck(db, fix: bool = False, reread: Reread | None = None) -> FsckReport:
+    """Check hashes, orphans, duplicates and missing bytes; with ``fix``, reclaim what is safe
+    and restore damaged rows with ``reread`` (see the module docstring)."""
     report = FsckReport()
     with db.write_lock():  # no writer may move the tail while we look at (or truncate) it
         for space in db.sql("SELECT * FROM spaces ORDER BY id"):
-            _check_space(db, space, report, fix)
+            _check_space(db, space, report, fix, reread)
         _orphans(db, report, fix)
         _outputs(db, report)
         for store in (db.weights_store, db.outputs_store):

@@ -24,6 +24,7 @@ import numpy as np
 from wdb.catalog.dialect import insert_many, next_ids
 from wdb.errors import BadInput
 from wdb.store.spaces import Layout, row_sha256
+from wdb.store.verify import chunk_hashes
 
 #: what a checkpoint is: a training checkpoint, a generator's sample, a baseline's sample, an
 #: autoencoder reconstruction, or a generator's own network.
@@ -113,6 +114,15 @@ def reported_eval_set(conn: Any, zoo: str | None) -> int:
     )
 
 
+def _has_chunk_hashes(conn: Any) -> bool:
+    """Whether the catalog is at revision 0006 or later (``checkpoints.chunk_hashes``): a
+    ``Database`` opened without upgrading may write into an older schema."""
+    import sqlalchemy as sa
+
+    rev = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    return rev is not None and rev[:4].isdigit() and rev[:4] >= "0006"
+
+
 def write_checkpoints(
     db: Any, space: Space, items: list[NewCheckpoint], run_prefix: str = "gen_"
 ) -> CommitResult:
@@ -167,24 +177,29 @@ def write_checkpoints(
             fresh.append(it)
         if not fresh:
             return result
-        # 2. bytes
+        # 2. bytes, and the block hashes every later read is checked against
+        width = int(db.weights_store.array(space.array_path).chunks[1])
+        hashes: list[str] = []
         if any(isinstance(it.row, RowStream) for it in fresh):  # one at a time, streamed
             for i, it in enumerate(fresh):
                 if isinstance(it.row, RowStream):
-                    got = db.weights_store.write_stream(
+                    got, blocks = db.weights_store.write_stream(
                         space.array_path, start + i, it.row.n, it.row.segments()
                     )
                     if got != it.sha256:
                         raise BadInput(f"{it.source or it.run}: file changed while being ingested")
+                    hashes.append(blocks)
                 else:
                     row = np.asarray(it.row, dtype=space.layout.storage_dtype)
                     db.weights_store.write(space.array_path, start + i, row[None])
+                    hashes.append(chunk_hashes(row, width))
         else:
             # one item (a large model): a view, not a second copy of its row
             rows = [np.asarray(it.row) for it in fresh]
             block = rows[0][None] if len(rows) == 1 else np.stack(rows)
             block = block.astype(space.layout.storage_dtype, copy=False)
             db.weights_store.write(space.array_path, start, block)
+            hashes = [chunk_hashes(r, width) for r in block]
         # 3. one catalog transaction
         with db.catalog.begin() as conn:
             run_ids: dict[str, int] = {}
@@ -218,6 +233,7 @@ def write_checkpoints(
                 )
             eval_set_id = None
             with_meta = any(it.meta for it in fresh)  # the column is absent before revision 0005
+            with_hashes = _has_chunk_hashes(conn)  # absent before revision 0006
             ck_rows, metric_rows = [], []
             cids = next_ids(conn, "checkpoints_id_seq", len(fresh))
             for i, (it, cid) in enumerate(zip(fresh, cids, strict=True)):
@@ -235,6 +251,8 @@ def write_checkpoints(
                 )
                 if with_meta:
                     ck_rows[-1]["meta"] = to_json(it.meta)
+                if with_hashes:
+                    ck_rows[-1]["chunk_hashes"] = hashes[i]
                 if it.metrics:
                     if eval_set_id is None:
                         eval_set_id = reported_eval_set(conn, it.zoo)

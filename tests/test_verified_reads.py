@@ -1,0 +1,261 @@
+"""Verified reads: a chunk file overwritten, truncated or deleted never reads back as wrong
+bytes or fill values; each read fails in one line naming the checkpoint, run, step and `wdb
+fsck`; ``--skip-damaged`` goes on and counts; ``fsck --fix`` restores from source or marks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+import wdb
+from wdb.cli.main import cli
+from wdb.errors import DamagedChunk
+from wdb.store.spaces import Layout
+
+STEPS = 20  # two runs of 20 steps: rows 0..39, so chunk c/0/0 holds rows 0-31, c/1/0 rows 32-39
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    """A database ingested from safetensors files (sources kept), and the files' tensors."""
+    g = torch.Generator().manual_seed(0)
+    states = {}
+    for run in ("run_a", "run_b"):
+        (tmp_path / "zoo" / run).mkdir(parents=True)
+        for s in range(STEPS):
+            st = {"w": torch.randn(3, 4, generator=g), "b": torch.randn(3, generator=g)}
+            save_file(st, str(tmp_path / "zoo" / run / f"step_{s}.safetensors"))
+            states[(run, s)] = st
+    db = wdb.open(tmp_path / "db")
+    assert db.ingest(tmp_path / "zoo").checkpoints_added == 2 * STEPS
+    return db, states
+
+
+def chunk(db, key: str) -> Path:
+    (space,) = db.spaces()
+    return db.path / "weights.zarr" / db.space(space["id"]).array_path / key
+
+
+def damage(path: Path, how: str, other: Path) -> None:
+    if how == "garbage":
+        path.write_bytes(b"\x02\x04" + bytes(range(200)))
+    elif how == "other_chunk":  # valid codec bytes of another chunk: decodes, wrong values
+        path.write_bytes(other.read_bytes())
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.unlink()
+
+
+def cli_run(db, *args):
+    return CliRunner().invoke(cli, ["--db", str(db.path), *args])
+
+
+def damaged_ids(db) -> list[int]:
+    return [c["checkpoint_id"] for c in db.checkpoints("run = 'run_b' AND step >= :s", {"s": 12})]
+
+
+def one_line_error(res, cid: int, run: str, step: int) -> str:
+    assert res.exit_code != 0
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.output
+    line = lines[0]
+    assert line.startswith("error: checkpoint ")
+    assert f"checkpoint {cid} (run '{run}' step {step})" in line
+    assert "wdb fsck" in line
+    return line
+
+
+@pytest.mark.parametrize("how", ["garbage", "other_chunk", "truncated", "deleted"])
+def test_damaged_chunk_never_reads_back(store, tmp_path, how) -> None:
+    db, states = store
+    target = chunk(db, "c/1/0")  # rows 32..39: run_b steps 12..19
+    damage(target, how, chunk(db, "c/0/0"))
+    ids = damaged_ids(db)
+    assert len(ids) == 8
+    with pytest.raises(DamagedChunk) as err:
+        db.weights(ids[:3])
+    msg = str(err.value)
+    assert "\n" not in msg and "wdb fsck" in msg
+    assert f"checkpoint {ids[0]} (run 'run_b' step 12)" in msg
+    assert set(err.value.checkpoint_ids) == set(ids[:3])
+    if how == "deleted":
+        assert "is missing" in msg
+    for reader in (
+        lambda: db.state_dict(ids[5]),
+        lambda: list(db.iter_weights(ids)),
+        lambda: db.weights(ids, cols=slice(0, 2)),
+    ):
+        with pytest.raises(DamagedChunk):
+            reader()
+    # the other chunk still reads, bit-exactly
+    a = db.checkpoints("run = 'run_a'")
+    got = db.weights([c["checkpoint_id"] for c in a])
+    layout = db.space(a[0]["space_id"]).layout
+    for c, row in zip(a, got, strict=True):
+        want = layout.flatten({k: v.numpy() for k, v in states[("run_a", c["step"])].items()})
+        assert row.tobytes() == want.tobytes()
+
+    out = tmp_path / "x.safetensors"
+    res = cli_run(db, "export", "run_b", "--step", "15", "--out", str(out))
+    one_line_error(res, ids[3], "run_b", 15)
+    assert not out.exists() and not list(tmp_path.glob(".x.safetensors*"))
+    res = cli_run(db, "export", "run_b", "--step", "3", "--out", str(out))  # chunk 0: fine
+    assert res.exit_code == 0, res.output
+    assert torch.equal(load_file(out)["w"], states[("run_b", 3)]["w"])
+
+    # as the query checkpoint, and as a reference
+    res = cli_run(db, "query", "nearest", "--run", "run_b", "--step", "19", "--json")
+    one_line_error(res, ids[7], "run_b", 19)
+    res = cli_run(db, "query", "nearest", "--run", "run_a", "--step", "0", "--json")
+    one_line_error(res, ids[0], "run_b", 12)
+    res = cli_run(db, "query", "novelty", "--targets", "run = 'run_b'", "--json")
+    one_line_error(res, ids[0], "run_b", 12)
+
+
+def test_flipped_bits_never_read_back_wrong(store) -> None:
+    """One bit flipped at each of 40 places of a chunk: every read of its rows either fails
+    with DamagedChunk or returns exactly the stored bytes (a flip may land in the chunk's
+    zero padding, or in a stream whose value zstd ignores)."""
+    db, _ = store
+    path = chunk(db, "c/1/0")
+    ids = damaged_ids(db)
+    want = db.weights(ids)
+    blob = path.read_bytes()
+    failed = 0
+    for at in np.linspace(0, len(blob) - 1, 40).astype(int):
+        bad = bytearray(blob)
+        bad[at] ^= 1 << (at % 8)
+        path.write_bytes(bytes(bad))
+        try:
+            got = db.weights(ids)
+        except DamagedChunk as exc:
+            assert "run 'run_b' step" in str(exc) and "wdb fsck" in str(exc)
+            failed += 1
+        else:
+            assert got.tobytes() == want.tobytes(), f"wrong bytes read after a flip at {at}"
+    path.write_bytes(blob)
+    assert failed >= 20
+    assert db.weights(ids).tobytes() == want.tobytes()
+
+
+def test_skip_damaged_goes_on_and_counts(store) -> None:
+    db, _ = store
+    damage(chunk(db, "c/1/0"), "deleted", chunk(db, "c/0/0"))
+    ids = set(damaged_ids(db))
+    res = cli_run(
+        db, "query", "nearest", "--run", "run_a", "--step", "0", "--k", "50", "--skip-damaged"
+    )
+    assert res.exit_code == 0, res.output
+    assert "skipped 8 damaged checkpoints" in res.output
+    rows = json.loads(
+        cli_run(
+            db,
+            "query",
+            "nearest",
+            "--run",
+            "run_a",
+            "--step",
+            "0",
+            "--k",
+            "50",
+            "--skip-damaged",
+            "--json",
+        ).stdout
+    )
+    assert len(rows) == 2 * STEPS - 1 - 8 and not ids & {r["checkpoint_id"] for r in rows}
+    # the query checkpoint itself cannot be skipped
+    res = cli_run(db, "query", "nearest", "--run", "run_b", "--step", "13", "--skip-damaged")
+    assert res.exit_code != 0 and "wdb fsck" in res.output
+    res = cli_run(
+        db,
+        "query",
+        "novelty",
+        "--targets",
+        "run = 'run_b'",
+        "--skip-damaged",
+        "--json",
+        "--no-save",
+    )
+    assert res.exit_code == 0, res.output
+    assert "skipped 8 damaged checkpoints" in res.stderr
+    rows = json.loads(res.stdout)
+    assert len(rows) == STEPS - 8 and not ids & {r["checkpoint_id"] for r in rows}
+    assert not ids & {r["nearest_id"] for r in rows}
+
+
+def test_fsck_fix_restores_from_source(store) -> None:
+    db, states = store
+    damage(chunk(db, "c/1/0"), "garbage", chunk(db, "c/0/0"))
+    rep = db.fsck()
+    assert len(rep.problems) == 8
+    rep = db.fsck(fix=True)
+    assert rep.ok, rep.problems
+    assert sum("restored from" in f for f in rep.fixed) == 8
+    ids = damaged_ids(db)
+    layout = db.space(1).layout
+    for cid, row in zip(ids, db.weights(ids), strict=True):
+        step = db.checkpoints("checkpoint_id = :i", {"i": cid})[0]["step"]
+        want = layout.flatten({k: v.numpy() for k, v in states[("run_b", step)].items()})
+        assert row.tobytes() == want.tobytes()
+    assert db.fsck().ok
+
+
+def test_fsck_fix_marks_what_it_cannot_restore(store, tmp_path) -> None:
+    db, _ = store
+    damage(chunk(db, "c/1/0"), "deleted", chunk(db, "c/0/0"))
+    (tmp_path / "zoo" / "run_b" / "step_12.safetensors").unlink()  # source gone
+    changed = tmp_path / "zoo" / "run_b" / "step_13.safetensors"
+    save_file({"w": torch.zeros(3, 4), "b": torch.zeros(3)}, str(changed))  # source changed
+    rep = db.fsck(fix=True)
+    assert not rep.ok and len(rep.problems) == 2
+    assert sum("restored from" in f for f in rep.fixed) == 6
+    assert any("cannot be read" in p for p in rep.problems)
+    assert any("no longer hashes" in p for p in rep.problems)
+    marked = db.checkpoints("damaged IS NOT NULL")
+    assert [(c["run"], c["step"]) for c in marked] == [("run_b", 12), ("run_b", 13)]
+    with pytest.raises(DamagedChunk, match="marked damaged"):
+        db.weights([marked[0]["checkpoint_id"]])
+    db.weights(damaged_ids(db)[2:])  # the restored six read
+    res = cli_run(
+        db, "query", "nearest", "--run", "run_a", "--step", "0", "--k", "3", "--skip-damaged"
+    )
+    assert res.exit_code == 0 and "skipped 2 damaged checkpoints" in res.output
+
+
+def test_column_slices_check_only_the_blocks_they_read(db) -> None:
+    """A space two column blocks wide (10,000 > 8,192 columns): a slice inside the intact
+    block reads; a slice in the damaged one fails; whole rows fail."""
+    layout = Layout.from_arrays({"w": np.zeros(10_000, np.float32)})
+    rows = np.random.default_rng(0).normal(size=(3, layout.n_params)).astype(np.float32)
+    ids = db.add_checkpoints(layout, rows, run="wide", kind="training")
+    path = db.path / "weights.zarr" / db.space(layout.hash[:12]).array_path
+    damage(path / "c" / "0" / "1", "other_chunk", path / "c" / "0" / "0")
+    np.testing.assert_array_equal(db.weights(ids, cols=slice(10, 20)), rows[:, 10:20])
+    np.testing.assert_array_equal(db.weights(ids, cols=np.array([5, 8000])), rows[:, [5, 8000]])
+    for cols in (slice(9000, 9010), np.array([5, 9000]), None):
+        with pytest.raises(DamagedChunk, match="run 'wide' step 0"):
+            db.weights(ids, cols=cols)
+
+
+def test_rows_from_before_block_hashes_fall_back_to_sha256(db) -> None:
+    layout = Layout.from_arrays({"w": np.zeros(6, np.float32)})
+    rows = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
+    ids = db.add_checkpoints(layout, rows, run="old", kind="training")
+    db.sql("UPDATE checkpoints SET chunk_hashes = NULL", write=True)
+    db = wdb.open(db.path)  # no cached hashes
+    np.testing.assert_array_equal(db.weights(ids), rows)
+    bad = rows[2].copy()
+    bad[0] = np.nextafter(bad[0], np.float32(1))
+    db.weights_store.write(db.space(1).array_path, 2, bad[None])
+    with pytest.raises(DamagedChunk, match="run 'old' step 2"):
+        db.weights([ids[2]])
+    rep = db.fsck()
+    assert len(rep.problems) == 1 and "recorded block hashes of 3 rows" in rep.notes[0]
+    assert db.sql("SELECT count(*) AS n FROM checkpoints WHERE chunk_hashes IS NULL")[0]["n"] == 1

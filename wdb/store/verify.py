@@ -1,0 +1,329 @@
+"""Verified reads: every stored row that comes back out of the weight store matches a hash the
+catalog holds for it, or the read fails with :class:`wdb.errors.DamagedChunk`.
+
+What is hashed. ``checkpoints.chunk_hashes`` (revision 0006) holds, per checkpoint, the
+xxh3_128 digest of each column block of its row (the row's part of one Zarr chunk): the text
+``"<width>:<hex><hex>..."``, 32 hex digits per block of ``width`` columns (the array's chunk
+width when the row was written). A full-row read hashes every block of the row; a column slice
+(a few columns of many rows) decodes whole chunks anyway (a chunk is the unit Zarr decodes), so
+it reads the blocks its columns fall in, checks those blocks' digests, and slices the columns
+out: the check costs hashing bytes that were decoded regardless, and never a whole-row read.
+A hash inside each chunk's encoding would also catch damage, but it is a format change and
+cannot tell a deleted chunk (Zarr reads it as fill values, and zarr 3.1 has no setting that
+makes a missing chunk an error) from a chunk of zeros; the catalog's hashes say what the bytes
+*should* be, whatever the store holds.
+
+Why xxh3_128 and not the catalog's sha256: on this machine sha256 runs at about the speed of
+the codec's decode, so checking it on every read would nearly double read time; xxh3 is some
+20x faster (``benchmarks/bench_verify.py`` measures both). Rows written before revision 0006
+have no ``chunk_hashes``: their reads fall back to sha256 of the whole row (a column slice of
+such a row reads the whole row), until ``wdb fsck`` records their block hashes.
+
+Rows that no checkpoint references (a crashed write's tail) have nothing to be checked
+against and are returned as read. The expected hashes are cached per array (a row's hash never
+changes while a checkpoint holds it); a mismatch is re-checked against the catalog before it is
+reported, so a cache entry made stale by a deleted checkpoint cannot raise a false alarm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import xxhash
+
+from wdb.errors import DamagedChunk
+
+if TYPE_CHECKING:
+    from wdb.store.arrays import ArrayStore
+
+#: bytes of decoded blocks a column-slice read holds at once
+SLICE_BYTES = 64 << 20
+
+
+class Expected(NamedTuple):
+    """What the catalog says one stored row holds (``chunk_hashes`` parsed: block ``width``
+    in columns and the concatenated binary ``digests``; 0 and None before revision 0006)."""
+
+    checkpoint_id: int
+    run: str | None
+    step: int
+    sha256: str
+    width: int
+    digests: bytes | None
+    damaged: str | None
+
+
+def chunk_hashes(row: np.ndarray, width: int) -> str:
+    """``"<width>:<hex>..."``: xxh3_128 of each ``width``-column block of ``row`` (its bytes as
+    stored: the storage dtype, native order)."""
+    row = np.ascontiguousarray(row).reshape(-1)
+    parts = [xxhash.xxh3_128_digest(row[a : a + width].data) for a in range(0, row.size, width)]
+    return f"{width}:{b''.join(parts).hex()}"
+
+
+def block_digest(segment: np.ndarray) -> bytes:
+    """xxh3_128 of one block (what :func:`chunk_hashes` concatenates)."""
+    return xxhash.xxh3_128_digest(np.ascontiguousarray(segment).data)
+
+
+def _parse(text: str) -> tuple[int, str]:
+    width, _, hexs = text.partition(":")
+    return int(width), hexs
+
+
+_COLUMNS = "c.chunk_hashes, c.damaged"
+_NO_COLUMNS = "NULL AS chunk_hashes, NULL AS damaged"
+
+
+class RowHashes:
+    """The catalog's expectations for rows of the weight arrays, fetched on demand and cached.
+
+    ``query_rows(sql, params) -> (columns, tuples)`` runs a read-only query
+    (``Catalog.query_rows``: tuples, not dicts, since a scan fetches thousands); ``duckdb``
+    picks the list-parameter idiom. Catalogs before revision 0006 (a ``Database`` opened
+    without upgrading) lack the two columns: their rows are checked by sha256 alone."""
+
+    #: rows fetched at least per query once a scan misses (one catalog round trip, not one
+    #: per read batch: a DuckDB connect alone costs 20-60 ms)
+    SPAN = 1 << 16
+
+    def __init__(
+        self, query_rows: Callable[[str, dict | None], tuple[list, list]], duckdb: bool
+    ) -> None:
+        self._query_rows = query_rows
+        self._duckdb = duckdb
+        self._columns: str | None = None
+        self._by_path: dict[str, dict[int, Expected]] = {}
+
+    def _select(self, where: str, params: dict) -> tuple[list[str], list[tuple]]:
+        for cols in [self._columns] if self._columns else [_COLUMNS, _NO_COLUMNS]:
+            sql = (
+                f"SELECT c.row, c.id, r.name AS run, c.step, c.sha256, {cols}, c.space_id "
+                "FROM checkpoints c LEFT JOIN runs r ON r.id = c.run_id "
+                f"JOIN spaces s ON s.id = c.space_id WHERE {where}"
+            )
+            try:
+                out = self._query_rows(sql, params)
+            except Exception as exc:
+                if cols == _COLUMNS and "chunk_hashes" in str(exc):
+                    continue  # a catalog before revision 0006
+                raise
+            self._columns = cols
+            return out
+        raise AssertionError("unreachable")
+
+    def select(self, where: str, params: dict) -> list[dict]:
+        """Checkpoint rows (``row``, ``id``, ``space_id``, ``run``, ``step``, ``sha256``,
+        ``chunk_hashes``, ``damaged``) of ``checkpoints c`` matching ``where``."""
+        cols, rows = self._select(where, params)
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def in_list(self, column: str, name: str) -> str:
+        if self._duckdb:
+            return f"{column} IN (SELECT unnest(CAST(:{name} AS BIGINT[])))"
+        return f"{column} = ANY(:{name})"
+
+    def prime(self, path: str, records: Iterable[dict]) -> None:
+        """Remember expectations already fetched (``Database.weights`` gets them with the
+        rows' locations, saving a second query)."""
+        keys = ("row", "id", "run", "step", "sha256", "chunk_hashes", "damaged")
+        self._store(path, (tuple(r.get(k) for k in keys) for r in records))
+
+    def _store(self, path: str, tuples: Iterable[tuple]) -> None:
+        cache = self._by_path.setdefault(path, {})
+        for row, cid, run, step, sha, text, damaged, *_ in tuples:
+            width, hexs = _parse(text) if text else (0, None)
+            digests = None if hexs is None else bytes.fromhex(hexs)
+            cache[int(row)] = Expected(int(cid), run, int(step), sha, width, digests, damaged)
+
+    def get(self, path: str, rows: np.ndarray, refresh: bool = False) -> dict[int, Expected]:
+        """Expectations of ``rows`` (unique) that a checkpoint references."""
+        cache = self._by_path.setdefault(path, {})
+        want = [r for r in rows.tolist() if refresh or r not in cache]
+        if want:
+            if refresh:
+                for r in want:
+                    cache.pop(r, None)
+            if len(want) > 256:  # a scan: one range query, not a long list
+                lo = min(want)
+                _, found = self._select(
+                    "s.array_path = :p AND c.row BETWEEN :lo AND :hi",
+                    {"p": path, "lo": lo, "hi": max(max(want), lo + self.SPAN)},
+                )
+            else:
+                _, found = self._select(
+                    f"s.array_path = :p AND {self.in_list('c.row', 'rows')}",
+                    {"p": path, "rows": want},
+                )
+            self._store(path, found)
+        return {r: cache[r] for r in rows.tolist() if r in cache}
+
+    # -- the read --------------------------------------------------------------------------
+    def read(self, store: ArrayStore, path: str, rows: Any, cols: Any = None) -> np.ndarray:
+        """``store.read`` checked against the catalog (see the module docstring)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return store.read(path, rows, cols, verify=False)
+        expect = self.get(path, np.unique(rows))
+        if not expect:
+            return store.read(path, rows, cols, verify=False)
+        if cols is None:
+            data = self._guarded(store, path, rows, None, expect)
+            self._check(store, path, rows, data, 0, None, expect)
+            return data
+        widths = {e.width for e in expect.values()}
+        if len(widths) != 1 or 0 in widths:  # rows from before block hashes: whole rows
+            data = self._guarded(store, path, rows, None, expect)
+            self._check(store, path, rows, data, 0, None, expect)
+            return data[:, cols]
+        (width,) = widths
+        arr = store.array(path)
+        n_cols = int(arr.shape[1])
+        idx = np.arange(n_cols)[cols]
+        scalar = np.ndim(idx) == 0
+        idx = np.atleast_1d(idx)
+        if idx.size == 0:
+            return store.read(path, rows, cols, verify=False)
+        blocks = np.unique(idx // width)
+        c0, c1 = int(blocks[0]) * width, min(n_cols, (int(blocks[-1]) + 1) * width)
+        out = np.empty((rows.size, idx.size), dtype=arr.dtype)
+        step = max(1, SLICE_BYTES // max(1, (c1 - c0) * arr.dtype.itemsize))
+        for a in range(0, rows.size, step):
+            part = rows[a : a + step]
+            data = self._guarded(store, path, part, slice(c0, c1), expect)
+            self._check(store, path, part, data, c0, blocks, expect)
+            out[a : a + step] = data[:, idx - c0]
+        return out[:, 0] if scalar else out
+
+    def _guarded(
+        self, store: ArrayStore, path: str, rows: np.ndarray, cols: slice | None, expect: dict
+    ) -> np.ndarray:
+        """The raw read; a chunk that does not decode becomes a :class:`DamagedChunk`."""
+        try:
+            return store.read(path, rows, cols, verify=False)
+        except Exception as exc:
+            arr = store.array(path)
+            rpc, cpc = int(arr.chunks[0]), int(arr.chunks[1])
+            n_rows, n_cols = int(arr.shape[0]), int(arr.shape[1])
+            c0, c1 = (0, n_cols) if cols is None else (cols.start, cols.stop)
+            bad: dict[int, tuple[int, int]] = {}
+            for g in np.unique(rows // rpc):
+                for j in range(c0 // cpc, (c1 - 1) // cpc + 1):
+                    try:
+                        arr[g * rpc : min(n_rows, (g + 1) * rpc), j * cpc : (j + 1) * cpc]
+                    except Exception:
+                        for r in rows[rows // rpc == g]:
+                            bad.setdefault(int(r), (int(g), j))
+                        break
+            if not bad:
+                raise
+            raise self._damaged(store, path, bad, expect, "does not decode") from exc
+
+    def _check(
+        self,
+        store: ArrayStore,
+        path: str,
+        rows: np.ndarray,
+        data: np.ndarray,
+        c0: int,
+        blocks: np.ndarray | None,
+        expect: dict[int, Expected],
+    ) -> None:
+        """Compare ``data`` (columns from ``c0``) with the expected hashes: every block of a
+        whole row, or ``blocks`` of a column-block read."""
+        bad = _mismatches(rows, data, c0, blocks, expect)
+        if not bad:
+            return
+        fresh = self.get(path, np.array(sorted(bad), dtype=np.int64), refresh=True)
+        expect.update(fresh)
+        for r in list(bad):
+            if r not in fresh:  # no longer referenced: nothing to check
+                expect.pop(r, None)
+                del bad[r]
+        still = _mismatches(rows, data, c0, blocks, {r: expect[r] for r in bad})
+        if still:
+            arr = store.array(path)
+            where = {
+                r: (r // int(arr.chunks[0]), (c0 + off) // int(arr.chunks[1]))
+                for r, off in still.items()
+            }
+            raise self._damaged(store, path, where, expect, "does not match its hash")
+
+    @staticmethod
+    def _damaged(
+        store: ArrayStore, path: str, bad: dict[int, tuple[int, int]], expect: dict, how: str
+    ) -> DamagedChunk:
+        from zarr.core.sync import sync
+
+        named = sorted((expect[r], r) for r in bad if r in expect)
+        arr = store.array(path)
+        first_row = named[0][1] if named else min(bad)
+        key = arr.metadata.encode_chunk_key(bad[first_row])
+        try:
+            sp = arr.store_path
+            missing = not sync(sp.store.exists(f"{sp.path}/{key}"))
+        except Exception:
+            missing = False
+        reason = f"chunk {path}/{key} " + ("is missing" if missing else how)
+        fix = "run `wdb fsck` (`wdb fsck --fix` restores it from its source file if that is still there)"
+        if not named:
+            return DamagedChunk(f"weight store: {reason} (row {first_row}); {fix}")
+        e = named[0][0]
+        more = f"; {len(named) - 1} more damaged checkpoints in this read" if len(named) > 1 else ""
+        marked = ", marked damaged by `wdb fsck`" if e.damaged else ""
+        return DamagedChunk(
+            f"checkpoint {e.checkpoint_id} (run '{e.run}' step {e.step}): stored weights are "
+            f"damaged ({reason}{marked}){more}; {fix}",
+            tuple(x.checkpoint_id for x, _ in named),
+        )
+
+
+def _mismatches(
+    rows: np.ndarray,
+    data: np.ndarray,
+    c0: int,
+    blocks: np.ndarray | None,
+    expect: dict[int, Expected],
+) -> dict[int, int]:
+    """Rows whose bytes in ``data`` differ from ``expect`` → column offset (in ``data``) of the
+    first differing block. Hashes slices of one flat memoryview: a numpy view per row and
+    block had cost more than the hashing."""
+    data = np.ascontiguousarray(data)
+    flat = memoryview(data.reshape(-1).view(np.uint8))
+    size = data.dtype.itemsize
+    rb = data.shape[1] * size  # bytes of one row in ``data``
+    digest = xxhash.xxh3_128_digest
+    bad: dict[int, int] = {}
+    for i, r in enumerate(rows.tolist()):
+        e = expect.get(r)
+        if e is None or r in bad:
+            continue
+        at = i * rb
+        if e.digests is None:  # a row written before revision 0006: its sha256
+            if hashlib.sha256(flat[at : at + rb]).hexdigest() != e.sha256:
+                bad[r] = 0
+            continue
+        wb = e.width * size
+        if blocks is None:
+            if wb >= rb:
+                got = digest(flat[at : at + rb])
+            else:
+                got = b"".join(
+                    digest(flat[a : min(a + wb, at + rb)]) for a in range(at, at + rb, wb)
+                )
+            if got != e.digests:
+                diff = [
+                    k for k in range(0, len(got), 16) if got[k : k + 16] != e.digests[k : k + 16]
+                ]
+                bad[r] = (diff[0] // 16 if diff else 0) * e.width
+            continue
+        for b in blocks.tolist():
+            a = b * e.width - c0
+            seg = flat[at + a * size : at + min(rb, (a + e.width) * size)]
+            if digest(seg) != e.digests[b * 16 : (b + 1) * 16]:
+                bad[r] = a
+                break
+    return bad
