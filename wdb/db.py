@@ -609,7 +609,7 @@ class Database:
     def _source_row(self, source: str, checkpoint_id: int) -> np.ndarray:
         """A checkpoint's row as its source file holds it now, read by the ingest readers
         (``wdb fsck --fix`` compares its sha256 with the stored one before using it)."""
-        from wdb.ingest.pipeline import read_checkpoint
+        from wdb.files.checkpoint import read_checkpoint
 
         (info,) = self._locate([checkpoint_id])
         layout = self.space(int(info["space_id"])).layout
