@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from wdb.cli.common import emit, get_db, output_options, workers_option
+from wdb.cli.common import emit, get_db, memory_option, output_options, workers_option
 
 
 @click.group()
@@ -71,18 +71,33 @@ def query() -> None:
     "the search stops once the next bound exceeds the k-th exact distance.",
 )
 @click.option("--eval-set", default=None, help="Eval set for error_iou (default: best covered).")
+@memory_option
 @output_options
-def nearest_cmd(run, step, k, among, aligned, eval_set, fmt) -> None:
+def nearest_cmd(run, step, k, among, aligned, eval_set, memory, fmt) -> None:
     """The k nearest checkpoints of RUN in weight space, with exact L2 distances.
 
-    FAISS proposes candidates; distances are recomputed in float64 from the stored rows and the
-    candidate set grows until the float32 error bound proves the exact top-k is inside it.
-    Columns: rank, run, step, checkpoint_id, kind, distance, the neighbour's metrics, and
-    error_iou (IoU of the two error sets where both have predictions on one eval set).
+    Two paths, named in the `path` column: `scan` reads the references in batches sized in
+    bytes within --memory (rows wider than the budget a column block at a time) and sums
+    squared differences exactly in float64; it is used for up to 256 references and whenever a
+    flat FAISS index of the space (rows x parameters x 4 bytes) would exceed the budget.
+    `index`: FAISS proposes candidates; distances are recomputed in float64 from the stored
+    rows and the candidate set grows until the float32 error bound proves the exact top-k is
+    inside it. Both are exact. Columns: rank, run, step, checkpoint_id, kind, distance, the
+    neighbour's metrics, error_iou (IoU of the two error sets where both have predictions on
+    one eval set) and path.
     """
     from wdb.query.nearest import nearest
 
-    rows = nearest(get_db(), run, step=step, k=k, among=among, aligned=aligned, eval_set=eval_set)
+    rows = nearest(
+        get_db(),
+        run,
+        step=step,
+        k=k,
+        among=among,
+        aligned=aligned,
+        eval_set=eval_set,
+        memory=memory,
+    )
     what = "aligned L2" if aligned else "L2"
     emit(
         rows,
@@ -108,9 +123,14 @@ def nearest_cmd(run, step, k, among, aligned, eval_set, fmt) -> None:
 @click.option("--eval-set", default=None, help="Eval set for error sets (default: best covered).")
 @click.option("--no-save", is_flag=True, help="Do not store the result in relations/similarity.")
 @workers_option("Run the neighbour search")
+@memory_option
 @output_options
-def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, workers, fmt) -> None:
+def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, workers, memory, fmt) -> None:
     """Per target: min L2 to the reference set, nearest reference, max error-set IoU, accuracy.
+
+    The search path (column `path`) is chosen as for `wdb query nearest`: the byte-bounded
+    scan reads each reference once for all targets (with --workers, each worker scans a share
+    of the references within its share of --memory and the top-k lists merge exactly).
 
     Stored as tables (relations, neighbors, similarity; join on relation_id / checkpoint_id);
     `wdb query relations` says which stored results are stale.
@@ -126,6 +146,7 @@ def novelty_cmd(targets, reference, k, aligned, eval_set, no_save, workers, fmt)
         eval_set=eval_set,
         save=not no_save,
         workers=workers,
+        memory=memory,
     )
     emit(rows, fmt, title="novelty")
     if rows and all(r.get("max_iou") is None for r in rows):

@@ -18,7 +18,6 @@ The default is ``kind = 'training'``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wdb.errors import BadInput, NotFound
+from wdb.query.relations import _fp, _in_list, _reference_fingerprint, _save, relation_status  # noqa: F401
 
 DEFAULT_REFERENCE = "kind = 'training'"
 #: reference sets up to this size are scanned exactly without FAISS
@@ -47,12 +47,6 @@ class RefSet:
 
     def position(self) -> dict[int, int]:
         return {int(i): p for p, i in enumerate(self.ids)}
-
-
-def _in_list(db, column: str, name: str = "ids") -> str:
-    if db.catalog.duckdb_file:
-        return f"{column} IN (SELECT unnest(CAST(:{name} AS BIGINT[])))"
-    return f"{column} = ANY(:{name})"
 
 
 def select(db, where: str | None, space_id: int | None = None) -> RefSet:
@@ -82,10 +76,6 @@ def select(db, where: str | None, space_id: int | None = None) -> RefSet:
         np.array([r["row"] for r in info], dtype=np.int64),
         info,
     )
-
-
-def _fp(items: Sequence) -> str:
-    return hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()
 
 
 def _read(db, space, rows: np.ndarray) -> np.ndarray:
@@ -440,19 +430,6 @@ def _nearest(db, run, step, k, among, aligned, eval_set, mem) -> list[dict]:
 
 
 # -- novelty ----------------------------------------------------------------------------------
-def _reference_fingerprint(db, ref: RefSet, eval_set_id: int | None) -> str:
-    parts = [f"{i}:{r}:{x['sha256']}" for i, r, x in zip(ref.ids, ref.rows, ref.info, strict=True)]
-    if eval_set_id is not None and len(ref):
-        preds = db.sql(
-            "SELECT checkpoint_id, array_path, row FROM predictions WHERE eval_set_id = :e AND "
-            + _in_list(db, "checkpoint_id")
-            + " ORDER BY checkpoint_id, array_path",
-            {"e": eval_set_id, "ids": [int(i) for i in ref.ids]},
-        )
-        parts += [f"p{p['checkpoint_id']}:{p['array_path']}:{p['row']}" for p in preds]
-    return _fp(parts)
-
-
 def novelty(
     db,
     targets: str,
@@ -578,72 +555,4 @@ def novelty(
         for r in rows:
             r["relation_id"] = rid
         out.extend(rows)
-    return out
-
-
-def _save(db, rel: dict, rows: list[dict], nn_ids: np.ndarray, nn_d: np.ndarray) -> int:
-    """One short write transaction: the relation row, its neighbours, its similarity rows."""
-    from wdb.catalog.dialect import insert_many
-    from wdb.catalog.schema import neighbors, relations, similarity
-
-    nb = [
-        {
-            "checkpoint_id": r["checkpoint_id"],
-            "rank": rank + 1,
-            "neighbor_id": int(nn_ids[j, rank]),
-            "distance": float(nn_d[j, rank]),
-        }
-        for j, r in enumerate(rows)
-        for rank in range(nn_ids.shape[1])
-        if nn_ids[j, rank] >= 0
-    ]
-    cols = ("checkpoint_id", "min_l2", "nearest_id", "max_iou", "max_iou_id", "accuracy")
-    with db.write_lock(), db.catalog.begin() as conn:
-        rid = int(
-            conn.execute(relations.insert().values(**rel).returning(relations.c.id)).scalar_one()
-        )
-        insert_many(conn, neighbors, [dict(d, relation_id=rid) for d in nb])
-        insert_many(
-            conn, similarity, [{"relation_id": rid, **{c: r[c] for c in cols}} for r in rows]
-        )
-    return rid
-
-
-def relation_status(db, relation_id: int | None = None) -> list[dict]:
-    """Whether stored relations are current: targets and reference set (and their predictions)
-    re-selected now and fingerprinted as when computed. ``stale`` says why when they differ."""
-    where = "WHERE id = :id" if relation_id is not None else ""
-    rels = db.sql(
-        f"SELECT * FROM relations {where} ORDER BY id", {"id": relation_id} if where else None
-    )
-    if relation_id is not None and not rels:
-        raise NotFound(f"relation {relation_id} not found")
-    out = []
-    for rel in rels:
-        params = json.loads(rel["params"] or "{}")
-        reasons = []
-        ref = select(db, rel["reference_selection"], rel["space_id"])
-        if (
-            _reference_fingerprint(db, ref, params.get("eval_set_id"))
-            != rel["reference_fingerprint"]
-        ):
-            reasons.append("reference set or its predictions changed")
-        if "target_fingerprint" in params:
-            tgt = select(db, rel["target_selection"], rel["space_id"])
-            fp = _fp([f"{i}:{x['sha256']}" for i, x in zip(tgt.ids, tgt.info, strict=True)])
-            if fp != params["target_fingerprint"]:
-                reasons.append("target selection changed")
-        out.append(
-            {
-                "relation_id": rel["id"],
-                "kind": rel["kind"],
-                "metric": rel["metric"],
-                "space_id": rel["space_id"],
-                "targets": rel["target_selection"],
-                "reference": rel["reference_selection"],
-                "created_at": rel["created_at"],
-                "stale": bool(reasons),
-                "why": "; ".join(reasons) or None,
-            }
-        )
     return out

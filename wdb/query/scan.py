@@ -31,7 +31,8 @@ from wdb.memory import human
 TILE_COLS = 1 << 15
 #: a whole-row read (``ArrayStore.read``) may hold about this many copies of its rows at once
 READ_FACTOR = 3
-MIN_TILE = 8
+#: columns summed by one einsum; tiles are whole groups (see ``_accumulate``)
+GROUP = 256
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int) -> Plan | Non
     q = max(1, nq)
     while q >= 1:
         w = min(dim, TILE_COLS)
-        while w > MIN_TILE and (q + 2) * w * 8 > tiles:
-            w //= 2
+        while w > GROUP and (q + 2) * w * 8 > tiles:
+            w = max(GROUP, w // 2 // GROUP * GROUP)
         if (q + 2) * w * 8 <= tiles:
             topk = q * (k + 1) * 16
             per_row = dim * isz * READ_FACTOR + q * 8
@@ -181,16 +182,26 @@ def source(rows: Any) -> StoredRows | MemoryRows:
 # -- the scan ---------------------------------------------------------------------------------
 def _accumulate(R: np.ndarray, Q: np.ndarray, acc: np.ndarray, tile: int) -> None:
     """``acc[j, i] += sum((R[i] - Q[j])**2)`` over the block's columns, one float64 tile of
-    ``tile`` columns at a time (tiles in column order: the summation grid)."""
+    ``tile`` columns at a time. The sum is the same whatever the tile: each ``GROUP`` columns
+    are summed by one einsum, and the groups are added to ``acc`` strictly left to right
+    (``np.add.accumulate``), so plans and workers with other budgets give the same bits."""
     b, c = R.shape
     rb = max(1, (1 << 17) // max(tile, 1))
     for c0 in range(0, c, tile):
-        qq = Q[:, c0 : c0 + tile].astype(np.float64)
+        w = min(tile, c - c0)
+        full = w // GROUP * GROUP
+        qq = Q[:, c0 : c0 + w].astype(np.float64)
         for r0 in range(0, b, rb):
-            r = R[r0 : r0 + rb, c0 : c0 + tile].astype(np.float64)
+            r = R[r0 : r0 + rb, c0 : c0 + w].astype(np.float64)
             for j in range(qq.shape[0]):
                 d = r - qq[j]
-                acc[j, r0 : r0 + rb] += np.einsum("ij,ij->i", d, d)
+                parts = [acc[j, r0 : r0 + rb, None]]
+                if full:
+                    g = d[:, :full].reshape(d.shape[0], -1, GROUP)
+                    parts.append(np.einsum("ijk,ijk->ij", g, g))
+                if full < w:
+                    parts.append(np.einsum("ij,ij->i", d[:, full:], d[:, full:])[:, None])
+                acc[j, r0 : r0 + rb] = np.add.accumulate(np.concatenate(parts, 1), 1)[:, -1]
 
 
 def merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
