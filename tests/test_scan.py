@@ -165,3 +165,35 @@ def test_scan_partitions_on_two_workers_merge_to_the_local_answer(db):
     for j, (a, b) in enumerate(zip(local, dist, strict=True)):
         assert a["nearest_id"] == b["nearest_id"] == t_ids[oracle(train, gen[j], 1)[0][0]]
         assert np.float64(a["min_l2"]).tobytes() == np.float64(b["min_l2"]).tobytes()
+
+
+@pytest.mark.parametrize("mem", ["1GB", "16KB"])  # the whole row, and groups of tensors
+def test_export_streams_tensor_by_tensor_bit_exactly(db, tmp_path, mem):
+    import torch
+    from safetensors.torch import load_file
+
+    from wdb.store.export import export_checkpoint
+
+    rng = np.random.default_rng(3)
+    arrays = {
+        "a": rng.normal(size=(40, 50)).astype(np.float32),
+        "h": rng.normal(size=300).astype(np.float32),  # stored as bf16-exact float32
+        "b": rng.normal(size=7).astype(np.float32),
+        "c": rng.normal(size=(30, 90)).astype(np.float32),
+    }
+    arrays["h"] = torch.from_numpy(arrays["h"]).bfloat16().float().numpy()
+    lay = Layout.from_arrays(
+        arrays, {"a": "float32", "h": "bfloat16", "b": "float32", "c": "float32"}
+    )
+    row = lay.flatten(arrays)[None]
+    db.add_checkpoints(lay, row, run="big", kind="training")
+    out = tmp_path / f"x{mem}.safetensors"
+    export_checkpoint(db, "big", None, "safetensors", out, memory=mem)
+    got = load_file(out)
+    assert list(got) == ["a", "h", "b", "c"] or set(got) == set(arrays)
+    assert got["h"].dtype == torch.bfloat16
+    for name, want in arrays.items():
+        t = got[name].float().numpy() if name == "h" else got[name].numpy()
+        assert t.tobytes() == want.tobytes(), name
+    sd = db.state_dict(db.checkpoint("big"), memory=mem)
+    assert all(torch.equal(sd[k], got[k]) for k in arrays)
