@@ -45,10 +45,8 @@ class Plan:
     cols: int
     tile: int
     dim: int
-
-    @property
-    def whole_rows(self) -> bool:
-        return self.cols >= self.dim
+    whole_rows: bool = True
+    sub: int = 1  # reference rows per float64 tile
 
     def describe(self) -> str:
         what = "whole rows" if self.whole_rows else f"column blocks of {self.cols}"
@@ -57,24 +55,27 @@ class Plan:
 
 def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int) -> Plan | None:
     """The widest plan within ``budget`` bytes, or None when even one column tile does not fit."""
-    tiles = budget // 4  # float64 tiles: the queries' tile and two of the reference rows'
-    blocks = budget - tiles  # raw rows read, partial sums, top-k lists
     q = max(1, nq)
     while q >= 1:
+        # float64 tiles (the queries' and two of the references'): at most a quarter
         w = min(dim, TILE_COLS)
-        while w > GROUP and (q + 2) * w * 8 > tiles:
+        while w > GROUP and (q + 2) * w * 8 * 2 > budget // 4:
             w = max(GROUP, w // 2 // GROUP * GROUP)
-        if (q + 2) * w * 8 <= tiles:
+        sub = max(1, min((1 << 17) // w, (budget // 4 // (16 * w) - q) // 2))
+        tiles = (q + 2 * sub) * w * 8 * 2  # x2: the group sums and their concatenation
+        blocks = budget - tiles  # raw rows read, partial sums, top-k lists
+        if tiles <= budget // 4:
             topk = q * (k + 1) * 16
             per_row = dim * isz * READ_FACTOR + q * 8
             b = (blocks - q * dim * isz - topk) // per_row
-            if b >= 1:
-                return Plan(q, int(min(b, max(n, 1))), dim, w, dim)
+            if b >= 1 and q * dim * isz * READ_FACTOR <= blocks:  # the queries' own read
+                return Plan(q, int(min(b, max(n, 1))), dim, w, dim, True, sub)
             room = blocks - q * max(n, 1) * 8 - topk  # partial sums of every reference
-            c = (room // (isz * (q + 1))) // w * w if room > 0 else 0
+            # a column read holds the block and its reordered copy: 2 per value
+            c = (room // (2 * isz * (q + 1))) // w * w if room > 0 else 0
             if c >= w:
-                b = min(max(n, 1), (room - q * c * isz) // (c * isz))
-                return Plan(q, int(max(b, 1)), int(min(c, dim)), w, dim)
+                b = min(max(n, 1), (room - 2 * q * c * isz) // (2 * c * isz))
+                return Plan(q, int(max(b, 1)), int(min(c, dim)), w, dim, False, sub)
         q = q // 2 if q > 1 else 0
     return None
 
@@ -180,13 +181,12 @@ def source(rows: Any) -> StoredRows | MemoryRows:
 
 
 # -- the scan ---------------------------------------------------------------------------------
-def _accumulate(R: np.ndarray, Q: np.ndarray, acc: np.ndarray, tile: int) -> None:
+def _accumulate(R: np.ndarray, Q: np.ndarray, acc: np.ndarray, tile: int, rb: int) -> None:
     """``acc[j, i] += sum((R[i] - Q[j])**2)`` over the block's columns, one float64 tile of
     ``tile`` columns at a time. The sum is the same whatever the tile: each ``GROUP`` columns
     are summed by one einsum, and the groups are added to ``acc`` strictly left to right
     (``np.add.accumulate``), so plans and workers with other budgets give the same bits."""
     b, c = R.shape
-    rb = max(1, (1 << 17) // max(tile, 1))
     for c0 in range(0, c, tile):
         w = min(tile, c - c0)
         full = w // GROUP * GROUP
@@ -241,7 +241,7 @@ def topk_sq(
                 rs = slice(r0, min(n, r0 + plan_.rows))
                 R = refs.read(rs)
                 acc = np.zeros((Q.shape[0], R.shape[0]))
-                _accumulate(R, Q, acc, plan_.tile)
+                _accumulate(R, Q, acc, plan_.tile, plan_.sub)
                 del R
                 best = _top(acc, ref_ids[rs], qid, k, best)
         else:
@@ -251,7 +251,7 @@ def topk_sq(
                 Q = queries.read(qs, cs)
                 for r0 in range(0, n, plan_.rows):
                     rs = slice(r0, min(n, r0 + plan_.rows))
-                    _accumulate(refs.read(rs, cs), Q, acc[:, rs], plan_.tile)
+                    _accumulate(refs.read(rs, cs), Q, acc[:, rs], plan_.tile, plan_.sub)
             best = _top(acc, ref_ids, qid, k, best)
         out_d[qs], out_i[qs] = best
     return out_d, out_i
