@@ -216,16 +216,18 @@ def test_cli_json_keys(db):
     rows = json.loads(res.stdout)
     assert len(rows) == 3
     assert list(rows[0]) == [
-        "rank", "run", "step", "checkpoint_id", "kind", "distance", "accuracy", "error_iou"
+        "rank", "run", "step", "checkpoint_id", "kind", "distance", "accuracy", "error_iou",
+        "path",
     ]  # fmt: skip
+    assert rows[0]["path"] == "index"  # 300 references, whose flat index fits the budget
     res = runner.invoke(
         cli, ["--db", str(db.path), "query", "novelty", "--targets", "kind = 'generated'", "--json"]
     )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
-    assert {"checkpoint_id", "min_l2", "nearest_id", "max_iou", "max_iou_id", "accuracy"} <= set(
-        rows[0]
-    )
+    assert {
+        "checkpoint_id", "min_l2", "nearest_id", "max_iou", "max_iou_id", "accuracy", "path"
+    } <= set(rows[0])  # fmt: skip
     res = runner.invoke(cli, ["--db", str(db.path), "query", "nearest", "--run", "nope"])
     assert res.exit_code != 0 and "error:" in res.output
     res = runner.invoke(

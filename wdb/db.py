@@ -377,18 +377,55 @@ class Database:
             chunk = ids[start : start + batch]
             yield chunk, self.weights(chunk)
 
-    def state_dict(self, checkpoint: int | dict, as_numpy: bool = False) -> dict[str, Any]:
-        """The checkpoint as a state dict of torch tensors in their original dtypes."""
+    def iter_tensors(
+        self, checkpoint: int | dict, memory: int | str | None = None
+    ) -> Iterator[tuple[Any, np.ndarray]]:
+        """``(layout entry, array in its original dtype)`` of one checkpoint, tensor by tensor.
+
+        A row that fits the memory budget (``wdb.memory``; three copies of it while reading) is
+        read whole; a wider one is read a group of consecutive tensors at a time (at most a
+        quarter of the budget each, one tensor when it alone is bigger), so an export of a big
+        checkpoint never holds the whole row."""
+        from wdb.memory import budget
+        from wdb.store.tensors import from_storage
+
         info = checkpoint if isinstance(checkpoint, dict) else self._locate([checkpoint])[0]
         cid = int(info.get("checkpoint_id", info.get("id")))
         space = self.space(int(info["space_id"]))
-        row = self.weights([cid])[0]
-        arrays = space.layout.unflatten(row)
+        entries = space.layout.entries
+        isz = np.dtype(space.layout.storage_dtype).itemsize
+        limit = budget(memory)
+        if space.n_params * isz * 3 <= limit:
+            row = self.weights([cid])[0]
+            for e in entries:
+                yield e, from_storage(row[e.offset : e.stop], e.dtype).reshape(e.shape)
+            return
+        from wdb.query.scan import StoredRows
+
+        src = StoredRows(self.weights_store.root, space.array_path, np.array([int(info["row"])]))
+        group: list = []
+        for i, e in enumerate(entries):
+            group.append(e)
+            nxt = entries[i + 1] if i + 1 < len(entries) else None
+            if nxt is not None and (nxt.stop - group[0].offset) * isz * 4 <= limit:
+                continue
+            block = src.read(slice(None), slice(group[0].offset, group[-1].stop))[0]
+            for g in group:
+                a, b = g.offset - group[0].offset, g.stop - group[0].offset
+                yield g, from_storage(block[a:b], g.dtype).reshape(g.shape)
+            del block
+            group = []
+
+    def state_dict(
+        self, checkpoint: int | dict, as_numpy: bool = False, memory: int | str | None = None
+    ) -> dict[str, Any]:
+        """The checkpoint as a state dict of torch tensors in their original dtypes, read
+        tensor by tensor (:meth:`iter_tensors`): one copy of the model, not three."""
         if as_numpy:
-            return arrays
+            return {e.name: a for e, a in self.iter_tensors(checkpoint, memory)}
         from wdb.store.tensors import to_torch
 
-        return {e.name: to_torch(arrays[e.name], e.dtype) for e in space.layout.entries}
+        return {e.name: to_torch(a, e.dtype) for e, a in self.iter_tensors(checkpoint, memory)}
 
     # -- writing ---------------------------------------------------------------------------
     def add_checkpoints(

@@ -94,6 +94,17 @@ def workers_option(what: str) -> Callable:
     )
 
 
+def memory_option(fn: Callable) -> Callable:
+    """``--memory SIZE``: the memory budget of the command's scans (``wdb.memory``)."""
+    return click.option(
+        "--memory",
+        metavar="SIZE",
+        default=None,
+        help="Memory budget for reading rows (bytes or e.g. 512MB, 1GB; default WDB_MEMORY or "
+        "1GB). Too small for one column tile of the rows: an error says the smallest that works.",
+    )(fn)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()

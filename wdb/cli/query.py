@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from wdb.cli.common import emit, get_db, output_options, workers_option
+from wdb.cli.common import emit, get_db, memory_option, output_options, workers_option
 
 
 @click.group()
@@ -88,18 +88,24 @@ def query() -> None:
 )
 @click.option("--eval-set", default=None, help="Eval set for error_iou (default: best covered).")
 @_skip_option("reference checkpoints (never the query itself)")
+@memory_option
 @output_options
-def nearest_cmd(run, step, k, among, aligned, eval_set, skip_damaged, fmt) -> None:
+def nearest_cmd(run, step, k, among, aligned, eval_set, skip_damaged, memory, fmt) -> None:
     """The k nearest checkpoints of RUN in weight space, with exact L2 distances.
 
-    FAISS proposes candidates; distances are recomputed in float64 from the stored rows and the
-    candidate set grows until the float32 error bound proves the exact top-k is inside it.
-    Columns: rank, run, step, checkpoint_id, kind, distance, the neighbour's metrics, and
-    error_iou (IoU of the two error sets where both have predictions on one eval set).
+    Two paths, named in the `path` column: `scan` reads the references in batches sized in
+    bytes within --memory (rows wider than the budget a column block at a time) and sums
+    squared differences exactly in float64; it is used for up to 256 references and whenever a
+    flat FAISS index of the space (rows x parameters x 4 bytes) would exceed the budget.
+    `index`: FAISS proposes candidates; distances are recomputed in float64 from the stored
+    rows and the candidate set grows until the float32 error bound proves the exact top-k is
+    inside it. Both are exact. Columns: rank, run, step, checkpoint_id, kind, distance, the
+    neighbour's metrics, error_iou (IoU of the two error sets where both have predictions on
+    one eval set) and path.
     """
     from wdb.query.nearest import nearest
 
-    kw = dict(k=k, aligned=aligned, eval_set=eval_set)
+    kw = dict(k=k, aligned=aligned, eval_set=eval_set, memory=memory)
     if skip_damaged:
         from wdb.query import damaged
 
@@ -133,18 +139,25 @@ def nearest_cmd(run, step, k, among, aligned, eval_set, skip_damaged, fmt) -> No
 @click.option("--no-save", is_flag=True, help="Do not store the result in relations/similarity.")
 @workers_option("Run the neighbour search")
 @_skip_option("targets and references")
+@memory_option
 @output_options
 def novelty_cmd(
-    targets, reference, k, aligned, eval_set, no_save, workers, skip_damaged, fmt
+    targets, reference, k, aligned, eval_set, no_save, workers, skip_damaged, memory, fmt
 ) -> None:
     """Per target: min L2 to the reference set, nearest reference, max error-set IoU, accuracy.
+
+    The search path (column `path`) is chosen as for `wdb query nearest`: the byte-bounded
+    scan reads each reference once for all targets (with --workers, each worker scans a share
+    of the references within its share of --memory and the top-k lists merge exactly).
 
     Stored as tables (relations, neighbors, similarity; join on relation_id / checkpoint_id);
     `wdb query relations` says which stored results are stale.
     """
     from wdb.query.nearest import novelty
 
-    kw = dict(k=k, aligned=aligned, eval_set=eval_set, save=not no_save, workers=workers)
+    kw = dict(
+        k=k, aligned=aligned, eval_set=eval_set, save=not no_save, workers=workers, memory=memory
+    )
     if skip_damaged:
         from wdb.query import damaged
 

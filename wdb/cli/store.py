@@ -7,7 +7,7 @@ import sys
 import click
 
 from wdb.catalog.guard import READ_ONLY_HELP, db_error_line
-from wdb.cli.common import PluginChoice, emit, get_db, output_options
+from wdb.cli.common import PluginChoice, emit, get_db, memory_option, output_options
 from wdb.errors import WdbError
 
 LS_SQL = {
@@ -272,9 +272,10 @@ def sql(ctx, query, write, fmt) -> None:
     type=click.Path(dir_okay=False),
     help="Neural fields: write the decoded mesh (.ply/.obj/.stl).",
 )
+@memory_option
 @output_options
 @click.pass_context
-def export(ctx, run, step, file_format, out, max_shard_size, mesh, fmt) -> None:
+def export(ctx, run, step, file_format, out, max_shard_size, mesh, memory, fmt) -> None:
     """Export a checkpoint as a state dict file (bit-exact) or, for neural fields, a mesh."""
     from wdb.errors import BadInput
     from wdb.store.export import export_checkpoint
@@ -288,7 +289,7 @@ def export(ctx, run, step, file_format, out, max_shard_size, mesh, fmt) -> None:
         size = (
             int(max_shard_size) if max_shard_size and max_shard_size.isdigit() else max_shard_size
         )
-        rows.append(export_checkpoint(db, run, step, file_format, out, size))
+        rows.append(export_checkpoint(db, run, step, file_format, out, size, memory=memory))
     if mesh:
         rows.append(export_mesh(db, run, step, mesh))
     emit(rows, fmt, title="exported")

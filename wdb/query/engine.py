@@ -120,24 +120,95 @@ def n_workers(c) -> int:
     return max(1, len(c.scheduler_info()["workers"]))
 
 
-def _knn_part(handle, space, q_rows, q_ids, ref, k, aligned):
+def _knn_part(handle, space, q_rows, q_ids, ref, k, aligned, budget):
     """One chunk of queries, on a worker: the in-process search, unchanged. ``handle`` (a
     ``wdb.db.Handle``) reopens the database there: a connection does not travel."""
     from wdb.query.nearest import aligned_knn, knn
 
     db = handle.open()
-    return (aligned_knn if aligned else knn)(db, space, q_rows, q_ids, ref, k)
+    if aligned:
+        return aligned_knn(db, space, q_rows, q_ids, ref, k)
+    return knn(db, space, q_rows, q_ids, ref, k, budget)
+
+
+def _scan_part(refs, ref_ids, queries, q_ids, k, plan):
+    """One partition of the references, on a worker: its squared top-k of every query. The
+    worker opens only the array store, from the row sources' root (no catalog, no Database)."""
+    from wdb.query.scan import topk_sq
+
+    return topk_sq(refs, ref_ids, queries, q_ids, k, plan)
+
+
+def _scan(c, db, space, q_rows, q_ids: list, ref, k: int, budget: int) -> tuple:
+    """The byte-bounded scan with the references split into one partition per worker; each
+    worker keeps its top-k, this process merges them (``wdb.query.scan.merge``). The plan is
+    made here, for a worker's share of the budget, so every worker sums on the same grid."""
+    from wdb.query.nearest import stored
+    from wdb.query.scan import finish, merge, plan, source
+
+    n = n_workers(c)
+    queries = source(q_rows)
+    refs = stored(db, space, ref.rows)
+    qid = np.array([-1 if i is None else int(i) for i in q_ids], dtype=np.int64)
+    isz = max(refs.dtype.itemsize, queries.dtype.itemsize)
+    plan_ = plan(len(ref), len(queries), space.n_params, isz, k, budget // n, "a worker's scan")
+    bounds = np.linspace(0, len(ref), min(len(ref), n) + 1).astype(int)
+    futures = [
+        c.submit(
+            _scan_part,
+            refs.subset(slice(a, b)),
+            ref.ids[a:b],
+            queries,
+            qid,
+            k,
+            plan_,
+            pure=False,
+        )
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        if b > a
+    ]
+    d2, ids = merge(c.gather(futures), k)
+    ids, dist = finish(d2, ids)
+    info = {"path": "scan", "index_version": "scan", "approximate": False, "rounds": 0}
+    return ids, dist, dict(info, plan=plan_.describe(), parts=len(futures))
 
 
 def knn(
-    db, space, q_rows: np.ndarray, q_ids: list, ref, k: int, aligned: bool, engine: str
+    db,
+    space,
+    q_rows,
+    q_ids: list,
+    ref,
+    k: int,
+    aligned: bool,
+    engine: str,
+    budget: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """``wdb.query.nearest.knn`` (or ``aligned_knn``) over all query rows, on ``engine``."""
-    from wdb.query import nearest as query
+    """``wdb.query.nearest.knn`` (or ``aligned_knn``) over all query rows, on ``engine``.
 
-    if engine == "local" or len(q_rows) < 2:
-        return (query.aligned_knn if aligned else query.knn)(db, space, q_rows, q_ids, ref, k)
-    if not aligned and len(ref) > query.BRUTE_MAX:
+    ``q_rows`` is an array or a row source. On a cluster, the byte-bounded scan splits the
+    references between the workers (each keeps its top-k; the merge is exact); the FAISS path
+    and the aligned search split the queries."""
+    from wdb.memory import budget as resolve
+    from wdb.query import nearest as query
+    from wdb.query.scan import source
+
+    budget = resolve(budget)
+    src = source(q_rows)
+    if aligned:
+        q_rows = src.read(slice(None))
+        if engine == "local" or len(q_rows) < 2:
+            return query.aligned_knn(db, space, q_rows, q_ids, ref, k)
+    elif engine == "local":
+        return query.knn(db, space, src, q_ids, ref, k, budget)
+    elif query.path_for(db, space, len(ref), budget) == "scan":
+        with client(engine) as c:
+            ids, dist, info = _scan(c, db, space, src, q_ids, ref, k, budget)
+        return ids, dist, dict(info, engine=engine)
+    else:
+        q_rows = src.read(slice(None))
+        if len(q_rows) < 2:
+            return query.knn(db, space, q_rows, q_ids, ref, k, budget)
         from wdb.query.index import ensure
 
         ensure(db, space)  # built once here, not by every worker at once
@@ -156,6 +227,7 @@ def knn(
                 ref_f,
                 k,
                 aligned,
+                budget // n,
                 pure=False,
             )
             for a, b in parts

@@ -18,7 +18,6 @@ The default is ``kind = 'training'``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -27,11 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from wdb.errors import BadInput, NotFound
+from wdb.query.relations import _fp, _in_list, _reference_fingerprint, _save, relation_status  # noqa: F401
 
 DEFAULT_REFERENCE = "kind = 'training'"
 #: reference sets up to this size are scanned exactly without FAISS
 BRUTE_MAX = 256
-READ_BATCH = 2048
 QUERY_BATCH = 256
 
 
@@ -48,12 +47,6 @@ class RefSet:
 
     def position(self) -> dict[int, int]:
         return {int(i): p for p, i in enumerate(self.ids)}
-
-
-def _in_list(db, column: str, name: str = "ids") -> str:
-    if db.catalog.duckdb_file:
-        return f"{column} IN (SELECT unnest(CAST(:{name} AS BIGINT[])))"
-    return f"{column} = ANY(:{name})"
 
 
 def select(db, where: str | None, space_id: int | None = None) -> RefSet:
@@ -86,38 +79,39 @@ def select(db, where: str | None, space_id: int | None = None) -> RefSet:
     )
 
 
-def _fp(items: Sequence) -> str:
-    return hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()
-
-
 def _read(db, space, rows: np.ndarray) -> np.ndarray:
     return db.weights_store.read(space.array_path, rows)
 
 
 # -- exact k-NN -------------------------------------------------------------------------------
+def path_for(db, space, n_ref: int, budget: int) -> str:
+    """``scan`` (exact, byte-bounded: ``wdb.query.scan``) or ``index`` (FAISS candidates, exact
+    re-rank): the index only for more than ``BRUTE_MAX`` references and only while a flat copy
+    of the space (every row as float32) fits the memory budget."""
+    if n_ref <= BRUTE_MAX:
+        return "scan"
+    (count,) = db.catalog.query_rows(
+        "SELECT count(*) FROM checkpoints WHERE space_id = :s", {"s": int(space.id)}
+    )[1][0]
+    return "index" if int(count) * space.n_params * 4 <= budget else "scan"
+
+
+def stored(db, space, rows: np.ndarray):
+    """The stored rows of ``space`` at Zarr rows ``rows`` as a scan source (read lazily)."""
+    from wdb.query.scan import StoredRows
+
+    return StoredRows(db.weights_store.root, space.array_path, np.asarray(rows, np.int64))
+
+
 def _brute(
-    db, space, q: np.ndarray, q_ids: np.ndarray, ref: RefSet, k: int
+    db, space, q, q_ids: np.ndarray, ref: RefSet, k: int, budget: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact float64 scan of the whole reference set, streamed from Zarr."""
-    nq = q.shape[0]
-    best_d = np.full((nq, k), np.inf)
-    best_i = np.full((nq, k), -1, dtype=np.int64)
-    q64 = q.astype(np.float64)
-    for s in range(0, len(ref), READ_BATCH):
-        ids = ref.ids[s : s + READ_BATCH]
-        block = _read(db, space, ref.rows[s : s + READ_BATCH]).astype(np.float64)
-        d = np.empty((nq, len(ids)))
-        for j in range(nq):
-            diff = block - q64[j]
-            d[j] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        d[q_ids[:, None] == ids[None, :]] = np.inf
-        d = np.concatenate([best_d, d], 1)
-        i = np.concatenate([best_i, np.broadcast_to(ids, (nq, len(ids)))], 1)
-        o = np.lexsort((i, d), axis=1)[:, :k]
-        best_d, best_i = np.take_along_axis(d, o, 1), np.take_along_axis(i, o, 1)
-    best_i[~np.isfinite(best_d)] = -1
-    best_d[~np.isfinite(best_d)] = np.nan
-    return best_i, best_d
+    """Exact scan of the whole reference set within the memory budget (``wdb.query.scan``)."""
+    from wdb.memory import budget as resolve
+    from wdb.query.scan import knn as scan_knn
+
+    ids, dist, _ = scan_knn(stored(db, space, ref.rows), ref.ids, q, q_ids, k, resolve(budget))
+    return ids, dist
 
 
 def _fetch(db, space, ref: RefSet, pos: dict, cache: dict, ids) -> None:
@@ -138,32 +132,40 @@ def _exact_to(cache: dict, ids: np.ndarray, q64: np.ndarray) -> np.ndarray:
 def knn(
     db,
     space,
-    q_rows: np.ndarray,
+    q_rows,
     q_ids: Sequence[int | None],
     ref: RefSet,
     k: int,
+    budget: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Exact k nearest references (L2) of each query row, each query's own id excluded.
 
-    Returns ids ``[nq, k]`` (-1 where fewer exist), float64 distances ``[nq, k]`` (nan there),
-    and info (index version, whether approximate, candidates examined).
+    ``q_rows``: an array, or a row source (``stored``) read block by block. Returns ids
+    ``[nq, k]`` (-1 where fewer exist), float64 distances ``[nq, k]`` (nan there), and info
+    (``path``: scan or index, index version, whether approximate, candidates examined).
     """
+    from wdb.memory import budget as resolve
     from wdb.query.index import ensure, error_bound
+    from wdb.query.scan import knn as scan_knn
+    from wdb.query.scan import source
 
-    q_rows = np.atleast_2d(q_rows)
-    nq = q_rows.shape[0]
+    budget = resolve(budget)
+    src = source(q_rows)
+    nq = len(src)
     qid = np.array([-1 if i is None else int(i) for i in q_ids], dtype=np.int64)
     k = max(1, int(k))
+    if path_for(db, space, len(ref), budget) == "scan":
+        ids, dist, plan = scan_knn(stored(db, space, ref.rows), ref.ids, src, qid, k, budget)
+        info = {"path": "scan", "index_version": "scan", "approximate": False, "rounds": 0}
+        return ids, dist, dict(info, plan=plan.describe())
+    q_rows = src.read(slice(None))
     if nq > QUERY_BATCH:  # bounded memory: the row cache holds one batch's candidates
         parts = [
-            knn(db, space, q_rows[s : s + QUERY_BATCH], list(q_ids[s : s + QUERY_BATCH]), ref, k)
+            knn(db, space, q_rows[s : s + QUERY_BATCH], qid[s : s + QUERY_BATCH], ref, k, budget)
             for s in range(0, nq, QUERY_BATCH)
         ]
         info = dict(parts[-1][2], rounds=max(p[2]["rounds"] for p in parts))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), info
-    if len(ref) <= BRUTE_MAX:
-        ids, dist = _brute(db, space, q_rows, qid, ref, k)
-        return ids, dist, {"index_version": "scan", "approximate": False, "rounds": 0}
     idx = ensure(db, space)
     pos = ref.position()
     qc = idx.centre(q_rows)
@@ -220,10 +222,15 @@ def knn(
         pending = np.array(still, dtype=np.int64)
         kp *= 4
         if len(pending) and kp + 1 >= len(ref):
-            ids, dist = _brute(db, space, q_rows[pending], qid[pending], ref, k)
+            ids, dist = _brute(db, space, q_rows[pending], qid[pending], ref, k, budget)
             out_i[pending], out_d[pending] = ids, dist
             break
-    info = {"index_version": idx.version, "approximate": idx.approximate, "rounds": rounds}
+    info = {
+        "path": "index",
+        "index_version": idx.version,
+        "approximate": idx.approximate,
+        "rounds": rounds,
+    }
     if idx.approximate:
         info["recall"] = idx.meta.get("recall")
     return out_i, out_d, info
@@ -338,6 +345,7 @@ def nearest(
     among: str | None = None,
     aligned: bool = False,
     eval_set: int | str | None = None,
+    memory: int | str | None = None,
 ) -> list[dict]:
     """The k nearest checkpoints of ``run`` (its last step unless ``step``), exact.
 
@@ -345,18 +353,24 @@ def nearest(
     in the query's weight space and without the query itself. Each row: rank, run, step,
     checkpoint_id, kind, distance (exact L2, or exact aligned L2 with ``aligned``), the
     neighbour's metrics (one eval set per metric name), and ``error_iou`` of the two error sets
-    where both have predictions on the same eval set (``eval_set`` forces which).
+    where both have predictions on the same eval set (``eval_set`` forces which), and ``path``:
+    ``scan`` (byte-bounded exact scan), ``index`` (FAISS candidates, exact re-rank) or
+    ``aligned-scan``. ``memory`` (bytes or "512MB"; default ``WDB_MEMORY`` or 1 GB) bounds what
+    the search holds at once.
     """
+    from wdb.memory import budget
+
+    mem = budget(memory)
     if k < 1:
         raise BadInput(f"k must be at least 1, not {k}")
     # one read-only connection for all its catalog reads: each connect costs 50-70 ms, and
     # splitting the reads around the search measured 0.81 s instead of 0.67 s (bench_query --cli).
     # The search is short here; novelty, which can run for minutes, holds no connection.
     with db.catalog.reading():
-        return _nearest(db, run, step, k, among, aligned, eval_set)
+        return _nearest(db, run, step, k, among, aligned, eval_set, mem)
 
 
-def _nearest(db, run, step, k, among, aligned, eval_set) -> list[dict]:
+def _nearest(db, run, step, k, among, aligned, eval_set, mem) -> list[dict]:
     q = db.checkpoint(run, step)
     space = db.space(int(q["space_id"]))
     ref = select(db, among or DEFAULT_REFERENCE, space.id)
@@ -365,9 +379,11 @@ def _nearest(db, run, step, k, among, aligned, eval_set) -> list[dict]:
             f"no reference checkpoints in space '{space.name}' match '{among or DEFAULT_REFERENCE}'"
         )
     qid = int(q["checkpoint_id"])
-    q_row = _read(db, space, np.array([q["row"]], dtype=np.int64))
-    engine = aligned_knn if aligned else knn
-    ids, dist, info = engine(db, space, q_row, [qid], ref, k)
+    q_src = stored(db, space, np.array([q["row"]], dtype=np.int64))
+    if aligned:
+        ids, dist, info = aligned_knn(db, space, q_src.read(slice(None)), [qid], ref, k)
+    else:
+        ids, dist, info = knn(db, space, q_src, [qid], ref, k, mem)
     if info.get("approximate"):
         import sys
 
@@ -380,7 +396,7 @@ def _nearest(db, run, step, k, among, aligned, eval_set) -> list[dict]:
     found = [(int(i), float(d)) for i, d in zip(ids[0], dist[0], strict=True) if i >= 0]
     nb_ids = [i for i, _ in found]
     values, chosen = pick_metrics(_metrics(db, nb_ids), nb_ids)
-    fixed = ("rank", "run", "step", "checkpoint_id", "kind", "distance", "error_iou")
+    fixed = ("rank", "run", "step", "checkpoint_id", "kind", "distance", "error_iou", "path")
     names = [n for n in chosen if n not in fixed]  # same keys in every row
     iou: dict[int, float] = {}
     sets = _output_sets(db, [qid, *nb_ids])
@@ -409,24 +425,12 @@ def _nearest(db, run, step, k, among, aligned, eval_set) -> list[dict]:
         }
         row.update({n: values.get(cid, {}).get(n) for n in names})
         row["error_iou"] = iou.get(cid)
+        row["path"] = info.get("path", info.get("index_version"))
         out.append(row)
     return out
 
 
 # -- novelty ----------------------------------------------------------------------------------
-def _reference_fingerprint(db, ref: RefSet, eval_set_id: int | None) -> str:
-    parts = [f"{i}:{r}:{x['sha256']}" for i, r, x in zip(ref.ids, ref.rows, ref.info, strict=True)]
-    if eval_set_id is not None and len(ref):
-        preds = db.sql(
-            "SELECT checkpoint_id, array_path, row FROM predictions WHERE eval_set_id = :e AND "
-            + _in_list(db, "checkpoint_id")
-            + " ORDER BY checkpoint_id, array_path",
-            {"e": eval_set_id, "ids": [int(i) for i in ref.ids]},
-        )
-        parts += [f"p{p['checkpoint_id']}:{p['array_path']}:{p['row']}" for p in preds]
-    return _fp(parts)
-
-
 def novelty(
     db,
     targets: str,
@@ -436,6 +440,7 @@ def novelty(
     eval_set: int | str | None = None,
     save: bool = True,
     workers: int | None = None,
+    memory: int | str | None = None,
 ) -> list[dict]:
     """Per target: min L2 to the reference set, nearest reference, max error-set IoU, accuracy.
 
@@ -447,10 +452,13 @@ def novelty(
     reference fingerprint, index version and time), its ``neighbors`` (k per target) and
     ``similarity`` rows; ``relation_status`` tells whether it is still current. Rows carry
     ``relation_id``. ``workers`` (or ``WDB_ENGINE``) runs the neighbour search on Dask
-    (``wdb.query.engine``), with the same results to the last bit.
+    (``wdb.query.engine``), with the same results to the last bit. ``memory`` bounds what the
+    search holds at once (as in :func:`nearest`); each row's ``path`` says how it was searched.
     """
+    from wdb.memory import budget
     from wdb.query import engine as engines
 
+    mem = budget(memory)
     run_on = engines.spec(workers)
     tgt = select(db, targets)
     if not len(tgt):
@@ -467,10 +475,10 @@ def novelty(
         t_ids = tgt.ids[picks]
         t_info = [tgt.info[p] for p in picks]
         ref = select(db, ref_sql, space_id)
-        q_rows = _read(db, space, tgt.rows[picks])
+        q_rows = stored(db, space, tgt.rows[picks])  # read block by block by the scan
         if len(ref):
             nn_ids, nn_d, info = engines.knn(
-                db, space, q_rows, list(t_ids), ref, k, aligned, run_on
+                db, space, q_rows, list(t_ids), ref, k, aligned, run_on, mem
             )
         else:
             nn_ids = np.full((len(picks), k), -1, dtype=np.int64)
@@ -521,6 +529,7 @@ def novelty(
                         [f"{i}:{x['sha256']}" for i, x in zip(t_ids, t_info, strict=True)]
                     ),
                     "approximate": bool(info.get("approximate")),
+                    "path": info.get("path"),
                     "seconds": round(time.time() - t0, 3),
                 },
                 sort_keys=True,
@@ -540,78 +549,11 @@ def novelty(
                     "max_iou": None if max_id[j] < 0 else float(max_iou[j]),
                     "max_iou_id": None if max_id[j] < 0 else int(max_id[j]),
                     "accuracy": mvals.get(int(cid), {}).get("accuracy"),
+                    "path": info.get("path", info.get("index_version")),
                 }
             )
         rid = _save(db, rel, rows, nn_ids, nn_d) if save else None
         for r in rows:
             r["relation_id"] = rid
         out.extend(rows)
-    return out
-
-
-def _save(db, rel: dict, rows: list[dict], nn_ids: np.ndarray, nn_d: np.ndarray) -> int:
-    """One short write transaction: the relation row, its neighbours, its similarity rows."""
-    from wdb.catalog.dialect import insert_many
-    from wdb.catalog.schema import neighbors, relations, similarity
-
-    nb = [
-        {
-            "checkpoint_id": r["checkpoint_id"],
-            "rank": rank + 1,
-            "neighbor_id": int(nn_ids[j, rank]),
-            "distance": float(nn_d[j, rank]),
-        }
-        for j, r in enumerate(rows)
-        for rank in range(nn_ids.shape[1])
-        if nn_ids[j, rank] >= 0
-    ]
-    cols = ("checkpoint_id", "min_l2", "nearest_id", "max_iou", "max_iou_id", "accuracy")
-    with db.write_lock(), db.catalog.begin() as conn:
-        rid = int(
-            conn.execute(relations.insert().values(**rel).returning(relations.c.id)).scalar_one()
-        )
-        insert_many(conn, neighbors, [dict(d, relation_id=rid) for d in nb])
-        insert_many(
-            conn, similarity, [{"relation_id": rid, **{c: r[c] for c in cols}} for r in rows]
-        )
-    return rid
-
-
-def relation_status(db, relation_id: int | None = None) -> list[dict]:
-    """Whether stored relations are current: targets and reference set (and their predictions)
-    re-selected now and fingerprinted as when computed. ``stale`` says why when they differ."""
-    where = "WHERE id = :id" if relation_id is not None else ""
-    rels = db.sql(
-        f"SELECT * FROM relations {where} ORDER BY id", {"id": relation_id} if where else None
-    )
-    if relation_id is not None and not rels:
-        raise NotFound(f"relation {relation_id} not found")
-    out = []
-    for rel in rels:
-        params = json.loads(rel["params"] or "{}")
-        reasons = []
-        ref = select(db, rel["reference_selection"], rel["space_id"])
-        if (
-            _reference_fingerprint(db, ref, params.get("eval_set_id"))
-            != rel["reference_fingerprint"]
-        ):
-            reasons.append("reference set or its predictions changed")
-        if "target_fingerprint" in params:
-            tgt = select(db, rel["target_selection"], rel["space_id"])
-            fp = _fp([f"{i}:{x['sha256']}" for i, x in zip(tgt.ids, tgt.info, strict=True)])
-            if fp != params["target_fingerprint"]:
-                reasons.append("target selection changed")
-        out.append(
-            {
-                "relation_id": rel["id"],
-                "kind": rel["kind"],
-                "metric": rel["metric"],
-                "space_id": rel["space_id"],
-                "targets": rel["target_selection"],
-                "reference": rel["reference_selection"],
-                "created_at": rel["created_at"],
-                "stale": bool(reasons),
-                "why": "; ".join(reasons) or None,
-            }
-        )
     return out

@@ -13,9 +13,12 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from wdb.errors import BadInput
 
@@ -43,19 +46,32 @@ def export_checkpoint(
     fmt: str,
     out: str | os.PathLike,
     max_shard_size: int | str | None = None,
+    memory: int | str | None = None,
 ) -> dict:
     """Write the checkpoint (run, step or last step) to ``out``; returns what was written.
 
     With ``max_shard_size`` (bytes or ``"50MB"``), ``out`` is a folder that receives
     ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json`` (``pt``:
     ``pytorch_model-...bin`` + ``pytorch_model.bin.index.json``), or one unsharded file when the
-    model fits in one shard, as ``save_pretrained`` does.
+    model fits in one shard, as ``save_pretrained`` does. A single safetensors file is streamed
+    tensor by tensor within the memory budget (``memory``, ``WDB_MEMORY``); ``pt`` and sharded
+    sets hold the state dict (one copy of the model).
     """
     if fmt not in FORMATS:
         raise BadInput(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
     info = db.checkpoint(run, step)
-    state = db.state_dict(info)
     out = Path(out)
+    if fmt == "safetensors" and max_shard_size is None:
+        with atomic_write(out) as tmp:
+            n = _stream_safetensors(db, info, tmp, memory)
+        return {
+            "run": run,
+            "step": info["step"],
+            "checkpoint_id": info["checkpoint_id"],
+            "tensors": n,
+            "out": str(out),
+        }
+    state = db.state_dict(info, memory=memory)
     if max_shard_size is not None:
         files = _export_sharded(state, fmt, out, max_shard_size)
         return {
@@ -82,6 +98,52 @@ def export_checkpoint(
         "tensors": len(state),
         "out": str(out),
     }
+
+
+_ST_DTYPES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+
+def _stream_safetensors(db, info: dict, path: Path, memory: int | str | None) -> int:
+    """Write a safetensors file tensor by tensor: the header (JSON of names, dtypes, shapes and
+    byte offsets: all known from the layout) and then each tensor's bytes as it is read.
+    ``safetensors.torch.save_file`` takes the whole dict and copies every tensor to bytes, two
+    copies of a model that may not fit the budget; the format is simple enough to stream."""
+    space = db.space(int(info["space_id"]))
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for e in space.layout.entries:
+        size = e.size * (2 if e.dtype == "bfloat16" else np.dtype(e.dtype).itemsize)
+        header[e.name] = {
+            "dtype": _ST_DTYPES[e.dtype],
+            "shape": list(e.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with path.open("wb") as fh:
+        fh.write(struct.pack("<Q", len(head)))
+        fh.write(head)
+        for e, arr in db.iter_tensors(info, memory):
+            if e.dtype == "bfloat16":
+                import torch
+
+                from wdb.store.tensors import to_torch
+
+                arr = to_torch(arr, e.dtype).view(torch.int16).numpy()
+            fh.write(np.ascontiguousarray(arr).data)
+    return len(space.layout.entries)
 
 
 def _export_sharded(state: dict, fmt: str, out: Path, max_shard_size: int | str) -> int:

@@ -1,0 +1,199 @@
+"""The byte-bounded scan (``wdb.query.scan``): tiny budgets give exactly the numpy oracle's
+neighbours and distances, for nearest and novelty, with rows wider than the budget read in
+column blocks; a budget too small says the smallest that works; the Dask partitions merge to
+the in-process answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wdb import memory
+from wdb.errors import BadInput
+from wdb.query import nearest as wq
+from wdb.query import scan
+from wdb.store.spaces import Layout
+
+KB = 1 << 10
+
+
+def oracle(refs: np.ndarray, q: np.ndarray, k: int, exclude: int | None = None):
+    d = np.sqrt(((refs.astype(np.float64) - q.astype(np.float64)) ** 2).sum(1))
+    if exclude is not None:
+        d[exclude] = np.inf
+    o = np.lexsort((np.arange(len(d)), d))[:k]
+    return o, d[o]
+
+
+def _family(db, d: int, n: int, seed: int, targets: int = 6):
+    rng = np.random.default_rng(seed)
+    lay = Layout.from_arrays({"w": np.zeros((d // 4, 4), np.float32)})
+    base = rng.normal(size=d).astype(np.float32)
+    train = (base + 0.05 * rng.normal(size=(n, d))).astype(np.float32)
+    names = [f"t{i:03d}" for i in range(n)]
+    t_ids = db.add_checkpoints(lay, train, run=names, kind="training", steps=[0] * n)
+    gen = (train[:targets] + 0.01 * rng.normal(size=(targets, d))).astype(np.float32)
+    g_ids = db.add_checkpoints(lay, gen, kind="generated")
+    return train, np.array(t_ids), gen, g_ids
+
+
+def test_memory_sizes_parse_and_resolve(monkeypatch):
+    assert memory.parse_bytes("512MB") == 512 << 20
+    assert memory.parse_bytes("1GB") == 1 << 30
+    assert memory.parse_bytes("64kb") == 64 << 10
+    assert memory.parse_bytes("1.5GiB") == 3 << 29
+    assert memory.parse_bytes("4096") == 4096
+    monkeypatch.delenv("WDB_MEMORY", raising=False)
+    assert memory.budget() == memory.DEFAULT == 1 << 30
+    monkeypatch.setenv("WDB_MEMORY", "256MB")
+    assert memory.budget() == 256 << 20
+    assert memory.budget("2GB") == 2 << 30  # --memory beats the environment
+    for bad in ("lots", "-5", "0", "12XB"):
+        with pytest.raises(BadInput, match="memory"):
+            memory.parse_bytes(bad)
+
+
+def test_plans_are_sized_in_bytes():
+    # narrow rows: whole rows, as many per read as the budget holds (not a fixed count)
+    small = scan.plan(1000, 1, 100, 4, 3, 64 * KB)
+    big = scan.plan(1000, 1, 100, 4, 3, 256 * KB)
+    assert small.whole_rows and big.whole_rows
+    assert 1 <= small.rows < big.rows <= 1000
+    # a row of 80 KB under a 128 KB budget: column blocks, on the tile grid
+    wide = scan.plan(40, 6, 20_000, 4, 3, 128 * KB)
+    assert not wide.whole_rows and wide.cols % wide.tile == 0
+    assert wide.queries == 6  # all targets share each reference read
+
+
+@pytest.mark.parametrize("d,budget", [(64, 16 * KB), (20_000, 64 * KB), (20_000, 48 * KB)])
+def test_scan_matches_numpy_oracle(d, budget):
+    rng = np.random.default_rng(d + budget)
+    refs = rng.normal(size=(37, d)).astype(np.float32)
+    qs = np.concatenate([refs[[3, 20]], rng.normal(size=(3, d)).astype(np.float32)])
+    ref_ids = np.arange(100, 137)
+    q_ids = np.array([103, 120, -1, -1, -1])  # the first two are references themselves
+    ids, dist, plan = scan.knn(refs, ref_ids, qs, q_ids, 4, budget)
+    assert plan.whole_rows == (d * 4 * scan.READ_FACTOR < budget)
+    for j in range(len(qs)):
+        o, want = oracle(refs, qs[j], 4, exclude=(q_ids[j] - 100) if q_ids[j] >= 0 else None)
+        assert ids[j].tolist() == (o + 100).tolist()
+        assert np.allclose(dist[j], want, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("d", [48, 20_000])
+def test_nearest_and_novelty_within_a_tiny_budget(db, d):
+    train, t_ids, gen, g_ids = _family(db, d, 30, seed=d)
+    run = db.checkpoints("checkpoint_id = :i", {"i": g_ids[1]})[0]["run"]
+    got = wq.nearest(db, run, k=3, memory="64KB")
+    o, want = oracle(train, gen[1], 3)
+    assert [r["checkpoint_id"] for r in got] == t_ids[o].tolist()
+    assert np.allclose([r["distance"] for r in got], want, rtol=1e-13, atol=0)
+    assert {r["path"] for r in got} == {"scan"}
+    rows = wq.novelty(db, "kind = 'generated'", k=2, save=False, memory="64KB")
+    assert [r["checkpoint_id"] for r in rows] == list(g_ids)
+    for j, r in enumerate(rows):
+        o, want = oracle(train, gen[j], 1)
+        assert r["nearest_id"] == t_ids[o[0]] and r["path"] == "scan"
+        assert np.isclose(r["min_l2"], want[0], rtol=1e-13, atol=0)
+
+
+def test_novelty_reads_each_reference_once_for_all_targets(db, monkeypatch):
+    d, n = 20_000, 30
+    _family(db, d, n, seed=5)
+    read = []
+    orig = scan.StoredRows.read
+
+    def counting(self, sel, cols=None):
+        block = orig(self, sel, cols)
+        read.append((len(self.rows), block.size))
+        return block
+
+    monkeypatch.setattr(scan.StoredRows, "read", counting)
+    wq.novelty(db, "kind = 'generated'", save=False, memory="256KB")
+    ref_values = sum(size for total, size in read if total == n)
+    assert ref_values == n * d  # every reference value read once, not once per target (x6)
+
+
+def test_budget_too_small_says_the_smallest_that_works(db):
+    _family(db, 20_000, 30, seed=7)
+    run = db.checkpoints("kind = 'generated'")[0]["run"]
+    with pytest.raises(BadInput, match="smallest that works is") as err:
+        wq.nearest(db, run, memory="100B")
+    msg = str(err.value)
+    assert "\n" not in msg and "100B" in msg
+    smallest = msg.split("smallest that works is ")[1].split(" ")[0]
+    assert wq.nearest(db, run, k=2, memory=smallest)  # and that budget does work
+
+
+def test_index_only_while_a_flat_copy_fits_the_budget(db):
+    train, t_ids, gen, g_ids = _family(db, 48, 300, seed=9)  # 300 > BRUTE_MAX references
+    run = db.checkpoints("checkpoint_id = :i", {"i": g_ids[0]})[0]["run"]
+    big = wq.nearest(db, run, k=3)
+    small = wq.nearest(db, run, k=3, memory="32KB")  # the flat index would take 58 KB
+    assert {r["path"] for r in big} == {"index"} and {r["path"] for r in small} == {"scan"}
+    assert [r["checkpoint_id"] for r in big] == [r["checkpoint_id"] for r in small]
+    assert np.allclose([r["distance"] for r in big], [r["distance"] for r in small], rtol=1e-12)
+
+
+def test_cli_memory_option_and_bad_budget(db):
+    import json
+
+    from click.testing import CliRunner
+
+    from wdb.cli.main import cli
+
+    _family(db, 20_000, 12, seed=11)
+    run = db.checkpoints("kind = 'generated'")[0]["run"]
+    runner = CliRunner()
+    base = ["--db", str(db.path), "query"]
+    res = runner.invoke(cli, [*base, "nearest", "--run", run, "--memory", "64KB", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["path"] == "scan"
+    res = runner.invoke(
+        cli, [*base, "novelty", "--targets", "kind = 'generated'", "--memory", "100B"]
+    )
+    assert res.exit_code != 0 and "smallest that works" in res.output
+    res = runner.invoke(cli, [*base, "nearest", "--run", run, "--memory", "lots"])
+    assert res.exit_code != 0 and "not a size" in res.output
+
+
+def test_scan_partitions_on_two_workers_merge_to_the_local_answer(db):
+    pytest.importorskip("distributed", reason="Dask is not installed (pip install -e '.[dask]')")
+    train, t_ids, gen, g_ids = _family(db, 20_000, 25, seed=13)
+    local = wq.novelty(db, "kind = 'generated'", k=3, save=False, memory="128KB")
+    dist = wq.novelty(db, "kind = 'generated'", k=3, save=False, memory="128KB", workers=2)
+    for j, (a, b) in enumerate(zip(local, dist, strict=True)):
+        assert a["nearest_id"] == b["nearest_id"] == t_ids[oracle(train, gen[j], 1)[0][0]]
+        assert np.float64(a["min_l2"]).tobytes() == np.float64(b["min_l2"]).tobytes()
+
+
+@pytest.mark.parametrize("mem", ["1GB", "16KB"])  # the whole row, and groups of tensors
+def test_export_streams_tensor_by_tensor_bit_exactly(db, tmp_path, mem):
+    import torch
+    from safetensors.torch import load_file
+
+    from wdb.store.export import export_checkpoint
+
+    rng = np.random.default_rng(3)
+    arrays = {
+        "a": rng.normal(size=(40, 50)).astype(np.float32),
+        "h": rng.normal(size=300).astype(np.float32),  # stored as bf16-exact float32
+        "b": rng.normal(size=7).astype(np.float32),
+        "c": rng.normal(size=(30, 90)).astype(np.float32),
+    }
+    arrays["h"] = torch.from_numpy(arrays["h"]).bfloat16().float().numpy()
+    lay = Layout.from_arrays(
+        arrays, {"a": "float32", "h": "bfloat16", "b": "float32", "c": "float32"}
+    )
+    row = lay.flatten(arrays)[None]
+    db.add_checkpoints(lay, row, run="big", kind="training")
+    out = tmp_path / f"x{mem}.safetensors"
+    export_checkpoint(db, "big", None, "safetensors", out, memory=mem)
+    got = load_file(out)
+    assert list(got) == ["a", "h", "b", "c"] or set(got) == set(arrays)
+    assert got["h"].dtype == torch.bfloat16
+    for name, want in arrays.items():
+        t = got[name].float().numpy() if name == "h" else got[name].numpy()
+        assert t.tobytes() == want.tobytes(), name
+    sd = db.state_dict(db.checkpoint("big"), memory=mem)
+    assert all(torch.equal(sd[k], got[k]) for k in arrays)

@@ -1,0 +1,287 @@
+"""Exact L2 top-k as a partitioned, byte-bounded scan over stored rows.
+
+Why: reading reference rows a fixed number at a time and copying them to float64 peaked at
+8.9 GB for 22 checkpoints of 100 MB (issue 25). Here every read is sized in **bytes** from one
+budget (:mod:`wdb.memory`): a batch holds as many whole rows as fit, and a row too wide for the
+budget is read a column block at a time, its squared differences summed per block into float64
+partial sums (one per target and reference), so nothing but the tile being summed is ever
+float64. All targets of a pass share each reference read: novelty of T targets reads every
+reference byte once per pass, not T times (targets are split into passes only when their own
+blocks or partial sums would not fit).
+
+Same numbers whatever the plan: squared differences are summed over a fixed grid of column
+tiles (``Plan.tile`` columns each, tile by tile in column order), so a reference's distance does
+not depend on how rows were batched or split between workers; the top-k keeps the smallest
+(distance, id) pairs, so partial top-k lists merge into the same answer (:func:`merge`). This is
+what lets the Dask engine (``wdb.query.engine``) split the references into partitions, one per
+worker, and merge each worker's top-k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wdb.errors import BadInput
+from wdb.memory import human
+
+#: columns of the float64 tile grid (smaller only when the budget is tiny)
+TILE_COLS = 1 << 15
+#: a whole-row read (``ArrayStore.read``) may hold about this many copies of its rows at once
+READ_FACTOR = 3
+#: columns summed by one einsum; tiles are whole groups (see ``_accumulate``)
+GROUP = 256
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one scan reads: query rows per pass, reference rows and columns per read, and the
+    float64 tile width (the summation grid)."""
+
+    queries: int
+    rows: int
+    cols: int
+    tile: int
+    dim: int
+    whole_rows: bool = True
+    sub: int = 1  # reference rows per float64 tile
+
+    def describe(self) -> str:
+        what = "whole rows" if self.whole_rows else f"column blocks of {self.cols}"
+        return f"{self.rows} rows x {what}, {self.queries} queries per pass"
+
+
+def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int) -> Plan | None:
+    """The widest plan within ``budget`` bytes, or None when even one column tile does not fit."""
+    q = max(1, nq)
+    while q >= 1:
+        # float64 tiles (the queries' and two of the references'): at most a quarter
+        w = min(dim, TILE_COLS)
+        while w > GROUP and (q + 2) * w * 8 * 2 > budget // 4:
+            w = max(GROUP, w // 2 // GROUP * GROUP)
+        sub = max(1, min((1 << 17) // w, (budget // 4 // (16 * w) - q) // 2))
+        tiles = (q + 2 * sub) * w * 8 * 2  # x2: the group sums and their concatenation
+        blocks = budget - tiles  # raw rows read, partial sums, top-k lists
+        if tiles <= budget // 4:
+            topk = q * (k + 1) * 16
+            per_row = dim * isz * READ_FACTOR + q * 8
+            b = (blocks - q * dim * isz - topk) // per_row
+            if b >= 1 and q * dim * isz * READ_FACTOR <= blocks:  # the queries' own read
+                return Plan(q, int(min(b, max(n, 1))), dim, w, dim, True, sub)
+            room = blocks - q * max(n, 1) * 8 - topk  # partial sums of every reference
+            # a column read holds the block and its reordered copy: 2 per value
+            c = (room // (2 * isz * (q + 1))) // w * w if room > 0 else 0
+            if c >= w:
+                b = min(max(n, 1), (room - 2 * q * c * isz) // (2 * c * isz))
+                return Plan(q, int(max(b, 1)), int(min(c, dim)), w, dim, False, sub)
+        q = q // 2 if q > 1 else 0
+    return None
+
+
+def plan(n: int, nq: int, dim: int, itemsize: int, k: int, budget: int, what: str = "") -> Plan:
+    """A plan for ``nq`` queries against ``n`` references of ``dim`` values, or a one-line
+    BadInput saying the smallest budget that works."""
+    got = _fit(n, nq, dim, itemsize, k, budget)
+    if got is not None:
+        return got
+    lo, hi = budget, max(2 * budget, 1 << 10)
+    while _fit(n, 1, dim, itemsize, k, hi) is None:
+        lo, hi = hi, hi * 2
+    while hi - lo > max(1, lo // 100):
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _fit(n, 1, dim, itemsize, k, mid) is not None else (mid, hi)
+    raise BadInput(
+        f"memory budget {human(budget)} is too small for {what or 'this scan'} "
+        f"({n} rows of {dim} values); the smallest that works is {human(hi)} (--memory / WDB_MEMORY)"
+    )
+
+
+# -- row sources ------------------------------------------------------------------------------
+_stores: dict[str, Any] = {}
+
+
+def _store(root: str):
+    """One ``ArrayStore`` per root and process (workers reuse it across partitions)."""
+    if root not in _stores:
+        from wdb.store.arrays import ArrayStore
+
+        _stores[root] = ArrayStore(root)
+    return _stores[root]
+
+
+@dataclass
+class StoredRows:
+    """Rows of a stored 2-D array, by position; picklable, so a worker reads its own partition."""
+
+    root: str
+    path: str
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), int(_store(self.root).array(self.path).shape[1])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(_store(self.root).array(self.path).dtype)
+
+    def subset(self, sel: slice | np.ndarray) -> StoredRows:
+        return StoredRows(self.root, self.path, self.rows[sel])
+
+    def read(self, sel: slice, cols: slice | None = None) -> np.ndarray:
+        store = _store(self.root)
+        rows = self.rows[sel]
+        if cols is None:
+            return store.read(self.path, rows)
+        # A column block of wide rows: ``ArrayStore.read`` reads whole rows before slicing, so
+        # this asks Zarr for exactly the chunks of the block (no row hash can be checked on a
+        # part of a row).
+        order = np.argsort(rows, kind="stable")
+        got = store.array(self.path).get_orthogonal_selection((rows[order], cols))
+        out = np.empty_like(got)
+        out[order] = got
+        return out
+
+
+@dataclass
+class MemoryRows:
+    """Rows already in memory, read like :class:`StoredRows`."""
+
+    data: np.ndarray
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    def subset(self, sel: slice | np.ndarray) -> MemoryRows:
+        return MemoryRows(self.data[sel])
+
+    def read(self, sel: slice, cols: slice | None = None) -> np.ndarray:
+        block = self.data[sel]
+        return block if cols is None else block[:, cols]
+
+
+def source(rows: Any) -> StoredRows | MemoryRows:
+    """A row source as is, or an in-memory array wrapped as one."""
+    if isinstance(rows, StoredRows | MemoryRows):
+        return rows
+    return MemoryRows(np.atleast_2d(np.asarray(rows)))
+
+
+# -- the scan ---------------------------------------------------------------------------------
+def _accumulate(R: np.ndarray, Q: np.ndarray, acc: np.ndarray, tile: int, rb: int) -> None:
+    """``acc[j, i] += sum((R[i] - Q[j])**2)`` over the block's columns, one float64 tile of
+    ``tile`` columns at a time. The sum is the same whatever the tile: each ``GROUP`` columns
+    are summed by one einsum, and the groups are added to ``acc`` strictly left to right
+    (``np.add.accumulate``), so plans and workers with other budgets give the same bits."""
+    b, c = R.shape
+    for c0 in range(0, c, tile):
+        w = min(tile, c - c0)
+        full = w // GROUP * GROUP
+        qq = Q[:, c0 : c0 + w].astype(np.float64)
+        for r0 in range(0, b, rb):
+            r = R[r0 : r0 + rb, c0 : c0 + w].astype(np.float64)
+            for j in range(qq.shape[0]):
+                d = r - qq[j]
+                parts = [acc[j, r0 : r0 + rb, None]]
+                if full:
+                    g = d[:, :full].reshape(d.shape[0], -1, GROUP)
+                    parts.append(np.einsum("ijk,ijk->ij", g, g))
+                if full < w:
+                    parts.append(np.einsum("ij,ij->i", d[:, full:], d[:, full:])[:, None])
+                acc[j, r0 : r0 + rb] = np.add.accumulate(np.concatenate(parts, 1), 1)[:, -1]
+
+
+def merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k lists ``(squared distances, ids)`` → the k smallest (distance, id) per query."""
+    d = np.concatenate([p[0] for p in parts], 1)
+    i = np.concatenate([p[1] for p in parts], 1)
+    o = np.lexsort((i, d), axis=1)[:, :k]
+    return np.take_along_axis(d, o, 1), np.take_along_axis(i, o, 1)
+
+
+def _top(acc: np.ndarray, ids: np.ndarray, q_ids: np.ndarray, k: int, best) -> tuple:
+    acc[q_ids[:, None] == ids[None, :]] = np.inf
+    return merge([best, (acc, np.broadcast_to(ids, acc.shape))], k)
+
+
+def topk_sq(
+    refs: StoredRows | MemoryRows,
+    ref_ids: np.ndarray,
+    queries: StoredRows | MemoryRows,
+    q_ids: np.ndarray,
+    k: int,
+    plan_: Plan,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distances and ids ``[nq, k]`` of each query's k nearest references (inf / -1
+    where fewer), each query's own id excluded; reads as ``plan_`` says."""
+    nq, dim = len(queries), plan_.dim
+    n = len(refs)
+    out_d = np.full((nq, k), np.inf)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    for q0 in range(0, nq, plan_.queries):
+        qs = slice(q0, min(nq, q0 + plan_.queries))
+        qid = q_ids[qs]
+        best = (out_d[qs], out_i[qs])
+        if plan_.whole_rows:
+            Q = queries.read(qs)
+            for r0 in range(0, n, plan_.rows):
+                rs = slice(r0, min(n, r0 + plan_.rows))
+                R = refs.read(rs)
+                acc = np.zeros((Q.shape[0], R.shape[0]))
+                _accumulate(R, Q, acc, plan_.tile, plan_.sub)
+                del R
+                best = _top(acc, ref_ids[rs], qid, k, best)
+        else:
+            acc = np.zeros((qs.stop - q0, n))
+            for c0 in range(0, dim, plan_.cols):
+                cs = slice(c0, min(dim, c0 + plan_.cols))
+                Q = queries.read(qs, cs)
+                for r0 in range(0, n, plan_.rows):
+                    rs = slice(r0, min(n, r0 + plan_.rows))
+                    _accumulate(refs.read(rs, cs), Q, acc[:, rs], plan_.tile, plan_.sub)
+            best = _top(acc, ref_ids, qid, k, best)
+        out_d[qs], out_i[qs] = best
+    return out_d, out_i
+
+
+def knn(
+    refs: Any,
+    ref_ids: np.ndarray,
+    queries: Any,
+    q_ids: np.ndarray,
+    k: int,
+    budget: int,
+    plan_: Plan | None = None,
+) -> tuple[np.ndarray, np.ndarray, Plan]:
+    """Exact k nearest references (L2) of every query within ``budget`` bytes: ids ``[nq, k]``
+    (-1 where fewer exist), float64 distances (nan there), and the plan used."""
+    refs, queries = source(refs), source(queries)
+    n, dim = refs.shape
+    if plan_ is None:
+        isz = max(refs.dtype.itemsize, queries.dtype.itemsize)
+        plan_ = plan(n, len(queries), dim, isz, k, budget, "the nearest-neighbour scan")
+    d2, ids = topk_sq(refs, np.asarray(ref_ids, np.int64), queries, np.asarray(q_ids), k, plan_)
+    return finish(d2, ids) + (plan_,)
+
+
+def finish(d2: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared top-k → (ids with -1, distances with nan) where fewer than k exist."""
+    ids = ids.copy()
+    dist = np.sqrt(d2)
+    missing = ~np.isfinite(dist)
+    ids[missing] = -1
+    dist[missing] = np.nan
+    return ids, dist
