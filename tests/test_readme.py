@@ -81,3 +81,13 @@ def test_sql_examples_return_rows(toured):
         done = _run(f"wdb sql --json -- {shlex.quote(stmt)}", toured)
         assert done.returncode == 0, f"README SQL failed: {stmt}\n{done.stderr}"
         assert json.loads(done.stdout), f"README SQL returned no rows: {stmt}"
+
+
+def test_every_command_help_shows_an_example():
+    from click.testing import CliRunner
+
+    from wdb.cli.main import COMMANDS, cli
+
+    for name in COMMANDS:
+        out = CliRunner().invoke(cli, [name, "--help"]).output
+        assert "Example: wdb " in out, name

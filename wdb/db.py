@@ -400,16 +400,15 @@ class Database:
             for e in entries:
                 yield e, from_storage(row[e.offset : e.stop], e.dtype).reshape(e.shape)
             return
-        from wdb.query.scan import StoredRows
-
-        src = StoredRows(self.weights_store.root, space.array_path, np.array([int(info["row"])]))
+        row_at = np.array([int(info["row"])])
         group: list = []
         for i, e in enumerate(entries):
             group.append(e)
             nxt = entries[i + 1] if i + 1 < len(entries) else None
             if nxt is not None and (nxt.stop - group[0].offset) * isz * 4 <= limit:
                 continue
-            block = src.read(slice(None), slice(group[0].offset, group[-1].stop))[0]
+            cols = slice(group[0].offset, group[-1].stop)
+            block = self.weights_store.read(space.array_path, row_at, cols)[0]
             for g in group:
                 a, b = g.offset - group[0].offset, g.stop - group[0].offset
                 yield g, from_storage(block[a:b], g.dtype).reshape(g.shape)

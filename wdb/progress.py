@@ -3,8 +3,8 @@
 Three modes, chosen by ``WDB_PROGRESS``: ``1`` (a live bar), ``lines`` (a plain line with the
 rate and ETA at most every ``WDB_PROGRESS_EVERY`` seconds, default 10 — for logs, where a bar
 redrawn with ``\\r`` would be one unreadable line) and ``0`` (silent). Unset, a terminal on stderr
-gets the bar and anything else stays silent, so piped ``--json`` output and test logs stay clean;
-``wdb demo`` switches to ``lines`` when its stderr is not a terminal so a long fit is never silent.
+gets the bar and anything else (a log file, a CI job) gets lines, so long work is never silent for
+minutes; progress goes to stderr, so piped ``--json`` output stays clean.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def mode() -> str:
     """``"bar"``, ``"lines"`` or ``"off"``, from ``WDB_PROGRESS`` and whether stderr is a TTY."""
     flag = os.environ.get("WDB_PROGRESS")
     if flag is None:
-        return "bar" if sys.stderr.isatty() else "off"
+        return "bar" if sys.stderr.isatty() else "lines"
     if flag == "lines":
         return "lines"
     return "bar" if flag == "1" else "off"

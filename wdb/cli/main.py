@@ -41,6 +41,33 @@ COMMANDS: dict[str, str] = {
 }
 
 
+#: one example per command, shown at the end of its ``--help`` (the commands' own docstrings
+#: say what they do; these say how it looks at a prompt).
+EXAMPLES: dict[str, str] = {
+    "init": "wdb --db runs/.wdb init",
+    "ingest": "wdb ingest zoo/ --zoo mnist   |   wdb ingest ckpts/ --format ./my_reader.py",
+    "ingest-outputs": "wdb ingest-outputs preds.npz --eval-set digits-mlp:test",
+    "ls": "wdb ls runs --where \"kind = 'training'\" --json",
+    "show": "wdb show mnist-mlp-small-s0-0007",
+    "sql": 'wdb sql "SELECT kind, count(*) FROM checkpoint_info GROUP BY kind" --csv',
+    "shell": "echo 'SELECT count(*) FROM runs;' | wdb shell",
+    "export-tables": "wdb export-tables study-tables/",
+    "export": "wdb export mnist-mlp-small-s0-0007 --step 93 --format safetensors --out w.safetensors",
+    "fsck": "wdb fsck --fix",
+    "compact": "wdb compact --dry-run",
+    "zoo": "wdb zoo train mnist-mlp --out zoo/ --size small",
+    "evaluate": "wdb evaluate --where \"kind = 'generated'\"",
+    "plugins": "wdb plugins --json",
+    "index": "wdb index build",
+    "query": "wdb query nearest --run mnist-mlp-small-s0-0007 -k 5",
+    "generate": "wdb generate noise --train \"kind = 'training'\" --set sigma=0.05",
+    "analyze": "wdb analyze memorization --method pdiff",
+    "experiment": "wdb experiment symmetry -m hyperrep",
+    "reproduce": "wdb reproduce pdiff",
+    "demo": "wdb --db demo-out/db demo",
+}
+
+
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use."""
 
@@ -58,7 +85,10 @@ class LazyGroup(click.Group):
         module, attr = target.split(":")
         if importlib.util.find_spec(module) is None:
             return None
-        return getattr(importlib.import_module(module), attr)
+        command = getattr(importlib.import_module(module), attr)
+        if name in EXAMPLES and not command.epilog:
+            command.epilog = f"Example: {EXAMPLES[name]}"
+        return command
 
     def invoke(self, ctx: click.Context):
         try:

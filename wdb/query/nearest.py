@@ -98,9 +98,9 @@ def path_for(db, space, n_ref: int, budget: int) -> str:
 
 def stored(db, space, rows: np.ndarray):
     """The stored rows of ``space`` at Zarr rows ``rows`` as a scan source (read lazily)."""
-    from wdb.query.scan import StoredRows
+    from wdb.query.scan import rows_of
 
-    return StoredRows(db.weights_store.root, space.array_path, np.asarray(rows, np.int64))
+    return rows_of(db, space.array_path, rows)
 
 
 def _brute(

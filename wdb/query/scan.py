@@ -99,23 +99,33 @@ def plan(n: int, nq: int, dim: int, itemsize: int, k: int, budget: int, what: st
 
 
 # -- row sources ------------------------------------------------------------------------------
-_stores: dict[str, Any] = {}
+_stores: dict[Any, Any] = {}
 
 
-def _store(root: str):
-    """One ``ArrayStore`` per root and process (workers reuse it across partitions)."""
-    if root not in _stores:
-        from wdb.store.arrays import ArrayStore
+def _store(handle: Any):
+    """The verified weight store of the database ``handle`` (a ``wdb.db.Handle``) names, one
+    per process: a worker opens it once and reuses it across partitions."""
+    if handle not in _stores:
+        _stores[handle] = handle.open().weights_store
+    return _stores[handle]
 
-        _stores[root] = ArrayStore(root)
-    return _stores[root]
+
+def rows_of(db: Any, path: str, rows: np.ndarray) -> StoredRows:
+    """Rows of array ``path`` of ``db``'s weight store as a scan source; in this process the
+    database's own store (and its hash cache) serves the reads."""
+    handle = db.handle()
+    _stores.setdefault(handle, db.weights_store)
+    return StoredRows(handle, path, np.asarray(rows, np.int64))
 
 
 @dataclass
 class StoredRows:
-    """Rows of a stored 2-D array, by position; picklable, so a worker reads its own partition."""
+    """Rows of a stored 2-D array, by position; picklable, so a worker reads its own partition.
 
-    root: str
+    Every read goes through the store's one reader (``ArrayStore.read``): hashes checked, delta
+    rows decoded; a column block reads only the chunks it needs."""
+
+    handle: Any
     path: str
     rows: np.ndarray
 
@@ -124,28 +134,17 @@ class StoredRows:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return len(self.rows), int(_store(self.root).array(self.path).shape[1])
+        return len(self.rows), int(_store(self.handle).array(self.path).shape[1])
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(_store(self.root).array(self.path).dtype)
+        return np.dtype(_store(self.handle).array(self.path).dtype)
 
     def subset(self, sel: slice | np.ndarray) -> StoredRows:
-        return StoredRows(self.root, self.path, self.rows[sel])
+        return StoredRows(self.handle, self.path, self.rows[sel])
 
     def read(self, sel: slice, cols: slice | None = None) -> np.ndarray:
-        store = _store(self.root)
-        rows = self.rows[sel]
-        if cols is None:
-            return store.read(self.path, rows)
-        # A column block of wide rows: ``ArrayStore.read`` reads whole rows before slicing, so
-        # this asks Zarr for exactly the chunks of the block (no row hash can be checked on a
-        # part of a row).
-        order = np.argsort(rows, kind="stable")
-        got = store.array(self.path).get_orthogonal_selection((rows[order], cols))
-        out = np.empty_like(got)
-        out[order] = got
-        return out
+        return _store(self.handle).read(self.path, self.rows[sel], cols)
 
 
 @dataclass
