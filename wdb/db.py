@@ -94,6 +94,7 @@ class Database:
         self.weights_store = ArrayStore(f"{base}/weights.zarr")
         self.outputs_store = ArrayStore(f"{base}/outputs.zarr")
         self._spaces: dict[int, Space] = {}
+        _decode_families(self)
 
     def handle(self) -> Handle:
         """A small picklable handle that reopens this database in another process."""
@@ -575,6 +576,13 @@ class Database:
         from wdb.store.fsck import fsck
 
         return fsck(self, fix=fix)
+
+
+def _decode_families(db: Database) -> None:
+    """Reads of the weight store decode delta rows of wide spaces (``wdb.store.family``)."""
+    from wdb.store.family import DeltaIndex
+
+    db.weights_store.family = DeltaIndex(db.catalog)
 
 
 def open(  # noqa: A001

@@ -55,6 +55,9 @@ class ArrayStore:
     def __init__(self, root: Path | str):
         self.root = str(root)
         self._group: zarr.Group | None = None
+        #: decodes delta rows of wide spaces (``wdb.store.family.DeltaIndex``); the database
+        #: sets it on its weight store
+        self.family: Any = None
 
     @property
     def group(self) -> zarr.Group:
@@ -154,7 +157,14 @@ class ArrayStore:
         arr.resize((n_rows, *arr.shape[1:]))
 
     def read(self, path: str, rows: np.ndarray | list[int], cols=None) -> np.ndarray:
-        """Rows in the order given. Contiguous runs of sorted rows are read as slices."""
+        """Rows in the order given, delta rows decoded (``wdb.store.family``)."""
+        out = self._read_raw(path, rows, cols)
+        if self.family is not None and out.ndim == 2 and self.array(path).chunks[0] == 1:
+            out = self.family.patch(self, path, np.asarray(rows, dtype=np.int64), cols, out)
+        return out
+
+    def _read_raw(self, path: str, rows: np.ndarray | list[int], cols=None) -> np.ndarray:
+        """Rows as stored. Contiguous runs of sorted rows are read as slices."""
         rows = np.asarray(rows, dtype=np.int64)
         arr = self.array(path)
         col_sel = slice(None) if cols is None else cols
