@@ -6,9 +6,6 @@ Wide spaces are made small: the one-row-per-chunk threshold and chunk width are 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -27,7 +24,9 @@ def _small_wide(monkeypatch):
 
 
 def _layout() -> Layout:
-    return Layout.from_arrays({"big": np.zeros(BIG, np.float32), "small": np.zeros(SMALL, np.float32)})
+    return Layout.from_arrays(
+        {"big": np.zeros(BIG, np.float32), "small": np.zeros(SMALL, np.float32)}
+    )
 
 
 def _family(seed: int = 0) -> dict[str, np.ndarray]:
@@ -181,14 +180,15 @@ def test_crash_before_the_catalog_leaves_no_family_rows(db, monkeypatch):
 def test_query_lineage_cli(db, tmp_path):
     rows = _family()
     ids = _ingest(db, rows)
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "WDB_DIR": str(db.path)}
-    out = subprocess.run(
-        [sys.executable, "-m", "wdb.cli.main", "--db", str(db.path), "query", "lineage",
-         "--run", "full", "--json"],
-        capture_output=True, text=True, env=env,
+    from click.testing import CliRunner
+
+    from wdb.cli.main import cli
+
+    out = CliRunner().invoke(
+        cli, ["--db", str(db.path), "query", "lineage", "--run", "full", "--json"]
     )
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout)
-    assert [(r["child_id"], r["parent_id"], r["reason"]) for r in got] == [
-        (ids["full:0"], ids["run:3"], "found")
-    ]
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.output)
+    edges = [(r["child_id"], r["parent_id"], r["reason"], r["generation"]) for r in got]
+    chain = [(ids[f"run:{s}"], ids[f"run:{s - 1}"], "previous_step", s) for s in (1, 2, 3)]
+    assert edges == [*chain, (ids["full:0"], ids["run:3"], "found", 4)]

@@ -174,3 +174,41 @@ def _parent(plan: Plan, it: Any, known: list[_Known], sketches: dict[int, bytes]
         holder = min((k for k in known if k.row == best[1]), key=lambda k: k.cid, default=None)
         if holder is not None:
             plan.parent_ref, plan.reason, plan.distance = holder.cid, "found", best[0]
+
+
+def tree(db: Any, run: str) -> list[dict]:
+    """The family tree of ``run``: every lineage edge from its checkpoints up to their roots and
+    down to all their descendants, parents before children, with ``generation`` (0: a root)."""
+    edges = db.sql(
+        "SELECT child_id, child_run, child_step, parent_id, parent_run, parent_step, reason, "
+        "distance, bytes_saved FROM lineage_info ORDER BY child_id"
+    )
+    up = {e["child_id"]: e for e in edges}
+    down: dict[int, list[dict]] = {}
+    for e in edges:
+        down.setdefault(e["parent_id"], []).append(e)
+    mine = [
+        r["checkpoint_id"]
+        for r in db.sql("SELECT checkpoint_id FROM checkpoint_info WHERE run = :r", {"r": run})
+    ]
+    keep: dict[int, dict] = {}
+    for cid in mine:
+        c = cid
+        while c in up and up[c]["child_id"] not in keep:
+            keep[c] = up[c]
+            c = up[c]["parent_id"]
+    todo = list(mine)
+    while todo:
+        for e in down.get(todo.pop(), []):
+            if e["child_id"] not in keep:
+                keep[e["child_id"]] = e
+                todo.append(e["child_id"])
+
+    def generation(cid: int) -> int:
+        g = 0
+        while cid in up and g < len(up):
+            cid, g = up[cid]["parent_id"], g + 1
+        return g
+
+    rows = [{**e, "generation": generation(e["child_id"])} for e in keep.values()]
+    return sorted(rows, key=lambda r: (r["generation"], r["child_id"]))
