@@ -105,7 +105,7 @@ def test_rewriting_a_step_is_idempotent_and_conflicts_are_refused(db):
 def test_crash_between_bytes_and_catalog_leaves_reusable_rows(db, monkeypatch):
     """Bytes are written first; a failed catalog commit leaves rows that the next write reuses."""
     layout = Layout.from_arrays({"w": np.zeros(4, np.float32)})
-    db.add_checkpoints(layout, np.zeros((2, 4)), run="a", kind="training")
+    db.add_checkpoints(layout, np.arange(8.0).reshape(2, 4), run="a", kind="training")
     space = db.ensure_space(layout)
 
     real_begin = db.catalog.begin

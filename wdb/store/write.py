@@ -347,8 +347,8 @@ def _record_family(
         if plan.parent_ref is None:
             continue
         saved = fresh[i].row_nbytes if plan.shared else (w.bytes_saved if w else 0)
-        if plan.reason == "found" and not saved:
-            continue  # a nearest row that saved nothing is no parent
+        if plan.reason == "found" and not saved and plan.parent_row is not None:
+            continue  # a nearest row whose delta saved nothing is no parent
         parent = plan.parent_ref if plan.parent_ref >= 0 else cids[-plan.parent_ref - 1]
         lin.append(
             dict(
