@@ -105,7 +105,7 @@ def test_rewriting_a_step_is_idempotent_and_conflicts_are_refused(db):
 def test_crash_between_bytes_and_catalog_leaves_reusable_rows(db, monkeypatch):
     """Bytes are written first; a failed catalog commit leaves rows that the next write reuses."""
     layout = Layout.from_arrays({"w": np.zeros(4, np.float32)})
-    db.add_checkpoints(layout, np.zeros((2, 4)), run="a", kind="training")
+    db.add_checkpoints(layout, np.arange(8.0).reshape(2, 4), run="a", kind="training")
     space = db.ensure_space(layout)
 
     real_begin = db.catalog.begin
@@ -119,11 +119,11 @@ def test_crash_between_bytes_and_catalog_leaves_reusable_rows(db, monkeypatch):
 
     monkeypatch.setattr(db.catalog, "begin", flaky_begin)
     with pytest.raises(RuntimeError):
-        db.add_checkpoints(layout, np.full((3, 4), 7.0), run="b", kind="training")
+        db.add_checkpoints(layout, 7.0 + np.arange(12.0).reshape(3, 4), run="b", kind="training")
     monkeypatch.setattr(db.catalog, "begin", real_begin)
     assert db.weights_store.n_rows(space.array_path) == 5  # orphaned bytes exist
     assert len(db.checkpoints()) == 2  # but no catalog row points at them
-    ids = db.add_checkpoints(layout, np.full((3, 4), 7.0), run="b", kind="training")
+    ids = db.add_checkpoints(layout, 7.0 + np.arange(12.0).reshape(3, 4), run="b", kind="training")
     assert [c["row"] for c in db.checkpoints(f"checkpoint_id >= {ids[0]}")] == [2, 3, 4]
     assert db.weights_store.n_rows(space.array_path) == 5
 

@@ -99,6 +99,7 @@ class Database:
         )
         self.outputs_store = ArrayStore(f"{base}/outputs.zarr")
         self._spaces: dict[int, Space] = {}
+        _decode_families(self)
 
     def handle(self) -> Handle:
         """A small picklable handle that reopens this database in another process."""
@@ -658,6 +659,13 @@ class Database:
                 raise BadInput("its tensors no longer match the checkpoint's layout")
             row = have.flatten(got.arrays)
         return np.asarray(row, dtype=layout.storage_dtype)
+
+
+def _decode_families(db: Database) -> None:
+    """Reads of the weight store decode delta rows of wide spaces (``wdb.store.family``)."""
+    from wdb.store.family import DeltaIndex
+
+    db.weights_store.family = DeltaIndex(db.catalog)
 
 
 def open(  # noqa: A001

@@ -89,7 +89,7 @@ checkpoints = sa.Table(
     sa.Column("chunk_hashes", sa.Text),
     sa.Column("damaged", sa.Text),  # why `wdb fsck --fix` could not restore the bytes (0006)
     sa.UniqueConstraint("run_id", "space_id", "step", name="uq_checkpoint_run_space_step"),
-    sa.UniqueConstraint("space_id", "row", name="uq_checkpoint_space_row"),
+    # (space_id, row) is not unique since revision 0007: equal rows are stored once
 )
 
 eval_sets = sa.Table(
@@ -166,6 +166,31 @@ similarity = sa.Table(
     sa.Column("max_iou_id", sa.BigInteger),
     sa.Column("accuracy", sa.Double),
     sa.PrimaryKeyConstraint("relation_id", "checkpoint_id"),
+)
+
+# Families of checkpoints (revision 0007, ``wdb.store.family``)
+family_rows = sa.Table(
+    "family_rows",
+    metadata,
+    sa.Column("space_id", sa.BigInteger, nullable=False, autoincrement=False),
+    sa.Column("row", sa.BigInteger, nullable=False, autoincrement=False),
+    sa.Column("parent_row", sa.BigInteger),
+    sa.Column("delta_chunks", sa.Text),
+    sa.Column("depth", sa.Integer, nullable=False),
+    sa.Column("digest", sa.Text, nullable=False),
+    sa.Column("sketch", sa.LargeBinary),
+    sa.PrimaryKeyConstraint("space_id", "row"),
+)
+
+lineage = sa.Table(
+    "lineage",
+    metadata,
+    sa.Column("child_id", sa.BigInteger, nullable=False, autoincrement=False),
+    sa.Column("parent_id", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("distance", sa.Float),
+    sa.Column("bytes_saved", sa.BigInteger),
+    sa.PrimaryKeyConstraint("child_id"),
 )
 
 #: Name → Table, for code that addresses tables by name.

@@ -182,3 +182,16 @@ def relations_cmd(relation_id, fmt) -> None:
     from wdb.query.nearest import relation_status
 
     emit(relation_status(get_db(), relation_id), fmt, title="relations")
+
+
+@query.command("lineage")
+@click.option("--run", required=True, help="Run whose family tree to show.")
+@output_options
+def lineage_cmd(run, fmt) -> None:
+    """The family tree of a run: which checkpoint each came from (previous step, a declared
+    base, or the parent the store found by sketch), its distance and the bytes it saved."""
+    from wdb.store.lineage import tree
+
+    db = get_db()
+    db.run(run)  # a clear error for an unknown run
+    emit(tree(db, run), fmt, title=f"lineage of {run}")

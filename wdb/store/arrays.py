@@ -58,6 +58,9 @@ class ArrayStore:
         #: checks every row read against the catalog (``wdb.store.verify.RowHashes``); the
         #: database sets it on its weight store
         self.verifier: Any = None
+        #: decodes delta rows of wide spaces (``wdb.store.family.DeltaIndex``); the database
+        #: sets it on its weight store
+        self.family: Any = None
 
     @property
     def group(self) -> zarr.Group:
@@ -167,13 +170,22 @@ class ArrayStore:
     def read(
         self, path: str, rows: np.ndarray | list[int], cols=None, verify: bool = True
     ) -> np.ndarray:
-        """Rows in the order given. Contiguous runs of sorted rows are read as slices.
+        """Rows in the order given, delta rows decoded (``wdb.store.family``): the store's one
+        reader.
 
         With a ``verifier`` (the weight store of a database) every row a checkpoint references
-        is checked against the catalog's hashes, and damage raises ``DamagedChunk``;
-        ``verify=False`` reads the bytes as they are (``wdb fsck``, which checks them itself)."""
+        is checked, after decoding, against the catalog's hashes, and damage raises
+        ``DamagedChunk``; ``verify=False`` reads the values without that check (``wdb fsck``,
+        which checks them itself, and the verifier's own read)."""
         if verify and self.verifier is not None:
             return self.verifier.read(self, path, rows, cols)
+        out = self._read_raw(path, rows, cols)
+        if self.family is not None and out.ndim == 2 and self.array(path).chunks[0] == 1:
+            out = self.family.patch(self, path, np.asarray(rows, dtype=np.int64), cols, out)
+        return out
+
+    def _read_raw(self, path: str, rows: np.ndarray | list[int], cols=None) -> np.ndarray:
+        """Rows as stored. Contiguous runs of sorted rows are read as slices."""
         rows = np.asarray(rows, dtype=np.int64)
         arr = self.array(path)
         col_sel = slice(None) if cols is None else cols

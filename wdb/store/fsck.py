@@ -8,7 +8,9 @@ Problems (the database is not consistent; ``ok`` is False):
   whose array is gone;
 - a checkpoint referencing an unknown run or space; metrics or outputs referencing an unknown
   checkpoint; outputs rows pointing past their array;
-- duplicate rows: two checkpoints on one (space, row), or on one (run, space, step).
+- duplicate rows: two checkpoints on one (run, space, step), or two checkpoints of different
+  sha256 on one (space, row) (equal ones share it: ``wdb.store.family``);
+- a delta row whose parent is missing or damaged (read as ``DamagedFamily``, naming both).
 
 Not problems: *unreferenced* rows, i.e. rows in a Zarr array that no catalog row points to. An
 interrupted write leaves them at the array's tail (bytes are written before the catalog commit)
@@ -133,7 +135,7 @@ def _check_space(db, space: dict, report: FsckReport, fix: bool, reread: Reread 
     for c, why in damaged:
         report.problems.append(f"{_where(c, name)}: {why}")
     _record(db, hashes, healed if fix else [], damaged if fix else [], name, report)
-    referenced = {c["row"] for c in inside}
+    referenced = _live(db, space["id"]) & set(range(n_rows))
     unref = n_rows - len(referenced)
     if unref:
         report.unreferenced[name] = unref
@@ -249,6 +251,19 @@ def _record(
         report.fixed.append(f"{_where(c, name)}: marked damaged (see checkpoint_info.damaged)")
 
 
+def _live(db, space_id: int) -> set[int]:
+    """Rows in use (mark-and-sweep: checkpoints' rows and the parents of live delta rows)."""
+    from wdb.store.family import live_rows
+
+    try:
+        with db.catalog.begin() as conn:
+            return live_rows(conn, space_id)
+    except Exception:  # a catalog before revision 0007: no delta rows
+        return {
+            r["row"] for r in db.sql(f"SELECT row FROM checkpoints WHERE space_id = {space_id}")
+        }
+
+
 def _orphans(db, report: FsckReport, fix: bool) -> None:
     for cid, run_id in (
         (r["id"], r["run_id"])
@@ -265,11 +280,11 @@ def _orphans(db, report: FsckReport, fix: bool) -> None:
         report.problems.append(f"checkpoint {r['id']}: references unknown space id {r['space_id']}")
     for r in db.sql(
         "SELECT space_id, row, count(*) AS n, min(id) AS a, max(id) AS b FROM checkpoints "
-        "GROUP BY space_id, row HAVING count(*) > 1"
+        "GROUP BY space_id, row HAVING count(DISTINCT sha256) > 1"
     ):
         report.problems.append(
-            f"duplicate rows: {r['n']} checkpoints (ids {r['a']}..{r['b']}) share row {r['row']} "
-            f"of space id {r['space_id']}"
+            f"duplicate rows: {r['n']} checkpoints (ids {r['a']}..{r['b']}) of different sha256 "
+            f"share row {r['row']} of space id {r['space_id']}"
         )
     for r in db.sql(
         "SELECT run_id, space_id, step, count(*) AS n FROM checkpoints "

@@ -23,6 +23,7 @@ import numpy as np
 
 from wdb.catalog.dialect import insert_many, next_ids
 from wdb.errors import BadInput
+from wdb.store.lineage import Plan, place
 from wdb.store.spaces import Layout, row_sha256
 from wdb.store.verify import chunk_hashes
 
@@ -76,9 +77,20 @@ class NewCheckpoint:
     sha256: str = ""
     meta: dict | None = None
 
+    #: a declared parent, ``RUN`` or ``RUN:STEP`` (``wdb ingest --base``; a Hugging Face
+    #: ``_name_or_path``): the lineage and delta parent when that run is in the store
+    base: str | None = None
+
     def __post_init__(self) -> None:
         if not self.sha256:
             self.sha256 = row_sha256(self.row)
+
+    @property
+    def row_nbytes(self) -> int:
+        """Bytes of the row as given (a stream: its values times 4, float32)."""
+        if isinstance(self.row, RowStream):
+            return self.row.n * 4
+        return int(np.asarray(self.row).nbytes)
 
 
 @dataclass
@@ -158,48 +170,15 @@ def write_checkpoints(
             max_row = conn.execute(
                 sa.select(sa.func.max(checkpoints.c.row)).where(checkpoints.c.space_id == space.id)
             ).scalar()
-        start = 0 if max_row is None else int(max_row) + 1
-        fresh: list[NewCheckpoint] = []
-        seen: set[tuple[str, int]] = set()
-        for it in items:
-            key = (it.run, it.step)
-            if it.run and key in existing:
-                cid, sha = existing[key]
-                if sha == it.sha256:
-                    result.existing.append(cid)
-                else:
-                    result.conflicts.append((it, "already stored with different content"))
-                continue
-            if it.run and key in seen:
-                result.conflicts.append((it, "appears twice in this batch"))
-                continue
-            seen.add(key)
-            fresh.append(it)
+            start = 0 if max_row is None else int(max_row) + 1
+            fresh = _fresh(items, existing, result)
+            # 2. places (shared rows, delta parents: wdb.store.lineage), then bytes
+            wide = _wide(db, space)
+            plans = place(conn, space, fresh, start, wide) if fresh else []
         if not fresh:
             return result
-        # 2. bytes, and the block hashes every later read is checked against
-        width = int(db.weights_store.array(space.array_path).chunks[1])
-        hashes: list[str] = []
-        if any(isinstance(it.row, RowStream) for it in fresh):  # one at a time, streamed
-            for i, it in enumerate(fresh):
-                if isinstance(it.row, RowStream):
-                    got, blocks = db.weights_store.write_stream(
-                        space.array_path, start + i, it.row.n, it.row.segments()
-                    )
-                    if got != it.sha256:
-                        raise BadInput(f"{it.source or it.run}: file changed while being ingested")
-                    hashes.append(blocks)
-                else:
-                    row = np.asarray(it.row, dtype=space.layout.storage_dtype)
-                    db.weights_store.write(space.array_path, start + i, row[None])
-                    hashes.append(chunk_hashes(row, width))
-        else:
-            # one item (a large model): a view, not a second copy of its row
-            rows = [np.asarray(it.row) for it in fresh]
-            block = rows[0][None] if len(rows) == 1 else np.stack(rows)
-            block = block.astype(space.layout.storage_dtype, copy=False)
-            db.weights_store.write(space.array_path, start, block)
-            hashes = [chunk_hashes(r, width) for r in block]
+        # 2b. bytes, and the block hashes every later read is checked against
+        written, hashes = _write_bytes(db, space, fresh, plans, wide)
         # 3. one catalog transaction
         with db.catalog.begin() as conn:
             run_ids: dict[str, int] = {}
@@ -243,7 +222,7 @@ def write_checkpoints(
                         run_id=run_ids[it.run],
                         space_id=space.id,
                         step=it.step,
-                        row=start + i,
+                        row=plans[i].row,
                         sha256=it.sha256,
                         split=it.split,
                         source=it.source,
@@ -252,7 +231,7 @@ def write_checkpoints(
                 if with_meta:
                     ck_rows[-1]["meta"] = to_json(it.meta)
                 if with_hashes:
-                    ck_rows[-1]["chunk_hashes"] = hashes[i]
+                    ck_rows[-1]["chunk_hashes"] = hashes[i] or _shared_hashes(conn, space, plans[i])
                 if it.metrics:
                     if eval_set_id is None:
                         eval_set_id = reported_eval_set(conn, it.zoo)
@@ -264,4 +243,159 @@ def write_checkpoints(
             insert_many(conn, runs, run_rows)
             insert_many(conn, checkpoints, ck_rows)
             insert_many(conn, metrics, metric_rows)
+            _record_family(conn, space, fresh, plans, written, cids)
     return result
+
+
+def _fresh(
+    items: list[NewCheckpoint], existing: dict[tuple[str, int], tuple[int, str]], result: Any
+) -> list[NewCheckpoint]:
+    """The items to write: not already stored (``result.existing``), not conflicting."""
+    fresh: list[NewCheckpoint] = []
+    seen: set[tuple[str, int]] = set()
+    for it in items:
+        key = (it.run, it.step)
+        if it.run and key in existing:
+            cid, sha = existing[key]
+            if sha == it.sha256:
+                result.existing.append(cid)
+            else:
+                result.conflicts.append((it, "already stored with different content"))
+            continue
+        if it.run and key in seen:
+            result.conflicts.append((it, "appears twice in this batch"))
+            continue
+        seen.add(key)
+        fresh.append(it)
+    return fresh
+
+
+def _wide(db: Any, space: Space) -> bool:
+    """Whether ``space``'s array is one row per chunk (deltas and sketches apply)."""
+    from wdb.store.family import is_family
+
+    store = db.weights_store
+    return store.has(space.array_path) and is_family(store.array(space.array_path))
+
+
+def _write_bytes(
+    db: Any, space: Space, fresh: list[NewCheckpoint], plans: list[Plan], wide: bool
+) -> tuple[dict[int, Any], list[str | None]]:
+    """Write the rows that are not shared; wide rows through ``wdb.store.family.write_row``
+    (against their planned parent). Returns ``family.Written`` per index of ``fresh``, and
+    each row's block hashes (``wdb.store.verify.chunk_hashes``; None for a shared row streamed
+    from a file: it takes the stored row's)."""
+    from wdb.store import family
+
+    store, path = db.weights_store, space.array_path
+    width = int(store.array(path).chunks[1])
+    todo = [i for i, p in enumerate(plans) if not p.shared]
+    written: dict[int, Any] = {}
+    hashes: list[str | None] = [
+        chunk_hashes(np.asarray(it.row, dtype=space.layout.storage_dtype), width)
+        if not isinstance(it.row, RowStream) and (not wide or plans[i].shared)
+        else None
+        for i, it in enumerate(fresh)
+    ]
+    if wide:
+        last: tuple[int, np.ndarray] | None = None  # the row just written: the next one's parent
+        for i in todo:
+            it, plan = fresh[i], plans[i]
+            parent = None
+            if plan.parent_row is not None:
+                if last is not None and last[0] == plan.parent_row:
+                    parent = last[1]
+                else:
+                    parent = store.read(path, [plan.parent_row])[0]
+            if isinstance(it.row, RowStream):
+                n, segs = it.row.n, it.row.segments()
+            else:
+                row = np.asarray(it.row).reshape(-1)
+                n, segs = row.size, iter([row])
+            stream = isinstance(it.row, RowStream)
+            written[i] = family.write_row(store, path, plan.row, n, segs, parent, sha256=stream)
+            hashes[i] = written[i].chunk_hashes
+            if stream:
+                if written[i].sha256 != it.sha256:
+                    raise BadInput(f"{it.source or it.run}: file changed while being ingested")
+                last = None
+            else:
+                last = (plan.row, np.asarray(it.row, dtype=space.layout.storage_dtype))
+        return written, hashes
+    if any(isinstance(fresh[i].row, RowStream) for i in todo):  # one at a time, streamed
+        for i in todo:
+            it = fresh[i]
+            if isinstance(it.row, RowStream):
+                got, hashes[i] = store.write_stream(path, plans[i].row, it.row.n, it.row.segments())
+                if got != it.sha256:
+                    raise BadInput(f"{it.source or it.run}: file changed while being ingested")
+            else:
+                row = np.asarray(it.row, dtype=space.layout.storage_dtype)
+                store.write(path, plans[i].row, row[None])
+    elif todo:
+        # one item (a large model): a view, not a second copy of its row
+        rows = [np.asarray(fresh[i].row) for i in todo]
+        block = rows[0][None] if len(rows) == 1 else np.stack(rows)
+        block = block.astype(space.layout.storage_dtype, copy=False)
+        store.write(path, plans[todo[0]].row, block)
+    return written, hashes
+
+
+def _shared_hashes(conn: Any, space: Space, plan: Plan) -> str | None:
+    """The block hashes already recorded for the stored row a shared checkpoint points to."""
+    import sqlalchemy as sa
+
+    from wdb.catalog.schema import checkpoints
+
+    return conn.execute(
+        sa.select(checkpoints.c.chunk_hashes)
+        .where(checkpoints.c.space_id == space.id, checkpoints.c.row == plan.row)
+        .where(checkpoints.c.chunk_hashes.is_not(None))
+        .limit(1)
+    ).scalar()
+
+
+def _record_family(
+    conn: Any,
+    space: Space,
+    fresh: list[NewCheckpoint],
+    plans: list[Plan],
+    written: dict[int, Any],
+    cids: list[int],
+) -> None:
+    """Insert ``family_rows`` for new wide rows and ``lineage`` for every inferred parent."""
+    from wdb.catalog.schema import family_rows, lineage
+
+    fam, lin = [], []
+    for i, plan in enumerate(plans):
+        w = written.get(i)
+        if w is not None:
+            delta = bool(w.delta_chunks) and plan.parent_row is not None
+            fam.append(
+                dict(
+                    space_id=space.id,
+                    row=plan.row,
+                    parent_row=plan.parent_row if delta else None,
+                    delta_chunks=",".join(map(str, w.delta_chunks)) if delta else None,
+                    depth=plan.parent_depth + 1 if delta else 0,
+                    digest=w.digest,
+                    sketch=w.sketch,
+                )
+            )
+        if plan.parent_ref is None:
+            continue
+        saved = fresh[i].row_nbytes if plan.shared else (w.bytes_saved if w else 0)
+        if plan.reason == "found" and not saved and plan.parent_row is not None:
+            continue  # a nearest row whose delta saved nothing is no parent
+        parent = plan.parent_ref if plan.parent_ref >= 0 else cids[-plan.parent_ref - 1]
+        lin.append(
+            dict(
+                child_id=cids[i],
+                parent_id=parent,
+                reason=plan.reason,
+                distance=plan.distance,
+                bytes_saved=int(saved),
+            )
+        )
+    insert_many(conn, family_rows, fam)
+    insert_many(conn, lineage, lin)

@@ -1,0 +1,194 @@
+"""Families of checkpoints: shared rows, deltas against a parent, lineage (wdb.store.family).
+
+Wide spaces are made small: the one-row-per-chunk threshold and chunk width are lowered so a
+4,500-parameter space has five 1,024-column chunks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from wdb.store import arrays, family
+from wdb.store.spaces import Layout
+from wdb.store.write import NewCheckpoint
+
+BIG, SMALL = 3000, 1500
+
+
+@pytest.fixture(autouse=True)
+def _small_wide(monkeypatch):
+    monkeypatch.setattr(arrays, "WIDE", 4096)
+    monkeypatch.setattr(arrays, "WIDE_COLS", 1024)
+
+
+def _layout() -> Layout:
+    return Layout.from_arrays(
+        {"big": np.zeros(BIG, np.float32), "small": np.zeros(SMALL, np.float32)}
+    )
+
+
+def _family(seed: int = 0) -> dict[str, np.ndarray]:
+    """A run of 4 steps, a re-save of step 0, a frozen-big fine-tune and a full fine-tune of
+    step 3 (noise relative to the weights' scale 0.02)."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal(BIG + SMALL) * 0.02).astype(np.float32)
+    out = {"run:0": w}
+    for s in range(1, 4):
+        w = (w + rng.standard_normal(w.size).astype(np.float32) * 2e-5).astype(np.float32)
+        out[f"run:{s}"] = w
+    frozen = w.copy()
+    frozen[BIG:] += rng.standard_normal(SMALL).astype(np.float32) * 6e-5
+    out["frozen:0"] = frozen
+    out["full:0"] = (w + rng.standard_normal(w.size).astype(np.float32) * 6e-5).astype(np.float32)
+    out["copy:0"] = out["run:0"].copy()
+    return out
+
+
+def _ingest(db, rows: dict[str, np.ndarray], base: dict[str, str] | None = None) -> dict[str, int]:
+    space = db.ensure_space(_layout())
+    ids = {}
+    for key, row in rows.items():
+        run, step = key.split(":")
+        it = NewCheckpoint(run=run, step=int(step), row=row, base=(base or {}).get(run))
+        res = db.write_checkpoints(space, [it])
+        ids[key] = (res.added + res.existing)[0]
+    return ids
+
+
+def _lineage(db) -> dict[int, dict]:
+    return {r["child_id"]: r for r in db.sql("SELECT * FROM lineage_info")}
+
+
+def test_exact_resave_costs_no_bytes_and_reads_back(db):
+    rows = _family()
+    ids = _ingest(db, rows)
+    space = db.ensure_space(_layout())
+    ck = {c["checkpoint_id"]: c for c in db.checkpoints()}
+    assert ck[ids["copy:0"]]["row"] == ck[ids["run:0"]]["row"]
+    assert db.weights_store.n_rows(space.array_path) == len(rows) - 1
+    for key, cid in ids.items():
+        assert db.weights([cid])[0].tobytes() == rows[key].tobytes(), key
+    lin = _lineage(db)[ids["copy:0"]]
+    assert (lin["parent_id"], lin["reason"], lin["distance"]) == (ids["run:0"], "found", 0.0)
+    assert db.fsck().ok
+
+
+def test_small_space_shares_equal_rows(db):
+    layout = Layout.from_arrays({"w": np.zeros(6, np.float32)})
+    rows = np.arange(12, dtype=np.float32).reshape(2, 6)
+    db.add_checkpoints(layout, rows, run="a", kind="training")
+    ids = db.add_checkpoints(layout, rows, run="b", kind="training")
+    space = db.ensure_space(layout)
+    assert db.weights_store.n_rows(space.array_path) == 2
+    np.testing.assert_array_equal(db.weights(ids), rows)
+    report = db.fsck(fix=True)
+    assert report.ok and not report.unreferenced
+
+
+def test_deltas_parents_and_lineage(db):
+    rows = _family()
+    ids = _ingest(db, rows)
+    lin = _lineage(db)
+    for s in (1, 2, 3):
+        assert lin[ids[f"run:{s}"]]["parent_id"] == ids[f"run:{s - 1}"]
+        assert lin[ids[f"run:{s}"]]["reason"] == "previous_step"
+    for key in ("frozen:0", "full:0"):  # no parent declared: found by sketch
+        assert lin[ids[key]]["parent_id"] == ids["run:3"], key
+        assert lin[ids[key]]["reason"] == "found" and lin[ids[key]]["bytes_saved"] > 0
+    assert ids["run:0"] not in lin
+    fam = db.sql("SELECT * FROM family_rows WHERE parent_row IS NOT NULL")
+    assert fam and max(f["depth"] for f in fam) <= family.MAX_DEPTH
+    # the frozen tensor's chunks are XOR zeros: the whole row far below its own size
+    space = db.ensure_space(_layout())
+    stored = db.weights_store.array(space.array_path).nbytes_stored()
+    raw = sum(r.nbytes for r in rows.values())
+    assert stored < 0.8 * raw
+    for key, cid in ids.items():
+        assert db.weights([cid])[0].tobytes() == rows[key].tobytes(), key
+    assert db.fsck().ok
+
+
+def test_declared_base_wins_over_the_nearest(db):
+    rows = _family()
+    ids = _ingest(db, {k: rows[k] for k in ("run:0", "run:1", "run:2", "run:3")})
+    more = _ingest(db, {"tuned:0": rows["full:0"]}, base={"tuned": "run:1"})
+    lin = _lineage(db)[more["tuned:0"]]
+    assert (lin["parent_id"], lin["reason"]) == (ids["run:1"], "declared")
+    assert db.weights([more["tuned:0"]])[0].tobytes() == rows["full:0"].tobytes()
+
+
+def test_chains_are_bounded(db, monkeypatch):
+    monkeypatch.setattr(family, "MAX_DEPTH", 2)
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal(BIG + SMALL) * 0.02).astype(np.float32)
+    rows = {}
+    for s in range(7):
+        rows[f"long:{s}"] = w
+        w = (w + rng.standard_normal(w.size).astype(np.float32) * 2e-5).astype(np.float32)
+    ids = _ingest(db, rows)
+    depths = [f["depth"] for f in db.sql("SELECT depth FROM family_rows ORDER BY row")]
+    assert max(depths) == 2 and depths.count(0) >= 3
+    assert len(_lineage(db)) == 6  # lineage kept where the storage restarted a chain
+    for key, cid in ids.items():
+        assert db.weights([cid])[0].tobytes() == rows[key].tobytes()
+
+
+def test_missing_parent_is_an_error_naming_both(db):
+    import fsspec
+
+    rows = _family()
+    ids = _ingest(db, {k: rows[k] for k in ("run:0", "run:1")})
+    space = db.ensure_space(_layout())
+    arr = db.weights_store.array(space.array_path)
+    fam = db.sql("SELECT * FROM family_rows WHERE parent_row IS NOT NULL")[0]
+    c = int(fam["delta_chunks"].split(",")[0])
+    fs, root = fsspec.core.url_to_fs(db.weights_store.root)
+    fs.rm(f"{root}/{family._chunk_key(arr, int(fam['parent_row']), c)}")
+    fresh = type(db)(db.path)  # a new reader: nothing cached
+    with pytest.raises(family.DamagedFamily) as err:
+        fresh.weights([ids["run:1"]])
+    msg = str(err.value)
+    assert f"checkpoint {ids['run:1']} (run 'run' step 1)" in msg
+    assert f"checkpoint {ids['run:0']} (run 'run' step 0)" in msg
+    assert not fresh.fsck().ok
+
+
+def test_crash_before_the_catalog_leaves_no_family_rows(db, monkeypatch):
+    rows = _family()
+    _ingest(db, {"run:0": rows["run:0"]})
+    from wdb.store import write
+
+    def crash(*_a, **_k):  # inside the catalog transaction, after the bytes: it rolls back
+        raise RuntimeError("simulated crash")
+
+    with monkeypatch.context() as m:
+        m.setattr(write, "_record_family", crash)
+        with pytest.raises(RuntimeError):
+            _ingest(db, {"run:1": rows["run:1"]})
+    space = db.ensure_space(_layout())
+    assert db.weights_store.n_rows(space.array_path) == 2  # the delta row's bytes exist
+    assert len(db.sql("SELECT * FROM family_rows")) == 1
+    assert len(db.sql("SELECT * FROM lineage")) == 0
+    report = db.fsck(fix=True)
+    assert report.ok and report.fixed  # the unreferenced delta row is reclaimed
+    ids = _ingest(db, {"run:1": rows["run:1"]})
+    assert db.weights([ids["run:1"]])[0].tobytes() == rows["run:1"].tobytes()
+
+
+def test_query_lineage_cli(db, tmp_path):
+    rows = _family()
+    ids = _ingest(db, rows)
+    from click.testing import CliRunner
+
+    from wdb.cli.main import cli
+
+    out = CliRunner().invoke(
+        cli, ["--db", str(db.path), "query", "lineage", "--run", "full", "--json"]
+    )
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.output)
+    edges = [(r["child_id"], r["parent_id"], r["reason"], r["generation"]) for r in got]
+    chain = [(ids[f"run:{s}"], ids[f"run:{s - 1}"], "previous_step", s) for s in (1, 2, 3)]
+    assert edges == [*chain, (ids["full:0"], ids["run:3"], "found", 4)]

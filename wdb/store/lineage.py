@@ -1,0 +1,214 @@
+"""Where each new checkpoint's bytes go, and which checkpoint it came from (revision 0007).
+
+Called by the write protocol (``wdb.store.write``) under the write lock, before any byte is
+written: it reads the catalog, gives every new checkpoint a row (an existing one when its sha256
+is already stored in the space: *shared*), and, in wide spaces, a parent row to store a delta
+against (``wdb.store.family``). The lineage it infers is recorded whatever the storage does:
+
+1. ``previous_step``: the highest stored step below this one of the same run;
+2. ``declared``: ``NewCheckpoint.base`` (``RUN`` or ``RUN:STEP``), when that run is stored in the
+   space (a base named in a file but not in the store is ignored);
+3. ``found``: the nearest row of the space by sketch (``family.distance``); recorded only when
+   the delta saved bytes or the row is shared (an unrelated checkpoint gets no parent).
+
+On noise-only families the direction of an edge is not in the weights (STACK.md, MoTHer): ingest
+order decides it (a parent is always stored before its child).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wdb.store import family
+
+
+@dataclass
+class Plan:
+    """One new checkpoint's place: its row, whether its bytes are already stored, its parent."""
+
+    row: int
+    shared: bool = False
+    #: checkpoint id of the lineage parent, or ``-(index in batch) - 1`` for one of this batch
+    parent_ref: int | None = None
+    reason: str | None = None
+    distance: float | None = None
+    #: row to store a delta against (None: stored full), and the parent row's depth
+    parent_row: int | None = None
+    parent_depth: int = 0
+    sketch: bytes | None = None
+
+
+@dataclass
+class _Known:
+    cid: int  # checkpoint id, or -(batch index) - 1
+    run: str
+    step: int
+    row: int
+
+
+def _parse_base(base: str) -> tuple[str, int | None]:
+    run, sep, step = base.rpartition(":")
+    if sep and step.lstrip("-").isdigit():
+        return run, int(step)
+    return base, None
+
+
+def place(conn: Any, space: Any, items: list, start: int, wide: bool) -> list[Plan]:
+    """A :class:`Plan` per item (in order); new rows are ``start, start + 1, ...``."""
+    import sqlalchemy as sa
+
+    shas = sorted({it.sha256 for it in items})
+    stored: dict[str, tuple[int, int]] = {}  # sha256 -> (row, checkpoint id)
+    for sha, row, cid in conn.execute(
+        sa.text(
+            "SELECT sha256, min(row), min(id) FROM checkpoints WHERE space_id = :s "
+            "AND sha256 IN :h GROUP BY sha256"
+        ).bindparams(sa.bindparam("h", expanding=True)),
+        {"s": space.id, "h": shas},
+    ):
+        stored[sha] = (int(row), int(cid))
+    known: list[_Known] = []
+    depth: dict[int, int] = {}
+    sketches: dict[int, bytes] = {}
+    if wide:
+        known = [
+            _Known(int(c), r, int(s), int(w))
+            for c, r, s, w in conn.execute(
+                sa.text(
+                    "SELECT c.id, r.name, c.step, c.row FROM checkpoints c "
+                    "JOIN runs r ON r.id = c.run_id WHERE c.space_id = :s ORDER BY c.id"
+                ),
+                {"s": space.id},
+            )
+        ]
+        for row, d, sk in conn.execute(
+            sa.text("SELECT row, depth, sketch FROM family_rows WHERE space_id = :s"),
+            {"s": space.id},
+        ):
+            depth[int(row)] = int(d)
+            if sk is not None:
+                sketches[int(row)] = bytes(sk)
+    plans: list[Plan] = []
+    nxt = start
+    for i, it in enumerate(items):
+        plan = Plan(row=-1)
+        hit = stored.get(it.sha256)
+        if hit is not None:
+            plan.row, plan.shared = hit[0], True
+        else:
+            plan.row, nxt = nxt, nxt + 1
+            stored[it.sha256] = (plan.row, -i - 1)
+        if wide:
+            _parent(plan, it, known, sketches, hit)
+            if plan.parent_ref is not None and not plan.shared:
+                prow = _row_of(plan.parent_ref, known)
+                d = depth.get(prow, 0)
+                if prow != plan.row and d < family.MAX_DEPTH:
+                    plan.parent_row, plan.parent_depth = prow, d
+            depth.setdefault(plan.row, plan.parent_depth + 1 if plan.parent_row is not None else 0)
+            if plan.sketch is not None:
+                sketches.setdefault(plan.row, plan.sketch)
+            known.append(_Known(-i - 1, it.run, it.step, plan.row))
+        elif hit is not None:
+            plan.parent_ref, plan.reason, plan.distance = hit[1], "found", 0.0
+        plans.append(plan)
+    return plans
+
+
+def _row_of(ref: int, known: list[_Known]) -> int:
+    return next(k.row for k in known if k.cid == ref)
+
+
+def _sketch_of(it: Any) -> bytes:
+    row = it.row
+    if isinstance(row, np.ndarray):
+        return family.sketch(row)
+    pos = family.sketch_positions(row.n)  # a RowStream: one pass over its segments
+    out, a = np.empty(pos.size, dtype=np.float32), 0
+    for seg in row.segments():
+        seg = np.asarray(seg).reshape(-1)
+        inside = (pos >= a) & (pos < a + seg.size)
+        out[inside] = seg[pos[inside] - a]
+        a += seg.size
+    return out.tobytes()
+
+
+def _parent(plan: Plan, it: Any, known: list[_Known], sketches: dict[int, bytes], hit) -> None:
+    """Fill ``plan``'s lineage: previous step, declared base, or nearest by sketch."""
+    if it.run:
+        before = [k for k in known if k.run == it.run and k.step < it.step]
+        if before:
+            k = max(before, key=lambda k: (k.step, k.cid))
+            plan.parent_ref, plan.reason = k.cid, "previous_step"
+    base = getattr(it, "base", None)
+    if plan.parent_ref is None and base:
+        run, step = _parse_base(base)
+        cands = [k for k in known if k.run == run and (step is None or k.step == step)]
+        if cands:
+            k = max(cands, key=lambda k: (k.step, k.cid))
+            plan.parent_ref, plan.reason = k.cid, "declared"
+    if plan.shared and plan.parent_ref is None:
+        holder = next((k for k in known if k.row == plan.row), None)
+        if holder is not None:
+            plan.parent_ref, plan.reason, plan.distance = holder.cid, "found", 0.0
+        return
+    if plan.shared:
+        plan.distance = 0.0
+        return
+    plan.sketch = _sketch_of(it)
+    if plan.parent_ref is not None:
+        prow = _row_of(plan.parent_ref, known)
+        if prow in sketches:
+            plan.distance = family.distance(plan.sketch, sketches[prow])
+        return
+    best: tuple[float, int] | None = None
+    for row, sk in sketches.items():
+        if len(sk) == len(plan.sketch):
+            d = family.distance(plan.sketch, sk)
+            if best is None or d < best[0]:
+                best = (d, row)
+    if best is not None:
+        holder = min((k for k in known if k.row == best[1]), key=lambda k: k.cid, default=None)
+        if holder is not None:
+            plan.parent_ref, plan.reason, plan.distance = holder.cid, "found", best[0]
+
+
+def tree(db: Any, run: str) -> list[dict]:
+    """The family tree of ``run``: every lineage edge from its checkpoints up to their roots and
+    down to all their descendants, parents before children, with ``generation`` (0: a root)."""
+    edges = db.sql(
+        "SELECT child_id, child_run, child_step, parent_id, parent_run, parent_step, reason, "
+        "distance, bytes_saved FROM lineage_info ORDER BY child_id"
+    )
+    up = {e["child_id"]: e for e in edges}
+    down: dict[int, list[dict]] = {}
+    for e in edges:
+        down.setdefault(e["parent_id"], []).append(e)
+    mine = [
+        r["checkpoint_id"]
+        for r in db.sql("SELECT checkpoint_id FROM checkpoint_info WHERE run = :r", {"r": run})
+    ]
+    keep: dict[int, dict] = {}
+    for cid in mine:
+        c = cid
+        while c in up and up[c]["child_id"] not in keep:
+            keep[c] = up[c]
+            c = up[c]["parent_id"]
+    todo = list(mine)
+    while todo:
+        for e in down.get(todo.pop(), []):
+            if e["child_id"] not in keep:
+                keep[e["child_id"]] = e
+                todo.append(e["child_id"])
+
+    def generation(cid: int) -> int:
+        g = 0
+        while cid in up and g < len(up):
+            cid, g = up[cid]["parent_id"], g + 1
+        return g
+
+    rows = [{**e, "generation": generation(e["child_id"])} for e in keep.values()]
+    return sorted(rows, key=lambda r: (r["generation"], r["child_id"]))
