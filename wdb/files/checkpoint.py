@@ -87,26 +87,93 @@ def _is_tensor(v: Any) -> bool:
     )
 
 
-def _jsonable(v: Any, depth: int = 0) -> bool:
-    """Small plain data (numbers, strings, lists and dicts of them) that the catalog can keep."""
-    if v is None or isinstance(v, bool | str) or _is_number(v):
-        return not isinstance(v, str) or len(v) <= 10_000
-    if depth < 3 and isinstance(v, list | tuple) and len(v) <= 1000:
-        return all(_jsonable(x, depth + 1) for x in v)
-    if depth < 3 and isinstance(v, Mapping) and len(v) <= 1000:
-        return all(isinstance(k, str) and _jsonable(x, depth + 1) for k, x in v.items())
-    return False
+#: limits on the metadata one file may put in the catalog (``checkpoints.meta``): nesting
+#: depth, values visited (a shared reference counts each time it is reached, so a dict shared
+#: 2^20 times through references costs its visits, never 2^20 copies), and string characters.
+META_DEPTH = 8
+META_ITEMS = 10_000
+META_CHARS = 1 << 20
 
 
-def _set_aside(entries: Mapping, meta: dict, numbers: dict | None) -> None:
-    """Non-tensor entries into ``meta`` (numbers also into ``numbers``); the rest named."""
+class _NotJson(Exception):
+    """A value with no JSON form (a tensor, an object): the whole entry is named, not kept."""
+
+
+class _MetaBudget:
+    """What is left of the limits while one file's metadata is converted."""
+
+    def __init__(self) -> None:
+        self.items, self.chars = META_ITEMS, META_CHARS
+        self.path: set[int] = set()  # ids of the containers being converted: a cycle's guard
+        self.notes: set[str] = set()
+
+    def cut(self, why: str) -> dict:
+        self.notes.add(why)
+        return {"_truncated": why}
+
+
+def _to_json(v: Any, budget: _MetaBudget, depth: int = 0) -> Any:
+    """``v`` as plain JSON data within ``budget``; what is past a limit becomes a
+    ``{"_truncated": why}`` note. Raises :class:`_NotJson` for a value with no JSON form."""
+    if v is None or isinstance(v, bool) or _is_number(v):
+        budget.items -= 1
+        return v
+    if isinstance(v, str):
+        budget.items -= 1
+        if len(v) > min(10_000, budget.chars):
+            return budget.cut(f"string of {len(v)} characters")
+        budget.chars -= len(v)
+        return v
+    if not isinstance(v, list | tuple | Mapping):
+        raise _NotJson(type(v).__name__)
+    if depth >= META_DEPTH:
+        return budget.cut(f"depth > {META_DEPTH}")
+    if id(v) in budget.path:
+        return budget.cut("refers to itself")
+    budget.path.add(id(v))
+    try:
+        budget.items -= 1
+        if isinstance(v, Mapping):
+            out: dict[str, Any] = {}
+            for k, x in v.items():
+                if budget.items <= 0:
+                    out["_truncated"] = budget.cut(f"more than {META_ITEMS} values")["_truncated"]
+                    break
+                if not (isinstance(k, str | int | bool) or k is None):
+                    raise _NotJson(f"a {type(k).__name__} key")
+                out[k if isinstance(k, str) else json.dumps(k)] = _to_json(x, budget, depth + 1)
+            return out
+        items: list[Any] = []
+        for x in v:
+            if budget.items <= 0:
+                items.append(budget.cut(f"more than {META_ITEMS} values"))
+                break
+            items.append(_to_json(x, budget, depth + 1))
+        return items
+    finally:
+        budget.path.discard(id(v))
+
+
+def _set_aside(entries: Mapping, meta: dict, numbers: dict | None, budget: _MetaBudget) -> None:
+    """Non-tensor entries into ``meta`` (numbers also into ``numbers``); the rest named.
+
+    Values are converted within one budget per file (:func:`_to_json`): hostile metadata (a
+    list holding itself, references shared millions of times, deep nesting) is kept cut short,
+    with ``{"_truncated": why}`` where it was cut and the reasons under ``meta["_truncated"]``,
+    in time and memory bounded by the limits, never followed to the end.
+    """
     for k, v in entries.items():
-        if _jsonable(v):
-            meta[str(k)] = list(v) if isinstance(v, tuple) else v
-            if numbers is not None and _is_number(v):
-                numbers[str(k)] = float(v)
-        else:
+        spent = (budget.items, budget.chars, set(budget.notes))
+        try:
+            meta[str(k)] = _to_json(v, budget)
+        except _NotJson:  # what the entry's walk used is given back to the others
+            budget.items, budget.chars, budget.notes = spent
             meta.setdefault("not_stored", []).append(str(k))
+            continue
+        if numbers is not None and _is_number(v):
+            numbers[str(k)] = float(v)
+    if budget.notes:
+        meta["_truncated"] = sorted(budget.notes)
 
 
 def unbundle(obj: Any) -> Loaded:
@@ -120,6 +187,7 @@ def unbundle(obj: Any) -> Loaded:
     """
     meta: dict = {}
     numbers: dict[str, float] = {}
+    budget = _MetaBudget()
     for _ in range(3):
         if not isinstance(obj, Mapping):
             break
@@ -128,12 +196,12 @@ def unbundle(obj: Any) -> Loaded:
         )
         if key is None:
             break
-        _set_aside({k: v for k, v in obj.items() if k != key}, meta, numbers)
+        _set_aside({k: v for k, v in obj.items() if k != key}, meta, numbers, budget)
         obj = obj[key]
     if not isinstance(obj, Mapping):
         raise BadInput(f"not a state dict (a {type(obj).__name__})")
     tensors = {k: v for k, v in obj.items() if _is_tensor(v)}
-    _set_aside({k: v for k, v in obj.items() if k not in tensors}, meta, None)
+    _set_aside({k: v for k, v in obj.items() if k not in tensors}, meta, None, budget)
     if not tensors:
         rest = ", ".join(f"'{k}'" for k in list(obj)[:5])
         raise BadInput(f"no tensors in the state dict (entries: {rest or 'none'})")

@@ -66,6 +66,7 @@ from wdb.errors import BadInput, WdbError
 from wdb.files.checkpoint import STEP_KEYS, Loaded, as_loaded, digest
 from wdb.ingest.pool import flat_row, prefetched
 from wdb.ingest.readers import Found, detect_format, reader
+from wdb.ingest.stops import explained
 from wdb.store.spaces import Layout
 from wdb.store.write import RowStream
 
@@ -504,61 +505,67 @@ def ingest(
     path = Path(path)
     if not path.exists():
         raise BadInput(f"{path}: no such file or directory")
-    if trained_on and not generator:
-        raise BadInput("--trained-on needs --generator NAME (whose training set it describes)")
-    kind = kind or ("generated" if generator else "training")
-    if kind not in KINDS:
-        raise BadInput(f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
-    fmt = format or detect_format(path)
-    mod = reader(fmt)
-    zoo = zoo or (path.resolve().name if path.is_dir() else path.resolve().parent.name)
-    job = _Ingest(db, path, zoo, kind, strict, space, fmt)
-    if space and space.lower().endswith(".json") and Path(space).is_file():
-        try:
-            job.forced_layout = Layout.from_json(Path(space).read_text())
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BadInput(f"{space}: not a layout file ({exc})") from None
-        job.space_name = None  # a layout file names no space: the zoo name is used
-    elif space:
-        try:
-            job.forced_layout = db.space(space).layout
-        except WdbError:
-            job.forced_layout = None  # a new space of that name
-    if job.forced_layout is not None:
-        job.layouts[job.forced_layout.hash] = job.forced_layout
-    options = {
-        "db": db,
-        "zoo": zoo,
-        "kind": kind,
-        "space": space,
-        "strict": strict,
-        "layout": job.forced_layout,
-    }
-    found: Iterable[Found] = mod.scan(path, options)
-    found = list(found)
-    if generator:
-        from wdb.study.generate import finish_outside_run, start_outside_run
+    job = None
 
-        job.generator_run_id = start_outside_run(
-            db, generator, trained_on, generator_config, source=str(path)
-        )
-        job.report.generator_run_id = job.generator_run_id
-    try:
-        bar = progress(total=len(found), desc=f"ingest {path.name}")
-        for f, pre in prefetched(found):
-            item = job.prepare(f, pre)
-            if item is not None:
-                job.add(item)
-            bar.update(1)
-        bar.close()
-        job.finish_pending()
-        job.flush_all()
-    except BaseException as exc:
+    def committed() -> int:
+        return job.report.checkpoints_added if job is not None else 0
+
+    with explained(str(path), committed):  # Ctrl-C, disk full, permission denied: one line
+        if trained_on and not generator:
+            raise BadInput("--trained-on needs --generator NAME (whose training set it describes)")
+        kind = kind or ("generated" if generator else "training")
+        if kind not in KINDS:
+            raise BadInput(f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
+        fmt = format or detect_format(path)
+        mod = reader(fmt)
+        zoo = zoo or (path.resolve().name if path.is_dir() else path.resolve().parent.name)
+        job = _Ingest(db, path, zoo, kind, strict, space, fmt)
+        if space and space.lower().endswith(".json") and Path(space).is_file():
+            try:
+                job.forced_layout = Layout.from_json(Path(space).read_text())
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BadInput(f"{space}: not a layout file ({exc})") from None
+            job.space_name = None  # a layout file names no space: the zoo name is used
+        elif space:
+            try:
+                job.forced_layout = db.space(space).layout
+            except WdbError:
+                job.forced_layout = None  # a new space of that name
+        if job.forced_layout is not None:
+            job.layouts[job.forced_layout.hash] = job.forced_layout
+        options = {
+            "db": db,
+            "zoo": zoo,
+            "kind": kind,
+            "space": space,
+            "strict": strict,
+            "layout": job.forced_layout,
+        }
+        found: Iterable[Found] = mod.scan(path, options)
+        found = list(found)
+        if generator:
+            from wdb.study.generate import finish_outside_run, start_outside_run
+
+            job.generator_run_id = start_outside_run(
+                db, generator, trained_on, generator_config, source=str(path)
+            )
+            job.report.generator_run_id = job.generator_run_id
+        try:
+            bar = progress(total=len(found), desc=f"ingest {path.name}")
+            for f, pre in prefetched(found):
+                item = job.prepare(f, pre)
+                if item is not None:
+                    job.add(item)
+                bar.update(1)
+            bar.close()
+            job.finish_pending()
+            job.flush_all()
+        except BaseException as exc:
+            if job.generator_run_id is not None:
+                finish_outside_run(db, job.generator_run_id, job.report.checkpoints_added, exc)
+            raise
         if job.generator_run_id is not None:
-            finish_outside_run(db, job.generator_run_id, job.report.checkpoints_added, exc)
-        raise
-    if job.generator_run_id is not None:
-        kept = finish_outside_run(db, job.generator_run_id, job.report.checkpoints_added)
-        job.report.generator_run_id = job.generator_run_id if kept else None
-    job.report.runs_added = len(job.created_runs)
-    return job.report
+            kept = finish_outside_run(db, job.generator_run_id, job.report.checkpoints_added)
+            job.report.generator_run_id = job.generator_run_id if kept else None
+        job.report.runs_added = len(job.created_runs)
+        return job.report
