@@ -286,6 +286,12 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
     return got.arrays, got.dtypes
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's message cut to one line (its type's name when it has none)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
 def read_checkpoint(path: str | os.PathLike) -> Loaded:
     """Load one checkpoint file safely → :class:`Loaded` (tensors plus the file's metadata).
 
@@ -304,15 +310,15 @@ def read_checkpoint(path: str | os.PathLike) -> Loaded:
 
             state = st_load(str(path), device="cpu")
         except Exception as exc:
-            raise BadInput(f"corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+            raise BadInput(f"corrupt safetensors file ({_first_line(exc)})") from None
     elif suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as npz:
                 state = {k: npz[k] for k in npz.files}
         except ValueError as exc:
-            raise BadInput(f"refused .npz ({str(exc).splitlines()[0]})") from None
+            raise BadInput(f"refused .npz ({_first_line(exc)})") from None
         except Exception as exc:
-            raise BadInput(f"corrupt .npz file ({str(exc).splitlines()[0]})") from None
+            raise BadInput(f"corrupt .npz file ({_first_line(exc)})") from None
     else:
         state = torch_load(path)
     return unbundle(state)
@@ -373,17 +379,62 @@ def read_sharded(index: Path) -> Loaded:
 
 def _safetensors_header(path: Path) -> tuple[dict, int]:
     """(tensor entries of the header, offset of the data) of a ``.safetensors`` file: an 8-byte
-    little-endian header length, then a JSON header (the format's whole specification)."""
+    little-endian header length, then a JSON header (the format's whole specification).
+
+    Checked as the ``safetensors`` library checks it, so that a shard is accepted exactly when
+    ``safetensors.torch.load_file`` would accept it: every entry a known dtype, a shape of
+    non-negative integers and ``data_offsets`` whose length is the shape's bytes; the entries,
+    in offset order, tile the data with no gap or overlap, up to the end of the file.
+    """
     try:
+        size = path.stat().st_size
         with path.open("rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
-            if n > 100 << 20:
-                raise ValueError("header larger than 100 MB")
-            header = json.loads(fh.read(n))
-    except (OSError, struct.error, ValueError) as exc:
-        raise BadInput(f"{path.name}: corrupt safetensors shard ({exc})") from None
-    header.pop("__metadata__", None)
+            if n > 100 << 20 or 8 + n > size:
+                raise ValueError(f"header length {n} past the end of the file")
+            header = json.loads(fh.read(n).decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        meta = header.pop("__metadata__", None)
+        if meta is not None and not (
+            isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+        ):
+            raise ValueError("__metadata__ is not a map of strings")
+        spans = []
+        for name, info in header.items():
+            spans.append((*_st_entry(name, info), name))
+        end = 0
+        for start, stop, name in sorted(spans):
+            if start != end:
+                raise ValueError(f"'{name}' does not start where the previous tensor ends")
+            end = stop
+        if 8 + n + end != size:
+            raise ValueError(f"data is {size - 8 - n} bytes, the tensors need {end}")
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path.name}: corrupt safetensors shard ({_first_line(exc)})") from None
     return header, 8 + n
+
+
+def _st_entry(name: str, info: Any) -> tuple[int, int]:
+    """(start, stop) of one header entry, its dtype, shape and length checked."""
+    if not isinstance(info, dict):
+        raise ValueError(f"'{name}' is not a tensor entry")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
+        raise ValueError(f"'{name}' has unsupported dtype {str(dtype)[:20]}")
+    ints = (list, tuple)
+    if not isinstance(shape, ints) or not all(type(d) is int and d >= 0 for d in shape):
+        raise ValueError(f"'{name}' has an invalid shape")
+    if not (
+        isinstance(offsets, ints)
+        and len(offsets) == 2
+        and all(type(x) is int and x >= 0 for x in offsets)
+        and offsets[0] <= offsets[1]
+    ):
+        raise ValueError(f"'{name}' has invalid data_offsets")
+    if offsets[1] - offsets[0] != math.prod(shape) * _np_dtype(_ST_DTYPES[dtype]).itemsize:
+        raise ValueError(f"'{name}': data_offsets do not match its shape and dtype")
+    return offsets[0], offsets[1]
 
 
 def _shard_specs(path: Path, names: list[str]) -> Iterable[tuple[str, tuple[int, ...], str]]:
@@ -393,10 +444,7 @@ def _shard_specs(path: Path, names: list[str]) -> Iterable[tuple[str, tuple[int,
         _same_names(path, names, set(header))
         for name in names:
             info = header[name]
-            dtype = _ST_DTYPES.get(info.get("dtype"))
-            if dtype is None:
-                raise BadInput(f"{path.name}: '{name}' has unsupported dtype {info.get('dtype')}")
-            yield name, tuple(int(d) for d in info["shape"]), dtype
+            yield name, tuple(info["shape"]), _ST_DTYPES[info["dtype"]]
         return
     for name, arr, dtype in _shard_tensors(path, names):
         yield name, tuple(arr.shape), dtype

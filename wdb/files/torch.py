@@ -136,9 +136,23 @@ def _zip_records(data: bytes) -> dict[str, memoryview]:
     end = data.rfind(b"PK\x05\x06", max(0, len(data) - 65557))
     if end < 0 or end + 22 > len(data):
         raise _Decline("no end of central directory")
-    if end >= 20 and data[end - 20 : end - 16] == b"PK\x06\x07":
-        raise _Decline("zip64")  # torch reads the zip64 directory: let zipfile check that one
-    _, _, _, _, n, cd_size, cd_off, _ = struct.unpack_from("<IHHHHIIH", data, end)
+    _, disk, cd_disk, n_disk, n, cd_size, cd_off, _ = struct.unpack_from("<IHHHHIIH", data, end)
+    if disk or cd_disk or n_disk != n:
+        raise _Decline("multi-disk zip")  # miniz refuses these: so does the check below
+    if end >= 20 and data[end - 20 : end - 16] == b"PK\x06\x07":  # torch always writes zip64
+        z_disk, at, z_disks = struct.unpack_from("<IQI", data, end - 16)
+        if (
+            z_disk
+            or z_disks != 1
+            or at + 56 > end - 20
+            or data[at : at + 12] != b"PK\x06\x06" + (44).to_bytes(8, "little")
+        ):
+            raise _Decline("bad zip64 end of central directory")
+        disk, cd_disk, n_disk, n64, size64, off64 = struct.unpack_from("<IIQQQQ", data, at + 16)
+        short = (min(n64, 0xFFFF), min(size64, 0xFFFFFFFF), min(off64, 0xFFFFFFFF))
+        if disk or cd_disk or n_disk != n64 or (n, cd_size, cd_off) != short:
+            raise _Decline("zip64 and zip directories disagree")
+        n, cd_size, cd_off, end = n64, size64, off64, at
     if n == 0xFFFF or cd_off == 0xFFFFFFFF or cd_off + cd_size > end:
         raise _Decline("zip64 or bad central directory")
     view, out, pos = memoryview(data), {}, cd_off
@@ -146,10 +160,17 @@ def _zip_records(data: bytes) -> dict[str, memoryview]:
         if data[pos : pos + 4] != b"PK\x01\x02":
             raise _Decline("bad central directory entry")
         fields = struct.unpack_from("<IHHHHHHIIIHHHHHII", data, pos)
-        method, crc, csize, usize = fields[4], fields[7], fields[8], fields[9]
+        flags, method, crc, csize, usize = fields[3], fields[4], fields[7], fields[8], fields[9]
         name_len, extra_len, comment_len, local = fields[10], fields[11], fields[12], fields[16]
+        # torch sets only the flags "data descriptor" and "UTF-8", and no attributes (miniz
+        # reads a member whose attributes say "directory" as empty: see verify_zip)
+        if flags & ~0x808 or fields[13] or fields[14] or fields[15]:
+            raise _Decline("unusual flags or attributes, or a member on another disk")
         raw_name = data[pos + 46 : pos + 46 + name_len]
-        name = raw_name.decode("utf-8", "replace")
+        try:
+            name = raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Decline("member name is not UTF-8") from None
         pos += 46 + name_len + extra_len + comment_len
         if method != 0 or csize != usize or csize == 0xFFFFFFFF or local == 0xFFFFFFFF:
             raise _Decline("compressed or zip64 member")
@@ -165,6 +186,8 @@ def _zip_records(data: bytes) -> dict[str, memoryview]:
         if zlib.crc32(member) != crc:
             raise _bad_member(name)
         out[name] = member
+    if pos != cd_off + cd_size:
+        raise _Decline("central directory size disagrees with its entries")
     return out
 
 
@@ -184,6 +207,8 @@ def verify_zip(path: Path) -> None:
             if len({i.filename for i in infos}) != len(infos):
                 raise BadInput("corrupt torch file: zip member names repeat")
             for info in infos:
+                if info.external_attr & 0x10 or info.filename.endswith("/"):
+                    raise BadInput(f"corrupt torch file: zip member '{info.filename}' is a folder")
                 with zf.open(info) as fh:  # CRC-32 (C) checked when the member is read to its end
                     while fh.read(1 << 24):
                         pass

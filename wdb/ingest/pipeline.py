@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,7 @@ from wdb.errors import BadInput, WdbError
 from wdb.files.checkpoint import STEP_KEYS, Loaded, as_loaded, digest
 from wdb.ingest.pool import flat_row, prefetched
 from wdb.ingest.readers import Found, detect_format, reader
-from wdb.ingest.stops import explained
+from wdb.ingest.stops import explained, stop_cause
 from wdb.store.spaces import Layout
 from wdb.store.write import RowStream
 
@@ -479,6 +478,20 @@ def _check_row(layout: Layout, row: np.ndarray) -> np.ndarray:
     return stored
 
 
+def scan(mod: Any, fmt: str, path: Path, options: dict) -> list[Found]:
+    """The reader's records; a reader that fails on the folder itself (not on one file) is
+    one line naming the folder and what went wrong, not a traceback."""
+    try:
+        return list(mod.scan(path, options))
+    except WdbError:
+        raise
+    except Exception as exc:
+        if stop_cause(exc) is not None:  # a denied folder: the one line of ``explained``
+            raise
+        msg = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise BadInput(f"{path}: the {fmt} reader failed ({type(exc).__name__}: {msg})") from None
+
+
 def ingest(
     db,
     path: Path,
@@ -541,8 +554,7 @@ def ingest(
             "strict": strict,
             "layout": job.forced_layout,
         }
-        found: Iterable[Found] = mod.scan(path, options)
-        found = list(found)
+        found = scan(mod, fmt, path, options)
         if generator:
             from wdb.study.generate import finish_outside_run, start_outside_run
 
