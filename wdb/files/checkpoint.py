@@ -409,7 +409,8 @@ def _safetensors_header(path: Path) -> tuple[dict, int]:
                 raise ValueError(f"'{name}' does not start where the previous tensor ends")
             end = stop
         if 8 + n + end != size:
-            raise ValueError(f"data is {size - 8 - n} bytes, the tensors need {end}")
+            cut = "truncated: " if 8 + n + end > size else ""
+            raise ValueError(f"{cut}data is {size - 8 - n} bytes, the tensors need {end}")
     except (OSError, struct.error, ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"{path.name}: corrupt safetensors shard ({_first_line(exc)})") from None
     return header, 8 + n

@@ -216,11 +216,11 @@ def verify_zip(path: Path) -> None:
         msg = str(exc)
         if msg.startswith("Bad CRC-32 for file"):
             raise _bad_member(msg.split("'", 1)[-1].rstrip("'")) from None
-        raise BadInput(f"corrupt torch file ({msg})") from None
+        raise BadInput(f"corrupt or truncated torch file ({msg})") from None
     except BadInput:
         raise
     except Exception as exc:  # zipfile's other complaints about a damaged directory
-        raise BadInput(f"corrupt torch file ({type(exc).__name__}: {exc})") from None
+        raise BadInput(f"corrupt or truncated torch file ({type(exc).__name__}: {exc})") from None
 
 
 def fast_torch_load(path: Path) -> Any:

@@ -17,7 +17,8 @@ Decisions (the spec is silent on these):
   small zip reader that takes the (uncompressed, CRC-checked) members as zero-copy views: several
   times faster than ``torch.load`` on small files and no torch import. Anything unusual it
   declines (it never decides "malicious") and ``torch.load(..., weights_only=True, mmap=True)``
-  gives the verdict. No code from a pickle can run on either path. safetensors via
+  gives the verdict, after ``zipfile`` has checked every member's CRC-32 (torch does not): a
+  damaged member is one line naming it, on either path. No code from a pickle can run on either path. safetensors via
   ``safetensors.torch.load_file``; ``.npz`` with ``allow_pickle=False``.
 - **Validation.** Containers (:data:`CONTAINER_KEYS`: Lightning's ``state_dict``,
   ``model_state_dict``, ``model``, DeepSpeed's ``module``, ``ema``, ...) are unwrapped; floats
@@ -48,7 +49,9 @@ Decisions (the spec is silent on these):
   with the catalog are checked first. The first bad file raises ``BadInput``; nothing is written.
 - **Kill safety** comes from ``write_checkpoints``: bytes are written before the catalog rows that point to
   them, an interrupted batch leaves only unreferenced tail rows that the next commit reuses, and
-  a rerun skips the (run, space, step) already stored with the same sha256.
+  a rerun skips the (run, space, step) already stored with the same sha256. A full disk, a
+  denied permission or Ctrl-C ends the ingest in one line saying so (``wdb.ingest.stops``).
+- **Problems** are one ``skipped`` entry per file; the CLI prints the first 20 and a count.
 """
 
 from __future__ import annotations
