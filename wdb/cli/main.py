@@ -91,11 +91,25 @@ class LazyGroup(click.Group):
         return command
 
     def invoke(self, ctx: click.Context):
+        """Run the command; what stops it ends in one line, never a traceback: a ``WdbError``
+        (its own exit code), Ctrl-C (130; an ingest says how to resume), a full disk or a
+        denied permission (1)."""
         try:
             return super().invoke(ctx)
         except WdbError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:
+            click.echo(str(exc) or "interrupted (Ctrl-C)", err=True)
+            sys.exit(130)
+        except OSError as exc:
+            from wdb.ingest.stops import DENIED, DISK_FULL
+
+            if exc.errno not in DISK_FULL | DENIED:
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -125,8 +125,7 @@ def ingest(
         trained_on=trained_on,
         generator_config=config,
     )
-    for source, reason in report.skipped:
-        click.echo(f"skipped {source}: {reason}", err=True)
+    print_problems(report.skipped, fmt)
     emit(
         [
             {
@@ -143,6 +142,11 @@ def ingest(
                     if report.generator_run_id is not None
                     else {}
                 ),
+                **(
+                    {"problems": [{"file": f, "problem": p} for f, p in report.skipped]}
+                    if fmt == "json"
+                    else {}
+                ),
             }
         ],
         fmt,
@@ -150,6 +154,21 @@ def ingest(
     )
     if report.skipped:
         sys.exit(3)
+
+
+#: skipped files printed one line each; past this many, one line counts the rest
+SHOW_PROBLEMS = 20
+
+
+def print_problems(skipped: list[tuple[str, str]], fmt: str) -> None:
+    """One line per skipped file up to :data:`SHOW_PROBLEMS`, then one line with the count of
+    the rest (a folder of a million broken rows gives 21 lines, not a million)."""
+    for source, reason in skipped[:SHOW_PROBLEMS]:
+        click.echo(f"skipped {source}: {reason}", err=True)
+    rest = len(skipped) - SHOW_PROBLEMS
+    if rest > 0:
+        where = "the JSON output lists them all" if fmt == "json" else "--json lists them all"
+        click.echo(f"... and {rest:,} more problem{'s' * (rest != 1)}; {where}", err=True)
 
 
 @click.command("ingest-outputs")

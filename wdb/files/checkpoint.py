@@ -87,26 +87,93 @@ def _is_tensor(v: Any) -> bool:
     )
 
 
-def _jsonable(v: Any, depth: int = 0) -> bool:
-    """Small plain data (numbers, strings, lists and dicts of them) that the catalog can keep."""
-    if v is None or isinstance(v, bool | str) or _is_number(v):
-        return not isinstance(v, str) or len(v) <= 10_000
-    if depth < 3 and isinstance(v, list | tuple) and len(v) <= 1000:
-        return all(_jsonable(x, depth + 1) for x in v)
-    if depth < 3 and isinstance(v, Mapping) and len(v) <= 1000:
-        return all(isinstance(k, str) and _jsonable(x, depth + 1) for k, x in v.items())
-    return False
+#: limits on the metadata one file may put in the catalog (``checkpoints.meta``): nesting
+#: depth, values visited (a shared reference counts each time it is reached, so a dict shared
+#: 2^20 times through references costs its visits, never 2^20 copies), and string characters.
+META_DEPTH = 8
+META_ITEMS = 10_000
+META_CHARS = 1 << 20
 
 
-def _set_aside(entries: Mapping, meta: dict, numbers: dict | None) -> None:
-    """Non-tensor entries into ``meta`` (numbers also into ``numbers``); the rest named."""
+class _NotJson(Exception):
+    """A value with no JSON form (a tensor, an object): the whole entry is named, not kept."""
+
+
+class _MetaBudget:
+    """What is left of the limits while one file's metadata is converted."""
+
+    def __init__(self) -> None:
+        self.items, self.chars = META_ITEMS, META_CHARS
+        self.path: set[int] = set()  # ids of the containers being converted: a cycle's guard
+        self.notes: set[str] = set()
+
+    def cut(self, why: str) -> dict:
+        self.notes.add(why)
+        return {"_truncated": why}
+
+
+def _to_json(v: Any, budget: _MetaBudget, depth: int = 0) -> Any:
+    """``v`` as plain JSON data within ``budget``; what is past a limit becomes a
+    ``{"_truncated": why}`` note. Raises :class:`_NotJson` for a value with no JSON form."""
+    if v is None or isinstance(v, bool) or _is_number(v):
+        budget.items -= 1
+        return v
+    if isinstance(v, str):
+        budget.items -= 1
+        if len(v) > min(10_000, budget.chars):
+            return budget.cut(f"string of {len(v)} characters")
+        budget.chars -= len(v)
+        return v
+    if not isinstance(v, list | tuple | Mapping):
+        raise _NotJson(type(v).__name__)
+    if depth >= META_DEPTH:
+        return budget.cut(f"depth > {META_DEPTH}")
+    if id(v) in budget.path:
+        return budget.cut("refers to itself")
+    budget.path.add(id(v))
+    try:
+        budget.items -= 1
+        if isinstance(v, Mapping):
+            out: dict[str, Any] = {}
+            for k, x in v.items():
+                if budget.items <= 0:
+                    out["_truncated"] = budget.cut(f"more than {META_ITEMS} values")["_truncated"]
+                    break
+                if not (isinstance(k, str | int | bool) or k is None):
+                    raise _NotJson(f"a {type(k).__name__} key")
+                out[k if isinstance(k, str) else json.dumps(k)] = _to_json(x, budget, depth + 1)
+            return out
+        items: list[Any] = []
+        for x in v:
+            if budget.items <= 0:
+                items.append(budget.cut(f"more than {META_ITEMS} values"))
+                break
+            items.append(_to_json(x, budget, depth + 1))
+        return items
+    finally:
+        budget.path.discard(id(v))
+
+
+def _set_aside(entries: Mapping, meta: dict, numbers: dict | None, budget: _MetaBudget) -> None:
+    """Non-tensor entries into ``meta`` (numbers also into ``numbers``); the rest named.
+
+    Values are converted within one budget per file (:func:`_to_json`): hostile metadata (a
+    list holding itself, references shared millions of times, deep nesting) is kept cut short,
+    with ``{"_truncated": why}`` where it was cut and the reasons under ``meta["_truncated"]``,
+    in time and memory bounded by the limits, never followed to the end.
+    """
     for k, v in entries.items():
-        if _jsonable(v):
-            meta[str(k)] = list(v) if isinstance(v, tuple) else v
-            if numbers is not None and _is_number(v):
-                numbers[str(k)] = float(v)
-        else:
+        spent = (budget.items, budget.chars, set(budget.notes))
+        try:
+            meta[str(k)] = _to_json(v, budget)
+        except _NotJson:  # what the entry's walk used is given back to the others
+            budget.items, budget.chars, budget.notes = spent
             meta.setdefault("not_stored", []).append(str(k))
+            continue
+        if numbers is not None and _is_number(v):
+            numbers[str(k)] = float(v)
+    if budget.notes:
+        meta["_truncated"] = sorted(budget.notes)
 
 
 def unbundle(obj: Any) -> Loaded:
@@ -120,6 +187,7 @@ def unbundle(obj: Any) -> Loaded:
     """
     meta: dict = {}
     numbers: dict[str, float] = {}
+    budget = _MetaBudget()
     for _ in range(3):
         if not isinstance(obj, Mapping):
             break
@@ -128,12 +196,12 @@ def unbundle(obj: Any) -> Loaded:
         )
         if key is None:
             break
-        _set_aside({k: v for k, v in obj.items() if k != key}, meta, numbers)
+        _set_aside({k: v for k, v in obj.items() if k != key}, meta, numbers, budget)
         obj = obj[key]
     if not isinstance(obj, Mapping):
         raise BadInput(f"not a state dict (a {type(obj).__name__})")
     tensors = {k: v for k, v in obj.items() if _is_tensor(v)}
-    _set_aside({k: v for k, v in obj.items() if k not in tensors}, meta, None)
+    _set_aside({k: v for k, v in obj.items() if k not in tensors}, meta, None, budget)
     if not tensors:
         rest = ", ".join(f"'{k}'" for k in list(obj)[:5])
         raise BadInput(f"no tensors in the state dict (entries: {rest or 'none'})")
@@ -218,6 +286,12 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
     return got.arrays, got.dtypes
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's message cut to one line (its type's name when it has none)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
 def read_checkpoint(path: str | os.PathLike) -> Loaded:
     """Load one checkpoint file safely → :class:`Loaded` (tensors plus the file's metadata).
 
@@ -236,15 +310,15 @@ def read_checkpoint(path: str | os.PathLike) -> Loaded:
 
             state = st_load(str(path), device="cpu")
         except Exception as exc:
-            raise BadInput(f"corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+            raise BadInput(f"corrupt safetensors file ({_first_line(exc)})") from None
     elif suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as npz:
                 state = {k: npz[k] for k in npz.files}
         except ValueError as exc:
-            raise BadInput(f"refused .npz ({str(exc).splitlines()[0]})") from None
+            raise BadInput(f"refused .npz ({_first_line(exc)})") from None
         except Exception as exc:
-            raise BadInput(f"corrupt .npz file ({str(exc).splitlines()[0]})") from None
+            raise BadInput(f"corrupt .npz file ({_first_line(exc)})") from None
     else:
         state = torch_load(path)
     return unbundle(state)
@@ -305,17 +379,63 @@ def read_sharded(index: Path) -> Loaded:
 
 def _safetensors_header(path: Path) -> tuple[dict, int]:
     """(tensor entries of the header, offset of the data) of a ``.safetensors`` file: an 8-byte
-    little-endian header length, then a JSON header (the format's whole specification)."""
+    little-endian header length, then a JSON header (the format's whole specification).
+
+    Checked as the ``safetensors`` library checks it, so that a shard is accepted exactly when
+    ``safetensors.torch.load_file`` would accept it: every entry a known dtype, a shape of
+    non-negative integers and ``data_offsets`` whose length is the shape's bytes; the entries,
+    in offset order, tile the data with no gap or overlap, up to the end of the file.
+    """
     try:
+        size = path.stat().st_size
         with path.open("rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
-            if n > 100 << 20:
-                raise ValueError("header larger than 100 MB")
-            header = json.loads(fh.read(n))
-    except (OSError, struct.error, ValueError) as exc:
-        raise BadInput(f"{path.name}: corrupt safetensors shard ({exc})") from None
-    header.pop("__metadata__", None)
+            if n > 100 << 20 or 8 + n > size:
+                raise ValueError(f"header length {n} past the end of the file")
+            header = json.loads(fh.read(n).decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        meta = header.pop("__metadata__", None)
+        if meta is not None and not (
+            isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+        ):
+            raise ValueError("__metadata__ is not a map of strings")
+        spans = []
+        for name, info in header.items():
+            spans.append((*_st_entry(name, info), name))
+        end = 0
+        for start, stop, name in sorted(spans):
+            if start != end:
+                raise ValueError(f"'{name}' does not start where the previous tensor ends")
+            end = stop
+        if 8 + n + end != size:
+            cut = "truncated: " if 8 + n + end > size else ""
+            raise ValueError(f"{cut}data is {size - 8 - n} bytes, the tensors need {end}")
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path.name}: corrupt safetensors shard ({_first_line(exc)})") from None
     return header, 8 + n
+
+
+def _st_entry(name: str, info: Any) -> tuple[int, int]:
+    """(start, stop) of one header entry, its dtype, shape and length checked."""
+    if not isinstance(info, dict):
+        raise ValueError(f"'{name}' is not a tensor entry")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
+        raise ValueError(f"'{name}' has unsupported dtype {str(dtype)[:20]}")
+    ints = (list, tuple)
+    if not isinstance(shape, ints) or not all(type(d) is int and d >= 0 for d in shape):
+        raise ValueError(f"'{name}' has an invalid shape")
+    if not (
+        isinstance(offsets, ints)
+        and len(offsets) == 2
+        and all(type(x) is int and x >= 0 for x in offsets)
+        and offsets[0] <= offsets[1]
+    ):
+        raise ValueError(f"'{name}' has invalid data_offsets")
+    if offsets[1] - offsets[0] != math.prod(shape) * _np_dtype(_ST_DTYPES[dtype]).itemsize:
+        raise ValueError(f"'{name}': data_offsets do not match its shape and dtype")
+    return offsets[0], offsets[1]
 
 
 def _shard_specs(path: Path, names: list[str]) -> Iterable[tuple[str, tuple[int, ...], str]]:
@@ -325,10 +445,7 @@ def _shard_specs(path: Path, names: list[str]) -> Iterable[tuple[str, tuple[int,
         _same_names(path, names, set(header))
         for name in names:
             info = header[name]
-            dtype = _ST_DTYPES.get(info.get("dtype"))
-            if dtype is None:
-                raise BadInput(f"{path.name}: '{name}' has unsupported dtype {info.get('dtype')}")
-            yield name, tuple(int(d) for d in info["shape"]), dtype
+            yield name, tuple(info["shape"]), _ST_DTYPES[info["dtype"]]
         return
     for name, arr, dtype in _shard_tensors(path, names):
         yield name, tuple(arr.shape), dtype

@@ -37,7 +37,10 @@ _STORAGE_NAMES = frozenset(_STORAGE_DTYPES.values())
 
 
 class _Decline(Exception):
-    """The fast loader does not handle this file; ``torch.load(weights_only=True)`` decides."""
+    """The fast loader does not handle this file; ``torch.load(weights_only=True)`` decides.
+    ``verified``: every zip member was read and matched its CRC-32 (no need to check again)."""
+
+    verified = False
 
 
 @dataclass
@@ -121,13 +124,35 @@ class _FastUnpickler(pickle.Unpickler):
         return _Tensor(arr, dtype)
 
 
+def _bad_member(name: str) -> BadInput:
+    return BadInput(f"corrupt torch file: zip member '{name}' fails its CRC-32 check")
+
+
 def _zip_records(data: bytes) -> dict[str, memoryview]:
     """Members of an uncompressed zip (what ``torch.save`` writes) as zero-copy views, each
-    CRC-checked. Anything unusual (compression, zip64 sizes, bad bounds) declines."""
+    CRC-checked against the central directory (a mismatch is ``BadInput``: the bytes are not
+    what was saved). Anything unusual (compression, zip64, bad bounds) declines, and
+    :func:`verify_zip` checks the file before ``torch.load`` sees it."""
     end = data.rfind(b"PK\x05\x06", max(0, len(data) - 65557))
     if end < 0 or end + 22 > len(data):
         raise _Decline("no end of central directory")
-    _, _, _, _, n, cd_size, cd_off, _ = struct.unpack_from("<IHHHHIIH", data, end)
+    _, disk, cd_disk, n_disk, n, cd_size, cd_off, _ = struct.unpack_from("<IHHHHIIH", data, end)
+    if disk or cd_disk or n_disk != n:
+        raise _Decline("multi-disk zip")  # miniz refuses these: so does the check below
+    if end >= 20 and data[end - 20 : end - 16] == b"PK\x06\x07":  # torch always writes zip64
+        z_disk, at, z_disks = struct.unpack_from("<IQI", data, end - 16)
+        if (
+            z_disk
+            or z_disks != 1
+            or at + 56 > end - 20
+            or data[at : at + 12] != b"PK\x06\x06" + (44).to_bytes(8, "little")
+        ):
+            raise _Decline("bad zip64 end of central directory")
+        disk, cd_disk, n_disk, n64, size64, off64 = struct.unpack_from("<IIQQQQ", data, at + 16)
+        short = (min(n64, 0xFFFF), min(size64, 0xFFFFFFFF), min(off64, 0xFFFFFFFF))
+        if disk or cd_disk or n_disk != n64 or (n, cd_size, cd_off) != short:
+            raise _Decline("zip64 and zip directories disagree")
+        n, cd_size, cd_off, end = n64, size64, off64, at
     if n == 0xFFFF or cd_off == 0xFFFFFFFF or cd_off + cd_size > end:
         raise _Decline("zip64 or bad central directory")
     view, out, pos = memoryview(data), {}, cd_off
@@ -135,23 +160,67 @@ def _zip_records(data: bytes) -> dict[str, memoryview]:
         if data[pos : pos + 4] != b"PK\x01\x02":
             raise _Decline("bad central directory entry")
         fields = struct.unpack_from("<IHHHHHHIIIHHHHHII", data, pos)
-        method, crc, csize, usize = fields[4], fields[7], fields[8], fields[9]
+        flags, method, crc, csize, usize = fields[3], fields[4], fields[7], fields[8], fields[9]
         name_len, extra_len, comment_len, local = fields[10], fields[11], fields[12], fields[16]
-        name = data[pos + 46 : pos + 46 + name_len].decode("utf-8", "replace")
+        # torch sets only the flags "data descriptor" and "UTF-8", and no attributes (miniz
+        # reads a member whose attributes say "directory" as empty: see verify_zip)
+        if flags & ~0x808 or fields[13] or fields[14] or fields[15]:
+            raise _Decline("unusual flags or attributes, or a member on another disk")
+        raw_name = data[pos + 46 : pos + 46 + name_len]
+        try:
+            name = raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Decline("member name is not UTF-8") from None
         pos += 46 + name_len + extra_len + comment_len
         if method != 0 or csize != usize or csize == 0xFFFFFFFF or local == 0xFFFFFFFF:
             raise _Decline("compressed or zip64 member")
         if data[local : local + 4] != b"PK\x03\x04" or local + 30 > len(data):
             raise _Decline("bad local header")
         lname, lextra = struct.unpack_from("<HH", data, local + 26)
+        if data[local + 30 : local + 30 + lname] != raw_name or name in out:
+            raise _Decline("member names disagree or repeat")
         start = local + 30 + lname + lextra
         if start + usize > len(data):
             raise _Decline("member past the end of the file")
         member = view[start : start + usize]
         if zlib.crc32(member) != crc:
-            raise _Decline("CRC mismatch")
+            raise _bad_member(name)
         out[name] = member
+    if pos != cd_off + cd_size:
+        raise _Decline("central directory size disagrees with its entries")
     return out
+
+
+def is_torch_zip(path: Path) -> bool:
+    """What ``torch.load`` takes for a zip: a file that starts with a local file header."""
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
+def verify_zip(path: Path) -> None:
+    """Check every member of a ``torch.save`` zip against its CRC-32 (``zipfile`` reads the
+    central directory, zip64 included, and compares each local header's name) before
+    ``torch.load``, which does not: a flipped byte would otherwise load as a wrong value."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len({i.filename for i in infos}) != len(infos):
+                raise BadInput("corrupt torch file: zip member names repeat")
+            for info in infos:
+                if info.external_attr & 0x10 or info.filename.endswith("/"):
+                    raise BadInput(f"corrupt torch file: zip member '{info.filename}' is a folder")
+                with zf.open(info) as fh:  # CRC-32 (C) checked when the member is read to its end
+                    while fh.read(1 << 24):
+                        pass
+    except zipfile.BadZipFile as exc:
+        msg = str(exc)
+        if msg.startswith("Bad CRC-32 for file"):
+            raise _bad_member(msg.split("'", 1)[-1].rstrip("'")) from None
+        raise BadInput(f"corrupt or truncated torch file ({msg})") from None
+    except BadInput:
+        raise
+    except Exception as exc:  # zipfile's other complaints about a damaged directory
+        raise BadInput(f"corrupt or truncated torch file ({type(exc).__name__}: {exc})") from None
 
 
 def fast_torch_load(path: Path) -> Any:
@@ -163,26 +232,32 @@ def fast_torch_load(path: Path) -> Any:
     pkl = [n for n in records if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pkl) != 1:
         raise _Decline("no data.pkl")
-    prefix = pkl[0][: -len("data.pkl")]
-    order = records.get(f"{prefix}byteorder")
-    if order is not None and bytes(order) != b"little":
-        raise _Decline("big-endian")
     try:
-        return _FastUnpickler(records, prefix).load()
-    except _Decline:
+        prefix = pkl[0][: -len("data.pkl")]
+        order = records.get(f"{prefix}byteorder")
+        if order is not None and bytes(order) != b"little":
+            raise _Decline("big-endian")
+        try:
+            return _FastUnpickler(records, prefix).load()
+        except _Decline:
+            raise
+        except Exception as exc:  # a bad pickle: let torch give the verdict
+            raise _Decline(str(exc)) from None
+    except _Decline as exc:
+        exc.verified = True  # the zip itself was sound: every member matched its CRC-32
         raise
-    except Exception as exc:  # a bad pickle: let torch give the verdict
-        raise _Decline(str(exc)) from None
 
 
 def torch_load(path: Path) -> Any:
     try:
         return fast_torch_load(path)
-    except _Decline:
-        pass
+    except _Decline as exc:
+        checked = exc.verified
     import torch
 
-    mmap = zipfile.is_zipfile(path)
+    mmap = is_torch_zip(path)
+    if mmap and not checked:
+        verify_zip(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "pickle protocol 4": the verdict is below

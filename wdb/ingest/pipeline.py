@@ -17,7 +17,8 @@ Decisions (the spec is silent on these):
   small zip reader that takes the (uncompressed, CRC-checked) members as zero-copy views: several
   times faster than ``torch.load`` on small files and no torch import. Anything unusual it
   declines (it never decides "malicious") and ``torch.load(..., weights_only=True, mmap=True)``
-  gives the verdict. No code from a pickle can run on either path. safetensors via
+  gives the verdict, after ``zipfile`` has checked every member's CRC-32 (torch does not): a
+  damaged member is one line naming it, on either path. No code from a pickle can run on either path. safetensors via
   ``safetensors.torch.load_file``; ``.npz`` with ``allow_pickle=False``.
 - **Validation.** Containers (:data:`CONTAINER_KEYS`: Lightning's ``state_dict``,
   ``model_state_dict``, ``model``, DeepSpeed's ``module``, ``ema``, ...) are unwrapped; floats
@@ -48,14 +49,15 @@ Decisions (the spec is silent on these):
   with the catalog are checked first. The first bad file raises ``BadInput``; nothing is written.
 - **Kill safety** comes from ``write_checkpoints``: bytes are written before the catalog rows that point to
   them, an interrupted batch leaves only unreferenced tail rows that the next commit reuses, and
-  a rerun skips the (run, space, step) already stored with the same sha256.
+  a rerun skips the (run, space, step) already stored with the same sha256. A full disk, a
+  denied permission or Ctrl-C ends the ingest in one line saying so (``wdb.ingest.stops``).
+- **Problems** are one ``skipped`` entry per file; the CLI prints the first 20 and a count.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,7 @@ from wdb.errors import BadInput, WdbError
 from wdb.files.checkpoint import STEP_KEYS, Loaded, as_loaded, digest
 from wdb.ingest.pool import flat_row, prefetched
 from wdb.ingest.readers import Found, detect_format, reader
+from wdb.ingest.stops import explained, stop_cause
 from wdb.store.spaces import Layout
 from wdb.store.write import RowStream
 
@@ -478,6 +481,20 @@ def _check_row(layout: Layout, row: np.ndarray) -> np.ndarray:
     return stored
 
 
+def scan(mod: Any, fmt: str, path: Path, options: dict) -> list[Found]:
+    """The reader's records; a reader that fails on the folder itself (not on one file) is
+    one line naming the folder and what went wrong, not a traceback."""
+    try:
+        return list(mod.scan(path, options))
+    except WdbError:
+        raise
+    except Exception as exc:
+        if stop_cause(exc) is not None:  # a denied folder: the one line of ``explained``
+            raise
+        msg = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise BadInput(f"{path}: the {fmt} reader failed ({type(exc).__name__}: {msg})") from None
+
+
 def ingest(
     db,
     path: Path,
@@ -504,61 +521,66 @@ def ingest(
     path = Path(path)
     if not path.exists():
         raise BadInput(f"{path}: no such file or directory")
-    if trained_on and not generator:
-        raise BadInput("--trained-on needs --generator NAME (whose training set it describes)")
-    kind = kind or ("generated" if generator else "training")
-    if kind not in KINDS:
-        raise BadInput(f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
-    fmt = format or detect_format(path)
-    mod = reader(fmt)
-    zoo = zoo or (path.resolve().name if path.is_dir() else path.resolve().parent.name)
-    job = _Ingest(db, path, zoo, kind, strict, space, fmt)
-    if space and space.lower().endswith(".json") and Path(space).is_file():
-        try:
-            job.forced_layout = Layout.from_json(Path(space).read_text())
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BadInput(f"{space}: not a layout file ({exc})") from None
-        job.space_name = None  # a layout file names no space: the zoo name is used
-    elif space:
-        try:
-            job.forced_layout = db.space(space).layout
-        except WdbError:
-            job.forced_layout = None  # a new space of that name
-    if job.forced_layout is not None:
-        job.layouts[job.forced_layout.hash] = job.forced_layout
-    options = {
-        "db": db,
-        "zoo": zoo,
-        "kind": kind,
-        "space": space,
-        "strict": strict,
-        "layout": job.forced_layout,
-    }
-    found: Iterable[Found] = mod.scan(path, options)
-    found = list(found)
-    if generator:
-        from wdb.study.generate import finish_outside_run, start_outside_run
+    job = None
 
-        job.generator_run_id = start_outside_run(
-            db, generator, trained_on, generator_config, source=str(path)
-        )
-        job.report.generator_run_id = job.generator_run_id
-    try:
-        bar = progress(total=len(found), desc=f"ingest {path.name}")
-        for f, pre in prefetched(found):
-            item = job.prepare(f, pre)
-            if item is not None:
-                job.add(item)
-            bar.update(1)
-        bar.close()
-        job.finish_pending()
-        job.flush_all()
-    except BaseException as exc:
+    def committed() -> int:
+        return job.report.checkpoints_added if job is not None else 0
+
+    with explained(str(path), committed):  # Ctrl-C, disk full, permission denied: one line
+        if trained_on and not generator:
+            raise BadInput("--trained-on needs --generator NAME (whose training set it describes)")
+        kind = kind or ("generated" if generator else "training")
+        if kind not in KINDS:
+            raise BadInput(f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
+        fmt = format or detect_format(path)
+        mod = reader(fmt)
+        zoo = zoo or (path.resolve().name if path.is_dir() else path.resolve().parent.name)
+        job = _Ingest(db, path, zoo, kind, strict, space, fmt)
+        if space and space.lower().endswith(".json") and Path(space).is_file():
+            try:
+                job.forced_layout = Layout.from_json(Path(space).read_text())
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BadInput(f"{space}: not a layout file ({exc})") from None
+            job.space_name = None  # a layout file names no space: the zoo name is used
+        elif space:
+            try:
+                job.forced_layout = db.space(space).layout
+            except WdbError:
+                job.forced_layout = None  # a new space of that name
+        if job.forced_layout is not None:
+            job.layouts[job.forced_layout.hash] = job.forced_layout
+        options = {
+            "db": db,
+            "zoo": zoo,
+            "kind": kind,
+            "space": space,
+            "strict": strict,
+            "layout": job.forced_layout,
+        }
+        found = scan(mod, fmt, path, options)
+        if generator:
+            from wdb.study.generate import finish_outside_run, start_outside_run
+
+            job.generator_run_id = start_outside_run(
+                db, generator, trained_on, generator_config, source=str(path)
+            )
+            job.report.generator_run_id = job.generator_run_id
+        try:
+            bar = progress(total=len(found), desc=f"ingest {path.name}")
+            for f, pre in prefetched(found):
+                item = job.prepare(f, pre)
+                if item is not None:
+                    job.add(item)
+                bar.update(1)
+            bar.close()
+            job.finish_pending()
+            job.flush_all()
+        except BaseException as exc:
+            if job.generator_run_id is not None:
+                finish_outside_run(db, job.generator_run_id, job.report.checkpoints_added, exc)
+            raise
         if job.generator_run_id is not None:
-            finish_outside_run(db, job.generator_run_id, job.report.checkpoints_added, exc)
-        raise
-    if job.generator_run_id is not None:
-        kept = finish_outside_run(db, job.generator_run_id, job.report.checkpoints_added)
-        job.report.generator_run_id = job.generator_run_id if kept else None
-    job.report.runs_added = len(job.created_runs)
-    return job.report
+            kept = finish_outside_run(db, job.generator_run_id, job.report.checkpoints_added)
+            job.report.generator_run_id = job.generator_run_id if kept else None
+        job.report.runs_added = len(job.created_runs)
+        return job.report
