@@ -86,8 +86,9 @@ class LazyGroup(click.Group):
         if importlib.util.find_spec(module) is None:
             return None
         command = getattr(importlib.import_module(module), attr)
-        if name in EXAMPLES and not command.epilog:
-            command.epilog = f"Example: {EXAMPLES[name]}"
+        example = f"Example: {EXAMPLES[name]}" if name in EXAMPLES else ""
+        if example and example not in (command.epilog or ""):
+            command.epilog = f"{command.epilog}\n\n{example}" if command.epilog else example
         return command
 
     def invoke(self, ctx: click.Context):
