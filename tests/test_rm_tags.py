@@ -156,6 +156,8 @@ def test_tags_and_notes_in_sql_and_ls(filled):
         "WHERE t.key = 'best' AND t.value = 'yes'"
     )
     assert [r["name"] for r in rows] == ["tail"]
+    shown = run(db, "show", "keep").output
+    assert "tags: best=no, seed=3" in shown and "note: the reference run" in shown
     assert db.untag("keep", "seed") == {"best": "no"}
     assert run(db, "tag", "tail", "--remove", "lr").exit_code == 0
     assert db.tags("tail") == {"best": "yes"}

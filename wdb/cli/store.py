@@ -207,6 +207,10 @@ def show(ctx, run, fmt) -> None:
         )
         if info["config"]:
             click.echo(f"config: {info['config']}")
+        extra = db.sql("SELECT tags, note FROM run_info WHERE run_id = :i", {"i": info["run_id"]})
+        for key in ("tags", "note"):
+            if extra and extra[0][key]:
+                click.echo(f"{key}: {extra[0][key]}")
     emit(rows, fmt, title=f"checkpoints of {run}")
 
 
@@ -223,7 +227,7 @@ def sql(ctx, query, write, fmt) -> None:
     """Run SQL on the catalog: one statement that reads, unless --write.
 
     Tables: spaces, runs, checkpoints, metrics, eval_sets, predictions, generator_runs,
-    relations, neighbors, similarity; view checkpoint_info.
+    relations, neighbors, similarity, run_tags; views checkpoint_info, run_info.
 
     \b
     Example:
