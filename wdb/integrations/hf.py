@@ -45,7 +45,8 @@ class WdbTrainerCallback(TrainerCallback):
         self._last_step: int | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any):
-        self.run = self.run or args.run_name or Path(args.output_dir).name
+        named = args.run_name if args.run_name not in (None, "", args.output_dir) else None
+        self.run = self.run or named or Path(args.output_dir).name
         if self.config is None:
             self.config = {k: v for k, v in args.to_dict().items() if not k.startswith("_")}
             if getattr(model, "config", None) is not None and hasattr(model.config, "to_dict"):
