@@ -34,7 +34,9 @@ import numpy as np
 
 from wdb.catalog.connect import Catalog
 from wdb.errors import BadInput, NotFound, WdbError
+from wdb.query.listing import Listings
 from wdb.store.arrays import ArrayStore
+from wdb.store.housekeeping import Housekeeping
 from wdb.store.spaces import Layout
 from wdb.store.verify import RowHashes
 from wdb.store.write import (  # noqa: F401  (KINDS, CommitResult: re-exported)
@@ -78,8 +80,13 @@ class Handle:
         return Database(self.path, self.catalog_url, self.store_url)
 
 
-class Database:
-    """A wdb database directory. Cheap to construct; connections open per operation."""
+class Database(Listings, Housekeeping):
+    """A wdb database directory. Cheap to construct; connections open per operation.
+
+    Listings (``runs``, ``checkpoints``, ``search_runs``, ``search_checkpoints``, ...) come from
+    :class:`wdb.query.listing.Listings`; ``rm``, ``tag`` and ``note`` from
+    :class:`wdb.store.housekeeping.Housekeeping`.
+    """
 
     def __init__(
         self,
@@ -260,89 +267,7 @@ class Database:
             )
         return self.space(int(new_id))
 
-    # -- runs and checkpoints --------------------------------------------------------------
-    def runs(
-        self, where: str | None = None, params: dict | None = None, what: str = "selection"
-    ) -> list[dict]:
-        """Runs with their checkpoint counts; ``where`` filters over ``runs`` columns (``what``
-        names it in errors, e.g. ``--where``)."""
-        where = self.selection(where, what)
-        clause = f"WHERE ({where})" if where else ""
-        return self.sql(
-            "SELECT * FROM (SELECT r.id AS run_id, r.name AS run, r.zoo, r.kind, "
-            "r.generator_run_id, count(c.id) AS checkpoints, min(c.step) AS first_step, "
-            "max(c.step) AS last_step, r.config, r.source "
-            "FROM runs r LEFT JOIN checkpoints c ON c.run_id = r.id "
-            "GROUP BY r.id, r.name, r.zoo, r.kind, r.generator_run_id, r.config, r.source) "
-            f"AS runs {clause} ORDER BY run_id",
-            params,
-            what=f"{what} {where.strip()!r}" if where else "SQL",
-        )
-
-    def run(self, name: str) -> dict:
-        rows = self.runs("run = :name", {"name": name})
-        if not rows:
-            raise NotFound(f"run '{name}' not found (see `wdb ls runs`)")
-        return rows[0]
-
-    def checkpoints(
-        self, where: str | None = None, params: dict | None = None, what: str = "selection"
-    ) -> list[dict]:
-        """Checkpoints as rows of the ``checkpoint_info`` view, filtered by a SQL ``where``
-        (``what`` names it in errors, e.g. ``--train``)."""
-        where = self.selection(where, what)
-        clause = f"WHERE ({where})" if where else ""
-        label = f"{what} {where.strip()!r}" if where else "SQL"
-        return self.sql(
-            f"SELECT * FROM checkpoint_info {clause} ORDER BY checkpoint_id", params, what=label
-        )
-
-    def checkpoint(self, run: str, step: int | None = None) -> dict:
-        """One checkpoint of a run: the given step, or its last one."""
-        rows = self.checkpoints("run = :run", {"run": run})
-        if not rows:
-            self.run(run)  # raises NotFound for an unknown run
-            raise NotFound(f"run '{run}' has no checkpoints")
-        if step is None:
-            return max(rows, key=lambda r: r["step"])
-        for r in rows:
-            if r["step"] == step:
-                return r
-        steps = sorted({r["step"] for r in rows})
-        raise NotFound(f"run '{run}' has no step {step} (steps: {steps[:10]}...)")
-
-    def checkpoint_table(self, where: str | None = None, params: dict | None = None) -> list[dict]:
-        """Checkpoints with one column per metric, for humans (``wdb show``).
-
-        Metrics computed by ``wdb evaluate`` keep their name; metrics a source reported at ingest
-        (eval set ``reported:*``) are named ``reported_<name>`` when a computed one of the same name
-        exists in the result, else plain ``<name>``.
-        """
-        base = self.checkpoints(where, params)
-        where = self.selection(where)
-        if not base:
-            return []
-        ids = [r["checkpoint_id"] for r in base]
-        mrows = self.sql(
-            "SELECT m.checkpoint_id, m.name, m.value, e.name AS eval_set FROM metrics m "
-            "JOIN eval_sets e ON e.id = m.eval_set_id WHERE m.checkpoint_id IN "
-            "(SELECT checkpoint_id FROM checkpoint_info WHERE " + (where or "TRUE") + ")",
-            params,
-        )
-        computed = {m["name"] for m in mrows if not m["eval_set"].startswith("reported:")}
-        cols: dict[int, dict] = {i: {} for i in ids}
-        for m in mrows:
-            name = m["name"]
-            if m["eval_set"].startswith("reported:") and name in computed:
-                name = f"reported_{name}"
-            cols[m["checkpoint_id"]][name] = m["value"]
-        names = sorted({k for c in cols.values() for k in c})
-        keep = ("checkpoint_id", "run", "step", "kind", "space", "split")
-        return [
-            {**{k: r[k] for k in keep}, **{n: cols[r["checkpoint_id"]].get(n) for n in names}}
-            for r in base
-        ]
-
+    # -- runs and checkpoints: listings in wdb.query.listing (Listings) --------------------
     def _locate(self, ids: Sequence[int]) -> list[dict]:
         ids = [int(i) for i in ids]
         if not ids:
@@ -559,35 +484,21 @@ class Database:
             generator_config=generator_config,
         )
 
-    def nearest(
-        self,
-        run: str,
-        step: int | None = None,
-        k: int = 3,
-        among: str | None = None,
-        aligned: bool = False,
-        eval_set: int | str | None = None,
-    ) -> list[dict]:
-        """k nearest checkpoints in weight space; see :func:`wdb.query.nearest.nearest`."""
-        from wdb.query.nearest import nearest
+    def nearest(self, run: str | int | Mapping, step: int | None = None, **kw: Any) -> list[dict]:
+        """k nearest checkpoints of a run name, a checkpoint id or a state dict (``k``, ``among``,
+        ``aligned``, ``eval_set``); see :func:`wdb.query.nearest.nearest`."""
+        from wdb.query.probe import nearest
 
-        return nearest(self, run, step=step, k=k, among=among, aligned=aligned, eval_set=eval_set)
+        return nearest(self, run, step, **kw)
 
     def novelty(
-        self,
-        targets: str,
-        reference: str | None = None,
-        k: int = 1,
-        aligned: bool = False,
-        eval_set: int | str | None = None,
-        save: bool = True,
+        self, targets: str | int | Mapping, reference: str | None = None, **kw: Any
     ) -> list[dict]:
-        """Per-target min L2 / max error-IoU to a reference set; see :func:`wdb.query.nearest.novelty`."""
-        from wdb.query.nearest import novelty
+        """Per-target min L2 / max error-IoU to a reference set, for a SQL selection, a run name,
+        a checkpoint id or a state dict (``k``, ``aligned``, ``eval_set``, ``save``); see :func:`wdb.query.probe.novelty`."""
+        from wdb.query.probe import novelty
 
-        return novelty(
-            self, targets, reference=reference, k=k, aligned=aligned, eval_set=eval_set, save=save
-        )
+        return novelty(self, targets, reference, **kw)
 
     def evaluate(
         self,

@@ -69,6 +69,17 @@ runs = sa.Table(
     sa.Column("config", sa.Text),  # JSON
     sa.Column("source", sa.Text),  # where it was ingested from
     _now(),
+    sa.Column("note", sa.Text),  # free text, `wdb note RUN "..."` (revision 0007)
+)
+
+# Free key=value labels on runs (revision 0007): `wdb tag RUN key=value`; view run_info shows them.
+run_tags = sa.Table(
+    "run_tags",
+    metadata,
+    sa.Column("run_id", sa.BigInteger, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("value", sa.Text),
+    sa.PrimaryKeyConstraint("run_id", "key"),
 )
 
 checkpoints = sa.Table(

@@ -12,8 +12,8 @@ from wdb.errors import WdbError
 
 LS_SQL = {
     "runs": (
-        "SELECT run_id, run, zoo, kind, generator_run_id, checkpoints, first_step, last_step "
-        "FROM ({runs}) AS r {where} ORDER BY run_id"
+        "SELECT run_id, run, zoo, kind, generator_run_id, checkpoints, first_step, last_step, "
+        "tags, note FROM run_info {where} ORDER BY run_id"
     ),
     "checkpoints": (
         "SELECT checkpoint_id, run, step, kind, zoo, space, split, sha256 "
@@ -41,13 +41,6 @@ LS_SQL = {
         "ORDER BY eval_set_id"
     ),
 }
-
-RUNS_SUBQUERY = (
-    "SELECT r.id AS run_id, r.name AS run, r.zoo, r.kind, r.generator_run_id, "
-    "count(c.id) AS checkpoints, min(c.step) AS first_step, max(c.step) AS last_step "
-    "FROM runs r LEFT JOIN checkpoints c ON c.run_id = r.id "
-    "GROUP BY r.id, r.name, r.zoo, r.kind, r.generator_run_id"
-)
 
 
 @click.command()
@@ -208,10 +201,10 @@ def ingest_outputs(ctx, file, eval_set, task, split, fmt) -> None:
 @output_options
 @click.pass_context
 def ls(ctx, what, where, limit, fmt) -> None:
-    """List runs, checkpoints, spaces, generator runs or eval sets."""
+    """List runs (with their tags and note), checkpoints, spaces, generator runs or eval sets."""
     db = get_db(ctx)
     where = db.selection(where, "--where")
-    sql = LS_SQL[what].format(runs=RUNS_SUBQUERY, where=f"WHERE ({where})" if where else "")
+    sql = LS_SQL[what].format(where=f"WHERE ({where})" if where else "")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     emit(db.sql(sql, what=f"--where {where.strip()!r}" if where else "SQL"), fmt, title=what)
@@ -233,6 +226,10 @@ def show(ctx, run, fmt) -> None:
         )
         if info["config"]:
             click.echo(f"config: {info['config']}")
+        extra = db.sql("SELECT tags, note FROM run_info WHERE run_id = :i", {"i": info["run_id"]})
+        for key in ("tags", "note"):
+            if extra and extra[0][key]:
+                click.echo(f"{key}: {extra[0][key]}")
     emit(rows, fmt, title=f"checkpoints of {run}")
 
 
@@ -249,7 +246,7 @@ def sql(ctx, query, write, fmt) -> None:
     """Run SQL on the catalog: one statement that reads, unless --write.
 
     Tables: spaces, runs, checkpoints, metrics, eval_sets, predictions, generator_runs,
-    relations, neighbors, similarity; view checkpoint_info.
+    relations, neighbors, similarity, run_tags; views checkpoint_info, run_info.
 
     \b
     Example:

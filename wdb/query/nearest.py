@@ -339,7 +339,7 @@ def _eval_set_id(db, key: int | str | None) -> int | None:
 # -- nearest ----------------------------------------------------------------------------------
 def nearest(
     db,
-    run: str,
+    run: str | int | dict,
     step: int | None = None,
     k: int = 3,
     among: str | None = None,
@@ -347,7 +347,8 @@ def nearest(
     eval_set: int | str | None = None,
     memory: int | str | None = None,
 ) -> list[dict]:
-    """The k nearest checkpoints of ``run`` (its last step unless ``step``), exact.
+    """The k nearest checkpoints of ``run`` (its last step unless ``step``), exact; ``run`` may
+    also be a checkpoint id or a state dict (``wdb.query.probe``).
 
     Reference set: ``among`` (SQL over ``checkpoint_info``), default training checkpoints, always
     in the query's weight space and without the query itself. Each row: rank, run, step,
@@ -371,17 +372,17 @@ def nearest(
 
 
 def _nearest(db, run, step, k, among, aligned, eval_set, mem) -> list[dict]:
-    q = db.checkpoint(run, step)
-    space = db.space(int(q["space_id"]))
+    from wdb.query.probe import probe  # a run, a checkpoint id, or a state dict
+
+    space, q_src, qid = probe(db, run, step)
     ref = select(db, among or DEFAULT_REFERENCE, space.id)
     if not len(ref):
         raise NotFound(
             f"no reference checkpoints in space '{space.name}' match '{among or DEFAULT_REFERENCE}'"
         )
-    qid = int(q["checkpoint_id"])
-    q_src = stored(db, space, np.array([q["row"]], dtype=np.int64))
     if aligned:
-        ids, dist, info = aligned_knn(db, space, q_src.read(slice(None)), [qid], ref, k)
+        q_rows = q_src if isinstance(q_src, np.ndarray) else q_src.read(slice(None))
+        ids, dist, info = aligned_knn(db, space, q_rows, [qid], ref, k)
     else:
         ids, dist, info = knn(db, space, q_src, [qid], ref, k, mem)
     if info.get("approximate"):
@@ -399,7 +400,7 @@ def _nearest(db, run, step, k, among, aligned, eval_set, mem) -> list[dict]:
     fixed = ("rank", "run", "step", "checkpoint_id", "kind", "distance", "error_iou", "path")
     names = [n for n in chosen if n not in fixed]  # same keys in every row
     iou: dict[int, float] = {}
-    sets = _output_sets(db, [qid, *nb_ids])
+    sets = _output_sets(db, [qid, *nb_ids]) if qid is not None else {}
     es = _eval_set_id(db, eval_set)
     if es is None:
         es = _pick_eval_set(sets, [qid], nb_ids)
