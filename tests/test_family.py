@@ -192,3 +192,21 @@ def test_query_lineage_cli(db, tmp_path):
     edges = [(r["child_id"], r["parent_id"], r["reason"], r["generation"]) for r in got]
     chain = [(ids[f"run:{s}"], ids[f"run:{s - 1}"], "previous_step", s) for s in (1, 2, 3)]
     assert edges == [*chain, (ids["full:0"], ids["run:3"], "found", 4)]
+
+
+def test_rm_keeps_a_delta_childs_parent_and_reclaims_the_rest(db):
+    """Removing a parent's checkpoint never frees bytes its delta children decode through;
+    removing the children too frees them, and the store stays consistent (fsck clean)."""
+    rows = _family()
+    ids = _ingest(db, rows)
+    before = {k: db.weights([i])[0].copy() for k, i in ids.items()}
+    db.rm("run = 'run'", what="checkpoints", yes=True)  # run:1..3 are deltas on run:0
+    db.rm("checkpoint_id = :i".replace(":i", str(ids["run:0"])), what="checkpoints", yes=True)
+    for key in ("frozen:0", "full:0", "copy:0"):
+        got = db.weights([ids[key]])[0]
+        assert got.tobytes() == before[key].tobytes(), key
+    assert db.fsck().ok
+    db.rm("kind = 'training'", what="checkpoints", yes=True)
+    assert db.checkpoints() == []
+    assert db.sql("SELECT count(*) AS n FROM family_rows")[0]["n"] == 0
+    assert db.fsck().ok

@@ -253,15 +253,9 @@ def _record(
 
 def _live(db, space_id: int) -> set[int]:
     """Rows in use (mark-and-sweep: checkpoints' rows and the parents of live delta rows)."""
-    from wdb.store.family import live_rows
+    from wdb.store.reclaim import live
 
-    try:
-        with db.catalog.begin() as conn:
-            return live_rows(conn, space_id)
-    except Exception:  # a catalog before revision 0007: no delta rows
-        return {
-            r["row"] for r in db.sql(f"SELECT row FROM checkpoints WHERE space_id = {space_id}")
-        }
+    return live(db, space_id)
 
 
 def _orphans(db, report: FsckReport, fix: bool) -> None:

@@ -45,7 +45,7 @@ def _plan(conn: Any, what: str, where: str) -> tuple[list[dict], list[dict]]:
         run_ids = [int(r[0]) for r in q(sa.text(f"SELECT run_id FROM run_info WHERE ({where})"))]
         cks = q(
             sa.text(
-                "SELECT checkpoint_id, run_id, run, step, kind, space FROM checkpoint_info "
+                "SELECT checkpoint_id, run_id, run, step, kind, space, space_id FROM checkpoint_info "
                 f"WHERE {_in(conn, 'run_id', 'r')} ORDER BY checkpoint_id"
             ),
             {"r": run_ids},
@@ -53,7 +53,7 @@ def _plan(conn: Any, what: str, where: str) -> tuple[list[dict], list[dict]]:
     elif what == "checkpoints":
         cks = q(
             sa.text(
-                "SELECT checkpoint_id, run_id, run, step, kind, space FROM checkpoint_info "
+                "SELECT checkpoint_id, run_id, run, step, kind, space, space_id FROM checkpoint_info "
                 f"WHERE ({where}) ORDER BY checkpoint_id"
             )
         )
@@ -141,9 +141,32 @@ def _delete(conn: Any, runs: list[dict], ckpts: list[dict], count_only: bool) ->
         ids,
     )
     q(sa.text(f"DELETE FROM checkpoints WHERE {_in(conn, 'id', 'c')}"), ids)
+    _forget_family(conn, ids, {int(c["space_id"]) for c in ckpts})
     q(sa.text(f"DELETE FROM run_tags WHERE {_in(conn, 'run_id', 'r')}"), ids)
     q(sa.text(f"DELETE FROM runs WHERE {_in(conn, 'id', 'r')}"), ids)
     return rows
+
+
+def _forget_family(conn: Any, ids: dict, spaces: set[int]) -> None:
+    """Lineage of removed checkpoints, and ``family_rows`` of stored rows nothing uses any more
+    (no checkpoint, not the parent of a live delta row): the reclaim then frees those rows, and
+    a row position reused later never inherits a dead row's delta record."""
+    import sqlalchemy as sa
+
+    from wdb.store.family import live_rows
+
+    conn.execute(sa.text(f"DELETE FROM lineage WHERE {_in(conn, 'child_id', 'c')}"), ids)
+    for space in sorted(spaces):
+        live = live_rows(conn, space)
+        stored = conn.execute(
+            sa.text("SELECT row FROM family_rows WHERE space_id = :s"), {"s": space}
+        )
+        dead = [int(r) for (r,) in stored if int(r) not in live]
+        if dead:
+            conn.execute(
+                sa.text(f"DELETE FROM family_rows WHERE space_id = :s AND {_in(conn, 'row', 'd')}"),
+                {"s": space, "d": dead},
+            )
 
 
 class Housekeeping:

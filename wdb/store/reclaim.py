@@ -44,15 +44,25 @@ class ReclaimReport:
         return sum(a["truncated"] + a["zeroed"] for a in self.arrays)
 
 
+def live(db: Any, space_id: int) -> set[int]:
+    """Rows of a weight space in use: those a checkpoint points to (shared rows count once),
+    and every parent of a live delta row (``wdb.store.family.live_rows``)."""
+    from wdb.store.family import live_rows
+
+    try:
+        with db.catalog.begin() as conn:
+            return live_rows(conn, space_id)
+    except Exception:  # a catalog before revision 0007: no delta rows
+        rows = db.sql("SELECT row FROM checkpoints WHERE space_id = :s", {"s": space_id})
+        return {int(r["row"]) for r in rows}
+
+
 def referenced(db: Any) -> list[tuple[Any, str, set[int]]]:
     """``(store, array path, rows the catalog points to)`` for every array rows are reclaimed
     from: one per weight space, one per outputs array."""
     out: list[tuple[Any, str, set[int]]] = []
     spaces = db.sql("SELECT id, array_path FROM spaces ORDER BY id")
-    rows = db.sql("SELECT space_id, row FROM checkpoints")
-    by_space: dict[int, set[int]] = {int(s["id"]): set() for s in spaces}
-    for r in rows:
-        by_space.setdefault(int(r["space_id"]), set()).add(int(r["row"]))
+    by_space = {int(s["id"]): live(db, int(s["id"])) for s in spaces}
     for s in spaces:
         if db.weights_store.has(s["array_path"]):
             out.append((db.weights_store, s["array_path"], by_space[int(s["id"])]))
