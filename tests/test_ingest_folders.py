@@ -383,3 +383,22 @@ def test_keras_weights_h5_by_layer_paths(tmp_path: Path) -> None:
         res.stderr,
     )
     same(exported(db, tmp_path, "model"), {k: torch.from_numpy(v) for k, v in want.items()})
+
+
+def test_same_bytes_groups_by_size_and_leaves_a_file_read_many_times_alone(tmp_path: Path) -> None:
+    from wdb.ingest.readers import Found
+    from wdb.ingest.survey import same_bytes
+
+    for name, data in (("a", b"x" * 10), ("b", b"y" * 10), ("b2", b"y" * 10), ("c", b"z" * 11)):
+        (tmp_path / f"{name}.pt").write_bytes(data)
+    src = {n: str(tmp_path / f"{n}.pt") for n in ("a", "b", "b2", "c")}
+    found = [
+        Found(src["a"], "rows", 0, lambda: None),  # one file, two checkpoints (a reader's choice)
+        Found(src["a"], "rows", 1, lambda: None),
+        Found(src["b"], "b", 0, lambda: None),
+        Found(src["b2"], "b2", 0, lambda: None),
+        Found(src["c"], "c", 0, lambda: None),
+    ]
+    kept, dups = same_bytes(found)
+    assert [f.source for f in kept] == [src["a"], src["a"], src["b"], src["c"]]
+    assert dups == [(src["b2"], src["b"])]

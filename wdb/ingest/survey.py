@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 
 from wdb.ingest.readers import Found
 
@@ -23,10 +24,14 @@ def same_bytes(found: list[Found]) -> tuple[list[Found], list[tuple[str, str]]]:
     """``(found without repeats, [(repeat, the first file with its bytes)])``.
 
     Only files whose size another file shares are hashed (sha256, streamed), so a folder of
-    distinct files costs one ``stat`` each. The first file in scan order is kept.
+    distinct files costs one ``stat`` each. The first file in scan order is kept. A source
+    that several records name (a reader taking many checkpoints from one file) is left alone.
     """
     sizes: dict[int, list[int]] = {}
+    times = Counter(f.source for f in found)
     for i, f in enumerate(found):
+        if times[f.source] > 1:  # one file a reader reads several checkpoints from
+            continue
         size = _file(f)
         if size is not None:
             sizes.setdefault(size, []).append(i)
