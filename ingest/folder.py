@@ -48,7 +48,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Iterator
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +95,27 @@ TEXT_SUFFIXES = {
 }  # fmt: skip
 
 
+@lru_cache(maxsize=65536)
+def _sniff_at(f: Path, mtime_ns: int, size: int) -> str | None:
+    return sniff(f)
+
+
+def _sniff(f: Path) -> str | None:
+    """:func:`sniff` once per file version (detect, the walk and placement all ask)."""
+    try:
+        st = f.stat()
+    except OSError:
+        return None
+    return _sniff_at(f, st.st_mtime_ns, st.st_size)
+
+
 def is_weights(f: Path) -> bool:
     """An index of shards, or a file whose bytes (or, lacking magic, name) say weights."""
     if f.name.endswith(INDEX_SUFFIX):
         return True
     if f.name.startswith(".") or os.path.splitext(f.name)[1].lower() in TEXT_SUFFIXES:
         return False
-    return sniff(f) is not None
+    return _sniff(f) is not None
 
 
 def checkpoint_files(root: Path) -> list[Path]:
@@ -295,7 +309,7 @@ def _units(root: Path, files: list[Path]) -> Iterator[Found]:
             if lay == layout:
                 owner.setdefault(run, layout)
     for f, run, step, layout, guessed, metrics, config in placed:
-        kind = None if f.name.endswith(INDEX_SUFFIX) else sniff(f)
+        kind = None if f.name.endswith(INDEX_SUFFIX) else _sniff(f)
         yield Found(
             printable(f),
             printable(run if owner[run] == layout else f"{run}#{layout}"),
@@ -351,12 +365,14 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
                 f"{printable(fpath.resolve())}); --allow-outside allows it",
             )
             continue
+        # a link keeps its own name as the source (two names of one file: same bytes, stored once)
+        source = fpath.resolve() if ".." in Path(str(rec["file"])).parts else fpath
         if ".." in Path(str(rec["file"])).parts or fpath.is_symlink():
             fpath = fpath.resolve()
         listed.add(fpath)
         if not fpath.is_file():
             yield Found(
-                printable(fpath), "", 0, lambda: None, problem=f"listed in {mname} but missing"
+                printable(source), "", 0, lambda: None, problem=f"listed in {mname} but missing"
             )
             continue
         rel = fpath.relative_to(root) if fpath.is_relative_to(root) else None
@@ -370,7 +386,7 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
         if raw_step is None:
             step = step_token(fpath.name) or 0
         if step is None or step != int(step):
-            yield Found(printable(fpath), run, 0, lambda: None, problem=f"bad step {raw_step!r}")
+            yield Found(printable(source), run, 0, lambda: None, problem=f"bad step {raw_step!r}")
             continue
         config, cproblem = _config(rec.get("config"))
         metrics = {
@@ -380,7 +396,7 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
         }
         kind = sniff(fpath)
         yield Found(
-            printable(fpath),
+            printable(source),
             printable(run),
             int(step),
             partial(read_weights, fpath, kind) if kind else partial(read_checkpoint, fpath),

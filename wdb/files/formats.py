@@ -47,19 +47,44 @@ class NotStored(BadInput):
         super().__init__(NOT_STORED + why)
 
 
-def _zip_kind(path: Path) -> str | None:
+def _central_directory(path: Path) -> bytes | None:
+    """A zip's central directory (every member name) read raw: two reads, where ``zipfile``
+    parses every entry into objects (3x the whole folder scan). None for zip64 or damage."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return "torch"  # a damaged zip: the torch loader names the problem
-    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            fh.seek(max(0, size - 65557))
+            tail = fh.read()
+            end = tail.rfind(b"PK\x05\x06")
+            if end < 0 or end + 22 > len(tail):
+                return None
+            cd_size, cd_off = struct.unpack_from("<II", tail, end + 12)
+            if 0xFFFFFFFF in (cd_size, cd_off) or cd_off + cd_size > size:
+                return None
+            fh.seek(cd_off)
+            return fh.read(cd_size)
+    except (OSError, struct.error):
+        return None
+
+
+def _zip_kind(path: Path) -> str | None:
+    cd = _central_directory(path)
+    if cd is not None:
+        names = [cd]  # substring tests over the raw names
+    else:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = [n.encode() for n in zf.namelist()]
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "torch"  # a damaged zip: the torch loader names the problem
+    text = b"\n".join(names)
+    if b"/code/__torch__" in text or b"/constants.pkl" in text:
         return "torchscript"
-    if any(n.endswith("data.pkl") for n in names):
+    if b"data.pkl" in text:
         return "torch"
-    if "model.weights.h5" in names:
+    if b"model.weights.h5" in text:
         return "keras"
-    if names and all(n.endswith(".npy") for n in names):
+    if b".npy" in text:
         return "npz"
     return None
 
@@ -67,7 +92,7 @@ def _zip_kind(path: Path) -> str | None:
 def sniff(path: str | Path) -> str | None:
     """The weight format of ``path``, or None for a file that does not look like weights.
 
-    By content first: zip (TorchScript when it holds ``code/`` or ``constants.pkl``, torch when
+    By content first: zip (TorchScript when it holds ``code/__torch__`` or ``constants.pkl``, torch when
     it holds ``data.pkl``, a ``.keras`` archive, ``.npz``), the legacy torch pickle's magic
     number, safetensors' length-prefixed JSON header, ``GGUF``, ``\\x89HDF``; then by name
     (``.onnx`` and ``.msgpack`` carry no magic; a ``.pt``/``.pth``/``.bin``/``.ckpt`` whose bytes
