@@ -1,5 +1,11 @@
-"""A folder of state dicts: ``.pt/.pth/.bin/.ckpt`` (torch), ``.safetensors``, ``.npz``, as
-researchers have them (plain files, Hugging Face, Trainer, Lightning, mixed architectures).
+"""A folder of weight files as researchers have them (plain files, Hugging Face, Trainer,
+Lightning, collections of models, mixed architectures and formats).
+
+Every file whose bytes (or, for formats without magic, name) say weights is taken
+(``wdb.files.formats.sniff``: torch zip and legacy pickle, safetensors, ``.npz``, TorchScript,
+ONNX, GGUF, Keras/HDF5, msgpack): each is a checkpoint, or one line naming it and why
+(recognised but not stored, e.g. a format whose package is not installed). File names that are
+not UTF-8 are kept with ``\\xNN`` escapes.
 
 Layouts understood (first match wins, per checkpoint):
 
@@ -18,11 +24,15 @@ Layouts understood (first match wins, per checkpoint):
 - **Lightning** ``.ckpt`` files in a ``checkpoints/`` folder: run = the folder above it
   (``lightning_logs/version_0``); the step comes from the file's ``global_step`` (the bundle's
   other numbers, e.g. ``epoch``, become metrics);
-- files directly in the folder: one checkpoint each, its own run named after the file stem
-  (step 0);
-- one sub-folder per run holding its steps/epochs: run = the sub-folder's path relative to the
-  folder, step = the last integer in the file stem (``epoch_012.pt`` → 12), or the file's position
-  in natural order when some stem has no integer or two share one;
+- files whose names carry a **step token** (``wdb.files.names.step_token``: ``step_12``,
+  ``epoch=3``, ``iter-500``, ``checkpoint-2000``, ``ckpt_7``, a bare number ``7.pt``): steps of one
+  run, the folder that holds them (the ingested folder's name at the top); a file without a token
+  in a folder named by one (``run/epoch_3/model.pt``) is step 3 of ``run``;
+- every other file is **its own model** (a collection: ``alex.pth``, ``vgg.pth``): run = its path
+  under the folder without suffix (``lpips/v0.1/alex``), step 0 unless the file holds a
+  ``global_step``/``step``;
+- runs of different layouts (Trainer, Lightning, step files, collection) never merge: a name two
+  layouts would share stays with the first in that order, the other gets ``<run>#<layout>``;
 - an optional ``manifest.jsonl`` (one JSON object per line) or ``manifest.csv`` with ``file``
   (relative path), ``run``, ``step`` or ``epoch``, optional ``kind``, ``split`` and ``config`` (a JSON
   object: the run's config); every other numeric field becomes a metric. Listed files take their
@@ -38,17 +48,19 @@ import math
 import os
 import re
 from collections.abc import Iterable, Iterator
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
 from wdb.plugin import (
     SHARD_NAME,
-    STATE_SUFFIXES,
     Found,
     read_checkpoint,
     read_index,
-    step_from_name,
+    read_weights,
+    sniff,
+    step_token,
+    strip_suffix,
 )
 
 #: detection order among readers (lower first); the generic folder reader goes last.
@@ -76,36 +88,61 @@ def _natural(p: Path) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.as_posix())]
 
 
+#: suffixes of files that are never weights (not even opened to look).
+TEXT_SUFFIXES = {
+    ".json", ".jsonl", ".txt", ".md", ".py", ".yaml", ".yml", ".csv", ".toml", ".cfg", ".log",
+    ".png", ".jpg", ".jpeg", ".gif", ".html", ".ini", ".sh", ".model", ".tiktoken", ".vocab",
+}  # fmt: skip
+
+
+@lru_cache(maxsize=65536)
+def _sniff_at(f: Path, mtime_ns: int, size: int) -> str | None:
+    return sniff(f)
+
+
+def _sniff(f: Path) -> str | None:
+    """:func:`sniff` once per file version (detect, the walk and placement all ask)."""
+    try:
+        st = f.stat()
+    except OSError:
+        return None
+    return _sniff_at(f, st.st_mtime_ns, st.st_size)
+
+
+def is_weights(f: Path) -> bool:
+    """An index of shards, or a file whose bytes (or, lacking magic, name) say weights."""
+    if f.name.endswith(INDEX_SUFFIX):
+        return True
+    if f.name.startswith(".") or os.path.splitext(f.name)[1].lower() in TEXT_SUFFIXES:
+        return False
+    return _sniff(f) is not None
+
+
 def checkpoint_files(root: Path) -> list[Path]:
-    """Checkpoint files under ``root`` (hidden files and folders skipped), in natural order."""
+    """Weight files under ``root`` (hidden files and folders skipped), in natural order."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         base = Path(dirpath)
-        out += [
-            base / f
-            for f in filenames
-            if not f.startswith(".")
-            and (os.path.splitext(f)[1].lower() in STATE_SUFFIXES or f.endswith(INDEX_SUFFIX))
-        ]
+        out += [base / f for f in filenames if is_weights(base / f)]
     return sorted(out, key=lambda p: _natural(p.relative_to(root)))
 
 
 def detect(path: Path) -> bool:
     if path.is_file():
-        return path.suffix.lower() in STATE_SUFFIXES or path.name.endswith(INDEX_SUFFIX)
+        return is_weights(path)
     if not path.is_dir():
         return False
     if any((path / m).is_file() for m in MANIFESTS):
         return True
-    return next(
-        (
-            True
-            for p in path.rglob("*")
-            if p.is_file() and (p.suffix.lower() in STATE_SUFFIXES or p.name.endswith(INDEX_SUFFIX))
-        ),
-        False,
-    )
+    return next((True for p in path.rglob("*") if p.is_file() and is_weights(p)), False)
+
+
+def printable(path: Path | str) -> str:
+    """A path as text the catalog and a terminal take: bytes that are not UTF-8 (a file name
+    from another system) are written as ``\\xNN`` escapes; the file itself is read by its real
+    name."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def _number(value: Any) -> float | None:
@@ -199,32 +236,39 @@ def _hf_config(folder: Path) -> dict | None:
     return cfg if isinstance(cfg, dict) else None
 
 
-def _place(root: Path, f: Path) -> tuple[str, int | None, bool, dict[str, float], dict | None]:
-    """(run, step or None for "number it by position", guessed, metrics, run config) of one
-    checkpoint file by the conventions in the module docstring."""
+#: folder layouts in the order they keep a run name they share (later ones get ``#<layout>``).
+LAYOUTS = ("trainer", "lightning", "steps", "collection")
+
+
+def _place(root: Path, f: Path) -> tuple[str, int, str, bool, dict[str, float], dict | None]:
+    """(run, step, layout, step guessed, metrics, run config) of one weight file by the
+    conventions in the module docstring."""
     d = f.parent
     trainer = TRAINER_DIR.match(d.name)
     if trainer and d != root:
         step = int(trainer.group(1))
         _, metrics = trainer_state(d, step)
-        return _rel(root, d.parent), step, False, metrics, _hf_config(d)
+        return _rel(root, d.parent), step, "trainer", False, metrics, _hf_config(d)
     if f.name in HF_WEIGHTS:
         glob, metrics = trainer_state(d, None)
-        return _rel(root, d), glob or 0, glob is None, metrics, _hf_config(d)
+        return _rel(root, d), glob or 0, "trainer", glob is None, metrics, _hf_config(d)
     if d.name == "checkpoints" and f.suffix.lower() == ".ckpt" and d != root:
-        return _rel(root, d.parent), step_from_name(f.stem), True, {}, None
-    stem = (
-        f.name[: -len(INDEX_SUFFIX)].rsplit(".", 1)[0] if f.name.endswith(INDEX_SUFFIX) else f.stem
-    )
-    if d == root:
-        return stem, 0, True, {}, None
-    return _rel(root, d), step_from_name(stem), True, {}, None
+        return _rel(root, d.parent), step_token(f.name) or 0, "lightning", True, {}, None
+    name = f.name[: -len(INDEX_SUFFIX)] if f.name.endswith(INDEX_SUFFIX) else f.name
+    step = step_token(name)
+    if step is not None:
+        return _rel(root, d), step, "steps", True, {}, None
+    folder_step = step_token(d.name) if d != root else None
+    if folder_step is not None:  # run/epoch_3/model.pt
+        return _rel(root, d.parent), folder_step, "steps", True, {}, None
+    rel = (d.relative_to(root) / strip_suffix(name)).as_posix()
+    return rel, 0, "collection", True, {}, None
 
 
 def _units(root: Path, files: list[Path]) -> Iterator[Found]:
     """Found records for files the manifest does not name: shard sets through their index,
-    companions counted, the rest placed by :func:`_place` (steps numbered by position within a
-    run when some name has no number or two share one)."""
+    companions counted, the rest placed by :func:`_place`; a run name that two folder layouts
+    would share stays with the first in :data:`LAYOUTS`, the other takes ``<run>#<layout>``."""
     claimed: set[Path] = set()
     for f in files:
         if f.name.endswith(INDEX_SUFFIX):
@@ -241,12 +285,12 @@ def _units(root: Path, files: list[Path]) -> Iterator[Found]:
                     and (m["base"], m["ext"]) == (stem, ext)
                 }
     orphans: dict[tuple[Path, str, str], list[Path]] = {}
-    placed: list[tuple[Path, str, int | None, bool, dict, dict | None]] = []
+    placed: list[tuple] = []
     for f in files:
         if f in claimed:
             continue
         if COMPANIONS.match(f.name):
-            yield Found(str(f), "", 0, lambda: None, companion=True)
+            yield Found(printable(f), "", 0, lambda: None, companion=True)
             continue
         shard = SHARD_NAME.match(f.name)
         if shard:
@@ -258,33 +302,44 @@ def _units(root: Path, files: list[Path]) -> Iterator[Found]:
             f"{len(group)} shard file(s) of a sharded checkpoint without its index "
             f"({base}{ext}{INDEX_SUFFIX}): the index says which shards make one checkpoint"
         )
-        yield Found(str(folder / f"{base}-*{ext}"), "", 0, lambda: None, problem=problem)
-    by_run: dict[str, list[int]] = {}
-    for i, (_, run, _, guessed, _, _) in enumerate(placed):
-        if guessed:
-            by_run.setdefault(run, []).append(i)
-    steps = {i: s for i, (_, _, s, _, _, _) in enumerate(placed)}
-    for idx in by_run.values():
-        got = [steps[i] for i in idx]
-        if len(idx) > 1 and (None in got or len(set(got)) != len(got)):
-            for pos, i in enumerate(idx):
-                steps[i] = pos
-    for i, (f, run, _, guessed, metrics, config) in enumerate(placed):
+        yield Found(printable(folder / f"{base}-*{ext}"), "", 0, lambda: None, problem=problem)
+    owner: dict[str, str] = {}
+    for layout in LAYOUTS:
+        for _, run, _, lay, *_ in placed:
+            if lay == layout:
+                owner.setdefault(run, layout)
+    for f, run, step, layout, guessed, metrics, config in placed:
+        kind = None if f.name.endswith(INDEX_SUFFIX) else _sniff(f)
         yield Found(
-            str(f),
-            run,
-            int(steps[i] or 0),
-            partial(read_checkpoint, f),
+            printable(f),
+            printable(run if owner[run] == layout else f"{run}#{layout}"),
+            step,
+            partial(read_weights, f, kind) if kind else partial(read_checkpoint, f),
             metrics=metrics,
             run_config=config,
             step_guessed=guessed,
         )
 
 
+def _inside(root: Path, fpath: Path) -> bool:
+    """True when ``fpath``, symlinks resolved, lies under ``root``."""
+    try:
+        return fpath.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
 def scan(path: Path, options: dict) -> Iterable[Found]:
+    """Manifest rows first, then every other weight file; ``options['allow_outside']`` lets a
+    manifest name files outside the folder (refused otherwise, symlinks resolved)."""
     if path.is_file():
+        kind = sniff(path)
         yield Found(
-            str(path.resolve()), path.stem, 0, partial(read_checkpoint, path), step_guessed=True
+            printable(path.resolve()),
+            printable(strip_suffix(path.name)),
+            step_token(path.name) or 0,
+            partial(read_weights, path, kind) if kind else partial(read_checkpoint, path),
+            step_guessed=True,
         )
         return
     root = path.resolve()
@@ -300,24 +355,38 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
             continue
         fpath = root / str(rec["file"])
         listed.add(fpath)
+        if not options.get("allow_outside") and not _inside(root, fpath):
+            yield Found(
+                printable(fpath),
+                "",
+                0,
+                lambda: None,
+                problem=f"listed in {mname} but outside the folder (symlinks resolved: "
+                f"{printable(fpath.resolve())}); --allow-outside allows it",
+            )
+            continue
+        # a link keeps its own name as the source (two names of one file: same bytes, stored once)
+        source = fpath.resolve() if ".." in Path(str(rec["file"])).parts else fpath
         if ".." in Path(str(rec["file"])).parts or fpath.is_symlink():
             fpath = fpath.resolve()
         listed.add(fpath)
         if not fpath.is_file():
-            yield Found(str(fpath), "", 0, lambda: None, problem=f"listed in {mname} but missing")
+            yield Found(
+                printable(source), "", 0, lambda: None, problem=f"listed in {mname} but missing"
+            )
             continue
         rel = fpath.relative_to(root) if fpath.is_relative_to(root) else None
         run = str(
             rec.get("run")
             or (rel.parent.as_posix() if rel and len(rel.parts) > 1 else None)
-            or fpath.stem
+            or strip_suffix(fpath.name)
         )
         raw_step = rec.get("step", rec.get("epoch"))
         step = _number(raw_step)
         if raw_step is None:
-            step = step_from_name(fpath.stem) or 0
+            step = step_token(fpath.name) or 0
         if step is None or step != int(step):
-            yield Found(str(fpath), run, 0, lambda: None, problem=f"bad step {raw_step!r}")
+            yield Found(printable(source), run, 0, lambda: None, problem=f"bad step {raw_step!r}")
             continue
         config, cproblem = _config(rec.get("config"))
         metrics = {
@@ -325,11 +394,12 @@ def scan(path: Path, options: dict) -> Iterable[Found]:
             for k, v in ((k, _number(v)) for k, v in rec.items() if k not in RESERVED)
             if v is not None
         }
+        kind = sniff(fpath)
         yield Found(
-            str(fpath),
-            run,
+            printable(source),
+            printable(run),
             int(step),
-            partial(read_checkpoint, fpath),
+            partial(read_weights, fpath, kind) if kind else partial(read_checkpoint, fpath),
             metrics=metrics,
             kind=rec.get("kind"),
             split=rec.get("split"),

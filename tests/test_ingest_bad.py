@@ -39,7 +39,7 @@ def make_bad_folder(root: Path, marker: Path) -> tuple[list[str], list[str]]:
     # a run whose first step has other shapes than its later steps: the wrong-shape file comes
     # first in scan order, before the run's layout is known
     (root / "a_seq").mkdir()
-    torch.save(mlp(9, fan_in=9), root / "a_seq" / "a_wrong_shape.pt")
+    torch.save(mlp(9, fan_in=9), root / "a_seq" / "epoch_1.pt")
     torch.save(mlp(7), root / "a_seq" / "epoch_2.pt")
     torch.save(mlp(8), root / "a_seq" / "epoch_3.pt")
     good = ["a_seq/epoch_2.pt", "a_seq/epoch_3.pt"]
@@ -65,7 +65,7 @@ def make_bad_folder(root: Path, marker: Path) -> tuple[list[str], list[str]]:
     # a stride-0 view: a few bytes on disk that would expand to a huge array in memory
     torch.save({"fc1.weight": torch.zeros(1, 8).expand(4096, 8)}, root / "broadcast.pt")
     bad = [
-        "a_wrong_shape.pt",
+        "epoch_1.pt",
         "evil_torch.pt",
         "evil_pickle.pth",
         "truncated.pt",
@@ -89,7 +89,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
     assert runs == sorted(Path(g).parent.name if "/" in g else Path(g).stem for g in good)
     reasons = {Path(f).name: why for f, why in rep.skipped}
     assert sorted(reasons) == sorted(bad)
-    assert reasons["a_wrong_shape.pt"] == "shape mismatch: 'fc1.weight' is [4, 9], expected [4, 8]"
+    assert reasons["epoch_1.pt"] == "shape mismatch: 'fc1.weight' is [4, 9], expected [4, 8]"
     assert "unpickle" in reasons["evil_torch.pt"] and "unpickle" in reasons["evil_pickle.pth"]
     assert "truncated" in reasons["truncated.pt"] and "truncated" in reasons["empty.bin"]
     assert reasons["nan.pt"] == "'fc1.weight' contains NaN values"

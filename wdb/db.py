@@ -467,6 +467,7 @@ class Database(Listings, Housekeeping):
         generator: str | None = None,
         trained_on: str | None = None,
         generator_config: dict | None = None,
+        allow_outside: bool = False,
     ) -> IngestReport:
         """Ingest a folder or file of checkpoints; see :func:`wdb.ingest.pipeline.ingest`."""
         from wdb.ingest.pipeline import ingest
@@ -482,6 +483,7 @@ class Database(Listings, Housekeeping):
             generator=generator,
             trained_on=trained_on,
             generator_config=generator_config,
+            allow_outside=allow_outside,
         )
 
     def nearest(self, run: str | int | Mapping, step: int | None = None, **kw: Any) -> list[dict]:

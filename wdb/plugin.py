@@ -31,6 +31,10 @@ _NAMES: dict[str, str] = {
     "read_checkpoint": "wdb.files.checkpoint:read_checkpoint",
     "read_index": "wdb.files.checkpoint:read_index",
     "step_from_name": "wdb.files.checkpoint:step_from_name",
+    "step_token": "wdb.files.names:step_token",
+    "strip_suffix": "wdb.files.names:strip_suffix",
+    "sniff": "wdb.files.formats:sniff",
+    "read_weights": "wdb.files.formats:read_weights",
     "SHARD_NAME": "wdb.files.checkpoint:SHARD_NAME",
     "STATE_SUFFIXES": "wdb.files.checkpoint:STATE_SUFFIXES",
     # generators: the contract, its types and the method registry
@@ -108,6 +112,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from wdb.errors import BadInput, NotFound, WdbError  # noqa: F401
     from wdb.files.checkpoint import Loaded, read_checkpoint, step_from_name  # noqa: F401
+    from wdb.files.formats import read_weights, sniff  # noqa: F401
+    from wdb.files.names import step_token, strip_suffix  # noqa: F401
     from wdb.ingest.readers import Found, Reader  # noqa: F401
     from wdb.progress import progress  # noqa: F401
     from wdb.store.spaces import Entry, Layout  # noqa: F401

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -86,16 +87,40 @@ def init(ctx: click.Context) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="With --generator: JSON or TOML file of the generator's settings, recorded as its config.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (file → run, step, space, layout, reader, why) and write nothing.",
+)
+@click.option(
+    "--allow-outside",
+    is_flag=True,
+    help="Let a manifest name files outside the folder (refused by default, symlinks resolved).",
+)
 @output_options
 @click.pass_context
 def ingest(
-    ctx, path, zoo, kind, fmt_name, space, strict, generator, trained_on, generator_config, fmt
+    ctx,
+    path,
+    zoo,
+    kind,
+    fmt_name,
+    space,
+    strict,
+    generator,
+    trained_on,
+    generator_config,
+    dry_run,
+    allow_outside,
+    fmt,
 ) -> None:
     """Ingest a folder of checkpoints (state dicts, Model Zoo runs, flat .npy rows, P-diff).
 
     Idempotent: files already stored (same run, step and content) are not added again. Bad files
     (corrupt, truncated, unsafe pickle, NaN/Inf, wrong shape) are reported one line each and
-    skipped; the exit code is 3 when anything was skipped, 0 when everything was stored.
+    skipped; the exit code is 3 when anything was skipped, 0 when every file was understood.
+    Files recognised but not stored (a format wdb does not read, a package not installed) and
+    files with the same bytes as another are one line each ("not stored"), not errors.
     Understood as researchers have them: sharded Hugging Face checkpoints (one checkpoint per
     *.index.json), Trainer folders (checkpoint-<step>/, optimizer/scheduler/RNG files counted as
     companions, not errors), Lightning .ckpt, bundles with metadata, mixed architectures (one space
@@ -106,9 +131,23 @@ def ingest(
     config = read_config_file(generator_config) if generator_config else None
     if config is not None and not generator:
         raise click.UsageError("--generator-config needs --generator NAME")
+    if dry_run:
+        from wdb.errors import NotFound
+        from wdb.ingest.plan import plan
+
+        try:
+            db = get_db(ctx)
+        except NotFound:
+            db = None  # no database yet: every space is new
+        rows = plan(db, Path(path), zoo, kind, fmt_name, space, allow_outside)
+        emit(rows, fmt, title=f"ingest {path} --dry-run (nothing written)")
+        return
+    from wdb.ingest.pipeline import ingest as run_ingest
+
     db = get_db(ctx, create=True)
-    report = db.ingest(
-        path,
+    report = run_ingest(
+        db,
+        Path(path),
         zoo=zoo,
         kind=kind,
         format=fmt_name,
@@ -117,8 +156,17 @@ def ingest(
         generator=generator,
         trained_on=trained_on,
         generator_config=config,
+        allow_outside=allow_outside,
     )
-    print_problems(report.skipped, fmt)
+    print_problems(
+        [f"skipped {source}: {reason}" for source, reason in report.skipped]
+        + [f"not stored {source}: {reason}" for source, reason in report.not_stored]
+        + [
+            f"not stored {source}: same bytes as {other}; not stored again"
+            for source, other in report.duplicates
+        ],
+        fmt,
+    )
     emit(
         [
             {
@@ -128,6 +176,8 @@ def ingest(
                 "already_stored": report.checkpoints_existing,
                 "skipped": len(report.skipped),
                 "companion_files_not_stored": len(report.companions),
+                "not_stored": len(report.not_stored),
+                "same_bytes_not_stored_again": len(report.duplicates),
                 "spaces": ", ".join(report.spaces),
                 "bytes_written": report.bytes_written,
                 **(
@@ -153,12 +203,12 @@ def ingest(
 SHOW_PROBLEMS = 20
 
 
-def print_problems(skipped: list[tuple[str, str]], fmt: str) -> None:
-    """One line per skipped file up to :data:`SHOW_PROBLEMS`, then one line with the count of
-    the rest (a folder of a million broken rows gives 21 lines, not a million)."""
-    for source, reason in skipped[:SHOW_PROBLEMS]:
-        click.echo(f"skipped {source}: {reason}", err=True)
-    rest = len(skipped) - SHOW_PROBLEMS
+def print_problems(lines: list[str], fmt: str) -> None:
+    """One line per file skipped or not stored, up to :data:`SHOW_PROBLEMS`, then one line with
+    the count of the rest (a folder of a million broken rows gives 21 lines, not a million)."""
+    for line in lines[:SHOW_PROBLEMS]:
+        click.echo(line, err=True)
+    rest = len(lines) - SHOW_PROBLEMS
     if rest > 0:
         where = "the JSON output lists them all" if fmt == "json" else "--json lists them all"
         click.echo(f"... and {rest:,} more problem{'s' * (rest != 1)}; {where}", err=True)

@@ -292,26 +292,33 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-def read_checkpoint(path: str | os.PathLike) -> Loaded:
+def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Loaded:
     """Load one checkpoint file safely → :class:`Loaded` (tensors plus the file's metadata).
 
     A ``*.index.json`` (Hugging Face's sharded safetensors or ``.bin``) is read as the one
-    checkpoint its shards make up (:func:`read_sharded`).
+    checkpoint its shards make up (:func:`read_sharded`). ``kind`` (``safetensors``, ``npz``,
+    ``torch``; see ``wdb.files.formats.sniff``) overrides the file's suffix; other kinds
+    (ONNX, TorchScript, GGUF, Keras) are read by ``wdb.files.formats.read_weights``.
     """
     path = Path(path)
     if path.name.endswith(".index.json"):
         return read_sharded(path)
+    if kind not in (None, "torch", "torch-legacy", "safetensors", "npz"):
+        from wdb.files.formats import read_weights
+
+        return read_weights(path, kind)
     suffix = path.suffix.lower()
+    kind = kind or {".safetensors": "safetensors", ".npz": "npz"}.get(suffix, "torch")
     if path.stat().st_size == 0:
         raise BadInput("empty file (truncated?)")
-    if suffix == ".safetensors":
+    if kind == "safetensors":
         try:
             from safetensors.torch import load_file as st_load
 
             state = st_load(str(path), device="cpu")
         except Exception as exc:
             raise BadInput(f"corrupt safetensors file ({_first_line(exc)})") from None
-    elif suffix == ".npz":
+    elif kind == "npz":
         try:
             with np.load(path, allow_pickle=False) as npz:
                 state = {k: npz[k] for k in npz.files}
@@ -509,7 +516,9 @@ _ST_DTYPES = {
 
 
 def step_from_name(stem: str) -> int | None:
-    """The last integer in a file or folder name (``epoch_012`` → 12), or None."""
+    """The last integer in a file or folder name (``p_data_12`` → 12), or None. Kept for
+    readers whose format says every file is a step (``pdiff``); the generic folder reader uses
+    ``wdb.files.names.step_token``, which reads only step tokens (``epoch_012``, ``step=20``)."""
     digits, out = "", None
     for ch in stem:
         if ch.isdigit():

@@ -66,9 +66,11 @@ import numpy as np
 
 from wdb.errors import BadInput, WdbError
 from wdb.files.checkpoint import STEP_KEYS, Loaded, as_loaded, digest
+from wdb.files.formats import NOT_STORED
 from wdb.ingest.pool import flat_row, prefetched
-from wdb.ingest.readers import Found, detect_format, reader
-from wdb.ingest.stops import explained, stop_cause
+from wdb.ingest.readers import Found
+from wdb.ingest.start import begin
+from wdb.ingest.stops import explained
 from wdb.store.spaces import Layout
 from wdb.store.write import RowStream
 
@@ -95,6 +97,10 @@ class IngestReport:
     generator_run_id: int | None = None
     #: files kept next to checkpoints that hold no weights (``optimizer.pt``, ``rng_state.pth``)
     companions: list[str] = field(default_factory=list)
+    #: weight files understood but not stored (a format wdb does not read): (file, why)
+    not_stored: list[tuple[str, str]] = field(default_factory=list)
+    #: files with the same bytes as one before them in this ingest: (file, the first file)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
 
     def ok(self) -> bool:
         """True when every file was ingested (or already present)."""
@@ -140,6 +146,9 @@ class _Ingest:
 
     # ---- skipping
     def skip(self, source: str, reason: str) -> None:
+        if reason.startswith(NOT_STORED):  # understood, not stored: a note, never an error
+            self.report.not_stored.append((source, reason.removeprefix(NOT_STORED)))
+            return
         if self.strict:
             raise BadInput(f"{source}: {reason}")
         self.report.skipped.append((source, reason))
@@ -481,20 +490,6 @@ def _check_row(layout: Layout, row: np.ndarray) -> np.ndarray:
     return stored
 
 
-def scan(mod: Any, fmt: str, path: Path, options: dict) -> list[Found]:
-    """The reader's records; a reader that fails on the folder itself (not on one file) is
-    one line naming the folder and what went wrong, not a traceback."""
-    try:
-        return list(mod.scan(path, options))
-    except WdbError:
-        raise
-    except Exception as exc:
-        if stop_cause(exc) is not None:  # a denied folder: the one line of ``explained``
-            raise
-        msg = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise BadInput(f"{path}: the {fmt} reader failed ({type(exc).__name__}: {msg})") from None
-
-
 def ingest(
     db,
     path: Path,
@@ -506,8 +501,12 @@ def ingest(
     generator: str | None = None,
     trained_on: str | None = None,
     generator_config: dict | None = None,
+    allow_outside: bool = False,
 ) -> IngestReport:
     """Ingest every checkpoint under ``path`` (see the module docstring for the rules).
+
+    ``allow_outside`` lets a manifest name files outside ``path`` (refused by default). A file
+    with the same bytes as one before it in this ingest is not stored again (``duplicates``).
 
     With ``generator``, the checkpoints are an outside generator's samples (kind ``generated``
     unless ``kind`` says otherwise): one ``generator_runs`` row records the method name, the
@@ -516,7 +515,6 @@ def ingest(
     samples exactly like a built-in generator's.
     """
     from wdb.progress import progress
-    from wdb.store.write import KINDS
 
     path = Path(path)
     if not path.exists():
@@ -530,34 +528,7 @@ def ingest(
         if trained_on and not generator:
             raise BadInput("--trained-on needs --generator NAME (whose training set it describes)")
         kind = kind or ("generated" if generator else "training")
-        if kind not in KINDS:
-            raise BadInput(f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
-        fmt = format or detect_format(path)
-        mod = reader(fmt)
-        zoo = zoo or (path.resolve().name if path.is_dir() else path.resolve().parent.name)
-        job = _Ingest(db, path, zoo, kind, strict, space, fmt)
-        if space and space.lower().endswith(".json") and Path(space).is_file():
-            try:
-                job.forced_layout = Layout.from_json(Path(space).read_text())
-            except (ValueError, KeyError, TypeError) as exc:
-                raise BadInput(f"{space}: not a layout file ({exc})") from None
-            job.space_name = None  # a layout file names no space: the zoo name is used
-        elif space:
-            try:
-                job.forced_layout = db.space(space).layout
-            except WdbError:
-                job.forced_layout = None  # a new space of that name
-        if job.forced_layout is not None:
-            job.layouts[job.forced_layout.hash] = job.forced_layout
-        options = {
-            "db": db,
-            "zoo": zoo,
-            "kind": kind,
-            "space": space,
-            "strict": strict,
-            "layout": job.forced_layout,
-        }
-        found = scan(mod, fmt, path, options)
+        job, found = begin(_Ingest, db, path, zoo, kind, format, strict, space, allow_outside)
         if generator:
             from wdb.study.generate import finish_outside_run, start_outside_run
 
