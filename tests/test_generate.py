@@ -281,3 +281,22 @@ def test_cli_generate_prints_runs(db, tmp_path):
     assert res.exit_code != 0 and "unknown config key 'bogus'" in res.output
     res = runner.invoke(cli, ["--db", str(db.path), "generate", "gaussian", "--train", TRAIN])
     assert res.exit_code == 0 and "generator run" in res.output and "gen_" in res.output
+
+
+def test_a_selection_over_two_spaces_uses_the_training_space_or_lists_the_choices(db):
+    """A zoo's training checkpoints plus its base model (another space): the training space is
+    used and the recorded selection says so; two training spaces: one line with both choices."""
+    from wdb.store.spaces import Layout
+
+    rng = np.random.default_rng(0)
+    small = Layout.from_arrays({"w": np.zeros(3, np.float32)})
+    big = Layout.from_arrays({"w": np.zeros(5, np.float32)})
+    db.add_checkpoints(small, rng.standard_normal((3, 3)), run="t", kind="training", zoo="z")
+    db.add_checkpoints(big, rng.standard_normal((1, 5)), run="base", kind="model", zoo="z")
+    ts = G.load_training_set(db, "zoo = 'z'")
+    assert len(ts.ids) == 3 and ts.space.layout.hash == small.hash
+    assert ts.selection == f"(zoo = 'z') AND space = '{ts.space.name}'"
+    db.add_checkpoints(big, rng.standard_normal((2, 5)), run="t2", kind="training", zoo="z")
+    with pytest.raises(BadInput, match="spans 2 weight spaces; pick one: .*AND space = ") as exc:
+        G.load_training_set(db, "zoo = 'z'")
+    assert "\n" not in str(exc.value)

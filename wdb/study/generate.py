@@ -52,6 +52,26 @@ from wdb.study.methods import code_version, config_view, get_method, resolve_con
 
 
 # -- loading -----------------------------------------------------------------------------------
+def _one_space(info: list[dict], where: str) -> tuple[list[dict], str]:
+    """A selection over several weight spaces (a zoo's training checkpoints plus, say, its base
+    model): the one space that holds every ``training`` checkpoint selected, with the selection
+    narrowed to it (so ``generator_runs.train_selection`` says exactly what was used); else one
+    line per space with a selection ready to paste."""
+    training = {r["space"] for r in info if r["kind"] == "training"}
+    if len(training) == 1:
+        (name,) = training
+        narrowed = f"({where}) AND space = '{name}'"
+        return [r for r in info if r["space"] == name], narrowed
+    counts: dict[str, int] = {}
+    for r in info:
+        counts[r["space"]] = counts.get(r["space"], 0) + 1
+    choices = "; ".join(
+        f"{n} checkpoints: --train \"({where}) AND space = '{name}'\""
+        for name, n in sorted(counts.items())
+    )
+    raise BadInput(f"--train {where!r} spans {len(counts)} weight spaces; pick one: {choices}")
+
+
 def _metrics_for(db, ids: list[int]) -> dict[str, np.ndarray]:
     """Metric name → [N]; values computed by ``wdb evaluate`` beat source-reported ones."""
     if not ids:
@@ -121,11 +141,8 @@ def load_training_set(
         raise BadInput(f"--train {where!r} selects no checkpoints")
     space_ids = sorted({int(r["space_id"]) for r in info})
     if len(space_ids) > 1:
-        names = sorted({r["space"] for r in info})
-        raise BadInput(
-            f"--train {where!r} spans {len(space_ids)} weight spaces ({', '.join(names)}); "
-            "select one (e.g. add AND space = '...')"
-        )
+        info, where = _one_space(info, where)
+        space_ids = [int(info[0]["space_id"])]
     id_list = [int(r["checkpoint_id"]) for r in info]
     weights = np.asarray(db.weights(id_list), dtype=np.float32)
     return TrainingSet(
