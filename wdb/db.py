@@ -279,8 +279,8 @@ class Database(Listings, Housekeeping):
         missing = [i for i in ids if i not in by_id]
         if missing:
             raise NotFound(f"checkpoint ids not found: {missing[:10]}")
-        for sid in {r["space_id"] for r in rows}:
-            hashes.prime(self.space(sid).array_path, (r for r in rows if r["space_id"] == sid))
+        for path in {r["array_path"] for r in rows}:
+            hashes.prime(path, (r for r in rows if r["array_path"] == path))
         return [by_id[i] for i in ids]
 
     def checkpoint(self, run: str, step: int | None = None) -> dict:
@@ -299,9 +299,8 @@ class Database(Listings, Housekeeping):
         space_ids = {r["space_id"] for r in located}
         if len(space_ids) > 1:
             raise WdbError(f"checkpoints span {len(space_ids)} weight spaces; select one space")
-        space = self.space(space_ids.pop())
         rows = np.array([r["row"] for r in located], dtype=np.int64)
-        return self.weights_store.read(space.array_path, rows, cols)
+        return self.weights_store.read(located[0]["array_path"], rows, cols)
 
     def iter_weights(
         self, ids: Sequence[int], batch: int = 4096
