@@ -259,3 +259,181 @@ def test_rows_from_before_block_hashes_fall_back_to_sha256(db) -> None:
     rep = db.fsck()
     assert len(rep.problems) == 1 and "recorded block hashes of 3 rows" in rep.notes[0]
     assert db.sql("SELECT count(*) AS n FROM checkpoints WHERE chunk_hashes IS NULL")[0]["n"] == 1
+
+
+# -- every chunk kind: row, wide row, delta, shared, sharded -----------------------------------
+HOWS = ("garbage", "other_chunk", "truncated", "deleted")
+
+
+@pytest.fixture
+def small_wide(monkeypatch):
+    """Wide spaces made small (as tests/test_family.py does): 4,096 parameters or more are one
+    row per chunk, in 1,024-column chunks."""
+    from wdb.store import arrays
+
+    monkeypatch.setattr(arrays, "WIDE", 4096)
+    monkeypatch.setattr(arrays, "WIDE_COLS", 1024)
+
+
+def sweep(db, want: dict[int, bytes]) -> dict[str, int]:
+    """Damage each chunk file of the (one) space in each way, one at a time, and read every
+    checkpoint of ``want`` (id -> its bytes) alone. A read either returns exactly its bytes or
+    fails with DamagedChunk naming a checkpoint whose stored row holds the damaged chunk and
+    `wdb fsck`; a read of a row holding it must fail unless the damage left its bytes as they
+    were. Returns the counts (reads, failed, silent wrong reads: always 0)."""
+    ck = {c["checkpoint_id"]: c for c in db.checkpoints()}
+    (space,) = {ck[i]["space_id"] for i in want}
+    path = db.space(space).array_path
+    root = db.path / "weights.zarr" / path / "c"
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    assert len(files) >= 2
+    last = max(int(p.name) for p in files)
+    files = [p for p in files if int(p.name) in (0, last)]  # first and edge column chunk
+    owners: dict[int, set[int]] = {}
+    for cid, c in ck.items():
+        owners.setdefault(c["row"], set()).add(cid)
+    rpc = int(db.weights_store.array(path).chunks[0])
+    counts = {"reads": 0, "failed": 0, "wrong": 0}
+    for target in files:
+        blob = target.read_bytes()
+        g = int(target.relative_to(root).parts[0])
+        hit = set().union(*(owners.get(r, set()) for r in range(g * rpc, (g + 1) * rpc)))
+        other = files[0] if target != files[0] else files[1]
+        for how in HOWS:
+            damage(target, how, other)
+            db = wdb.Database(db.path)  # a fresh process's view: nothing cached
+            db.weights_store.family.deltas(path, np.array([max(owners)]))
+            with db.catalog.reading():  # one catalog connection for the trial's reads
+                got_all = {}
+                for cid in want:
+                    try:
+                        got_all[cid] = db.weights([cid])[0].tobytes()
+                    except DamagedChunk as exc:
+                        got_all[cid] = exc
+            for cid, expected in want.items():
+                counts["reads"] += 1
+                got = got_all[cid]
+                if isinstance(got, DamagedChunk):
+                    exc = got
+                    counts["failed"] += 1
+                    msg = str(exc)
+                    assert "\n" not in msg and "wdb fsck" in msg, msg
+                    assert any(f"checkpoint {h} (" in msg for h in hit), (target, how, msg)
+                    assert cid in exc.checkpoint_ids, (cid, exc.checkpoint_ids)
+                else:
+                    if got != expected:
+                        counts["wrong"] += 1
+                    elif cid in hit and how in ("garbage", "truncated"):
+                        raise AssertionError(f"{target} {how}: checkpoint {cid} read")
+            target.write_bytes(blob)
+    assert counts["wrong"] == 0, counts
+    assert counts["failed"] >= len(files) * 2, counts  # garbage and truncation always fail
+    assert counts["reads"] == len(files) * len(HOWS) * len(want)
+    for cid, expected in want.items():  # all restored: every row reads again
+        assert db.weights([cid])[0].tobytes() == expected
+    return counts
+
+
+def test_sweep_rows_of_a_zoo_space(store) -> None:
+    db, _ = store
+    ids = [c["checkpoint_id"] for c in db.checkpoints()]
+    want = {i: r.tobytes() for i, r in zip(ids, db.weights(ids), strict=True)}
+    sweep(db, want)
+
+
+def test_sweep_wide_rows(db, small_wide) -> None:
+    """One row per chunk, 5 column chunks per row; independent rows (no deltas)."""
+    layout = Layout.from_arrays({"a": np.zeros(3000, np.float32), "b": np.zeros(1500, np.float32)})
+    rows = np.random.default_rng(2).normal(size=(3, layout.n_params)).astype(np.float32)
+    ids = db.add_checkpoints(layout, rows, run="wide", kind="training")
+    assert db.weights_store.array(db.space(layout.hash[:12]).array_path).chunks == (1, 1024)
+    sweep(db, {i: r.tobytes() for i, r in zip(ids, rows, strict=True)})
+
+
+def _family_rows() -> dict[str, np.ndarray]:
+    """A run of 3 steps (each a delta of the one before), a fine-tune of its last step and an
+    exact re-save of step 0 (a shared row)."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal(4500) * 0.02).astype(np.float32)
+    out = {"run:0": w}
+    for s in (1, 2):
+        w = (w + rng.standard_normal(w.size).astype(np.float32) * 2e-5).astype(np.float32)
+        out[f"run:{s}"] = w
+    out["tune:0"] = (w + rng.standard_normal(w.size).astype(np.float32) * 6e-5).astype(np.float32)
+    out["copy:0"] = out["run:0"].copy()
+    return out
+
+
+def test_sweep_delta_and_shared_rows(db, small_wide) -> None:
+    """A damaged parent chunk fails the reads of its children (naming the parent), a damaged
+    delta chunk fails the delta row's read; a damaged shared row fails both checkpoints on it.
+    Never wrong bytes."""
+    from wdb.store.write import NewCheckpoint
+
+    layout = Layout.from_arrays({"a": np.zeros(3000, np.float32), "b": np.zeros(1500, np.float32)})
+    space = db.ensure_space(layout)
+    rows, ids = _family_rows(), {}
+    for key, row in rows.items():
+        run, step = key.split(":")
+        res = db.write_checkpoints(space, [NewCheckpoint(run=run, step=int(step), row=row)])
+        ids[key] = (res.added + res.existing)[0]
+    ck = {c["checkpoint_id"]: c for c in db.checkpoints()}
+    assert ck[ids["copy:0"]]["row"] == ck[ids["run:0"]]["row"]  # shared
+    deltas = db.sql("SELECT row FROM family_rows WHERE parent_row IS NOT NULL")
+    assert len(deltas) >= 3  # run:1, run:2 and tune:0 are stored as deltas
+    counts = sweep(db, {ids[k]: rows[k].tobytes() for k in rows})
+    assert counts["wrong"] == 0
+
+    # the parent's first chunk damaged: a child two links down fails, naming a damaged one
+    root = db.path / "weights.zarr" / space.array_path / "c"
+    row0 = ck[ids["run:0"]]["row"]
+    damage(root / str(row0) / "0", "garbage", root / str(row0) / "1")
+    fresh = wdb.Database(db.path)
+    for key in ("run:2", "copy:0", "run:0"):
+        with pytest.raises(DamagedChunk, match="wdb fsck") as err:
+            fresh.weights([ids[key]])
+        assert ids[key] in err.value.checkpoint_ids
+        assert f"checkpoint {ids['run:0']} (" in str(err.value) or (
+            f"checkpoint {ids['copy:0']} (" in str(err.value)
+        )
+    res = cli_run(fresh, "export", "run", "--step", "2", "--out", str(db.path / "x.safetensors"))
+    assert res.exit_code != 0 and "wdb fsck" in res.output
+    assert not (db.path / "x.safetensors").exists()
+
+
+def test_sweep_sharded_ingest(tmp_path, small_wide) -> None:
+    """Checkpoints ingested from a safetensors index and its shards (streamed into a wide
+    space, tensor by tensor)."""
+    g = torch.Generator().manual_seed(4)
+    want = {}
+    for run in ("shard_a", "shard_b"):
+        src = tmp_path / "zoo" / run
+        src.mkdir(parents=True)
+        parts = {
+            "model-00001-of-00002.safetensors": {"emb": torch.randn(40, 64, generator=g)},
+            "model-00002-of-00002.safetensors": {
+                "head.w": torch.randn(30, 64, generator=g),
+                "head.b": torch.randn(30, generator=g),
+            },
+        }
+        weight_map = {}
+        for name, tensors in parts.items():
+            save_file(tensors, str(src / name))
+            weight_map.update(dict.fromkeys(tensors, name))
+        index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+        (src / "model.safetensors.index.json").write_text(json.dumps(index))
+        want[run] = {k: v for p in parts.values() for k, v in p.items()}
+    db = wdb.open(tmp_path / "db")
+    assert db.ingest(tmp_path / "zoo").checkpoints_added == 2
+    cks = db.checkpoints()
+    space = db.space(cks[0]["space_id"])
+    assert space.n_params == 40 * 64 + 30 * 64 + 30 >= 4096
+    assert db.weights_store.array(space.array_path).chunks == (1, 1024)
+    expected = {}
+    for c in cks:
+        state = db.state_dict(c["checkpoint_id"])
+        assert set(state) == set(want[c["run"]])
+        for k, v in want[c["run"]].items():
+            assert torch.equal(state[k], v), k
+        expected[c["checkpoint_id"]] = db.weights([c["checkpoint_id"]])[0].tobytes()
+    sweep(db, expected)

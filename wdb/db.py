@@ -269,17 +269,27 @@ class Database(Listings, Housekeeping):
 
     # -- runs and checkpoints: listings in wdb.query.listing (Listings) --------------------
     def _locate(self, ids: Sequence[int]) -> list[dict]:
+        """Rows of checkpoints and their hashes (one query; primes the verifier)."""
         ids = [int(i) for i in ids]
         if not ids:
             return []
-        # with the hashes the read is checked against (one query, not two)
         hashes = self.weights_store.verifier
         rows = hashes.select(hashes.in_list("c.id", "ids"), {"ids": ids})
         by_id = {r["id"]: r for r in rows}
         missing = [i for i in ids if i not in by_id]
         if missing:
             raise NotFound(f"checkpoint ids not found: {missing[:10]}")
+        for path in {r["array_path"] for r in rows}:
+            hashes.prime(path, (r for r in rows if r["array_path"] == path))
         return [by_id[i] for i in ids]
+
+    def checkpoint(self, run: str, step: int | None = None) -> dict:
+        """One checkpoint of a run (the given step, or its last one), its row's hashes fetched
+        on the same catalog connection: a one-shot read (``wdb export``) connects once."""
+        with self.catalog.reading():
+            info = super().checkpoint(run, step)
+            self._locate([info["checkpoint_id"]])
+        return info
 
     def weights(self, ids: Sequence[int], cols: Any = None) -> np.ndarray:
         """Rows of the given checkpoints, ``[n, D]`` in the order given (one space only)."""
@@ -289,10 +299,8 @@ class Database(Listings, Housekeeping):
         space_ids = {r["space_id"] for r in located}
         if len(space_ids) > 1:
             raise WdbError(f"checkpoints span {len(space_ids)} weight spaces; select one space")
-        space = self.space(space_ids.pop())
         rows = np.array([r["row"] for r in located], dtype=np.int64)
-        self.weights_store.verifier.prime(space.array_path, located)
-        return self.weights_store.read(space.array_path, rows, cols)
+        return self.weights_store.read(located[0]["array_path"], rows, cols)
 
     def iter_weights(
         self, ids: Sequence[int], batch: int = 4096
@@ -316,17 +324,16 @@ class Database(Listings, Housekeeping):
         from wdb.store.tensors import from_storage
 
         info = checkpoint if isinstance(checkpoint, dict) else self._locate([checkpoint])[0]
-        cid = int(info.get("checkpoint_id", info.get("id")))
         space = self.space(int(info["space_id"]))
         entries = space.layout.entries
         isz = np.dtype(space.layout.storage_dtype).itemsize
         limit = budget(memory)
+        row_at = np.array([int(info["row"])])
         if space.n_params * isz * 3 <= limit:
-            row = self.weights([cid])[0]
+            row = self.weights_store.read(space.array_path, row_at)[0]
             for e in entries:
                 yield e, from_storage(row[e.offset : e.stop], e.dtype).reshape(e.shape)
             return
-        row_at = np.array([int(info["row"])])
         group: list = []
         for i, e in enumerate(entries):
             group.append(e)

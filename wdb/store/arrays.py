@@ -192,15 +192,21 @@ class ArrayStore:
         if rows.size == 0:
             width = arr.shape[1] if cols is None else len(np.arange(arr.shape[1])[cols])
             return np.empty((0, width, *arr.shape[2:]), dtype=arr.dtype)
-        order = np.argsort(rows, kind="stable")
-        srt = rows[order]
-        if srt[-1] - srt[0] + 1 == srt.size or srt.size > 0.5 * (srt[-1] - srt[0] + 1):
-            block = arr[int(srt[0]) : int(srt[-1]) + 1]
-            out_sorted = block[srt - srt[0]]
-            if cols is not None:
-                out_sorted = out_sorted[:, col_sel]
+        steps = np.diff(rows)
+        order = None if bool(np.all(steps >= 0)) else np.argsort(rows, kind="stable")
+        srt = rows if order is None else rows[order]
+        lo, hi = int(srt[0]), int(srt[-1]) + 1
+        exact = order is None and bool(np.all(steps == 1))  # the range lo..hi, in order
+        if srt.size > 0.5 * (hi - lo):
+            # a range, only the columns asked for (a slice or a list of columns: Zarr decodes
+            # just the chunks they fall in); no copy when the rows are that range in order
+            sel = (slice(lo, hi), col_sel)
+            block = arr[lo:hi] if cols is None else arr.get_orthogonal_selection(sel)
+            out_sorted = block if exact else block[srt - lo]
         else:
             out_sorted = arr.get_orthogonal_selection((srt, col_sel))
+        if order is None:
+            return out_sorted
         out = np.empty_like(out_sorted)
         out[order] = out_sorted
         return out

@@ -35,12 +35,21 @@ import numpy as np
 import xxhash
 
 from wdb.errors import DamagedChunk
+from wdb.store.family import DamagedFamily
 
 if TYPE_CHECKING:
     from wdb.store.arrays import ArrayStore
 
+#: what a damaged read's message advises
+FIX = "run `wdb fsck` (`wdb fsck --fix` restores it from its source file if that is still there)"
 #: bytes of decoded blocks a column-slice read holds at once
 SLICE_BYTES = 64 << 20
+
+
+class DamagedDelta(DamagedChunk, DamagedFamily):
+    """A delta row that cannot be decoded (its parent or its own bytes are damaged): a
+    :class:`DamagedChunk` (``--skip-damaged`` skips it, exit code 3) that still says both
+    checkpoints, as :class:`DamagedFamily` does."""
 
 
 class Expected(NamedTuple):
@@ -54,6 +63,8 @@ class Expected(NamedTuple):
     width: int
     digests: bytes | None
     damaged: str | None
+    #: every checkpoint known to point at this row (a shared row has several)
+    ids: tuple[int, ...] = ()
 
 
 def chunk_hashes(row: np.ndarray, width: int) -> str:
@@ -101,7 +112,8 @@ class RowHashes:
     def _select(self, where: str, params: dict) -> tuple[list[str], list[tuple]]:
         for cols in [self._columns] if self._columns else [_COLUMNS, _NO_COLUMNS]:
             sql = (
-                f"SELECT c.row, c.id, r.name AS run, c.step, c.sha256, {cols}, c.space_id "
+                f"SELECT c.row, c.id, r.name AS run, c.step, c.sha256, {cols}, c.space_id, "
+                "s.array_path "
                 "FROM checkpoints c LEFT JOIN runs r ON r.id = c.run_id "
                 f"JOIN spaces s ON s.id = c.space_id WHERE {where}"
             )
@@ -116,8 +128,8 @@ class RowHashes:
         raise AssertionError("unreachable")
 
     def select(self, where: str, params: dict) -> list[dict]:
-        """Checkpoint rows (``row``, ``id``, ``space_id``, ``run``, ``step``, ``sha256``,
-        ``chunk_hashes``, ``damaged``) of ``checkpoints c`` matching ``where``."""
+        """Checkpoint rows (``row``, ``id``, ``space_id``, ``array_path``, ``run``, ``step``,
+        ``sha256``, ``chunk_hashes``, ``damaged``) of ``checkpoints c`` matching ``where``."""
         cols, rows = self._select(where, params)
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
@@ -137,16 +149,17 @@ class RowHashes:
         for row, cid, run, step, sha, text, damaged, *_ in tuples:
             width, hexs = _parse(text) if text else (0, None)
             digests = None if hexs is None else bytes.fromhex(hexs)
-            cache[int(row)] = Expected(int(cid), run, int(step), sha, width, digests, damaged)
+            prev = cache.get(int(row))
+            ids = (int(cid),) if prev is None else tuple(sorted({int(cid), *prev.ids}))
+            # the last one stored is named (``Database._locate`` primes the one being read)
+            cache[int(row)] = Expected(int(cid), run, int(step), sha, width, digests, damaged, ids)
 
     def get(self, path: str, rows: np.ndarray, refresh: bool = False) -> dict[int, Expected]:
         """Expectations of ``rows`` (unique) that a checkpoint references."""
         cache = self._by_path.setdefault(path, {})
         want = [r for r in rows.tolist() if refresh or r not in cache]
         if want:
-            if refresh:
-                for r in want:
-                    cache.pop(r, None)
+            old = {r: cache.pop(r) for r in want if r in cache} if refresh else {}
             if len(want) > 256:  # a scan: one range query, not a long list
                 lo = min(want)
                 _, found = self._select(
@@ -159,6 +172,11 @@ class RowHashes:
                     {"p": path, "rows": want},
                 )
             self._store(path, found)
+            for r, e in old.items():  # a shared row: keep naming the checkpoint being read
+                if r in cache and e.checkpoint_id in cache[r].ids:
+                    cache[r] = cache[r]._replace(
+                        checkpoint_id=e.checkpoint_id, run=e.run, step=e.step
+                    )
         return {r: cache[r] for r in rows.tolist() if r in cache}
 
     # -- the read --------------------------------------------------------------------------
@@ -204,6 +222,15 @@ class RowHashes:
         """The raw read; a chunk that does not decode becomes a :class:`DamagedChunk`."""
         try:
             return store.read(path, rows, cols, verify=False)
+        except DamagedFamily as exc:  # a delta row whose parent (or own bytes) are damaged
+            failed = []
+            for r in np.unique(rows).tolist():
+                try:
+                    store.read(path, [r], cols, verify=False)
+                except Exception:
+                    failed.append(r)
+            ids = tuple(sorted({i for r in failed if r in expect for i in expect[r].ids}))
+            raise DamagedDelta(f"{exc}; {FIX}", ids) from exc
         except Exception as exc:
             arr = store.array(path)
             rpc, cpc = int(arr.chunks[0]), int(arr.chunks[1])
@@ -268,16 +295,15 @@ class RowHashes:
         except Exception:
             missing = False
         reason = f"chunk {path}/{key} " + ("is missing" if missing else how)
-        fix = "run `wdb fsck` (`wdb fsck --fix` restores it from its source file if that is still there)"
         if not named:
-            return DamagedChunk(f"weight store: {reason} (row {first_row}); {fix}")
+            return DamagedChunk(f"weight store: {reason} (row {first_row}); {FIX}")
         e = named[0][0]
         more = f"; {len(named) - 1} more damaged checkpoints in this read" if len(named) > 1 else ""
         marked = ", marked damaged by `wdb fsck`" if e.damaged else ""
         return DamagedChunk(
             f"checkpoint {e.checkpoint_id} (run '{e.run}' step {e.step}): stored weights are "
-            f"damaged ({reason}{marked}){more}; {fix}",
-            tuple(x.checkpoint_id for x, _ in named),
+            f"damaged ({reason}{marked}){more}; {FIX}",
+            tuple(sorted({i for x, _ in named for i in x.ids})),
         )
 
 
