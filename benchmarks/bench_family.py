@@ -192,8 +192,12 @@ def run(tmp: Path, n: int, bf16: bool) -> None:
             best = min(best, time.perf_counter() - t)
         return best
 
-    plain = read_s(ids["base:0"])
-    times = {k: read_s(cid, 2) for k, cid in ids.items()}
+    # a busy machine's noise: each member's best of 3, the plain row re-timed between members
+    plains, times = [], {}
+    for k, cid in ids.items():
+        plains.append(read_s(ids["base:0"], 1))
+        times[k] = read_s(cid, 3)
+    plain = min(plains)
     worst = max(times, key=times.get)
     zipnn_bytes = None
     try:
