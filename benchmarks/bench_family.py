@@ -203,7 +203,7 @@ def run(tmp: Path, n: int, bf16: bool) -> None:
         p = read_s(ids["base:0"], 3)
         times[k] = read_s(cid, 3)
         ratios[k] = times[k] / p
-    plain = min(times.values())
+    plain = times["base:0"]
     worst = max(ratios, key=ratios.get)
     zipnn_bytes = None
     try:

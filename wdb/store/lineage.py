@@ -129,8 +129,12 @@ def place(conn: Any, space: Any, items: list, start: int, wide: bool) -> list[Pl
             if plan.sketch is not None:
                 sketches.setdefault(plan.row, plan.sketch)
             known.append(_Known(-i - 1, it.run, it.step, plan.row))
+        elif getattr(it, "base", None):
+            _declared_elsewhere(conn, plan, it.base)
         elif hit is not None:
             plan.parent_ref, plan.reason, plan.distance = hit[1], "found", 0.0
+        if wide and plan.parent_ref is None and getattr(it, "base", None):
+            _declared_elsewhere(conn, plan, it.base)
         plans.append(plan)
     return plans
 
@@ -145,6 +149,24 @@ def _hashes(conn: Any, space_id: int, row: int) -> str | None:
         ),
         {"s": space_id, "r": row},
     ).scalar()
+
+
+def _declared_elsewhere(conn: Any, plan: Plan, base: str) -> None:
+    """A declared base stored in another space (a PEFT adapter's base model) or in a small
+    space: a lineage edge only (a delta needs one space)."""
+    import sqlalchemy as sa
+
+    run, step = _parse_base(base)
+    got = conn.execute(
+        sa.text(
+            "SELECT c.id FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.name = :r "
+            + ("AND c.step = :s " if step is not None else "")
+            + "ORDER BY c.step DESC, c.id DESC LIMIT 1"
+        ),
+        {"r": run, "s": step},
+    ).scalar()
+    if got is not None:
+        plan.parent_ref, plan.reason, plan.distance = int(got), "declared", None
 
 
 def _row_of(ref: int, known: list[_Known]) -> int:
