@@ -16,7 +16,9 @@ exact re-save's cost / its raw size (<= 1%), ``zipnn`` per file (if installed) v
 stored without delta (<= 2x), ingest throughput vs ``zstd -3 -T0`` on the same files (>= 0.7x),
 peak RSS of the ingesting process (<= 1.5 GB).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_family.py [--params 25000000] [--bf16]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_family.py [--params 25000000] [--bf16] [--tmp /tmp]
+
+The ingest is one ``wdb ingest`` of the family's folder (``db.ingest(folder)``).
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def make(root: Path, n: int, bf16: bool) -> int:
     def save(run: str, step: int, sd: dict) -> None:
         nonlocal raw
         (root / run).mkdir(parents=True, exist_ok=True)
-        sd = {k: v.to(dt) for k, v in sd.items()}
-        raw += sum(v.numel() * v.element_size() for v in sd.values())
+        sd = {k: v.to(dt) if isinstance(v, torch.Tensor) else v for k, v in sd.items()}
+        raw += sum(v.numel() * v.element_size() for v in sd.values() if isinstance(v, torch.Tensor))
         torch.save(sd, _file(root, run, step))
 
     steps = [w]
@@ -74,8 +76,8 @@ def make(root: Path, n: int, bf16: bool) -> int:
         )
     for s, sd in enumerate(steps):
         save("base", s, sd)
-    for i in range(1, 5):
-        save(f"resave_{i}", 0, steps[0])
+    for i in range(1, 5):  # same tensors, not the same file (a folder's identical files are one)
+        save(f"resave_{i}", 0, {**steps[0], "saved_by": f"resave_{i}"})
     last = steps[-1]
     for i in range(1, 7):
         sd = dict(last)
@@ -88,32 +90,31 @@ def make(root: Path, n: int, bf16: bool) -> int:
 
 
 def _file(root: Path, run: str, step: int) -> Path:
-    """One file per member, named uniquely (ingested one file at a time, in member order, so
-    the store sees parents first; members are matched back by ``checkpoints.source``)."""
-    return root / run / f"{run}-s{step}.pt"
+    """One file per member, ``<run>/step_<k>.pt``: one ``wdb ingest`` of the folder reads the
+    runs in name order (``base`` first, so the store sees parents first); members are matched
+    back by ``checkpoints.source``."""
+    return root / run / f"step_{step}.pt"
 
 
 def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def _row_bytes(z: Path, row: int) -> int:
+    """Bytes of the chunk files of one row of a wide space (``<array>/c/<row>/<col>``)."""
+    return sum(f.stat().st_size for f in z.rglob(f"c/{row}/*") if f.is_file())
+
+
 def ingest_phase(src: Path, dbdir: Path) -> None:
-    """Run in a child process: ingest every member in order, print timings and peak RSS."""
+    """Run in a child process: one ingest of the whole folder, print its time and peak RSS."""
     import wdb
 
     db = wdb.open(dbdir)
-    db.catalog.ensure_schema() if hasattr(db.catalog, "ensure_schema") else None
-    costs = {}
     t0 = time.perf_counter()
-    for run, step, _ in members(0):
-        z = dbdir / "weights.zarr"
-        before = _du(z) if z.exists() else 0
-        t = time.perf_counter()
-        db.ingest(_file(src, run, step), zoo="family")
-        costs[f"{run}:{step}"] = (_du(z) - before, time.perf_counter() - t)
+    db.ingest(src, zoo="family")
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"wall": wall, "peak": peak, "costs": costs}))
+    print(json.dumps({"wall": wall, "peak": peak}))
 
 
 def main() -> None:
@@ -165,8 +166,8 @@ def run(tmp: Path, n: int, bf16: bool) -> None:
 
     db = wdb.open(dbdir)
     stored = _du(dbdir / "weights.zarr")
-    by_source = {Path(c["source"]).name: c["checkpoint_id"] for c in db.checkpoints()}
-    ids = {f"{r}:{s}": by_source[_file(src, r, s).name] for r, s, _ in members(n)}
+    by_source = {str(Path(c["source"]).resolve()): c["checkpoint_id"] for c in db.checkpoints()}
+    ids = {f"{r}:{s}": by_source[str(_file(src, r, s).resolve())] for r, s, _ in members(n)}
     name = {cid: k for k, cid in ids.items()}
     lin = {r["child_id"]: r for r in db.sql("SELECT * FROM lineage_info")}
     right, wrong = 0, []
@@ -178,10 +179,13 @@ def run(tmp: Path, n: int, bf16: bool) -> None:
             right += 1
         else:
             wrong.append(f"{run_}:{step} -> {found} (truth {truth})")
-    resave_cost = got["costs"]["resave_1:0"][0] / (raw / len(files))
+    rows = {c["checkpoint_id"]: c["row"] for c in db.checkpoints()}
+    shared = rows[ids["resave_1:0"]] == rows[ids["base:0"]]
+    resave_cost = (0 if shared else _row_bytes(dbdir / "weights.zarr", rows[ids["resave_1:0"]])) / (
+        raw / len(files)
+    )
     # read time: every member, vs decoding the same row stored without delta (base step 0)
     fam = {r["row"]: r for r in db.sql("SELECT row, depth FROM family_rows")}
-    rows = {c["checkpoint_id"]: c["row"] for c in db.checkpoints()}
 
     def read_s(cid: int, reps: int = 3) -> float:
         best = 1e9
@@ -192,15 +196,24 @@ def run(tmp: Path, n: int, bf16: bool) -> None:
             best = min(best, time.perf_counter() - t)
         return best
 
-    plain = read_s(ids["base:0"])
-    times = {k: read_s(cid, 2) for k, cid in ids.items()}
-    worst = max(times, key=times.get)
+    # a busy machine (2 cores shared): each member's best of 3 against the plain row's best of
+    # 3 timed right before it, so both see the same load; the ratios are per member
+    ratios, times = {}, {}
+    for k, cid in ids.items():
+        p = read_s(ids["base:0"], 3)
+        times[k] = read_s(cid, 3)
+        ratios[k] = times[k] / p
+    plain = times["base:0"]
+    worst = max(ratios, key=ratios.get)
     zipnn_bytes = None
     try:
         from zipnn import ZipNN
 
         z = ZipNN(input_format="byte", bytearray_dtype="bfloat16" if bf16 else "float32")
-        zipnn_bytes = sum(len(z.compress(f.read_bytes())) for f in files)
+        unit = 2 if bf16 else 4  # zipnn 0.5.4 crashes (heap corruption) on a ragged tail
+        zipnn_bytes = sum(
+            len(z.compress(f.read_bytes() + b"\0" * (-f.stat().st_size % unit))) for f in files
+        )
     except Exception as exc:  # not installed, or its API differs
         print(f"zipnn: not measured ({type(exc).__name__}: {exc})")
     label = "bf16" if bf16 else "fp32"
@@ -215,13 +228,13 @@ def run(tmp: Path, n: int, bf16: bool) -> None:
         (
             f"read slowest member ({worst}, depth {fam.get(rows[ids[worst]], {}).get('depth')}) "
             "/ plain row",
-            f"{times[worst] / plain:.2f}x",
+            f"{ratios[worst]:.2f}x",
             "<= 2x",
-            times[worst] / plain <= 2,
+            ratios[worst] <= 2,
         ),
         (
             "read median member / plain row",
-            f"{float(np.median(list(times.values()))) / plain:.2f}x",
+            f"{float(np.median(list(ratios.values()))):.2f}x (plain {plain:.2f} s)",
             "(info)",
             None,
         ),

@@ -119,8 +119,9 @@ def test_declared_base_wins_over_the_nearest(db):
     assert db.weights([more["tuned:0"]])[0].tobytes() == rows["full:0"].tobytes()
 
 
-def test_chains_are_bounded(db, monkeypatch):
-    monkeypatch.setattr(family, "MAX_DEPTH", 2)
+def test_every_delta_is_one_link_from_a_key_row(db):
+    """A run of 7 steps: each step's residual is against step 0 (the key row), never against
+    the step before, so a read decodes two rows at most; lineage still says previous_step."""
     rng = np.random.default_rng(1)
     w = (rng.standard_normal(BIG + SMALL) * 0.02).astype(np.float32)
     rows = {}
@@ -128,11 +129,40 @@ def test_chains_are_bounded(db, monkeypatch):
         rows[f"long:{s}"] = w
         w = (w + rng.standard_normal(w.size).astype(np.float32) * 2e-5).astype(np.float32)
     ids = _ingest(db, rows)
-    depths = [f["depth"] for f in db.sql("SELECT depth FROM family_rows ORDER BY row")]
-    assert max(depths) == 2 and depths.count(0) >= 3
-    assert len(_lineage(db)) == 6  # lineage kept where the storage restarted a chain
+    fam = db.sql("SELECT row, parent_row, depth FROM family_rows ORDER BY row")
+    assert [f["depth"] for f in fam] == [0, 1, 1, 1, 1, 1, 1]
+    assert {f["parent_row"] for f in fam[1:]} == {fam[0]["row"]}
+    lin = _lineage(db)
+    assert len(lin) == 6 and all(r["reason"] == "previous_step" for r in lin.values())
     for key, cid in ids.items():
         assert db.weights([cid])[0].tobytes() == rows[key].tobytes()
+
+
+def test_equal_chunks_of_a_delta_parent_are_borrowed_not_written(db):
+    """A frozen-big fine-tune of a delta row: its big chunks equal the parent's, so they are
+    not written; they point at the parent's residuals (``c@R``, against the same key row)."""
+    rows = _family()
+    ids = _ingest(db, {k: rows[k] for k in ("run:0", "run:1", "run:2", "run:3", "frozen:0")})
+    space = db.ensure_space(_layout())
+    ck = {c["checkpoint_id"]: c["row"] for c in db.checkpoints()}
+    fam = {f["row"]: f for f in db.sql("SELECT * FROM family_rows")}
+    frozen = fam[ck[ids["frozen:0"]]]
+    toks = family.parse_tokens(frozen["delta_chunks"], frozen["row"])
+    big_chunks = range(BIG // 1024)  # chunks wholly inside the frozen tensor
+    assert all(toks[c] == ("x", ck[ids["run:3"]]) for c in big_chunks)
+    assert frozen["parent_row"] == ck[ids["run:0"]] and frozen["depth"] == 1
+    import fsspec
+
+    arr = db.weights_store.array(space.array_path)
+    fs, root = fsspec.core.url_to_fs(db.weights_store.root)
+    assert not fs.exists(f"{root}/{family._chunk_key(arr, frozen['row'], 0)}")
+    fresh = type(db)(db.path)
+    for key, cid in ids.items():
+        assert fresh.weights([cid])[0].tobytes() == rows[key].tobytes(), key
+    # removing the parent keeps the chunks the child borrows
+    db.rm(f"checkpoint_id = {ids['run:3']}", what="checkpoints", yes=True)
+    assert db.fsck(fix=True).ok
+    assert type(db)(db.path).weights([ids["frozen:0"]])[0].tobytes() == rows["frozen:0"].tobytes()
 
 
 def test_missing_parent_is_an_error_naming_both(db):

@@ -475,8 +475,10 @@ class Database(Listings, Housekeeping):
         trained_on: str | None = None,
         generator_config: dict | None = None,
         allow_outside: bool = False,
+        base: str | None = None,
     ) -> IngestReport:
-        """Ingest a folder or file of checkpoints; see :func:`wdb.ingest.pipeline.ingest`."""
+        """Ingest a folder or file of checkpoints; see :func:`wdb.ingest.pipeline.ingest`
+        (``base``: the declared parent ``RUN[:STEP]`` of every new checkpoint)."""
         from wdb.ingest.pipeline import ingest
 
         return ingest(
@@ -491,6 +493,7 @@ class Database(Listings, Housekeeping):
             trained_on=trained_on,
             generator_config=generator_config,
             allow_outside=allow_outside,
+            base=base,
         )
 
     def nearest(self, run: str | int | Mapping, step: int | None = None, **kw: Any) -> list[dict]:

@@ -97,6 +97,12 @@ def init(ctx: click.Context) -> None:
     is_flag=True,
     help="Let a manifest name files outside the folder (refused by default, symlinks resolved).",
 )
+@click.option(
+    "--base",
+    metavar="RUN[:STEP]",
+    help="The stored checkpoint every new one was fine-tuned from (its lineage parent, "
+    "reason 'declared', and its delta parent in big spaces).",
+)
 @output_options
 @click.pass_context
 def ingest(
@@ -112,6 +118,7 @@ def ingest(
     generator_config,
     dry_run,
     allow_outside,
+    base,
     fmt,
 ) -> None:
     """Ingest a folder of checkpoints (state dicts, Model Zoo runs, flat .npy rows, P-diff).
@@ -157,6 +164,7 @@ def ingest(
         trained_on=trained_on,
         generator_config=config,
         allow_outside=allow_outside,
+        base=base,
     )
     print_problems(
         [f"skipped {source}: {reason}" for source, reason in report.skipped]

@@ -143,6 +143,19 @@ class _Ingest:
         self.generator_run_id: int | None = None
         # (run, tensor names and dtypes) → the layout hash that run's files have
         self.run_layout: dict[tuple[str, tuple], str] = {}
+        #: ``--base``; else each file's declared base (``wdb.ingest.declared``), if stored
+        self.base: str | None = None
+        self.bases: dict[str, str | None] = {}
+
+    def base_of(self, source: str | None) -> str | None:
+        from wdb.ingest import declared
+
+        if self.base:
+            return self.base
+        folder = str(Path(source).parent) if source else ""
+        if folder not in self.bases:
+            self.bases[folder] = declared.resolve(self.db, declared.declared_name(source))
+        return self.bases[folder]
 
     # ---- skipping
     def skip(self, source: str, reason: str) -> None:
@@ -369,6 +382,7 @@ class _Ingest:
                     sha256=it.sha256,
                     generator_run_id=self.generator_run_id,
                     meta=f.meta,
+                    base=self.base_of(f.source),
                 )
             )
             kept.append(it)
@@ -502,8 +516,13 @@ def ingest(
     trained_on: str | None = None,
     generator_config: dict | None = None,
     allow_outside: bool = False,
+    base: str | None = None,
 ) -> IngestReport:
     """Ingest every checkpoint under ``path`` (see the module docstring for the rules).
+
+    ``base`` (``RUN`` or ``RUN:STEP``, which must be stored) is every new checkpoint's declared
+    parent; without it, a ``config.json`` / ``adapter_config.json`` beside a file may declare
+    one (``wdb.ingest.declared``).
 
     ``allow_outside`` lets a manifest name files outside ``path`` (refused by default). A file
     with the same bytes as one before it in this ingest is not stored again (``duplicates``).
@@ -529,6 +548,7 @@ def ingest(
             raise BadInput("--trained-on needs --generator NAME (whose training set it describes)")
         kind = kind or ("generated" if generator else "training")
         job, found = begin(_Ingest, db, path, zoo, kind, format, strict, space, allow_outside)
+        _declare(db, job, found, base)
         if generator:
             from wdb.study.generate import finish_outside_run, start_outside_run
 
@@ -555,3 +575,16 @@ def ingest(
             job.report.generator_run_id = job.generator_run_id if kept else None
         job.report.runs_added = len(job.created_runs)
         return job.report
+
+
+def _declare(db, job: _Ingest, found: list, base: str | None) -> None:
+    """``--base`` checked against the store; PEFT adapters named after their folder."""
+    from wdb.ingest import declared
+
+    if base:
+        job.base = declared.resolve(db, base)
+        if job.base is None:
+            raise BadInput(f"--base {base}: no such run in the database")
+    for f in found:
+        if declared.is_adapter(f.source) and f.run.rpartition("/")[2] == Path(f.source).stem:
+            f.run = f.run.rpartition("/")[0] or Path(f.source).parent.name

@@ -35,9 +35,15 @@ class Plan:
     parent_ref: int | None = None
     reason: str | None = None
     distance: float | None = None
-    #: row to store a delta against (None: stored full), and the parent row's depth
+    #: the parent's row (chunks equal to its chunks are borrowed), and the key row residuals
+    #: are taken against (None: chunks stored as themselves)
     parent_row: int | None = None
-    parent_depth: int = 0
+    key_row: int | None = None
+    #: the parent's residual chunks are against ``key_row`` (so they can be borrowed)
+    same_key: bool = False
+    #: the stored parent's ``chunk_hashes`` and ``delta_chunks`` (None: in this batch)
+    parent_hashes: str | None = None
+    parent_tokens: str | None = None
     sketch: bytes | None = None
 
 
@@ -71,7 +77,7 @@ def place(conn: Any, space: Any, items: list, start: int, wide: bool) -> list[Pl
     ):
         stored[sha] = (int(row), int(cid))
     known: list[_Known] = []
-    depth: dict[int, int] = {}
+    fam: dict[int, tuple[int, int | None, str | None]] = {}  # row -> depth, parent row, tokens
     sketches: dict[int, bytes] = {}
     if wide:
         known = [
@@ -84,13 +90,17 @@ def place(conn: Any, space: Any, items: list, start: int, wide: bool) -> list[Pl
                 {"s": space.id},
             )
         ]
-        for row, d, sk in conn.execute(
-            sa.text("SELECT row, depth, sketch FROM family_rows WHERE space_id = :s"),
+        for row, d, sk, prow, toks in conn.execute(
+            sa.text(
+                "SELECT row, depth, sketch, parent_row, delta_chunks FROM family_rows "
+                "WHERE space_id = :s"
+            ),
             {"s": space.id},
         ):
-            depth[int(row)] = int(d)
+            fam[int(row)] = (int(d), None if prow is None else int(prow), toks)
             if sk is not None:
                 sketches[int(row)] = bytes(sk)
+    stored_rows = set(fam) | {k.row for k in known}
     plans: list[Plan] = []
     nxt = start
     for i, it in enumerate(items):
@@ -105,17 +115,58 @@ def place(conn: Any, space: Any, items: list, start: int, wide: bool) -> list[Pl
             _parent(plan, it, known, sketches, hit)
             if plan.parent_ref is not None and not plan.shared:
                 prow = _row_of(plan.parent_ref, known)
-                d = depth.get(prow, 0)
-                if prow != plan.row and d < family.MAX_DEPTH:
-                    plan.parent_row, plan.parent_depth = prow, d
-            depth.setdefault(plan.row, plan.parent_depth + 1 if plan.parent_row is not None else 0)
+                d, pkey, toks = fam.get(prow, (0, None, None))
+                if prow != plan.row:
+                    plan.parent_row = prow
+                    # the key row: the parent itself, or the row its residuals are against
+                    # (a first-round chain deeper than one link: none, values only)
+                    plan.key_row = prow if d == 0 else (pkey if d == 1 else None)
+                    plan.same_key = d == 1
+                    if prow in stored_rows:
+                        plan.parent_tokens = toks
+                        plan.parent_hashes = _hashes(conn, space.id, prow)
+            fam.setdefault(plan.row, (1 if plan.key_row is not None else 0, plan.key_row, None))
             if plan.sketch is not None:
                 sketches.setdefault(plan.row, plan.sketch)
             known.append(_Known(-i - 1, it.run, it.step, plan.row))
+        elif getattr(it, "base", None):
+            _declared_elsewhere(conn, plan, it.base)
         elif hit is not None:
             plan.parent_ref, plan.reason, plan.distance = hit[1], "found", 0.0
+        if wide and plan.parent_ref is None and getattr(it, "base", None):
+            _declared_elsewhere(conn, plan, it.base)
         plans.append(plan)
     return plans
+
+
+def _hashes(conn: Any, space_id: int, row: int) -> str | None:
+    import sqlalchemy as sa
+
+    return conn.execute(
+        sa.text(
+            "SELECT chunk_hashes FROM checkpoints WHERE space_id = :s AND row = :r "
+            "AND chunk_hashes IS NOT NULL LIMIT 1"
+        ),
+        {"s": space_id, "r": row},
+    ).scalar()
+
+
+def _declared_elsewhere(conn: Any, plan: Plan, base: str) -> None:
+    """A declared base stored in another space (a PEFT adapter's base model) or in a small
+    space: a lineage edge only (a delta needs one space)."""
+    import sqlalchemy as sa
+
+    run, step = _parse_base(base)
+    got = conn.execute(
+        sa.text(
+            "SELECT c.id FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.name = :r "
+            + ("AND c.step = :s " if step is not None else "")
+            + "ORDER BY c.step DESC, c.id DESC LIMIT 1"
+        ),
+        {"r": run, "s": step},
+    ).scalar()
+    if got is not None:
+        plan.parent_ref, plan.reason, plan.distance = int(got), "declared", None
 
 
 def _row_of(ref: int, known: list[_Known]) -> int:

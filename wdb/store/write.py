@@ -298,15 +298,11 @@ def _write_bytes(
         for i, it in enumerate(fresh)
     ]
     if wide:
-        last: tuple[int, np.ndarray] | None = None  # the row just written: the next one's parent
+        key_cache: list = [None, None]  # the key row decoded last (row, values): children share it
+        by_row: dict[int, int] = {}  # row -> index in fresh, for rows written in this batch
         for i in todo:
             it, plan = fresh[i], plans[i]
-            parent = None
-            if plan.parent_row is not None:
-                if last is not None and last[0] == plan.parent_row:
-                    parent = last[1]
-                else:
-                    parent = store.read(path, [plan.parent_row])[0]
+            parent = _parent_of(store, path, plan, written, by_row, key_cache)
             if isinstance(it.row, RowStream):
                 n, segs = it.row.n, it.row.segments()
             else:
@@ -314,13 +310,10 @@ def _write_bytes(
                 n, segs = row.size, iter([row])
             stream = isinstance(it.row, RowStream)
             written[i] = family.write_row(store, path, plan.row, n, segs, parent, sha256=stream)
+            by_row[plan.row] = i
             hashes[i] = written[i].chunk_hashes
-            if stream:
-                if written[i].sha256 != it.sha256:
-                    raise BadInput(f"{it.source or it.run}: file changed while being ingested")
-                last = None
-            else:
-                last = (plan.row, np.asarray(it.row, dtype=space.layout.storage_dtype))
+            if stream and written[i].sha256 != it.sha256:
+                raise BadInput(f"{it.source or it.run}: file changed while being ingested")
         return written, hashes
     if any(isinstance(fresh[i].row, RowStream) for i in todo):  # one at a time, streamed
         for i in todo:
@@ -339,6 +332,42 @@ def _write_bytes(
         block = block.astype(space.layout.storage_dtype, copy=False)
         store.write(path, plans[todo[0]].row, block)
     return written, hashes
+
+
+def _parent_of(
+    store: Any, path: str, plan: Plan, written: dict, by_row: dict[int, int], key_cache: list
+) -> Any:
+    """What ``family.write_row`` needs of ``plan``'s parent: the key row's values (decoded once
+    for all the children that share it) and the parent's block hashes and tokens."""
+    from wdb.store import family
+
+    if plan.parent_row is None:
+        return None
+    key = None
+    if plan.key_row is not None:
+        if key_cache[0] != plan.key_row:
+            key_cache[:] = [None, None]  # one key row held at a time
+            j = by_row.get(plan.key_row)
+            if j is not None:  # written in this batch: the catalog does not know its tokens yet
+                values = family.read_key(store, path, plan.key_row, written[j].tokens)
+            else:
+                values = store.read(path, [plan.key_row])[0]
+            key_cache[:] = [plan.key_row, values]
+        key = key_cache[1]
+    j = by_row.get(plan.parent_row)
+    if j is not None:
+        w = written[j]
+        text, tokens = w.chunk_hashes, w.tokens
+        same_key = plan.same_key and w.delta
+    else:
+        text = plan.parent_hashes
+        tokens = family.parse_tokens(plan.parent_tokens, plan.parent_row)
+        same_key = plan.same_key
+    width = int(store.array(path).chunks[1])
+    blocks = None
+    if text and int(text.partition(":")[0]) == width:
+        blocks = bytes.fromhex(text.partition(":")[2])
+    return family.Parent(plan.key_row, key, plan.parent_row, blocks, tokens, same_key)
 
 
 def _shared_hashes(conn: Any, space: Space, plan: Plan) -> str | None:
@@ -365,19 +394,22 @@ def _record_family(
 ) -> None:
     """Insert ``family_rows`` for new wide rows and ``lineage`` for every inferred parent."""
     from wdb.catalog.schema import family_rows, lineage
+    from wdb.store import family
 
     fam, lin = [], []
     for i, plan in enumerate(plans):
         w = written.get(i)
         if w is not None:
-            delta = bool(w.delta_chunks) and plan.parent_row is not None
+            # a delta row's parent_row is its key row; a row that only borrows values, the
+            # row it borrows from (so the rows it reads through stay live)
+            parent_row = (plan.key_row if w.delta else plan.parent_row) if w.tokens else None
             fam.append(
                 dict(
                     space_id=space.id,
                     row=plan.row,
-                    parent_row=plan.parent_row if delta else None,
-                    delta_chunks=",".join(map(str, w.delta_chunks)) if delta else None,
-                    depth=plan.parent_depth + 1 if delta else 0,
+                    parent_row=parent_row,
+                    delta_chunks=family.format_tokens(w.tokens, plan.row) if w.tokens else None,
+                    depth=1 if w.delta else 0,
                     digest=w.digest,
                     sketch=w.sketch,
                 )
