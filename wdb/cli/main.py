@@ -70,7 +70,7 @@ EXAMPLES: dict[str, str] = {
     "demo": "wdb --db demo-out/db demo",
     "rm": "wdb rm runs --where \"zoo = 'scratch'\"   (a dry run; add --yes to remove)",
     "tag": "wdb tag mnist-mlp-small-s0-0007 best=yes lr=0.01",
-    "note": "wdb note mnist-mlp-small-s0-0007 \"the one with the odd loss curve\"",
+    "note": 'wdb note mnist-mlp-small-s0-0007 "the one with the odd loss curve"',
 }
 
 
