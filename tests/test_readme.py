@@ -31,26 +31,41 @@ def _blocks(lang: str, after: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
 
 
+#: the tour's catalog: its own PostgreSQL database when the suite runs there (the per-test
+#: catalog fixture is function-scoped, so a module's fixture must make its own)
+_CATALOG: dict[str, str] = {}
+
+
 def _run(line: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
     argv = shlex.split(line, comments=True)
     exe = shutil.which(argv[0], path=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     assert exe, f"README names a program that the set-up does not install: {argv[0]}"
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     env.pop("WDB_DB", None)
+    env.pop("WDB_CATALOG_URL", None)
+    env.update(_CATALOG)
     return subprocess.run(
         [exe, *argv[1:]], cwd=cwd, env=env, input=stdin, capture_output=True, text=True
     )
 
 
 @pytest.fixture(scope="module")
-def toured(tmp_path_factory):
+def toured(tmp_path_factory, request):
     """The tour, run line by line in an empty folder."""
     cwd = tmp_path_factory.mktemp("tour")
+    server = name = None
+    if ON_POSTGRES:
+        server = request.getfixturevalue("pg_server")
+        name = "t_" + os.urandom(6).hex()
+        _CATALOG["WDB_CATALOG_URL"] = server.create(name)
     (tour,) = _blocks("bash", "## A tour")[:1]
     for line in filter(str.strip, tour.splitlines()):
         done = _run(line, cwd)
         assert done.returncode == 0, f"README line failed: {line}\n{done.stdout}\n{done.stderr}"
-    return cwd
+    yield cwd
+    _CATALOG.clear()
+    if server is not None:
+        server.drop(name)
 
 
 def test_tour_runs_and_does_what_it_says(toured):
