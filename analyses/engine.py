@@ -592,6 +592,10 @@ def run(
             opts = {k: v for k, v in fig.items() if k not in ("name", "kind", "table", "title")}
             opts.pop("when", None)
             opts.pop("methods", None)
+            if missing and fig["kind"] in ("scatter", "histogram", "kde", "tsne"):
+                opts["note"] = "not shown: " + "; ".join(
+                    f"{figs.label(m['group'], ctx.record())}: {m['why']}" for m in missing
+                )
             drawn = getattr(figs, fig["kind"])(
                 data, path, title=title, context=ctx.record(), **opts
             )

@@ -91,9 +91,23 @@ def axes_labels(fig) -> list[dict[str, Any]]:
     return out
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, note: str = "") -> Path:
+    """Write the PNG; ``note`` (why a group is missing, what to run) goes under the plot."""
+    import textwrap
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if note:
+        width = int(fig.get_figwidth() * 15)
+        fig.text(
+            0.0,
+            -0.02,
+            "\n".join(textwrap.wrap(note, width)),
+            ha="left",
+            va="top",
+            fontsize=7,
+            color="#9a6700",
+        )
     LABELS[str(path)] = axes_labels(fig)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     _plt().close(fig)
@@ -136,14 +150,20 @@ def heatmap(rows: list[dict], path: Path, title: str = "", context: dict | None 
         cb = fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01)
         cb.set_label("weight value", fontsize=7)
         cb.ax.tick_params(labelsize=7)
-        ax.set_xlabel("")
-    axes[-1, 0].set_xlabel(f"parameter ({M.shape[1]} random indices, the same in every row)")
+    fig.supxlabel(f"parameter ({M.shape[1]} random indices, the same in every row)", fontsize=9)
     fig.supylabel("model: generated (red box), then nearest training NN 1–3", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
-def histogram(rows: list[dict], path: Path, title: str = "", context: dict | None = None, **_: Any):
+def histogram(
+    rows: list[dict],
+    path: Path,
+    title: str = "",
+    context: dict | None = None,
+    note: str = "",
+    **_: Any,
+):
     """% of models per bin of min-L2 to training, training (self excluded) vs generated."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -171,7 +191,7 @@ def histogram(rows: list[dict], path: Path, title: str = "", context: dict | Non
     ax.set_ylabel("% of models")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, note)
 
 
 def decision(rows: list[dict], path: Path, title: str = "", context: dict | None = None, **_: Any):
@@ -289,6 +309,7 @@ def scatter(
     y: str = "accuracy",
     xlabel: str | None = None,
     ylabel: str | None = None,
+    note: str = "",
     **_: Any,
 ):
     """One point per model, coloured by group (accuracy vs novelty, or shape distances)."""
@@ -311,10 +332,17 @@ def scatter(
     ax.legend(fontsize=8, markerscale=1.5)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, note)
 
 
-def kde(rows: list[dict], path: Path, title: str = "", context: dict | None = None, **_: Any):
+def kde(
+    rows: list[dict],
+    path: Path,
+    title: str = "",
+    context: dict | None = None,
+    note: str = "",
+    **_: Any,
+):
     """Per parameter index: density of its values over training vs generated models."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
@@ -346,10 +374,17 @@ def kde(rows: list[dict], path: Path, title: str = "", context: dict | None = No
     fig.supylabel("density (KDE)", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.legend(handles, labels, loc="upper right", fontsize=7, ncol=len(labels), frameon=False)
-    return _save(fig, path)
+    return _save(fig, path, note)
 
 
-def tsne(rows: list[dict], path: Path, title: str = "", context: dict | None = None, **_: Any):
+def tsne(
+    rows: list[dict],
+    path: Path,
+    title: str = "",
+    context: dict | None = None,
+    note: str = "",
+    **_: Any,
+):
     """2-D t-SNE of weights, coloured by group."""
     return scatter(
         rows,
@@ -360,6 +395,7 @@ def tsne(rows: list[dict], path: Path, title: str = "", context: dict | None = N
         y="y",
         xlabel="t-SNE 1 (arbitrary units)",
         ylabel="t-SNE 2 (arbitrary units)",
+        note=note,
     )
 
 

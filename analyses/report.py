@@ -156,7 +156,7 @@ def _figures(figs: list[dict], out: Path, key: str, skipped: list[dict] | None =
             f"<pre>{_esc(f.get('sql'))}</pre></details></figcaption></figure>"
         )
     for s in skipped or []:
-        if s.get("figure"):
+        if s.get("figure") and not s.get("by_design"):
             parts.append(
                 f"<figure class=empty id='{anchor(key, s['name'])}'><figcaption><b>"
                 f"{_esc(s['name'])}: not drawn</b>, {_esc(s['why'])}</figcaption></figure>"
@@ -173,7 +173,7 @@ def _contents(analyses: list[dict], experiments: list[dict]) -> str:
         figs += [
             (s["name"], f"{s['name']} (not drawn)")
             for s in rec.get("skipped", [])
-            if s.get("figure")
+            if s.get("figure") and not s.get("by_design")
         ]
         sub = "".join(f"<li><a href='#{anchor(key, n)}'>{_esc(t)}</a></li>" for n, t in figs)
         sub += f"<li><a href='#{key}-tables'>Tables</a></li>"
