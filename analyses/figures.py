@@ -125,7 +125,9 @@ def heatmap(rows: list[dict], path: Path, title: str = "", context: dict | None 
     for r in rows:
         by_q[r["query"]].setdefault(r["rank"], []).append((r["param_index"], r["value"]))
     queries = sorted(by_q)
-    fig, axes = plt.subplots(len(queries), 1, figsize=(9, 1.35 * len(queries) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(queries), 1, figsize=(9, 1.35 * len(queries) + 0.9), squeeze=False, layout="constrained"
+    )
     for ax, q in zip(axes[:, 0], queries, strict=True):
         ranks = sorted(by_q[q])
         mat = []
@@ -147,7 +149,7 @@ def heatmap(rows: list[dict], path: Path, title: str = "", context: dict | None 
         ax.set_yticklabels(["generated" if k == 0 else f"NN {k}" for k in ranks], fontsize=7)
         ax.set_xticks([])
         ax.set_title(f"generated checkpoint {q}", fontsize=8, loc="left")
-        cb = fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01)
+        cb = fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, aspect=8)
         cb.set_label("weight value", fontsize=7)
         cb.ax.tick_params(labelsize=7)
     fig.supxlabel(f"parameter ({M.shape[1]} random indices, the same in every row)", fontsize=9)
@@ -349,7 +351,9 @@ def kde(
     from scipy.stats import gaussian_kde
 
     idx = sorted({r["param_index"] for r in rows})
-    fig, axes = plt.subplots(1, len(idx), figsize=(2.6 * len(idx), 2.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(idx), figsize=(2.6 * len(idx), 2.8), squeeze=False, layout="constrained"
+    )
     for ax, i in zip(axes[0], idx, strict=True):
         vals = {
             g: np.array([r["value"] for r in rows if r["param_index"] == i and r["selection"] == g])
@@ -372,8 +376,7 @@ def kde(
     fig.suptitle(title, fontsize=10)
     fig.supxlabel("weight value at that parameter index", fontsize=8)
     fig.supylabel("density (KDE)", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
-    fig.legend(handles, labels, loc="upper right", fontsize=7, ncol=len(labels), frameon=False)
+    fig.legend(handles, labels, loc="outside upper right", fontsize=7, ncol=len(labels))
     return _save(fig, path, note)
 
 
