@@ -16,7 +16,7 @@ The methods, their tasks, their noise baselines and their sizes come from the ge
 Sizes (``MethodInfo.plans``): ``demo`` is tuned to finish all four methods in ≲ 15 minutes on 2
 cores — small zoos with more runs than ``--size small``, generators at their default architecture
 with fewer steps; ``quick`` is the tiny version the tests run; ``default`` uses the CPU-scale
-defaults of METHODS.md (about 5 minutes per zoo and per generator).
+defaults of the generators' docstrings (about 5 minutes per zoo and per generator).
 """
 
 from __future__ import annotations

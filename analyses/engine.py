@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from analyses import hints
 from analyses import relations as rel
 from analyses.spec import Spec, fill, load, why_not
 from wdb.plugin import NotFound, WdbError, json_ids
@@ -99,6 +100,10 @@ class Context:
     zoo: str = ""
     task: Any = None
     task_kind: str | None = None
+    #: the kind of the run's samples: ``generated``, or ``baseline`` (noise, average, ...)
+    sample_kind: str = "generated"
+    #: the SQL selection the run trained on (for the commands a hint suggests)
+    train_selection: str = ""
     baselines: dict[str, int] = field(default_factory=dict)
     sigmas: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -109,6 +114,7 @@ class Context:
         v: dict[str, Any] = {
             "method": self.method or "",
             "gen": self.gen,
+            "gen_kind": self.sample_kind,
             "space_id": self.space_id,
             "zoo": self.zoo.replace("'", "''"),
             "train_ids": json_ids(
@@ -123,6 +129,9 @@ class Context:
         return {
             "method": self.method,
             "generator_run": self.gen,
+            "sample_kind": self.sample_kind,
+            "baseline": self.sample_kind == "baseline",
+            "train_selection": self.train_selection,
             "space_id": self.space_id,
             "zoo": self.zoo,
             "task": getattr(self.task, "name", None),
@@ -133,16 +142,27 @@ class Context:
         }
 
 
-def methods_with_data(db) -> list[str]:
-    """Generator methods (not baselines) with a finished run that wrote samples, paper order."""
+def methods_with_data(db, kind: str = "generated") -> list[str]:
+    """Methods with a finished run that wrote samples of ``kind`` (``generated``: generators;
+    ``baseline``: noise, average, ...), in the paper's order."""
     rows = db.sql(
         "SELECT DISTINCT g.method FROM generator_runs g WHERE g.status = 'done' AND EXISTS "
-        "(SELECT 1 FROM runs r WHERE r.generator_run_id = g.id AND r.kind = 'generated')"
+        "(SELECT 1 FROM runs r WHERE r.generator_run_id = g.id AND r.kind = :k)",
+        {"k": kind},
     )
     from wdb.plugin import baseline_methods, method_info
 
-    found = {r["method"] for r in rows} - set(baseline_methods())
-    return sorted(found, key=lambda m: (method_info(m).order, m))
+    found = {r["method"] for r in rows}
+    if kind == "generated":
+        found -= set(baseline_methods())
+
+    def order(m: str) -> tuple[int, str]:
+        try:
+            return (method_info(m).order, m)
+        except WdbError:  # a generator run from a file no longer at hand: still analysable
+            return (10**6, m)
+
+    return sorted(found, key=order)
 
 
 def _sigma(config: dict) -> float:
@@ -160,18 +180,26 @@ def resolve_context(db, method: str | None, task: Any = None) -> Context:
     if method is None:
         return ctx
     runs = db.sql(
-        "SELECT id, train_ids FROM generator_runs WHERE method = :m AND status = 'done' "
-        "AND EXISTS (SELECT 1 FROM runs r WHERE r.generator_run_id = generator_runs.id "
-        "AND r.kind = 'generated') ORDER BY id DESC LIMIT 1",
+        "SELECT g.id, g.train_ids, g.train_selection, (SELECT min(r.kind) FROM runs r WHERE "
+        "r.generator_run_id = g.id AND r.kind IN ('generated', 'baseline')) AS sample_kind "
+        "FROM generator_runs g WHERE g.method = :m AND g.status = 'done' AND EXISTS (SELECT 1 "
+        "FROM runs r WHERE r.generator_run_id = g.id AND r.kind IN ('generated', 'baseline')) "
+        "ORDER BY g.id DESC LIMIT 1",
         {"m": method},
     )
     if not runs:
-        raise NotFound(f"no finished generator run of method '{method}' with samples")
+        from analyses import hints
+
+        raise NotFound(
+            f"no finished generator run of method '{method}' with samples" + hints.nothing(db)
+        )
     ctx.gen = int(runs[0]["id"])
+    # 'baseline' sorts before 'generated': a run with both kinds (none today) counts as generated
+    ctx.sample_kind = "generated" if runs[0]["sample_kind"] == "generated" else "baseline"
+    ctx.train_selection = runs[0]["train_selection"] or ""
     one = db.sql(
-        "SELECT space_id FROM checkpoint_info WHERE generator_run_id = :g AND kind = 'generated' "
-        "LIMIT 1",
-        {"g": ctx.gen},
+        "SELECT space_id FROM checkpoint_info WHERE generator_run_id = :g AND kind = :k LIMIT 1",
+        {"g": ctx.gen, "k": ctx.sample_kind},
     )
     ctx.space_id = int(one[0]["space_id"])
     train_ids = json.loads(runs[0]["train_ids"] or "[]")
@@ -191,6 +219,10 @@ def resolve_context(db, method: str | None, task: Any = None) -> Context:
     )
     noise: dict[float, tuple[int, float]] = {}  # σ actually used -> (run id, σ as configured)
     for b in base:
+        if int(b["id"]) == ctx.gen:  # a baseline analysed as the method: not its own comparison
+            if b["method"] == "noise":
+                ctx.sigmas["generated"] = float(json.loads(b["config"] or "{}").get("sigma", "nan"))
+            continue
         cfg = json.loads(b["config"] or "{}")
         if b["method"] == "noise":
             nominal = float(cfg.get("sigma", float("nan")))
@@ -263,7 +295,7 @@ def _tsne(db, item: dict, rows: list[dict], seed: int) -> dict[str, Any]:
 
 
 def _decision(db, item: dict, rows: list[dict], ctx: Context) -> dict[str, Any]:
-    """Decision regions on the PCA plane of the standardised test images (METHODS.md)."""
+    """Decision regions on the PCA plane of the standardised test images (as in Zeng et al. 2025)."""
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
@@ -449,7 +481,12 @@ def run(
         r["selection"]: r["n"]
         for r in db.sql(f"SELECT selection, count(*) AS n FROM {sel_table} GROUP BY 1")
     }
-    record["selection_counts"] = {k: int(counts.get(k, 0)) for k in sel_sql}
+    record["selection_counts"] = sel_counts = {k: int(counts.get(k, 0)) for k in sel_sql}
+    used = _used_selections(spec, method, ctx.task_kind, set(sel_counts))
+    record["empty_selections"] = {
+        k: hints.empty_selection(k, ctx) for k, n in sel_counts.items() if not n and k in used
+    }
+    not_evaluated: dict[str, str] = {}
 
     # 2. relations
     for item in spec.relations:
@@ -473,12 +510,10 @@ def run(
             values.pop(short, None)
             continue
         add_table(short, sql, item.get("description", ""), f"relation:{kind}")
-        if kind == "novelty" and not db.sql(
-            f"SELECT 1 AS x FROM {full} WHERE max_iou IS NOT NULL LIMIT 1"
-        ):
-            ctx.notes.append(
-                f"{short}: no eval set holds error sets of both targets and reference, so "
-                "max error-set IoU is empty (evaluate them, or `wdb ingest-outputs` error sets)"
+        if kind == "novelty":
+            not_evaluated.update(hints.unevaluated(db, full, sel_counts))
+            ctx.notes.extend(
+                f"{short}: {why}" for g, why in not_evaluated.items() if g in sel_counts
             )
 
     # 3. tables
@@ -507,25 +542,63 @@ def run(
             why = why_not(fig, method, ctx.task_kind)
             if why:
                 if not fig.get("methods"):
-                    record["skipped"].append({"name": fig["name"], "why": why})
+                    record["skipped"].append(
+                        {
+                            "name": fig["name"],
+                            "figure": True,
+                            "why": why,
+                            "by_design": why.startswith("only for"),
+                        }
+                    )
                 continue
             if fig["table"] not in tn:
+                because = next(
+                    (s["why"] for s in record["skipped"] if s["name"] == fig["table"]), ""
+                )
                 record["skipped"].append(
-                    {"name": fig["name"], "why": f"its table '{fig['table']}' was not computed"}
+                    {
+                        "name": fig["name"],
+                        "figure": True,
+                        "why": f"its table '{fig['table']}' was not computed"
+                        + (f": {because}" if because else ""),
+                    }
                 )
                 continue
             full = tn[fig["table"]]
             data = db.sql(f"SELECT * FROM {full}")
+            table_sql = next((t["sql"] for t in record["tables"] if t["name"] == full), "")
+            missing = []
+            if not data or "selection" in data[0]:
+                missing = hints.missing_groups(
+                    hints.groups_of(table_sql, sel_counts),
+                    {r["selection"] for r in data},
+                    sel_counts,
+                    not_evaluated,
+                    ctx,
+                )
             if not data:
-                record["skipped"].append({"name": fig["name"], "why": f"{full} is empty"})
+                why = "; ".join(f"{m['group']}: {m['why']}" for m in missing)
+                record["skipped"].append(
+                    {
+                        "name": fig["name"],
+                        "figure": True,
+                        "why": f"{full} is empty ({why})" if why else f"{full} is empty",
+                    }
+                )
                 continue
             path = out / "figures" / f"{spec.name}_{method or 'all'}_{fig['name']}.png"
-            title = fill(fig.get("title", fig["name"]), {**values, "method": method or ""})
+            shown = f"{method} (baseline)" if ctx.sample_kind == "baseline" else method or ""
+            title = fill(fig.get("title", fig["name"]), {**values, "method": shown})
             opts = {k: v for k, v in fig.items() if k not in ("name", "kind", "table", "title")}
             opts.pop("when", None)
             opts.pop("methods", None)
-            getattr(figs, fig["kind"])(data, path, title=title, context=ctx.record(), **opts)
-            sql_of = next((t["sql"] for t in record["tables"] if t["name"] == full), "")
+            if missing and fig["kind"] in ("scatter", "histogram", "kde", "tsne"):
+                opts["note"] = "not shown: " + "; ".join(
+                    f"{figs.label(m['group'], ctx.record())}: {m['why']}" for m in missing
+                )
+            drawn = getattr(figs, fig["kind"])(
+                data, path, title=title, context=ctx.record(), **opts
+            )
             record["figures"].append(
                 {
                     "name": fig["name"],
@@ -534,7 +607,9 @@ def run(
                     "caption": fig.get("caption", ""),
                     "path": str(path.relative_to(out)),
                     "table": full,
-                    "sql": sql_of,
+                    "sql": table_sql,
+                    "axes": figs.LABELS.pop(str(drawn), []),
+                    "missing": missing,
                 }
             )
     record["engines"] = dict(rel.ENGINE)
@@ -543,6 +618,19 @@ def run(
         json.dumps(record, indent=1, default=str)
     )
     return record
+
+
+def _used_selections(spec: Spec, method: str | None, task_kind: str | None, names: set) -> set:
+    """The selections some relation or table that applies to this method reads."""
+    used: set[str] = set()
+    for item in [*spec.relations, *spec.tables]:
+        if why_not(item, method, task_kind):
+            continue
+        for key in ("targets", "reference"):
+            used.update(_as_list(item.get(key)))
+        used.update((item.get("references") or {}).values())
+        used.update(hints.groups_of(item.get("rows", "") + item.get("sql", ""), {}))
+    return used & names
 
 
 def _placeholders(sql: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""The paper's further experiments (METHODS.md): modeling factors and weight-space symmetries.
+"""The paper's further experiments (Zeng et al. 2025, "Generative Modeling of Weights:
+Generalization or Memorization?"): modeling factors and weight-space symmetries.
 
 ``wdb experiment NAME`` runs one and writes its table ``x_<name>_<method>`` into the catalog,
 a figure, and a result record ``<out>/experiment_<name>_<method>.json`` that the report picks up.
@@ -185,8 +186,10 @@ def modeling_factors(
         title=f"{method}: modeling factors — {perf} vs novelty",
         x="mean_min_l2",
         y="performance",
-        xlabel="mean min-L2 to training (higher = more novel)",
-        ylabel="MMD to training shapes (lower = better)" if field else "mean test accuracy",
+        xlabel="mean min-L2 to training, weight units (higher = more novel)",
+        ylabel="MMD to training shapes (lower = better)"
+        if field
+        else "mean test accuracy (fraction correct)",
     )
     return _record(
         out,
@@ -331,7 +334,8 @@ def symmetry(db, out: Path, n_models: int = 40, seed: int = 0, task: Any = None)
         x="comparison",
         y="value",
         hue="measure",
-        ylabel="%",
+        xlabel="weights compared (original vs transformed, or two different models)",
+        ylabel="% of test items",
     )
     notes = [
         "prediction agreement of original vs transformed weights (before the autoencoder): "
@@ -399,7 +403,8 @@ def hd_augmentation(
         title="HyperDiffusion with permutation augmentation",
         x="variant",
         y="nonempty_fraction",
-        ylabel="fraction of non-empty meshes",
+        xlabel="training data: each MLP plus k random permutations of it",
+        ylabel="fraction of non-empty meshes (0–1)",
     )
     return _record(
         out,
@@ -425,13 +430,23 @@ def _record(
     figures: list[dict],
     **extra: Any,
 ) -> dict[str, Any]:
+    from analyses import figures as figs
+
     rec = {
         "experiment": experiment,
         "method": method,
         "table": table,
         "description": description,
         "notes": notes,
-        "figures": [dict(f, title=f"{experiment} ({method})", sql=sql) for f in figures],
+        "figures": [
+            dict(
+                f,
+                title=f"{experiment} ({method})",
+                sql=sql,
+                axes=figs.LABELS.pop(str(Path(out) / f["path"]), []),
+            )
+            for f in figures
+        ],
         "tables": [
             {
                 "name": table,

@@ -37,9 +37,13 @@ def _plt():
 
 
 def label(group: str, context: dict | None = None) -> str:
-    """Human label of a selection (noise baselines carry their σ)."""
+    """Human label of a selection (noise baselines carry their σ; a baseline analysed in place
+    of a generator is named as one)."""
     context = context or {}
     sig = (context.get("sigmas") or {}).get(group)
+    if group == "generated" and context.get("baseline"):
+        what = f"{context.get('method')} σ={sig:g}" if sig is not None and sig == sig else None
+        return f"{what or context.get('method')} samples (baseline)"
     if group.startswith("noise"):
         return f"noise σ={sig:g}" if sig is not None and sig == sig else group.replace("_", " ")
     if group == "training" and context.get("method") == "hyperrep":
@@ -52,9 +56,59 @@ def _groups(rows: list[dict], key: str = "selection") -> list[str]:
     return [g for g in ORDER if g in present] + sorted(present - set(ORDER))
 
 
-def _save(fig, path: Path) -> Path:
+#: png path → the labels of its axes (``axes_labels``), filled by ``_save`` for the caller's
+#: record; the report writes them into each image's alt text
+LABELS: dict[str, list[dict[str, Any]]] = {}
+
+
+def axes_labels(fig) -> list[dict[str, Any]]:
+    """Per drawn panel: title, x / y (/ z) labels (the figure's shared labels where a panel has
+    none), legend entries; colour bars as their own entry with their label."""
+    sup = {
+        k: (getattr(fig, f"_sup{k}label", None) or None)
+        and getattr(fig, f"_sup{k}label").get_text()
+        for k in ("x", "y")
+    }
+    legends = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    out = []
+    for ax in fig.axes:
+        if getattr(ax, "_colorbar", None) is not None or ax.get_label() == "<colorbar>":
+            lab = ax.get_ylabel() or ax.get_xlabel()
+            out.append({"colorbar": lab})
+            continue
+        if not ax.get_visible() or not ax.axison:
+            continue
+        d: dict[str, Any] = {
+            "title": ax.get_title() or ax.get_title(loc="left"),
+            "x": ax.get_xlabel() or sup["x"] or "",
+            "y": ax.get_ylabel() or sup["y"] or "",
+        }
+        if hasattr(ax, "get_zlabel"):
+            d["z"] = ax.get_zlabel()
+        leg = ax.get_legend()
+        d["legend"] = [t.get_text() for t in leg.get_texts()] if leg else legends
+        out.append(d)
+    return out
+
+
+def _save(fig, path: Path, note: str = "") -> Path:
+    """Write the PNG; ``note`` (why a group is missing, what to run) goes under the plot."""
+    import textwrap
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if note:
+        width = int(fig.get_figwidth() * 15)
+        fig.text(
+            0.0,
+            -0.02,
+            "\n".join(textwrap.wrap(note, width)),
+            ha="left",
+            va="top",
+            fontsize=7,
+            color="#9a6700",
+        )
+    LABELS[str(path)] = axes_labels(fig)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     _plt().close(fig)
     return path
@@ -71,7 +125,9 @@ def heatmap(rows: list[dict], path: Path, title: str = "", context: dict | None 
     for r in rows:
         by_q[r["query"]].setdefault(r["rank"], []).append((r["param_index"], r["value"]))
     queries = sorted(by_q)
-    fig, axes = plt.subplots(len(queries), 1, figsize=(9, 1.35 * len(queries) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(queries), 1, figsize=(9, 1.35 * len(queries) + 0.9), squeeze=False, layout="constrained"
+    )
     for ax, q in zip(axes[:, 0], queries, strict=True):
         ranks = sorted(by_q[q])
         mat = []
@@ -93,13 +149,23 @@ def heatmap(rows: list[dict], path: Path, title: str = "", context: dict | None 
         ax.set_yticklabels(["generated" if k == 0 else f"NN {k}" for k in ranks], fontsize=7)
         ax.set_xticks([])
         ax.set_title(f"generated checkpoint {q}", fontsize=8, loc="left")
-        fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01)
-    axes[-1, 0].set_xlabel(f"{M.shape[1]} random parameter indices")
+        cb = fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, aspect=8)
+        cb.set_label("weight value", fontsize=7)
+        cb.ax.tick_params(labelsize=7)
+    fig.supxlabel(f"parameter ({M.shape[1]} random indices, the same in every row)", fontsize=9)
+    fig.supylabel("model: generated (red box), then nearest training NN 1–3", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
-def histogram(rows: list[dict], path: Path, title: str = "", context: dict | None = None, **_: Any):
+def histogram(
+    rows: list[dict],
+    path: Path,
+    title: str = "",
+    context: dict | None = None,
+    note: str = "",
+    **_: Any,
+):
     """% of models per bin of min-L2 to training, training (self excluded) vs generated."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -122,11 +188,12 @@ def histogram(rows: list[dict], path: Path, title: str = "", context: dict | Non
             lw=0.4,
             label=f"{label(g, context)} → training (n={sum(r['n'] for r in rs)})",
         )
-    ax.set_xlabel("L2 distance to the nearest training model")
+    metric = "aligned L2" if (context or {}).get("method") == "gpt" else "L2"
+    ax.set_xlabel(f"{metric} distance to the nearest training model (weight units)")
     ax.set_ylabel("% of models")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, note)
 
 
 def decision(rows: list[dict], path: Path, title: str = "", context: dict | None = None, **_: Any):
@@ -145,13 +212,14 @@ def decision(rows: list[dict], path: Path, title: str = "", context: dict | None
     pairs = sorted({p for p, _ in cells})
     roles = ["generated", "nearest training"]
     fig, axes = plt.subplots(len(pairs), 2, figsize=(6.4, 3.1 * len(pairs)), squeeze=False)
+    from matplotlib.patches import Patch
+
     cmap = ListedColormap(plt.get_cmap("tab10").colors)
+    classes: set[int] = set()
     for i, p in enumerate(pairs):
         for j, role in enumerate(roles):
             ax = axes[i, j]
             c = cells.get((p, role))
-            ax.set_xticks([])
-            ax.set_yticks([])
             if c is None:
                 ax.axis("off")
                 continue
@@ -159,6 +227,7 @@ def decision(rows: list[dict], path: Path, title: str = "", context: dict | None
             xs, ys = np.unique(gx), np.unique(gy)
             img = np.full((len(ys), len(xs)), -1.0)
             img[np.searchsorted(ys, gy), np.searchsorted(xs, gx)] = pr
+            classes.update(int(v) for v in np.unique(pr))
             ax.imshow(
                 img,
                 origin="lower",
@@ -170,14 +239,25 @@ def decision(rows: list[dict], path: Path, title: str = "", context: dict | None
                 aspect="auto",
             )
             ax.set_title(
-                f"{role} #{c['id']}",
+                f"pair {p}: {role} #{c['id']}",
                 fontsize=8,
                 color="#d62728" if role == "generated" else "black",
             )
-        if len(pairs):
-            axes[i, 0].set_ylabel(f"pair {p}", fontsize=8)
+            ax.tick_params(labelsize=6)
+            ax.set_xlabel("PC 1 of the test inputs (std units)", fontsize=7)
+            ax.set_ylabel("PC 2 (std units)", fontsize=7)
+    handles = [Patch(color=cmap(k % 10), label=f"class {k}") for k in sorted(classes)]
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 if len(pairs) < 3 else 0.03, 1, 1))
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(len(handles), 10) or 1,
+        fontsize=7,
+        title="predicted class",
+        title_fontsize=7,
+        frameon=False,
+    )
     return _save(fig, path)
 
 
@@ -194,8 +274,8 @@ def shapes(rows: list[dict], path: Path, title: str = "", context: dict | None =
         for j, role in enumerate(["generated", "nearest training"]):
             ax = fig.add_subplot(len(pairs), 2, 2 * i + j + 1, projection="3d")
             c = cells.get((p, role))
-            ax.set_axis_off()
             if c is None:
+                ax.set_axis_off()
                 continue
             P = np.asarray(c["p"], float)
             # occupancy fields are y-up; matplotlib is z-up
@@ -205,14 +285,20 @@ def shapes(rows: list[dict], path: Path, title: str = "", context: dict | None =
             ax.set_ylim(-lim, lim)
             ax.set_zlim(-lim, lim)
             ax.view_init(elev=25, azim=-60)
-            ax.set_box_aspect((1, 1, 1), zoom=1.35)
+            ax.set_box_aspect((1, 1, 1), zoom=1.1)
+            ax.set_xticklabels([])
+            ax.set_yticklabels([])
+            ax.set_zticklabels([])
+            ax.set_xlabel("x", fontsize=7, labelpad=-12)
+            ax.set_ylabel("z", fontsize=7, labelpad=-12)
+            ax.set_zlabel("y (up)", fontsize=7, labelpad=-12)
             ax.set_title(
                 f"{role} #{c['id']}",
                 fontsize=8,
                 color="#d62728" if role == "generated" else "black",
             )
-    fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(wspace=0.0, hspace=0.08, top=0.93)
+    fig.suptitle(title + "\n(surface points, shape units; colour = height)", fontsize=10)
+    fig.subplots_adjust(wspace=0.0, hspace=0.08, top=0.9)
     return _save(fig, path)
 
 
@@ -225,6 +311,7 @@ def scatter(
     y: str = "accuracy",
     xlabel: str | None = None,
     ylabel: str | None = None,
+    note: str = "",
     **_: Any,
 ):
     """One point per model, coloured by group (accuracy vs novelty, or shape distances)."""
@@ -247,16 +334,26 @@ def scatter(
     ax.legend(fontsize=8, markerscale=1.5)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, note)
 
 
-def kde(rows: list[dict], path: Path, title: str = "", context: dict | None = None, **_: Any):
+def kde(
+    rows: list[dict],
+    path: Path,
+    title: str = "",
+    context: dict | None = None,
+    note: str = "",
+    **_: Any,
+):
     """Per parameter index: density of its values over training vs generated models."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
     from scipy.stats import gaussian_kde
 
     idx = sorted({r["param_index"] for r in rows})
-    fig, axes = plt.subplots(1, len(idx), figsize=(2.6 * len(idx), 2.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(idx), figsize=(2.6 * len(idx), 2.8), squeeze=False, layout="constrained"
+    )
     for ax, i in zip(axes[0], idx, strict=True):
         vals = {
             g: np.array([r["value"] for r in rows if r["param_index"] == i and r["selection"] == g])
@@ -273,16 +370,36 @@ def kde(rows: list[dict], path: Path, title: str = "", context: dict | None = No
                 ax.axvline(v[0], color=COLORS.get(g), label=label(g, context))
         ax.set_title(f"parameter {i}", fontsize=8)
         ax.set_yticks([])
+        ax.xaxis.set_major_locator(MaxNLocator(3))
         ax.tick_params(labelsize=7)
-    axes[0, 0].legend(fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    fig.supxlabel("weight value at that parameter index", fontsize=8)
+    fig.supylabel("density (KDE)", fontsize=8)
+    fig.legend(handles, labels, loc="outside upper right", fontsize=7, ncol=len(labels))
+    return _save(fig, path, note)
 
 
-def tsne(rows: list[dict], path: Path, title: str = "", context: dict | None = None, **_: Any):
+def tsne(
+    rows: list[dict],
+    path: Path,
+    title: str = "",
+    context: dict | None = None,
+    note: str = "",
+    **_: Any,
+):
     """2-D t-SNE of weights, coloured by group."""
-    return scatter(rows, path, title, context, x="x", y="y", xlabel="t-SNE 1", ylabel="t-SNE 2")
+    return scatter(
+        rows,
+        path,
+        title,
+        context,
+        x="x",
+        y="y",
+        xlabel="t-SNE 1 (arbitrary units)",
+        ylabel="t-SNE 2 (arbitrary units)",
+        note=note,
+    )
 
 
 def bars(
@@ -294,6 +411,7 @@ def bars(
     y: str = "value",
     hue: str | None = None,
     ylabel: str | None = None,
+    xlabel: str | None = None,
     **_: Any,
 ):
     """Grouped bars (experiments: per variant or per transform)."""
@@ -311,7 +429,8 @@ def bars(
     ax.set_xticks(np.arange(len(cats)) + 0.4 - w / 2)
     ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel or y)
+    ax.set_xlabel(xlabel or x)
     if hue:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title=hue, title_fontsize=8)
     ax.set_title(title, fontsize=10)
     return _save(fig, path)

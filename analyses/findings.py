@@ -1,4 +1,5 @@
-"""The paper's six findings (METHODS.md "What the paper found"), checked against this database.
+"""The paper's six findings (Zeng et al. 2025, "Generative Modeling of Weights:
+Generalization or Memorization?"), checked against this database.
 
 Each check reads the tables the analyses materialised (``a_memorization_<method>_summary`` …,
 and the experiments' ``x_*`` tables) and returns a verdict with its numbers. The thresholds that

@@ -54,7 +54,7 @@ def shape_distances(
     """Per target: (min Chamfer distance to the reference shapes, nearest reference id).
 
     Pairwise distances come from the shapes task's Chamfer engine (``wdb.study.tasks.shapes.chamfer``,
-    METHODS.md's definition) over the stored 2048-point clouds (``wdb.store.outputs`` kind ``points``);
+    the paper's definition) over the stored 2048-point clouds (``wdb.store.outputs`` kind ``points``);
     empty meshes (all points equal) are left out. ``workers`` (or the engine of ``wdb.query.engine``)
     splits the targets over a Dask cluster; each target's loop is the same, so are the results.
     """

@@ -14,7 +14,8 @@ A spec names
 Every relation and table is materialised as ``a_<spec>_<method>_<name>`` in the catalog, so a
 user can query exactly the numbers behind every figure. Placeholders ``{name}`` in SQL resolve to
 those table names, and to the context the engine fills in for ``--method M``: ``{gen}`` (M's
-latest finished generator run), ``{train_ids}`` (a subquery of the ids it trained on),
+latest finished generator run with samples, baselines included), ``{gen_kind}`` (its samples'
+kind: ``generated``, or ``baseline`` for a noise / average / gaussian run), ``{train_ids}`` (a subquery of the ids it trained on),
 ``{space_id}``, ``{zoo}``, ``{noise_1}``, ``{noise_2}`` (the noise baselines of the same space,
 smaller σ first), ``{average}``, ``{gaussian}``, ``{method}``. Unknown placeholders are left alone.
 

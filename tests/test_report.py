@@ -9,9 +9,11 @@ why, only where it cannot be installed.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
+from html import unescape as html_unescape
 from pathlib import Path
 
 import numpy as np
@@ -105,9 +107,13 @@ def _chromium() -> str | None:
 
 PROBE = (
     "<script>window.addEventListener('load',()=>{const r=[...document.images].map("
-    "i=>i.complete&&i.naturalWidth>0?i.naturalWidth:0);const p=document.createElement('pre');"
-    "p.id='probe';p.textContent='IMGS '+JSON.stringify(r);document.body.appendChild(p);});"
-    "</script>"
+    "i=>i.complete&&i.naturalWidth>0?i.naturalWidth:0);"
+    "const links=[...document.querySelectorAll('a[href^=\"#\"]')].map(a=>a.getAttribute('href'));"
+    "const dead=links.filter(h=>!document.getElementById(decodeURIComponent(h.slice(1))));"
+    "const alts=[...document.images].map(i=>i.alt);"
+    "const p=document.createElement('pre');p.id='probe';p.textContent='IMGS '+JSON.stringify(r)"
+    "+' LINKS '+JSON.stringify({n:links.length,dead:dead})+' ALTS '+JSON.stringify(alts);"
+    "document.body.appendChild(p);});</script>"
 )
 
 
@@ -133,8 +139,62 @@ def test_every_image_loads_in_headless_chromium(built, tmp_path):
         text=True,
         timeout=120,
     )
-    m = re.search(r'<pre id="probe">IMGS (\[[^<]*\])</pre>', res.stdout)
+    m = re.search(r'<pre id="probe">IMGS (\[[^<]*?\]) LINKS (.*?) ALTS (.*?)</pre>', res.stdout)
     assert m, f"chromium printed no probe: {res.stderr[-500:]}"
-    widths = [int(w) for w in m.group(1).strip("[]").split(",") if w]
+    widths = json.loads(m.group(1))
     assert len(widths) == n > 0
     assert all(w > 0 for w in widths), widths
+    # the contents list: every in-page link lands on an element of the page
+    links = json.loads(html_unescape(m.group(2)))
+    assert links["n"] >= n + 2 and links["dead"] == [], links
+    # every image says in its alt text what its axes are (and no axis is unlabelled)
+    for alt in json.loads(html_unescape(m.group(3))):
+        assert "x: " in alt and "y: " in alt and "(unlabelled)" not in alt, alt
+
+
+def test_contents_link_to_every_section_and_figure(built):
+    _, _, rep, out = built
+    html = Path(rep["html"]).read_text()
+    ids = set(re.findall(r"id='([^']+)'", html)) | set(re.findall(r"id=([\w-]+)[ >]", html))
+    links = re.findall(r"href='#([^']+)'", html)
+    assert set(links) <= ids, set(links) - ids
+    rec = json.loads((out / "memorization_pdiff.json").read_text())
+    for f in rec["figures"]:  # each drawn figure is in the contents, by its anchor
+        assert report.anchor("memorization", "pdiff", f["name"]) in links
+    assert "findings" in links and "memorization-pdiff-tables" in links
+
+
+def test_every_figure_labels_its_axes_units_and_legend(built):
+    """Read from matplotlib's own objects before saving (``figures.axes_labels``)."""
+    _, _, _, out = built
+    rec = json.loads((out / "memorization_pdiff.json").read_text())
+    assert len(rec["figures"]) >= 7
+    for f in rec["figures"]:
+        panels = [a for a in f["axes"] if "colorbar" not in a]
+        assert panels, f["name"]
+        for a in panels:
+            assert a["x"] and a["y"], (f["name"], a)
+        for a in f["axes"]:
+            if "colorbar" in a:
+                assert a["colorbar"], f["name"]
+        if f["kind"] in ("scatter", "histogram", "kde", "tsne", "decision"):
+            assert any(a.get("legend") for a in panels), f["name"]
+    kinds = {f["kind"]: f for f in rec["figures"]}
+    assert any(
+        "colorbar" in a and a["colorbar"] == "weight value" for a in kinds["heatmap"]["axes"]
+    )
+    assert {"class 0", "class 1", "class 2"} <= set(kinds["decision"]["axes"][0]["legend"])
+    assert "PC 1" in kinds["decision"]["axes"][0]["x"]
+    assert "weight value" in kinds["kde"]["axes"][0]["x"]
+    assert "(fraction correct)" in kinds["scatter"]["axes"][0]["y"]
+
+
+def test_cites_no_file_that_is_not_in_the_repository(built):
+    _, _, rep, out = built
+    text = re.sub(r"<[^>]+>", " ", Path(rep["html"]).read_text())
+    text += Path(rep["summary"]).read_text()
+    root = Path(__file__).resolve().parent.parent
+    cited = set(re.findall(r"[\w./-]+\.(?:md|py|toml|txt|rst)\b", text))
+    for name in cited:
+        assert (root / name).exists() or (out / name).exists(), name
+    assert "METHODS.md" not in text and "Zeng et al. (2025)" in text

@@ -15,7 +15,8 @@ from wdb.cli.common import emit, get_db, output_options, workers_option
     "-m",
     "methods",
     multiple=True,
-    help="Method(s) to analyse (default: all with samples).",
+    help="Method(s) to analyse, baselines included (default: every generator with samples; "
+    "where there is none, every baseline with samples).",
 )
 @click.option(
     "--out",
@@ -48,11 +49,18 @@ def analyze(
     with engine.scope(engine.spec(workers)):
         res = api.analyze(get_db(), spec, list(methods) or None, out)
     rows = [
-        {"method": r["method"], "table": t["name"], "rows": t["n_rows"]}
+        {
+            "method": r["method"],
+            "samples": r["context"].get("sample_kind", "generated"),
+            "table": t["name"],
+            "rows": t["n_rows"],
+        }
         for r in res["records"]
         for t in r["tables"]
     ]
     emit(rows, fmt, title=f"analysis '{spec}'")
+    for note in res.get("notes", []):
+        click.echo(f"note: {note}", err=True)
     if "report" in res:
         click.echo(f"report: {res['report']['html']}", err=True)
         click.echo(f"summary: {res['report']['summary']}", err=True)
