@@ -192,13 +192,14 @@ class ArrayStore:
         if rows.size == 0:
             width = arr.shape[1] if cols is None else len(np.arange(arr.shape[1])[cols])
             return np.empty((0, width, *arr.shape[2:]), dtype=arr.dtype)
+        if rows.size == 1 or bool((np.diff(rows) == 1).all()):  # a run of rows: no copies
+            return np.asarray(arr[int(rows[0]) : int(rows[-1]) + 1, col_sel])
         order = np.argsort(rows, kind="stable")
         srt = rows[order]
         if srt[-1] - srt[0] + 1 == srt.size or srt.size > 0.5 * (srt[-1] - srt[0] + 1):
-            block = arr[int(srt[0]) : int(srt[-1]) + 1]
+            # only the columns asked for: a column block decodes only its own chunks
+            block = arr[int(srt[0]) : int(srt[-1]) + 1, col_sel]
             out_sorted = block[srt - srt[0]]
-            if cols is not None:
-                out_sorted = out_sorted[:, col_sel]
         else:
             out_sorted = arr.get_orthogonal_selection((srt, col_sel))
         out = np.empty_like(out_sorted)
