@@ -194,8 +194,8 @@ def _accumulate(R: np.ndarray, Q: np.ndarray, acc: np.ndarray, tile: int, rb: in
     ``tile`` columns at a time. The sum is the same whatever the tile: each ``GROUP`` columns
     are summed by one einsum, and the groups are added to ``acc`` strictly left to right
     (``np.add.accumulate``), so plans and workers with other budgets give the same bits. The
-    float32 rows are cast inside the subtraction (no float64 copy of the block), into one
-    reused tile."""
+    float32 rows are cast inside the subtraction (no float64 copy of the block) for one query,
+    once per tile for several; every float64 array is one reused tile."""
     b, c = R.shape
     for c0 in range(0, c, tile):
         w = min(tile, c - c0)
@@ -204,10 +204,14 @@ def _accumulate(R: np.ndarray, Q: np.ndarray, acc: np.ndarray, tile: int, rb: in
         qq = Q[:, c0 : c0 + w].astype(np.float64)
         d = np.empty((min(rb, b), w))
         parts = np.empty((min(rb, b), 1 + ng))
+        r64 = np.empty((min(rb, b), w)) if qq.shape[0] > 1 else None
         for r0 in range(0, b, rb):
             r = R[r0 : r0 + rb, c0 : c0 + w]
             m = r.shape[0]
             dd, pp = d[:m], parts[:m]
+            if r64 is not None:  # several queries: cast the tile once, not once per query
+                r = r64[:m]
+                r[...] = R[r0 : r0 + rb, c0 : c0 + w]
             for j in range(qq.shape[0]):
                 np.subtract(r, qq[j], out=dd)
                 pp[:, 0] = acc[j, r0 : r0 + m]
