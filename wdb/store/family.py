@@ -330,7 +330,9 @@ class DeltaIndex:
         c0, c1 = cols if cols is not None else (0, int(arr.shape[1]))
         if raw is None:
             raw = np.asarray(arr[row] if cols is None else arr[row, c0:c1])
-        if row not in info:
+        if row not in info:  # a full row: kept when it is a parent (the next child needs it)
+            if depth:
+                self._last.entry = (key, raw if raw.base is None else raw.copy())
             return raw
         parent_row, chunks, want = info[row]
         if depth > 64:
