@@ -16,7 +16,7 @@ Each command runs once to warm the page cache, then once measured. Prints peak R
 <= 1.5x).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_memory.py [--n 20] [--params 25000000]
-        [--memory 1GB] [--dir /tmp/wdb_bench_memory] [--keep]
+        [--memory 1GB] [--dir /tmp/wdb_bench_memory] [--keep] [--reuse]
 """
 
 from __future__ import annotations
@@ -91,28 +91,30 @@ def main() -> None:
     ap.add_argument("--memory", default=None, help="WDB_MEMORY for the commands (default 1GB)")
     ap.add_argument("--dir", default="/tmp/wdb_bench_memory")
     ap.add_argument("--keep", action="store_true", help="keep the folder afterwards")
+    ap.add_argument("--reuse", action="store_true", help="measure a kept folder again")
     args = ap.parse_args()
     root = Path(args.dir)
-    if root.exists():
+    reuse = args.reuse and (root / "db").exists()
+    if root.exists() and not reuse:
         shutil.rmtree(root)
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, WDB_PROGRESS="0")
     if args.memory:
         env["WDB_MEMORY"] = args.memory
     wdb = [sys.executable, "-c", "from wdb.cli.main import cli; cli()", "--db", str(root / "db")]
     try:
-        t = time.perf_counter()
-        make(root, args.n, args.params)
-        print(
-            f"made {args.n}+6 checkpoints of {args.params:,} params: {time.perf_counter() - t:.1f} s"
-        )
-        t = time.perf_counter()
-        for zoo, kind in (("train", "training"), ("gen", "generated")):
-            subprocess.run(
-                [*wdb, "ingest", str(root / zoo), "--kind", kind], env=env, check=True,
-                stdout=subprocess.DEVNULL,
-            )  # fmt: skip
-        print(f"ingested: {time.perf_counter() - t:.1f} s")
+        if not reuse:
+            t = time.perf_counter()
+            make(root, args.n, args.params)
+            print(f"made {args.n}+6 checkpoints of {args.params:,} params: "
+                  f"{time.perf_counter() - t:.1f} s")  # fmt: skip
+            t = time.perf_counter()
+            for zoo, kind in (("train", "training"), ("gen", "generated")):
+                subprocess.run(
+                    [*wdb, "ingest", str(root / zoo), "--kind", kind], env=env, check=True,
+                    stdout=subprocess.DEVNULL,
+                )  # fmt: skip
+            print(f"ingested: {time.perf_counter() - t:.1f} s")
         refs = sorted(str(p) for p in (root / "npy").glob("ref_*.npy"))
         cmds = {
             "nearest": [*wdb, "query", "nearest", "--run", "gen_0", "--k", "3", "--json"],
@@ -138,7 +140,7 @@ def main() -> None:
         print(f"novelty(6) / nearest: {nov / near:.2f}x (target <= 1.5)")
         print(json.dumps({k: {"s": round(v[0], 3), "mb": round(v[1])} for k, v in got.items()}))
     finally:
-        if not args.keep:
+        if not (args.keep or args.reuse):
             shutil.rmtree(root, ignore_errors=True)
 
 

@@ -5,11 +5,15 @@ the in-process answer."""
 
 from __future__ import annotations
 
+import os
+import sys
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 
 from wdb import memory
-from wdb.errors import BadInput
+from wdb.errors import BadInput, WdbError
 from wdb.query import nearest as wq
 from wdb.query import scan
 from wdb.store.spaces import Layout
@@ -197,3 +201,54 @@ def test_export_streams_tensor_by_tensor_bit_exactly(db, tmp_path, mem):
         assert t.tobytes() == want.tobytes(), name
     sd = db.state_dict(db.checkpoint("big"), memory=mem)
     assert all(torch.equal(sd[k], got[k]) for k in arrays)
+
+
+@dataclass
+class Dying(scan.MemoryRows):
+    """Rows whose read kills the worker process: the first read only when ``marker`` names a
+    file (made as it dies), every read when it is empty."""
+
+    marker: str = ""
+
+    def subset(self, sel):
+        return Dying(self.data[sel], self.marker)
+
+    def read(self, sel, cols=None):
+        if not self.marker or not os.path.exists(self.marker):
+            if self.marker:
+                open(self.marker, "w").close()
+            os._exit(1)
+        return super().read(sel, cols)
+
+
+def test_a_killed_worker_is_retried_or_the_query_fails_in_one_line(db, tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    import cloudpickle
+    import dask
+
+    _family(db, 64, 30, seed=3)
+    want = wq.novelty(db, "kind = 'generated'", k=2, save=False)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+    real = wq.stored
+
+    def dying(marker):
+        return lambda db_, space, rows: Dying(real(db_, space, rows).read(slice(None)), marker)
+
+    def n_relations():
+        return db.catalog.query_rows("SELECT count(*) FROM relations")[1][0][0]
+
+    before = n_relations()
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        # a worker dies on its first read: the part is retried, the answer is unchanged
+        monkeypatch.setattr(wq, "stored", dying(str(tmp_path / "died")))
+        got = wq.novelty(db, "kind = 'generated'", k=2, save=False, workers=2)
+        assert (tmp_path / "died").exists()
+        assert [(r["nearest_id"], r["min_l2"]) for r in got] == [
+            (r["nearest_id"], r["min_l2"]) for r in want
+        ]
+        # workers die on every try: one line, and no relation stored
+        monkeypatch.setattr(wq, "stored", dying(""))
+        with pytest.raises(WdbError, match="worker died") as err:
+            wq.novelty(db, "kind = 'generated'", k=2, save=True, workers=2)
+    assert "\n" not in str(err.value)
+    assert n_relations() == before

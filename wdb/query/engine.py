@@ -167,7 +167,7 @@ def _scan(c, db, space, q_rows, q_ids: list, ref, k: int, budget: int) -> tuple:
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         if b > a
     ]
-    d2, ids = merge(c.gather(futures), k)
+    d2, ids = merge(gather(c, futures, "the scan"), k)
     ids, dist = finish(d2, ids)
     info = {"path": "scan", "index_version": "scan", "approximate": False, "rounds": 0}
     return ids, dist, dict(info, plan=plan_.describe(), parts=len(futures))
@@ -232,9 +232,26 @@ def knn(
             )
             for a, b in parts
         ]
-        got = c.gather(futures)
+        got = gather(c, futures, "the nearest-neighbour search")
     info = dict(got[-1][2], engine=engine, parts=len(parts))
     return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), info
+
+
+def gather(c, futures: list, what: str) -> list:
+    """``c.gather(futures)``; a worker that died under a task is retried by Dask (on another
+    worker or a restarted one, ``distributed.scheduler.allowed-failures`` times), and when it
+    keeps dying the query fails with one line. Nothing is stored before every part is back,
+    so a failed query leaves no partial results."""
+    from distributed import KilledWorker
+
+    try:
+        return c.gather(futures)
+    except KilledWorker as exc:
+        c.cancel(futures)
+        raise WdbError(
+            f"{what} failed: a Dask worker died while computing it ({exc.args[0] if exc.args else exc}), "
+            "also when retried; nothing was stored (check the workers' memory: --memory / WDB_MEMORY)"
+        ) from None
 
 
 def ordered_map(c, fn: Callable, items: Iterable[tuple], window: int) -> Iterator[Any]:

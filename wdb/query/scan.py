@@ -31,6 +31,12 @@ from wdb.memory import human
 TILE_COLS = 1 << 15
 #: a whole-row read (``ArrayStore.read``) may hold about this many copies of its rows at once
 READ_FACTOR = 3
+#: blocks held besides the one being read: the one being summed (read-ahead, ``_ahead``); a
+#: family's last decoded row (``wdb.store.family.DeltaIndex``) is one more row on top
+AHEAD = 1
+#: column blocks are cut at multiples of this when wider (a wide space's chunk width,
+#: ``wdb.store.arrays.WIDE_COLS``; a multiple of ``TILE_COLS``)
+CHUNK_COLS = 1 << 20
 #: columns summed by one einsum; tiles are whole groups (see ``_accumulate``)
 GROUP = 256
 
@@ -66,15 +72,18 @@ def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int) -> Plan | Non
         blocks = budget - tiles  # raw rows read, partial sums, top-k lists
         if tiles <= budget // 4:
             topk = q * (k + 1) * 16
-            per_row = dim * isz * READ_FACTOR + q * 8
-            b = (blocks - q * dim * isz - topk) // per_row
+            per_row = dim * isz * (READ_FACTOR + AHEAD) + q * 8
+            b = (blocks - (q + 1) * dim * isz - topk) // per_row  # +1: the family's row
             if b >= 1 and q * dim * isz * READ_FACTOR <= blocks:  # the queries' own read
                 return Plan(q, int(min(b, max(n, 1))), dim, w, dim, True, sub)
             room = blocks - q * max(n, 1) * 8 - topk  # partial sums of every reference
-            # a column read holds the block and its reordered copy: 2 per value
-            c = (room // (2 * isz * (q + 1))) // w * w if room > 0 else 0
+            # a column read holds the block and its reordered copy: 2 per value; then the
+            # block read ahead and the family's last decoded range
+            c = (room // (isz * (2 * q + 2 + 2 * AHEAD))) // w * w if room > 0 else 0
+            if c >= CHUNK_COLS:  # whole chunks of a wide space: none is decoded twice
+                c = c // CHUNK_COLS * CHUNK_COLS
             if c >= w:
-                b = min(max(n, 1), (room - 2 * q * c * isz) // (2 * c * isz))
+                b = min(max(n, 1), (room - (2 * q + 1) * c * isz) // ((2 + AHEAD) * c * isz))
                 return Plan(q, int(max(b, 1)), int(min(c, dim)), w, dim, False, sub)
         q = q // 2 if q > 1 else 0
     return None
@@ -184,23 +193,34 @@ def _accumulate(R: np.ndarray, Q: np.ndarray, acc: np.ndarray, tile: int, rb: in
     """``acc[j, i] += sum((R[i] - Q[j])**2)`` over the block's columns, one float64 tile of
     ``tile`` columns at a time. The sum is the same whatever the tile: each ``GROUP`` columns
     are summed by one einsum, and the groups are added to ``acc`` strictly left to right
-    (``np.add.accumulate``), so plans and workers with other budgets give the same bits."""
+    (``np.add.accumulate``), so plans and workers with other budgets give the same bits. The
+    float32 rows are cast inside the subtraction (no float64 copy of the block) for one query,
+    once per tile for several; every float64 array is one reused tile."""
     b, c = R.shape
     for c0 in range(0, c, tile):
         w = min(tile, c - c0)
         full = w // GROUP * GROUP
+        ng = full // GROUP + (full < w)
         qq = Q[:, c0 : c0 + w].astype(np.float64)
+        d = np.empty((min(rb, b), w))
+        parts = np.empty((min(rb, b), 1 + ng))
+        r64 = np.empty((min(rb, b), w)) if qq.shape[0] > 1 else None
         for r0 in range(0, b, rb):
-            r = R[r0 : r0 + rb, c0 : c0 + w].astype(np.float64)
+            r = R[r0 : r0 + rb, c0 : c0 + w]
+            m = r.shape[0]
+            dd, pp = d[:m], parts[:m]
+            if r64 is not None:  # several queries: cast the tile once, not once per query
+                r = r64[:m]
+                r[...] = R[r0 : r0 + rb, c0 : c0 + w]
             for j in range(qq.shape[0]):
-                d = r - qq[j]
-                parts = [acc[j, r0 : r0 + rb, None]]
+                np.subtract(r, qq[j], out=dd)
+                pp[:, 0] = acc[j, r0 : r0 + m]
                 if full:
-                    g = d[:, :full].reshape(d.shape[0], -1, GROUP)
-                    parts.append(np.einsum("ijk,ijk->ij", g, g))
+                    g = dd[:, :full].reshape(m, -1, GROUP)
+                    np.einsum("ijk,ijk->ij", g, g, out=pp[:, 1 : 1 + full // GROUP])
                 if full < w:
-                    parts.append(np.einsum("ij,ij->i", d[:, full:], d[:, full:])[:, None])
-                acc[j, r0 : r0 + rb] = np.add.accumulate(np.concatenate(parts, 1), 1)[:, -1]
+                    pp[:, -1] = np.einsum("ij,ij->i", dd[:, full:], dd[:, full:])
+                acc[j, r0 : r0 + m] = np.add.accumulate(pp, 1)[:, -1]
 
 
 def merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -214,6 +234,25 @@ def merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarra
 def _top(acc: np.ndarray, ids: np.ndarray, q_ids: np.ndarray, k: int, best) -> tuple:
     acc[q_ids[:, None] == ids[None, :]] = np.inf
     return merge([best, (acc, np.broadcast_to(ids, acc.shape))], k)
+
+
+def _ahead(src: StoredRows | MemoryRows, spans: list) -> Any:
+    """``(rows, block)`` for each ``(rows, cols)`` span, the next block read in a thread while
+    the caller sums this one (decoding releases the GIL). At most two blocks are held: the
+    plan counts one more block per read (``AHEAD``)."""
+    if len(spans) < 2 or isinstance(src, MemoryRows):
+        for rs, cs in spans:
+            yield rs, src.read(rs, cs)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="wdb-scan") as ex:
+        nxt = ex.submit(src.read, *spans[0])
+        for i, (rs, _) in enumerate(spans):
+            block = nxt.result()
+            nxt = ex.submit(src.read, *spans[i + 1]) if i + 1 < len(spans) else None
+            yield rs, block
+            del block
 
 
 def topk_sq(
@@ -236,9 +275,8 @@ def topk_sq(
         best = (out_d[qs], out_i[qs])
         if plan_.whole_rows:
             Q = queries.read(qs)
-            for r0 in range(0, n, plan_.rows):
-                rs = slice(r0, min(n, r0 + plan_.rows))
-                R = refs.read(rs)
+            spans = [slice(r0, min(n, r0 + plan_.rows)) for r0 in range(0, n, plan_.rows)]
+            for rs, R in _ahead(refs, [(rs, None) for rs in spans]):
                 acc = np.zeros((Q.shape[0], R.shape[0]))
                 _accumulate(R, Q, acc, plan_.tile, plan_.sub)
                 del R
@@ -248,9 +286,10 @@ def topk_sq(
             for c0 in range(0, dim, plan_.cols):
                 cs = slice(c0, min(dim, c0 + plan_.cols))
                 Q = queries.read(qs, cs)
-                for r0 in range(0, n, plan_.rows):
-                    rs = slice(r0, min(n, r0 + plan_.rows))
-                    _accumulate(refs.read(rs, cs), Q, acc[:, rs], plan_.tile, plan_.sub)
+                spans = [(slice(r0, min(n, r0 + plan_.rows)), cs) for r0 in range(0, n, plan_.rows)]
+                for rs, R in _ahead(refs, spans):
+                    _accumulate(R, Q, acc[:, rs], plan_.tile, plan_.sub)
+                    del R
             best = _top(acc, ref_ids, qid, k, best)
         out_d[qs], out_i[qs] = best
     return out_d, out_i

@@ -400,6 +400,7 @@ class DeltaIndex:
 
     def __init__(self, catalog: Any):
         self.catalog = catalog
+        self._local = threading.local()  # the last row decoded whole, per reader thread
         self._cache: dict[
             str, tuple[int, int, dict[int, tuple[int, dict[int, tuple[str, int]], str]]]
         ] = {}
@@ -515,8 +516,24 @@ class DeltaIndex:
                 if cols is None:
                     self.decode(store, path, int(r), raw=out[i])
                 else:
-                    out[i] = self.decode(store, path, int(r))[cols]
+                    out[i] = self._whole(store, path, int(r))[cols]
         return out
+
+    def _whole(self, store: ArrayStore, path: str, row: int) -> np.ndarray:
+        """A delta row decoded whole for a column read, the last one kept per thread: a scan
+        reads one row's column blocks in turn, and decoding it once per block would repeat
+        the work for every block. Rows over ``KEEP_BYTES`` are not kept (memory)."""
+        key = (store.root, path, row)
+        last = getattr(self._local, "last", None)
+        if last is not None and last[0] == key:
+            return last[1]
+        values = self.decode(store, path, row)
+        self._local.last = (key, values) if values.nbytes <= KEEP_BYTES else None
+        return values
+
+
+#: the largest decoded row a reader thread keeps for the next column block of the same row
+KEEP_BYTES = 256 << 20
 
 
 def live_rows(conn: Any, space_id: int) -> set[int]:
