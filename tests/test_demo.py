@@ -61,7 +61,7 @@ def test_analyze_without_samples_says_so(tmp_path):
     wdb.open(tmp_path / "db")
     res = CliRunner().invoke(cli, ["--db", str(tmp_path / "db"), "analyze", "memorization"])
     assert res.exit_code != 0
-    assert "no generator run with samples" in res.output
+    assert "no generator or baseline run with samples" in res.output
 
 
 def test_demo_skips_a_missing_method_and_still_writes_the_report(tmp_path):
