@@ -1,7 +1,7 @@
 """Write torch checkpoint files (``torch.save``'s zip format) tensor by tensor, in bounded memory.
 
 ``torch.save`` needs the whole state dict in memory: one copy of a model that may be bigger than
-the budget. Instead, each file is first written by torch itself from *fake* tensors under
+the budget. Instead, each file is first written by torch itself from untouched tensors under
 ``torch.serialization.skip_data`` (torch's own pickle, alignment and zip layout, with space
 reserved for every storage), then each tensor's bytes are written into its reserved record as
 the store yields it (:meth:`wdb.db.Database.iter_tensors`), and the records' CRC-32s (which
@@ -62,12 +62,13 @@ class _Slot:
 def _skeleton(path: Path, entries: list) -> dict[str, _Slot]:
     """Write ``path`` with every storage reserved; where each tensor's bytes go."""
     import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode():
-        fake = {e.name: torch.empty(tuple(e.shape), dtype=getattr(torch, e.dtype)) for e in entries}
-    with torch.serialization.skip_data(materialize_fake_tensors=True):
-        torch.save(fake, path)
+    # ``torch.empty``: allocated, never touched (skip_data writes no bytes), so the pages are
+    # not resident; FakeTensorMode would do the same at 75 MB and seconds of imports
+    empty = {e.name: torch.empty(tuple(e.shape), dtype=getattr(torch, e.dtype)) for e in entries}
+    with torch.serialization.skip_data():
+        torch.save(empty, path)
+    del empty
     meta = torch.load(path, map_location="meta", weights_only=True)
     with zipfile.ZipFile(path) as zf, path.open("rb") as fh:
         records: dict[int, zipfile.ZipInfo] = {}
