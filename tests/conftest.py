@@ -65,6 +65,20 @@ def _catalog(request, monkeypatch):
     server.drop(name)
 
 
+@pytest.fixture(scope="module")
+def module_catalog(request):
+    """A catalog URL for a module-scoped fixture's database (``None``: a DuckDB file beside
+    it). Module fixtures run before the per-test ``_catalog``, so on PostgreSQL they need a
+    server database of their own, dropped when the module ends."""
+    if not ON_POSTGRES:
+        yield None
+        return
+    server = request.getfixturevalue("pg_server")
+    name = "m_" + os.urandom(6).hex()
+    yield server.create(name)
+    server.drop(name)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     server = _start("s3server", "S3 emulator unavailable")

@@ -14,11 +14,11 @@ GRID = 24
 
 
 @pytest.fixture(scope="module")
-def analysed(tmp_path_factory):
+def analysed(tmp_path_factory, module_catalog):
     import wdb
 
     root = tmp_path_factory.mktemp("analyses")
-    db = wdb.open(root / "db")
+    db = wdb.open(root / "db", catalog_url=module_catalog)
     made = synthetic.build(db, n_train=20, n_gen=10, n_base=8)
     rec = engine.run(
         db,

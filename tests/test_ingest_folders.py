@@ -136,8 +136,11 @@ def make_tree(root: Path) -> dict[tuple[str, int], dict[str, torch.Tensor]]:
 def test_collections_runs_duplicates_and_accounting(tmp_path: Path) -> None:
     tree = tmp_path / "downloads"
     want = make_tree(tree)
-    # recognised but not read: a Flax msgpack file and an HDF5 file that is not Keras weights
-    (tree / "flax_model.msgpack").write_bytes(b"\x81\xa6params\x80")
+    # recognised but not read: an HDF5 file that is not Keras weights
+    import h5py
+
+    with h5py.File(tree / "measurements.h5", "w") as h5:
+        h5["x"] = np.arange(4.0)
     (tree / "readme.txt").write_text("not weights, never opened")
     db = tmp_path / "db"
     rep, res = ingest_json(db, tree)
@@ -149,7 +152,7 @@ def test_collections_runs_duplicates_and_accounting(tmp_path: Path) -> None:
     assert any(
         "share/alex.pth" in n and "same bytes as" in n and "v0.1/alex.pth" in n for n in notes
     )
-    assert any("flax_model.msgpack" in n and "msgpack" in n for n in notes)
+    assert any("measurements.h5" in n and "HDF5" in n for n in notes)
     d = wdb.open(db)
     assert {(c["run"], c["step"]) for c in d.checkpoints()} == set(want)
     for (run, step), sd in want.items():

@@ -23,11 +23,11 @@ from analyses import engine, findings, report, synthetic
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, module_catalog):
     import wdb
 
     root = tmp_path_factory.mktemp("report")
-    db = wdb.open(root / "db")
+    db = wdb.open(root / "db", catalog_url=module_catalog)
     made = synthetic.build(db, n_train=16, n_gen=8, n_base=8, method="pdiff")
     engine.run(
         db,

@@ -123,11 +123,11 @@ def test_two_statements_are_refused_by_the_database_too(filled, tmp_path):
     before = counts(filled)
     if ON_POSTGRES:  # a prepared statement: the server refuses a second command
         with pytest.raises(Exception, match="multiple commands"):
-            guard._read_postgres(filled.catalog, "ROLLBACK; DELETE FROM checkpoints", None)
+            filled.catalog.query_rows("ROLLBACK; DELETE FROM checkpoints", hardened=True)
     else:  # DuckDB's own parser counts the statements
         for sql in ("SELECT 1; DELETE FROM checkpoints", f"COPY runs TO '{tmp_path}/pwned'"):
             with pytest.raises(BadInput, match="DuckDB reads it as"):
-                guard._read_duckdb(filled.catalog, sql, None, "SQL")
+                guard._duckdb_reads_one(sql, "SQL")
     assert counts(filled) == before
     assert not (tmp_path / "pwned").exists()
 

@@ -224,14 +224,27 @@ class Catalog:
         cols, rows = self.query_rows(sql, params)
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
-    def query_rows(self, sql: str, params: dict | None = None) -> tuple[list[str], list[tuple]]:
-        """Run a read-only query; (column names, row tuples)."""
+    def query_rows(
+        self, sql: str, params: dict | None = None, *, hardened: bool = False
+    ) -> tuple[list[str], list[tuple]]:
+        """Run a read-only query; (column names, row tuples). The one read path: a read-only
+        DuckDB connection (the block's shared reader, else our own), or a PostgreSQL
+        transaction the server holds read-only and that is rolled back whatever the SQL
+        tried. ``hardened`` is for SQL a user typed (:func:`wdb.catalog.guard.read`): DuckDB
+        may then install and load no extension (an ``https://`` path must not fetch httpfs),
+        and PostgreSQL runs it prepared (the extended protocol refuses a second statement)
+        with standard strings."""
         if self.duckdb_file is not None:
             import duckdb
 
             held = self._reader
             con = held or self._retry(lambda: duckdb.connect(self.duckdb_file, read_only=True))
             try:
+                if hardened:
+                    con.execute(
+                        "SET autoinstall_known_extensions = false; "
+                        "SET autoload_known_extensions = false"
+                    )
                 cur = con.execute(_PARAM.sub(r"$\1", sql), params or None)
                 cols = [d[0] for d in cur.description] if cur.description else []
                 return cols, cur.fetchall() if cols else []
@@ -244,6 +257,9 @@ class Catalog:
             if self.dialect == "postgresql":  # the server refuses writes in this transaction
                 conn = conn.execution_options(postgresql_readonly=True)
             with conn.begin() as tx:
+                if hardened and self.dialect == "postgresql":
+                    conn.exec_driver_sql("SET LOCAL standard_conforming_strings = on")
+                    conn.connection.dbapi_connection.prepare_threshold = 0
                 res = conn.execute(sa.text(sql), params or {})
                 out = (
                     (list(res.keys()), [tuple(r) for r in res.fetchall()])

@@ -361,10 +361,8 @@ def read(
     stmt = check_read_only(sql, catalog.dialect, what)
     try:
         if catalog.duckdb_file is not None:
-            return _read_duckdb(catalog, stmt, params, what)
-        if catalog.dialect == "postgresql":
-            return _read_postgres(catalog, stmt, params)
-        return catalog.query_rows(stmt, params)
+            _duckdb_reads_one(stmt, what)
+        return catalog.query_rows(stmt, params, hardened=True)
     except BadInput:
         raise
     except Exception as exc:
@@ -373,7 +371,8 @@ def read(
         raise BadInput(f"{what} failed: {db_error_line(exc)}") from None
 
 
-def _read_duckdb(catalog, stmt: str, params: dict | None, what: str):
+def _duckdb_reads_one(stmt: str, what: str) -> None:
+    """DuckDB's own parser must also see one statement that reads."""
     import duckdb
 
     from wdb.catalog.connect import _PARAM
@@ -384,34 +383,3 @@ def _read_duckdb(catalog, stmt: str, params: dict | None, what: str):
         raise BadInput(
             f"{what}: DuckDB reads it as {kinds}; read-only without --write runs one read"
         )
-    held = catalog._reader  # as Catalog.query_rows: the block's shared reader, else our own
-    con = held or catalog._retry(lambda: duckdb.connect(catalog.duckdb_file, read_only=True))
-    try:
-        con.execute(  # an https:// path must not fetch and load httpfs
-            "SET autoinstall_known_extensions = false; SET autoload_known_extensions = false"
-        )
-        cur = con.execute(_PARAM.sub(r"$\1", stmt), params or None)
-        cols = [d[0] for d in cur.description] if cur.description else []
-        return cols, cur.fetchall() if cols else []
-    finally:
-        if held is None:
-            con.close()
-
-
-def _read_postgres(catalog, stmt: str, params: dict | None):
-    import sqlalchemy as sa
-
-    with catalog.engine.connect() as conn:
-        conn = conn.execution_options(postgresql_readonly=True)
-        with conn.begin() as tx:
-            conn.exec_driver_sql("SET LOCAL standard_conforming_strings = on")
-            # prepared: the extended protocol, where the server refuses a second statement
-            conn.connection.dbapi_connection.prepare_threshold = 0
-            res = conn.execute(sa.text(stmt), params or {})
-            out = (
-                (list(res.keys()), [tuple(r) for r in res.fetchall()])
-                if res.returns_rows
-                else ([], [])
-            )
-            tx.rollback()  # a read leaves nothing behind, whatever the SQL tried
-        return out

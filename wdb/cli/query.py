@@ -71,7 +71,7 @@ def query() -> None:
 @query.command("nearest")
 @click.option("--run", required=True, help="Run of the query checkpoint.")
 @click.option("--step", type=int, default=None, help="Step (default: the run's last).")
-@click.option("--k", "k", type=int, default=3, show_default=True, help="Neighbours to list.")
+@click.option("-k", "--k", "k", type=int, default=3, show_default=True, help="Neighbours to list.")
 @click.option(
     "--among",
     default=None,
@@ -132,7 +132,7 @@ def nearest_cmd(run, step, k, among, aligned, eval_set, skip_damaged, memory, fm
     "each target's space, the target itself excluded.",
 )
 @click.option(
-    "--k", "k", type=int, default=1, show_default=True, help="Neighbours stored per target."
+    "-k", "--k", "k", type=int, default=1, show_default=True, help="Neighbours stored per target."
 )
 @click.option("--aligned", is_flag=True, help="Min distance by permutation-aligned L2 (exact).")
 @click.option("--eval-set", default=None, help="Eval set for error sets (default: best covered).")

@@ -1,5 +1,6 @@
 """Which weight format a file is in (by its bytes first, then its name), and readers for the
-formats beyond torch / safetensors / ``.npz``: ONNX, TorchScript, GGUF, Keras 3 HDF5.
+formats beyond torch / safetensors / ``.npz``: ONNX, TorchScript, GGUF, Keras 3 HDF5, Flax
+msgpack (:mod:`wdb.files.flax`).
 
 Every reader keeps each tensor's dtype bit-exactly (bf16 widened exactly to float32, as
 everywhere in wdb) and runs no code from the file. A format wdb recognises but cannot store
@@ -26,7 +27,7 @@ _HDF5 = b"\x89HDF\r\n\x1a\n"
 #: formats read by ``wdb.files.checkpoint.read_checkpoint`` (the others are read here).
 CLASSIC = ("torch", "torch-legacy", "safetensors", "npz")
 #: the Python package each format's reader needs, and its ``pip install`` name.
-NEEDS = {"onnx": "onnx", "gguf": "gguf", "keras": "h5py", "hdf5": "h5py"}
+NEEDS = {"onnx": "onnx", "gguf": "gguf", "keras": "h5py", "hdf5": "h5py", "msgpack": "msgpack"}
 _BY_NAME = {
     ".onnx": "onnx",
     ".gguf": "gguf",
@@ -150,14 +151,20 @@ def read_weights(path: str | Path, kind: str | None = None):
         "torchscript": read_torchscript,
         "gguf": read_gguf,
         "keras": read_keras,
+        "msgpack": _read_flax,
     }
     if kind not in readers:
         why = {
             "hdf5": "an HDF5 file that is not a Keras 3 weights file (no 'layers' group)",
-            "msgpack": "a msgpack file (Flax); wdb does not read Flax checkpoints yet",
         }
         raise NotStored(why.get(kind, f"{kind} files are not read by wdb"))
     return readers[kind](path)
+
+
+def _read_flax(path: Path):
+    from wdb.files.flax import read_flax
+
+    return read_flax(path)
 
 
 def _loaded(arrays: dict, dtypes: dict, meta: dict | None = None):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from wdb.errors import BadInput
+from wdb.store.export_pt import meta_state, raw_bytes, write_torch_files
 
 FORMATS = ("safetensors", "pt")
 
@@ -53,51 +54,48 @@ def export_checkpoint(
     With ``max_shard_size`` (bytes or ``"50MB"``), ``out`` is a folder that receives
     ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json`` (``pt``:
     ``pytorch_model-...bin`` + ``pytorch_model.bin.index.json``), or one unsharded file when the
-    model fits in one shard, as ``save_pretrained`` does. A single safetensors file is streamed
-    tensor by tensor within the memory budget (``memory``, ``WDB_MEMORY``); ``pt`` and sharded
-    sets hold the state dict (one copy of the model).
+    model fits in one shard, as ``save_pretrained`` does. Every format is streamed tensor by
+    tensor within the memory budget (``memory``, ``WDB_MEMORY``): the model is never held whole.
     """
     if fmt not in FORMATS:
         raise BadInput(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
     info = db.checkpoint(run, step)
     out = Path(out)
-    if fmt == "safetensors" and max_shard_size is None:
-        with atomic_write(out) as tmp:
-            n = _stream_safetensors(db, info, tmp, memory)
-        return {
-            "run": run,
-            "step": info["step"],
-            "checkpoint_id": info["checkpoint_id"],
-            "tensors": n,
-            "out": str(out),
-        }
-    state = db.state_dict(info, memory=memory)
+    space = db.space(int(info["space_id"]))
+    entries = list(space.layout.entries)
+    done = {"run": run, "step": info["step"], "checkpoint_id": info["checkpoint_id"]}
     if max_shard_size is not None:
-        files = _export_sharded(state, fmt, out, max_shard_size)
-        return {
-            "run": run,
-            "step": info["step"],
-            "checkpoint_id": info["checkpoint_id"],
-            "tensors": len(state),
-            "files": files,
-            "out": str(out),
-        }
+        files = _export_sharded(db, info, entries, fmt, out, max_shard_size, memory)
+        return {**done, "tensors": len(entries), "files": files, "out": str(out)}
     with atomic_write(out) as tmp:
-        if fmt == "safetensors":
-            from safetensors.torch import save_file
+        _write_files(db, info, {tmp: entries}, fmt, memory)
+    return {**done, "tensors": len(entries), "out": str(out)}
 
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-        else:
-            import torch
 
-            torch.save(state, tmp)
-    return {
-        "run": run,
-        "step": info["step"],
-        "checkpoint_id": info["checkpoint_id"],
-        "tensors": len(state),
-        "out": str(out),
-    }
+def _write_files(db, info: dict, files: dict[Path, list], fmt: str, memory) -> None:
+    """Write every file of ``files`` (path → its layout entries) in one pass over the
+    checkpoint's tensors, one read group in memory at a time."""
+    tensors = db.iter_tensors(info, memory)
+    if fmt == "pt":
+        write_torch_files(files, tensors)
+        return
+    where: dict[str, tuple[int, int]] = {}
+    fds = {}
+    try:
+        for path, entries in files.items():
+            fds[path] = fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+            head, offsets = _safetensors_header(entries)
+            os.write(fd, head)
+            for e, off in zip(entries, offsets, strict=True):
+                where[e.name] = (fd, len(head) + off)
+        for e, arr in tensors:
+            fd, off = where[e.name]
+            os.pwrite(fd, raw_bytes(e.dtype, arr), off)
+        for fd in fds.values():
+            os.fsync(fd)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 _ST_DTYPES = {
@@ -114,41 +112,32 @@ _ST_DTYPES = {
 }
 
 
-def _stream_safetensors(db, info: dict, path: Path, memory: int | str | None) -> int:
-    """Write a safetensors file tensor by tensor: the header (JSON of names, dtypes, shapes and
-    byte offsets: all known from the layout) and then each tensor's bytes as it is read.
-    ``safetensors.torch.save_file`` takes the whole dict and copies every tensor to bytes, two
-    copies of a model that may not fit the budget; the format is simple enough to stream."""
-    space = db.space(int(info["space_id"]))
+def _safetensors_header(entries: list) -> tuple[bytes, list[int]]:
+    """The safetensors header (8-byte length + JSON of names, dtypes, shapes and byte offsets,
+    all known from the layout) and each tensor's offset after it. The format is simple enough
+    to stream: ``safetensors.torch.save_file`` takes the whole dict and copies every tensor to
+    bytes, two copies of a model that may not fit the budget."""
     header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for e in space.layout.entries:
+    offsets, offset = [], 0
+    for e in entries:
         size = e.size * (2 if e.dtype == "bfloat16" else np.dtype(e.dtype).itemsize)
         header[e.name] = {
             "dtype": _ST_DTYPES[e.dtype],
             "shape": list(e.shape),
             "data_offsets": [offset, offset + size],
         }
+        offsets.append(offset)
         offset += size
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    with path.open("wb") as fh:
-        fh.write(struct.pack("<Q", len(head)))
-        fh.write(head)
-        for e, arr in db.iter_tensors(info, memory):
-            if e.dtype == "bfloat16":
-                import torch
-
-                from wdb.store.tensors import to_torch
-
-                arr = to_torch(arr, e.dtype).view(torch.int16).numpy()
-            fh.write(np.ascontiguousarray(arr).data)
-    return len(space.layout.entries)
+    return struct.pack("<Q", len(head)) + head, offsets
 
 
-def _export_sharded(state: dict, fmt: str, out: Path, max_shard_size: int | str) -> int:
+def _export_sharded(
+    db, info: dict, entries: list, fmt: str, out: Path, max_shard_size: int | str, memory
+) -> int:
     """Write a sharded set into the new folder ``out`` (built in a temporary folder beside it and
-    renamed into place); returns the number of files written."""
+    renamed into place), streamed like a single file; returns the number of files written."""
     try:
         from huggingface_hub import split_torch_state_dict_into_shards
     except ImportError:
@@ -158,25 +147,23 @@ def _export_sharded(state: dict, fmt: str, out: Path, max_shard_size: int | str)
             f"{out}: exists and is not an empty folder (a sharded export writes a folder)"
         )
     pattern = "model{suffix}.safetensors" if fmt == "safetensors" else "pytorch_model{suffix}.bin"
-    try:
+    try:  # sizes and names only: meta tensors (each its own storage, as exported tensors are)
         split = split_torch_state_dict_into_shards(
-            state, filename_pattern=pattern, max_shard_size=max_shard_size
+            meta_state(entries), filename_pattern=pattern, max_shard_size=max_shard_size
         )
     except ValueError as exc:
         raise BadInput(f"--max-shard-size {max_shard_size!r}: {exc}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for name, keys in split.filename_to_tensors.items():
-            shard = {k: state[k].contiguous() for k in keys}
-            if fmt == "safetensors":
-                from safetensors.torch import save_file
-
-                save_file(shard, str(tmp / name), metadata={"format": "pt"})
-            else:
-                import torch
-
-                torch.save(shard, tmp / name)
+        by_name = {e.name: e for e in entries}
+        files = {
+            tmp / name: [by_name[k] for k in keys]
+            for name, keys in split.filename_to_tensors.items()
+        }
+        for path in files:
+            path.touch()
+        _write_files(db, info, files, fmt, memory)
         if split.is_sharded:
             index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
             (tmp / (pattern.format(suffix="") + ".index.json")).write_text(

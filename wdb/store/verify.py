@@ -200,20 +200,31 @@ class RowHashes:
         (width,) = widths
         arr = store.array(path)
         n_cols = int(arr.shape[1])
-        idx = np.arange(n_cols)[cols]
-        scalar = np.ndim(idx) == 0
-        idx = np.atleast_1d(idx)
-        if idx.size == 0:
-            return store.read(path, rows, cols, verify=False)
-        blocks = np.unique(idx // width)
+        if isinstance(cols, slice) and cols.step in (None, 1):  # a column block: no index array
+            lo, hi, _ = cols.indices(n_cols)  # (one of a 1B-parameter row is 8 GB)
+            if hi <= lo:
+                return store.read(path, rows, cols, verify=False)
+            blocks = np.arange(lo // width, (hi - 1) // width + 1)
+            idx, scalar = slice(lo, hi), False
+        else:
+            idx = np.arange(n_cols)[cols]
+            scalar = np.ndim(idx) == 0
+            idx = np.atleast_1d(idx)
+            if idx.size == 0:
+                return store.read(path, rows, cols, verify=False)
+            blocks = np.unique(idx // width)
         c0, c1 = int(blocks[0]) * width, min(n_cols, (int(blocks[-1]) + 1) * width)
-        out = np.empty((rows.size, idx.size), dtype=arr.dtype)
+        if isinstance(idx, slice):
+            take, n_out = slice(idx.start - c0, idx.stop - c0), idx.stop - idx.start
+        else:
+            take, n_out = idx - c0, idx.size
+        out = np.empty((rows.size, n_out), dtype=arr.dtype)
         step = max(1, SLICE_BYTES // max(1, (c1 - c0) * arr.dtype.itemsize))
         for a in range(0, rows.size, step):
             part = rows[a : a + step]
             data = self._guarded(store, path, part, slice(c0, c1), expect)
             self._check(store, path, part, data, c0, blocks, expect)
-            out[a : a + step] = data[:, idx - c0]
+            out[a : a + step] = data[:, take]
         return out[:, 0] if scalar else out
 
     def _guarded(
