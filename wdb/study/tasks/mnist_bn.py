@@ -36,7 +36,7 @@ digits are another task, not a harder test of this one; per-item probabilities w
 paper's measure (IoU of error sets) by another one, and are as close to 1 for neighbouring steps.
 What no eval set can change: consecutive checkpoints are 0.013 apart in L2 (1/100 of the noise
 baseline's move), so a checkpoint's nearest training model still shares ~99.8 % of its error
-set; what this set removes are the exact ties (docs/study.md, "P-diff's eval set").
+set; what this set removes are the exact ties (docs/eval-sets.md).
 The clean ``mnist-bn:test`` outputs of older stores stay as they were (another eval set).
 """
 
