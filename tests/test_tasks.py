@@ -252,7 +252,8 @@ def test_bn_eval_set_separates_trained_checkpoints(zoo_db):
 
     assert distinct(masks) > distinct(clean)
     best, _ = max_iou(masks, masks, np.arange(len(ids)))
-    assert float(np.median(best)) < 1 and float(best.min()) < 1
+    # measured on this zoo (20 steps): 6 distinct clean error sets, 20 distinct here, max 0.999
+    assert np.mean(best < 1) >= 0.9
 
 
 def test_analyses_score_on_the_current_eval_set(zoo_db):
