@@ -26,6 +26,7 @@ checked and agrees; a line names whoever disagrees and by how much, and what wen
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,6 +226,39 @@ def saturated(db, m: str) -> float | None:
     return float(np.mean(np.asarray(iou, float) >= 1 - 1e-9)) if iou else None
 
 
+def iou_context(db, m: str) -> str | None:
+    """Which eval set m's error sets came from (name, items) and how similar its training models
+    are among themselves (median / 99th percentile / max of their max IoU, self excluded): the
+    scale against which the generated models' max IoU is read."""
+    rows = _table(db, table_name("memorization", m, "novelty")) or []
+    iou = np.asarray(
+        [r["max_iou"] for r in rows if r["selection"] == "training" and r["max_iou"] is not None],
+        float,
+    )
+    rel_ids = sorted({int(r["relation_id"]) for r in rows if r.get("relation_id") is not None})
+    sets: list[str] = []
+    if rel_ids:
+        for r in db.sql(
+            f"SELECT params FROM relations WHERE id IN ({','.join(map(str, rel_ids))})"
+        ):
+            es = json.loads(r["params"] or "{}").get("eval_set_id")
+            if es is None:
+                continue
+            for e in db.sql("SELECT name, n_items FROM eval_sets WHERE id = :e", {"e": int(es)}):
+                label = f"{e['name']} ({e['n_items']:,} items)" if e["n_items"] else e["name"]
+                if label not in sets:
+                    sets.append(label)
+    if not len(iou) and not sets:
+        return None
+    out = f"error sets of {NAMES[m]} on {', '.join(sets) or 'an unrecorded eval set'}"
+    if len(iou):
+        out += (
+            f"; its training models' max IoU among themselves: median {np.median(iou):.4f}, "
+            f"99th percentile {np.percentile(iou, 99):.4f}, max {iou.max():.4f}"
+        )
+    return out
+
+
 def tradeoff(db, m: str) -> tuple[float, str, bool] | None:
     """(share of m's generated models dominated by a noise-baseline model, description, whether
     the generated models perform as well as the noise baselines)."""
@@ -281,6 +315,9 @@ def finding3(db, methods: list[str]) -> Finding:
             f"{'beats' if expected else 'does not beat'}); means: {desc}"
         )
         checks[m] = (beats == expected, f"{'beats' if beats else 'does not beat'} noise, {why}")
+        context = iou_context(db, m)
+        if context:
+            f.evidence.append(context)
         sat = saturated(db, m)
         if sat is not None and sat >= 0.5:
             f.evidence.append(

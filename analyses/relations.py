@@ -33,12 +33,48 @@ def novelty(db, targets: str, reference: str, metric: str = "l2", k: int = 1) ->
 
     ENGINE["novelty"] = "wdb.query.nearest.novelty"
     rows = query_novelty(
-        db, targets=targets, reference=reference, k=k, aligned=metric == "aligned_l2"
+        db,
+        targets=targets,
+        reference=reference,
+        k=k,
+        aligned=metric == "aligned_l2",
+        eval_set=current_eval_set(db, targets, reference),
     )
     ids = {r["relation_id"] for r in rows}
     if len(ids) != 1:
         raise WdbError(f"targets '{targets}' span {len(ids)} weight spaces; select one space")
     return int(ids.pop())
+
+
+def current_eval_set(db, targets: str, reference: str) -> str | None:
+    """The eval set the targets' task evaluates on today, when the reference set has outputs
+    there; None (the engine's choice: where most targets have outputs) otherwise.
+
+    Why: a task may change its eval set (mnist-bn's went from ``test``, 1,000 items, to
+    ``test-perturbed-v1``), and a store evaluated before and after holds outputs on both; left to
+    itself the engine breaks the tie by the older set. Every selection of one analysis is scored
+    on this one set, so old and new outputs are never mixed in a table (a target without outputs
+    there gets no max IoU, and the report says to run ``wdb evaluate``)."""
+    from wdb.plugin import id_in, task_for_space
+
+    found = db.checkpoints(targets)
+    if not found:
+        return None
+    space = db.space(int(found[0]["space_id"]))
+    task = task_for_space(space, db)
+    if task is None or getattr(task, "kind", "classifier") != "classifier":
+        return None
+    name = task.eval_set_name()
+    ref_ids = [int(r["checkpoint_id"]) for r in db.checkpoints(reference)]
+    if not ref_ids:
+        return None
+    have = db.sql(
+        "SELECT count(*) AS n FROM predictions p JOIN eval_sets e ON e.id = p.eval_set_id "
+        f"WHERE e.name = :e AND {id_in(db, 'p.checkpoint_id')} "
+        "AND (p.array_path LIKE 'predictions/%' OR p.array_path LIKE 'errors/%')",
+        {"e": name, "ids": ref_ids},
+    )
+    return name if have and int(have[0]["n"]) else None
 
 
 def nearest(db, targets: str, reference: str, k: int = 3, metric: str = "l2") -> int:

@@ -101,6 +101,22 @@ def test_finding3_says_when_error_sets_are_saturated(db):
     assert not any(e.startswith("caveat") for e in F.finding3(db, ["pdiff"]).evidence)
 
 
+def test_finding3_names_the_eval_set_scale(db):
+    """The training models' own max IoU (all of them, from the novelty table) is the scale the
+    generated models' is read against; the line says so, with the eval set when recorded."""
+    scatter(db, "pdiff", gen=[(0.99, 0.9)], noise=[(0.95, 0.9)], training=[(0.999, 0.9)])
+    iou = [0.99, 0.998, 1.0, 0.97, 0.999]
+    write_table(
+        db,
+        table_name("memorization", "pdiff", "novelty"),
+        {"selection": ["training"] * 5 + ["generated"], "max_iou": [*iou, 0.5]},
+    )
+    line = F.iou_context(db, "pdiff")
+    assert line.startswith("error sets of P-diff on an unrecorded eval set")
+    assert "median 0.9980" in line and "max 1.0000" in line
+    assert line in F.finding3(db, ["pdiff"]).evidence
+
+
 def test_finding4_names_the_failed_criterion(db):
     summary(
         db,

@@ -74,7 +74,7 @@ def test_vectorised_evaluation_matches_torch_module(name):
     from wdb.store.tensors import state_to_numpy
 
     t = tasks.get(name)
-    X, y = t.data("test")
+    X, y = t.data(t.eval_split)
     models = [t.build_model().eval() for _ in range(3)]
     full = [t.base_layout().flatten(state_to_numpy(m.state_dict())[0]) for m in models]
     with torch.no_grad():
@@ -120,16 +120,20 @@ def test_classifiers_accuracy_and_predictions(zoo_db, name):
         "(SELECT max(step) FROM checkpoint_info d WHERE d.run = c.run)",
         {"z": name},
     )
-    final = np.array([acc[r["checkpoint_id"]] for r in last])
+    # mnist-bn's eval set is the test split plus perturbed copies; its first 1,000 items are
+    # the test split, scored as clean_accuracy (what the trainer reports)
+    clean = _metric(db, t.eval_set_name(), "clean_accuracy") if name == "mnist-bn" else acc
+    final = np.array([clean[r["checkpoint_id"]] for r in last])
     assert final.min() > 0.5 and final.mean() > 0.7  # chance is 0.1
     es = eval_set(db, t.eval_set_name())
-    assert es["n_items"] == 1000 and es["labels_sha256"]
+    assert es["n_items"] == (10000 if name == "mnist-bn" else 1000) and es["labels_sha256"]
     # stored predictions reproduce the stored accuracy exactly
     masks = error_masks(db, ids, es["id"])
     assert np.array_equal((~masks).mean(1), values)
+    assert np.array_equal((~masks[:, :1000]).mean(1), [clean[i] for i in ids])
     # ... and the trainer's own test accuracy (reported at ingest) agrees
     reported = _metric(db, f"reported:{name}", "accuracy")
-    assert all(abs(reported[i] - acc[i]) < 1e-9 for i in ids)
+    assert all(abs(reported[i] - clean[i]) < 1e-9 for i in ids)
 
 
 def test_mnist_mlp_held_out_runs(zoo_db):
@@ -209,8 +213,88 @@ def test_bn_generated_rows_find_the_base_model(zoo_db):
     base = t.base_state(db)
     direct = t.evaluate_rows(row, base)["accuracy"][0]
     assert direct == acc[gid]
-    X, y = t.data("test")
+    X, y = t.data(t.eval_split)
     assert (t.predict(row, X, db)[0] == y).mean() == acc[gid]  # the database as context
+
+
+def test_bn_eval_set_is_the_test_split_then_perturbed_copies():
+    from wdb.study.tasks.mnist_bn import perturbed_test
+
+    t = tasks.get("mnist-bn")
+    assert t.eval_set_name() == "mnist-bn:test-perturbed-v1"
+    X, y = t.data(t.eval_split)
+    Xc, yc = t.data("test")
+    assert X.shape == (10000, 784) and X.dtype == np.float32
+    assert np.array_equal(X[:1000], Xc) and np.array_equal(y, np.tile(yc, 10))
+    again = perturbed_test.__wrapped__()  # computed afresh, not the cached arrays
+    assert np.array_equal(again[0], X) and np.array_equal(again[1], y)
+    moved = np.abs(X[1000:].reshape(9, 1000, 784) - Xc[None]).mean(-1)
+    assert moved.min() > 0.05  # every copy of every item is perturbed
+
+
+def test_bn_eval_set_separates_trained_checkpoints(zoo_db):
+    """The BN-only steps' error sets: near-identical on the 1,000 clean items (few errors that
+    hardly move), told apart on the perturbed eval set (thousands of errors)."""
+    from wdb.query.similarity import max_iou
+
+    db, _, _ = zoo_db
+    t = tasks.get("mnist-bn")
+    cks = db.checkpoints("zoo = 'mnist-bn' AND kind = 'training'")
+    ids = [c["checkpoint_id"] for c in cks]
+    masks = error_masks(db, ids, eval_set(db, t.eval_set_name())["id"])
+    X, y = t.data("test")
+    clean = t.predict(db.weights(ids), X, db) != y[None]
+    assert np.array_equal(clean, masks[:, :1000])
+    assert masks.sum(1).min() > 10 * clean.sum(1).max()
+
+    def distinct(m):
+        return len({r.tobytes() for r in np.packbits(m, axis=1)})
+
+    assert distinct(masks) > distinct(clean)
+    best, _ = max_iou(masks, masks, np.arange(len(ids)))
+    # measured on this zoo (20 steps): 6 distinct clean error sets, 20 distinct here, max 0.999
+    assert np.mean(best < 1) >= 0.9
+
+
+def test_analyses_score_on_the_current_eval_set(zoo_db):
+    """A store evaluated before mnist-bn's eval set changed holds outputs on both eval sets; the
+    analyses use the task's current one for every selection (never a mix)."""
+    from analyses.relations import current_eval_set, novelty
+    from wdb.store.outputs import ensure_eval_set, write_outputs
+
+    db, _, _ = zoo_db
+    t = tasks.get("mnist-bn")
+    cks = db.checkpoints("zoo = 'mnist-bn' AND kind = 'training'")
+    ids = [c["checkpoint_id"] for c in cks]
+    X, y = t.data("test")
+    old = ensure_eval_set(db, "mnist-bn:test", "mnist-bn", "test", y)
+    write_outputs(db, old, "predictions", ids, t.predict(db.weights(ids), X, db))
+    new = eval_set(db, t.eval_set_name())["id"]
+    assert old != new  # both exist
+    sel = "zoo = 'mnist-bn' AND kind = 'training'"
+    assert current_eval_set(db, sel, sel) == t.eval_set_name()
+    rid = novelty(db, sel, sel)
+    (params,) = db.sql("SELECT params FROM relations WHERE id = :r", {"r": rid})
+    assert json.loads(params["params"])["eval_set_id"] == new
+    from analyses import findings
+    from analyses.engine import table_name, write_table
+
+    rows = db.sql(
+        "SELECT checkpoint_id, max_iou FROM similarity WHERE relation_id = :r", {"r": rid}
+    )
+    write_table(
+        db,
+        table_name("memorization", "pdiff", "novelty"),
+        {
+            "selection": ["training"] * len(rows),
+            "relation_id": [rid] * len(rows),
+            "max_iou": [r["max_iou"] for r in rows],
+        },
+    )
+    line = findings.iou_context(db, "pdiff")
+    assert "on mnist-bn:test-perturbed-v1 (10,000 items)" in line and "median" in line
+    assert current_eval_set(db, "zoo = 'mnist-mlp'", "zoo = 'mnist-mlp'") == "mnist-mlp:test"
+    assert current_eval_set(db, "zoo = 'nothing'", sel) is None
 
 
 def test_unknown_space_is_a_clear_error(zoo_db, tmp_path):

@@ -10,8 +10,10 @@ Outputs are written before metrics, and "done" means "has the metric", so an int
 re-evaluates the unfinished batch and replaces its outputs.
 
 Classifiers store ``accuracy`` (fraction), ``loss`` and per-item ``predictions`` on
-``<task>:test``; neural fields store 2048 surface ``points``, ``mesh_empty`` (0/1) and, when the
-run config names its shape, ``chamfer`` to that shape's ground truth, on ``<task>:points``.
+``<task>:<eval split>`` (``<task>:test``; mnist-bn: ``test-perturbed-v1``, 10,000 items, plus
+``clean_accuracy`` on its first 1,000, docs/eval-sets.md); neural fields store 2048 surface
+``points``, ``mesh_empty`` (0/1) and, when the run config names its shape, ``chamfer`` to that
+shape's ground truth, on ``<task>:points``.
 """
 
 from __future__ import annotations
