@@ -5,7 +5,9 @@ whose nearest reference is its own prompt."""
 from __future__ import annotations
 
 import json
+import re
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +189,41 @@ def test_cli_novelty_shows_own_lineage_and_rm_forgets_reference_rows(db, method)
     assert "own_lineage" in table.stdout
     db.rm("run = 'train_3'", yes=True)
     assert _reference(db, gid) == {v for (r, _), v in ids.items() if r != 3}
+
+
+def _block(doc: str, lang: str, after: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "docs" / doc).read_text()
+    return re.findall(rf"^```{lang}\n(.*?)^```", text.split(after, 1)[1], flags=re.S | re.M)[0]
+
+
+def test_plugins_md_generator_declares_its_reference(db, tmp_path):
+    ids = add_zoo(db)
+    path = tmp_path / "nudge.py"
+    path.write_text(_block("plugins.md", "python", "### A generator's reference set"))
+    gid = db.generate(str(path), train=TRAIN).generator_run_id
+    assert _reference(db, gid) == {ids[(r, STEPS - 1)] for r in range(RUNS)}
+    rows = novelty(db, f"generator_run_id = {gid}", reference="kind = 'training'")
+    assert len(rows) == 4 and all(r["own_lineage"] for r in rows)  # nearest = its parent
+
+
+def test_duckdb_md_reference_queries_run(db, method):
+    add_zoo(db)
+    method(P.MethodInfo(reference_steps="final"))
+    gid = db.generate("prompted", train=TRAIN).generator_run_id
+    novelty(db, f"generator_run_id = {gid}", reference="kind = 'training'")
+    sql = _block("duckdb.md", "sql", "## Reference sets")
+    statements = [s.strip() for s in sql.split(";") if s.strip()]
+    assert len(statements) == 3
+    per_run, own, counts = (db.sql(s) for s in statements)
+    assert per_run == [
+        {
+            "generator_run_id": gid,
+            "method": "prompted",
+            "kind": "training",
+            "n": RUNS,
+            "first_step": STEPS - 1,
+            "last_step": STEPS - 1,
+        }
+    ]
+    assert len(own) == 1 and own[0]["reference_selection"] == "kind = 'training'"
+    assert [(r["n"], r["own"]) for r in counts] == [(2, 1)]
