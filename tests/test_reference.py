@@ -187,6 +187,7 @@ def test_cli_novelty_shows_own_lineage_and_rm_forgets_reference_rows(db, method)
         cli, ["--db", str(db.path), "query", "novelty", "--targets", f"generator_run_id = {gid}"]
     )
     assert "own_lineage" in table.stdout
+    assert "note: 1 of 2 targets' nearest reference is their own prompt" in table.stderr
     db.rm("run = 'train_3'", yes=True)
     assert _reference(db, gid) == {v for (r, _), v in ids.items() if r != 3}
 

@@ -169,6 +169,13 @@ def novelty_cmd(
     else:
         rows = novelty(get_db(), targets, reference, **kw)
     emit(rows, fmt, title="novelty")
+    own = sum(1 for r in rows if r.get("own_lineage"))
+    if own:
+        click.echo(
+            f"note: {own} of {len(rows)} targets' nearest reference is their own prompt, source "
+            "or parent (own_lineage): their min_l2 says where they came from, not memorization",
+            err=True,
+        )
     if rows and all(r.get("max_iou") is None for r in rows):
         click.echo(
             "note: no eval set holds error sets of both the targets and the reference, so "
