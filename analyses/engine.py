@@ -277,14 +277,14 @@ def _recorded_reference(db, ctx: Context) -> None:
         ctx.reference_rule = ""
 
 
-def _use_reference(spec: Spec, sel_sql: dict[str, str], ctx: Context) -> None:
+def _use_reference(db, spec: Spec, sel_sql: dict[str, str], ctx: Context) -> None:
     """Let the run's recorded reference set stand for ``spec.reference``; a note says which
     reference the analysis used."""
     name = spec.reference
     if not name or name not in sel_sql or ctx.method is None:
         return
     if ctx.reference:
-        sel_sql[name] = ctx.reference
+        sel_sql[name] = db.selection(ctx.reference, f"the reference of generator run {ctx.gen}")
         rule = f": {ctx.reference_rule}" if ctx.reference_rule else f" ({ctx.reference_size})"
         ctx.notes.append(
             f"reference ('{name}'): the reference set generator run {ctx.gen} recorded{rule}"
@@ -506,7 +506,7 @@ def run(
         k: db.selection(fill(v, values), f"{spec.path or spec.name}: selection '{k}'")
         for k, v in spec.selections.items()
     }
-    _use_reference(spec, sel_sql, ctx)
+    _use_reference(db, spec, sel_sql, ctx)
     parts = [
         f"SELECT '{k}' AS selection, checkpoint_id FROM checkpoint_info WHERE ({v})"
         for k, v in sel_sql.items()

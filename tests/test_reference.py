@@ -228,3 +228,111 @@ def test_duckdb_md_reference_queries_run(db, method):
     ]
     assert len(own) == 1 and own[0]["reference_selection"] == "kind = 'training'"
     assert [(r["n"], r["own"]) for r in counts] == [(2, 1)]
+
+
+def test_builtin_gpt_records_final_checkpoints_and_flags_its_prompts(db):
+    from wdb.store.write import NewCheckpoint
+    from wdb.study.tasks import get
+
+    layout = get("mnist-mlp").layout()
+    space = db.ensure_space(layout)
+    rng = np.random.default_rng(0)
+    items = []
+    for r in range(5):
+        base = rng.normal(0, 0.03, layout.n_params).astype(np.float32)
+        for s in range(3):
+            items.append(
+                NewCheckpoint(
+                    run=f"toy-{r}",
+                    step=s,
+                    row=base + 0.01 * s,
+                    zoo="toy",
+                    split="test" if r == 4 else "train",
+                    metrics={"loss": 2.3 - 0.5 * s},
+                    run_config={"task": "mnist-mlp", "seed": r},
+                )
+            )
+    db.write_checkpoints(space, items)
+    tiny = {"size": "small", "width": 16, "train_steps": 6, "diffusion_steps": 12, "batch": 8}
+    gid = db.generate(
+        "gpt", train="zoo = 'toy' AND split = 'train'", n=3, overrides=tiny, seed=2
+    ).generator_run_id
+    finals = db.sql("SELECT checkpoint_id FROM checkpoint_info WHERE split = 'train' AND step = 2")
+    assert _reference(db, gid) == {r["checkpoint_id"] for r in finals}
+    gen = f"generator_run_id = {gid} AND kind = 'generated'"
+    # the paper's reference holds no prompt (they are step 0 of the held-out run)
+    assert not any(r["own_lineage"] for r in novelty(db, gen))
+    # every training checkpoint, prompts included: the flag is set exactly when the nearest
+    # reference is the sample's own prompt
+    prompt = db.checkpoints("run = 'toy-4' AND step = 0")[0]["checkpoint_id"]
+    rows = novelty(db, gen, reference="kind = 'training'")
+    assert [r["own_lineage"] for r in rows] == [r["nearest_id"] == prompt for r in rows]
+
+
+def test_builtin_hyperrep_records_reconstructions_of_the_last_epoch(db):
+    layout = Layout.from_arrays(
+        {
+            "conv1.weight": np.zeros((4, 1, 3, 3), np.float32),
+            "conv1.bias": np.zeros(4, np.float32),
+            "fc1.weight": np.zeros((6, 16), np.float32),
+            "fc1.bias": np.zeros(6, np.float32),
+            "fc2.weight": np.zeros((3, 6), np.float32),
+            "fc2.bias": np.zeros(3, np.float32),
+        }
+    )
+    rng = np.random.default_rng(0)
+    last = set()
+    for r in range(6):
+        base = 0.3 * rng.normal(size=layout.n_params)
+        rows = np.stack([base, base + 0.05 * rng.normal(size=base.shape)]).astype(np.float32)
+        ids = db.add_checkpoints(
+            layout,
+            rows,
+            run=f"t{r}",
+            kind="training",
+            zoo="cnnzoo",
+            metrics=[{"accuracy": 0.5 + 0.05 * r}, {"accuracy": 0.55 + 0.05 * r}],
+        )
+        last.add(int(ids[-1]))
+    gid = db.generate(
+        "hyperrep", train="zoo = 'cnnzoo'", overrides={"size": "small"}, n=4
+    ).generator_run_id
+    ref = db.sql(
+        "SELECT r.config, c.kind FROM reference_info c JOIN runs r ON r.name = c.run "
+        f"WHERE c.generator_run_id = {gid}"
+    )
+    assert {x["kind"] for x in ref} == {"reconstructed"}
+    assert {json.loads(x["config"])["source_checkpoint"] for x in ref} == last
+
+
+def test_analyze_uses_the_recorded_reference_and_says_which(tmp_path):
+    import wdb
+    from analyses import engine, findings, synthetic
+    from wdb.study.reference import record
+
+    db = wdb.open(tmp_path / "db")
+    made = synthetic.build(db, n_train=12, n_gen=6, n_base=4)
+    opts = {"boundary": {"grid": 8}}
+
+    def run():
+        return engine.run(
+            db, "memorization", "toygen", tmp_path / "r", made["task"], figures=False, options=opts
+        )
+
+    def training(rec):
+        name = engine.table_name("memorization", "toygen", "selections")
+        rows = db.sql(f"SELECT checkpoint_id FROM {name} WHERE selection = 'training'")
+        return sorted(r["checkpoint_id"] for r in rows)
+
+    rec = run()  # a run recorded before 0009: the spec's training selection, and a note
+    assert training(rec) == sorted(made["training"])
+    assert any("recorded no reference set" in n for n in rec["context"]["notes"])
+    record(db, made["gen"], made["training"][:5])
+    rec = run()
+    assert training(rec) == sorted(made["training"][:5])
+    note = f"reference ('training'): the reference set generator run {made['gen']} recorded (5)"
+    assert note in rec["context"]["notes"]
+    summary = db.sql(f"SELECT * FROM {engine.table_name('memorization', 'toygen', 'summary')}")
+    assert all("n_own_lineage" in r for r in summary)
+    f1 = findings.finding1(db, ["toygen"])
+    assert any(f"recorded reference set (generator run {made['gen']})" in e for e in f1.evidence)
