@@ -95,7 +95,7 @@ def test_run_records_final_checkpoints_and_novelty_defaults_to_them(db, method, 
     gid = rep.generator_run_id
     finals = {ids[(r, STEPS - 1)] for r in range(RUNS)}
     assert _reference(db, gid) == finals
-    assert rep.config["reference"] == f"{RUNS} final checkpoint of each training run of 12"
+    assert rep.config["reference"] == f"the final checkpoint of each training run ({RUNS} of 12)"
     # the reference_info view names them
     view = db.sql(f"SELECT method, step, kind FROM reference_info WHERE generator_run_id = {gid}")
     assert {(r["method"], r["step"], r["kind"]) for r in view} == {

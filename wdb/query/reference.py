@@ -55,15 +55,18 @@ def default_groups(
     """
     ids = [int(i) for i in target_ids]
     gen: dict[int, int] = {}
-    if ids:
+    have: dict[int, int] = {}
+    if ids:  # one query: each target's generator run and the size of its recorded set
         for r in db.sql(
-            "SELECT checkpoint_id, generator_run_id FROM checkpoint_info WHERE "
-            + _in_list(db, "checkpoint_id")
-            + " AND generator_run_id IS NOT NULL",
+            "SELECT c.checkpoint_id, c.generator_run_id, (SELECT count(*) FROM reference_sets s "
+            "WHERE s.generator_run_id = c.generator_run_id) AS n FROM checkpoint_info c WHERE "
+            + _in_list(db, "c.checkpoint_id")
+            + " AND c.generator_run_id IS NOT NULL",
             {"ids": ids},
         ):
-            gen[int(r["checkpoint_id"])] = int(r["generator_run_id"])
-    have = recorded(db, set(gen.values()))
+            gen[int(r["checkpoint_id"])] = g = int(r["generator_run_id"])
+            if int(r["n"]):
+                have[g] = int(r["n"])
     groups: dict[str, list[int]] = {}
     without: set[int] = set()
     for p, cid in enumerate(ids):
@@ -146,9 +149,10 @@ def own_lineage(db, nearest: Mapping[int, int | None]) -> dict[int, bool | None]
     out: dict[int, bool | None] = {int(t): None for t in nearest}
     if not pairs:
         return out
-    src = declared_sources(db, set(pairs) | set(pairs.values()))
-    first = {t: src.get(t, set()) for t in pairs}
-    parent = _parents(db, set(pairs) | set().union(*first.values()))
+    with db.catalog.reading():  # one connection for both reads
+        src = declared_sources(db, set(pairs) | set(pairs.values()))
+        first = {t: src.get(t, set()) for t in pairs}
+        parent = _parents(db, set(pairs) | set().union(*first.values()))
     for t, n in pairs.items():
         line = set(first[t])
         if t in parent:

@@ -65,7 +65,11 @@ def reference_ids(
         raise WdbError(f"{name}: MethodInfo.reference_steps must be one of {STEPS}, not {steps!r}")
     pos = final_positions(train) if steps == "final" else list(range(len(train)))
     chosen = [int(train.ids[p]) for p in pos]
-    what = "final checkpoint of each training run" if steps == "final" else "training checkpoints"
+    what = (
+        f"the final checkpoint of each training run ({len(chosen)} of {len(train)})"
+        if steps == "final"
+        else f"every training checkpoint ({len(chosen)})"
+    )
     if info.reference == "reconstructed":
         rec = [s for s in samples if s["kind"] == "reconstructed"]
         keep = set(chosen)
@@ -74,9 +78,9 @@ def reference_ids(
             rec = [s for s in with_src if int(s["info"]["source_checkpoint"]) in keep]
         if rec:
             ids = sorted(int(s["checkpoint_id"]) for s in rec)
-            return ids, f"{len(ids)} reconstructions of the {what}"
-        what += " (no reconstructions were written)"
-    return sorted(chosen), f"{len(chosen)} {what} of {len(train)}"
+            return ids, f"{len(ids)} reconstructions of {what}"
+        what += ", no reconstructions were written"
+    return sorted(chosen), what
 
 
 def record(db, gid: int, ids: Sequence[int]) -> None:
