@@ -80,13 +80,12 @@ def default_groups(
     notes = []
     used = sorted({gen[c] for c in ids if gen.get(c) in have})
     if used:
-        sizes = ", ".join(f"run {g}: {have[g]}" for g in used)
-        notes.append(
-            "reference: each generator run's recorded reference set (reference_info; "
-            f"{sizes} checkpoints)"
-        )
+        sizes = ", ".join(f"run {g}: {have[g]} checkpoints" for g in used[:5])
+        sizes += f", and {len(used) - 5} more runs" if len(used) > 5 else ""
+        notes.append(f"reference: each generator run's recorded reference set ({sizes})")
     if without:
-        runs = ", ".join(str(g) for g in sorted(without))
+        runs = ", ".join(str(g) for g in sorted(without)[:10])
+        runs += f" and {len(without) - 10} more" if len(without) > 10 else ""
         notes.append(
             f"reference: {fallback} (generator run{'s' if len(without) > 1 else ''} {runs} "
             "recorded no reference set: made before wdb schema 0009 or outside wdb)"
