@@ -109,6 +109,11 @@ class Context:
     notes: list[str] = field(default_factory=list)
     #: the catalog's SQL dialect (``wdb.catalog.dialect.name``): the placeholders' SQL is written for it
     dialect: str = "duckdb"
+    #: the run's recorded reference set as a selection ("" when it recorded none), its size and
+    #: description (``generator_runs.config['reference']``)
+    reference: str = ""
+    reference_size: int = 0
+    reference_rule: str = ""
 
     def values(self) -> dict[str, Any]:
         v: dict[str, Any] = {
@@ -138,6 +143,9 @@ class Context:
             "task_kind": self.task_kind,
             "baselines": self.baselines,
             "sigmas": self.sigmas,
+            "reference": self.reference,
+            "reference_size": self.reference_size,
+            "reference_rule": self.reference_rule,
             "notes": self.notes,
         }
 
@@ -194,6 +202,7 @@ def resolve_context(db, method: str | None, task: Any = None) -> Context:
             f"no finished generator run of method '{method}' with samples" + hints.nothing(db)
         )
     ctx.gen = int(runs[0]["id"])
+    _recorded_reference(db, ctx)
     # 'baseline' sorts before 'generated': a run with both kinds (none today) counts as generated
     ctx.sample_kind = "generated" if runs[0]["sample_kind"] == "generated" else "baseline"
     ctx.train_selection = runs[0]["train_selection"] or ""
@@ -251,6 +260,40 @@ def resolve_context(db, method: str | None, task: Any = None) -> Context:
     ctx.task = task
     ctx.task_kind = getattr(task, "kind", None) if task is not None else None
     return ctx
+
+
+def _recorded_reference(db, ctx: Context) -> None:
+    """The reference set the generator run recorded (wdb schema 0009), if any."""
+    from wdb.plugin import recorded_references, reference_selection
+
+    n = recorded_references(db, [ctx.gen]).get(ctx.gen, 0)
+    if not n:
+        return
+    ctx.reference, ctx.reference_size = reference_selection(ctx.gen), n
+    cfg = db.sql("SELECT config FROM generator_runs WHERE id = :g", {"g": ctx.gen})
+    try:
+        ctx.reference_rule = str(json.loads(cfg[0]["config"] or "{}").get("reference") or "")
+    except (TypeError, ValueError, IndexError):
+        ctx.reference_rule = ""
+
+
+def _use_reference(db, spec: Spec, sel_sql: dict[str, str], ctx: Context) -> None:
+    """Let the run's recorded reference set stand for ``spec.reference``; a note says which
+    reference the analysis used."""
+    name = spec.reference
+    if not name or name not in sel_sql or ctx.method is None:
+        return
+    if ctx.reference:
+        sel_sql[name] = db.selection(ctx.reference, f"the reference of generator run {ctx.gen}")
+        rule = f": {ctx.reference_rule}" if ctx.reference_rule else f" ({ctx.reference_size})"
+        ctx.notes.append(
+            f"reference ('{name}'): the reference set generator run {ctx.gen} recorded{rule}"
+        )
+    else:
+        ctx.notes.append(
+            f"reference ('{name}'): {sel_sql[name]} (generator run {ctx.gen} recorded no "
+            "reference set: made before wdb schema 0009)"
+        )
 
 
 # -- relations computed here (figure data from the stores) ------------------------------------
@@ -463,6 +506,7 @@ def run(
         k: db.selection(fill(v, values), f"{spec.path or spec.name}: selection '{k}'")
         for k, v in spec.selections.items()
     }
+    _use_reference(db, spec, sel_sql, ctx)
     parts = [
         f"SELECT '{k}' AS selection, checkpoint_id FROM checkpoint_info WHERE ({v})"
         for k, v in sel_sql.items()

@@ -105,8 +105,12 @@ VARIANTS: dict[str, Callable[[dict], dict]] = {
 
 
 def _reference_sql(db, method: str, gid: int) -> str:
-    from wdb.plugin import method_info
+    """The reference set generator run ``gid`` recorded; for runs without one (wdb schema before
+    0009), its training checkpoints or, for autoencoders, its reconstructions."""
+    from wdb.plugin import method_info, recorded_references, reference_selection
 
+    if recorded_references(db, [gid]):
+        return reference_selection(gid)
     if method_info(method).reference == "reconstructed":
         return f"generator_run_id = {gid} AND kind = 'reconstructed'"
     ids = json_ids(db, "g.train_ids", f"generator_runs g WHERE g.id = {gid}")

@@ -172,12 +172,54 @@ def finding1(db, methods: list[str]) -> Finding:
             f"(training, self excluded); ratio {ratio:.2f} ({'< 0.5' if ratio < 0.5 else '≥ 0.5'})"
             + claim
         )
+        own = lineage_line(db, m, s.get("generated", {}))
+        if own:
+            f.evidence.append(own)
         if m in MEMORIZERS:
             checks[m] = (ratio < 0.5, f"ratio {ratio:.2f}, paper: < 0.5")
     judge(f, checks, list(MEMORIZERS))
     if not checks:
         f.why = "no HR / G.pt / HyperDiffusion samples with min-L2 tables in this database"
     return f
+
+
+def reference_used(db, m: str) -> str:
+    """The reference set m's latest generator run recorded (its description), or the fallback."""
+    import json
+
+    from wdb.plugin import recorded_references
+
+    runs = db.sql(
+        "SELECT id, config FROM generator_runs WHERE method = :m AND status = 'done' "
+        "ORDER BY id DESC LIMIT 1",
+        {"m": m},
+    )
+    if not runs:
+        return ""
+    gid = int(runs[0]["id"])
+    if not recorded_references(db, [gid]):
+        return "the analysis spec's training selection (no recorded reference set)"
+    try:
+        rule = json.loads(runs[0]["config"] or "{}").get("reference")
+    except (TypeError, ValueError):
+        rule = None
+    return f"{rule or 'its recorded reference set'} (generator run {gid})"
+
+
+def lineage_line(db, m: str, row: dict) -> str:
+    """Which reference m was compared with, and how many generated models' nearest reference was
+    their own prompt/source/parent (the summary's ``n_own_lineage``): their distance then
+    measures provenance, not memorization."""
+    ref = reference_used(db, m)
+    parts = [f"reference: {ref}"] if ref else []
+    k, n = row.get("n_own_lineage"), row.get("n")
+    if k is not None and n:
+        parts.append(
+            f"{int(k)} of {int(n)} generated models' nearest reference is their own "
+            "prompt/source/parent"
+            + (" (their min-L2 measures provenance, not memorization)" if int(k) else "")
+        )
+    return f"{NAMES[m]}: " + "; ".join(parts) if parts else ""
 
 
 def finding2(db, methods: list[str]) -> Finding:

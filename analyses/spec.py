@@ -19,6 +19,10 @@ kind: ``generated``, or ``baseline`` for a noise / average / gaussian run), ``{t
 ``{space_id}``, ``{zoo}``, ``{noise_1}``, ``{noise_2}`` (the noise baselines of the same space,
 smaller σ first), ``{average}``, ``{gaussian}``, ``{method}``. Unknown placeholders are left alone.
 
+``reference = "<selection>"`` names the selection that stands for the generator run's reference
+set: when the run recorded one (``reference_sets``, wdb schema 0009), that set replaces the
+selection's SQL, which stays the fallback for runs recorded before (a context note says which).
+
 ``[method.<name>]`` overlays change a spec for one method (e.g. Hyper-Representations' "training"
 models are the autoencoder's reconstructions; G.pt uses permutation-aligned L2). Entries may carry
 ``when = "classifier" | "field"`` (the task kind) and ``methods = [...]`` to apply selectively.
@@ -54,6 +58,9 @@ class Spec:
     figures: list[dict[str, Any]]
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the selection that stands for the generator run's reference set: replaced by the set the
+    #: run recorded (``reference_sets``) when it recorded one; its SQL is the fallback for older runs
+    reference: str | None = None
 
     def for_method(self, method: str | None) -> Spec:
         """This spec with the ``[method.<method>]`` overlay applied."""
@@ -123,6 +130,9 @@ def parse(raw: dict[str, Any], path: Path | None = None, method: str | None = No
                 )
             if group == "tables" and not item.get("sql"):
                 raise BadInput(f"{where}: table '{n}' needs 'sql'")
+    reference = raw.get("reference")
+    if reference is not None and reference not in selections:
+        raise BadInput(f"{where}: 'reference' names no selection ({reference!r})")
     for fig in figures:
         if fig.get("kind") not in FIGURE_KINDS:
             raise BadInput(
@@ -143,6 +153,7 @@ def parse(raw: dict[str, Any], path: Path | None = None, method: str | None = No
         figures=figures,
         path=path,
         raw=raw,
+        reference=reference,
     )
 
 

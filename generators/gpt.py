@@ -124,6 +124,7 @@ INFO = MethodInfo(
     noise_sigmas=(0.05, 0.1),
     noise_select="final",
     noise_ref_std=0.538,
+    reference_steps="final",  # the paper's reference: final checkpoint of each training run
     plans={
         "quick": dict(zoo_size="small", zoo_runs=12, gen={"size": "small"}, n=8, n_baseline=10),
         # 250 small runs at 1500 steps: samples 0.747 accuracy vs 0.895 for the final training

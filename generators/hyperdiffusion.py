@@ -61,6 +61,7 @@ INFO = MethodInfo(
     task="shapes-occupancy",
     noise_sigmas=(0.02, 0.04),
     noise_select="final",
+    reference_steps="all",  # the paper's reference: the training-split fields
     plans={
         "quick": dict(zoo_size="small", zoo_runs=6, gen={"size": "small"}, n=4, n_baseline=4),
         "demo": dict(

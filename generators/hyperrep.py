@@ -79,6 +79,7 @@ INFO = MethodInfo(
     noise_sigmas=(0.02, 0.04),
     noise_select="top",
     reference="reconstructed",
+    reference_steps="final",  # the paper's reference: reconstructions of the last epoch
     plans={
         "quick": dict(zoo_size="small", zoo_runs=8, gen={"size": "small"}, n=8, n_baseline=10),
         "demo": dict(

@@ -71,6 +71,7 @@ INFO = MethodInfo(
     noise_select="all",
     extra_baselines=("average", "gaussian"),
     beats_noise=True,
+    reference_steps="all",  # the paper's reference: every training checkpoint
     plans={
         "quick": dict(zoo_size="small", gen={"size": "small"}, n=8, n_baseline=10),
         "demo": dict(

@@ -21,7 +21,7 @@ from wdb.errors import CatalogLocked, SchemaError
 
 #: The Alembic revision this code expects. A constant, so that opening a database imports neither
 #: Alembic nor SQLAlchemy (startup time); ``tests/test_migrations.py`` checks it equals the head.
-SCHEMA_HEAD = "0008_tags"
+SCHEMA_HEAD = "0009_reference"
 
 #: the PostgreSQL advisory-lock key that serialises schema migrations ("wdb" in ASCII)
 MIGRATION_LOCK = 0x776462

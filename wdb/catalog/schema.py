@@ -176,6 +176,8 @@ similarity = sa.Table(
     sa.Column("max_iou", sa.Double),
     sa.Column("max_iou_id", sa.BigInteger),
     sa.Column("accuracy", sa.Double),
+    # the nearest reference is the target's prompt/source/parent or derived from it (0009)
+    sa.Column("own_lineage", sa.Boolean),
     sa.PrimaryKeyConstraint("relation_id", "checkpoint_id"),
 )
 
@@ -202,6 +204,16 @@ lineage = sa.Table(
     sa.Column("distance", sa.Float),
     sa.Column("bytes_saved", sa.BigInteger),
     sa.PrimaryKeyConstraint("child_id"),
+)
+
+# Reference sets (revision 0009, ``wdb.study.reference``): the checkpoints a generator run's
+# samples are compared against by default (the paper's reference set of its method).
+reference_sets = sa.Table(
+    "reference_sets",
+    metadata,
+    sa.Column("generator_run_id", sa.BigInteger, nullable=False, autoincrement=False),
+    sa.Column("checkpoint_id", sa.BigInteger, nullable=False, autoincrement=False),
+    sa.PrimaryKeyConstraint("generator_run_id", "checkpoint_id"),
 )
 
 #: Name → Table, for code that addresses tables by name.

@@ -128,8 +128,9 @@ def nearest_cmd(run, step, k, among, aligned, eval_set, skip_damaged, memory, fm
 @click.option(
     "--reference",
     default=None,
-    help="Reference set: SQL filter over checkpoint_info (default kind = 'training'), taken in "
-    "each target's space, the target itself excluded.",
+    help="Reference set: SQL filter over checkpoint_info, taken in each target's space, the "
+    "target itself excluded. Default: for a generator run's samples the reference set the run "
+    "recorded (reference_info), else kind = 'training'.",
 )
 @click.option(
     "-k", "--k", "k", type=int, default=1, show_default=True, help="Neighbours stored per target."
@@ -151,7 +152,9 @@ def novelty_cmd(
     of the references within its share of --memory and the top-k lists merge exactly).
 
     Stored as tables (relations, neighbors, similarity; join on relation_id / checkpoint_id);
-    `wdb query relations` says which stored results are stale.
+    `wdb query relations` says which stored results are stale. Column own_lineage: the nearest
+    reference is the target's own prompt, source or parent (or derived from it), so its
+    distance measures provenance, not memorization.
     """
     from wdb.query.nearest import novelty
 
@@ -166,6 +169,13 @@ def novelty_cmd(
     else:
         rows = novelty(get_db(), targets, reference, **kw)
     emit(rows, fmt, title="novelty")
+    own = sum(1 for r in rows if r.get("own_lineage"))
+    if own:
+        click.echo(
+            f"note: {own} of {len(rows)} targets' nearest reference is their own prompt, source "
+            "or parent (own_lineage): their min_l2 says where they came from, not memorization",
+            err=True,
+        )
     if rows and all(r.get("max_iou") is None for r in rows):
         click.echo(
             "note: no eval set holds error sets of both the targets and the reference, so "

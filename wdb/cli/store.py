@@ -304,7 +304,8 @@ def sql(ctx, query, write, fmt) -> None:
     """Run SQL on the catalog: one statement that reads, unless --write.
 
     Tables: spaces, runs, checkpoints, metrics, eval_sets, predictions, generator_runs,
-    relations, neighbors, similarity, run_tags; views checkpoint_info, run_info.
+    relations, neighbors, similarity, run_tags, reference_sets; views checkpoint_info,
+    run_info, reference_info.
 
     \b
     Example:

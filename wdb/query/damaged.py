@@ -77,6 +77,22 @@ def novelty(db, targets: str, reference: str | None = None, **kw) -> tuple[list[
     distinct checkpoints skipped)."""
     from wdb.query import nearest as q
 
+    tgt = q.select(db, without(targets, set())) if reference is None else None
+    if tgt is not None and len(tgt):  # each generator run's recorded reference, else the default
+        import sys
+
+        from wdb.query.reference import default_groups
+
+        chosen, notes = default_groups(db, tgt.ids, q.DEFAULT_REFERENCE)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        rows, n = [], _marked(db, targets)
+        for ref, pos in chosen.items():
+            ids = ", ".join(str(int(tgt.ids[p])) for p in pos)
+            part, m = novelty(db, f"({targets}) AND checkpoint_id IN ({ids})", ref, **kw)
+            rows += part
+            n += m
+        return rows, n
     ref = reference or q.DEFAULT_REFERENCE
     rows, skipped = retrying(
         lambda s: q.novelty(db, without(targets, s), reference=without(ref, s), **kw)

@@ -13,7 +13,8 @@ is the exact one, unless the user built an approximate index (``wdb index build 
 
 Reference sets are SQL filters over the ``checkpoint_info`` view (columns checkpoint_id, run,
 step, kind, zoo, space, split, generator_run_id, ...), restricted to the query's weight space.
-The default is ``kind = 'training'``.
+The default is a generator run's recorded reference set for its samples (``wdb.query.reference``)
+and ``kind = 'training'`` for everything else.
 """
 
 from __future__ import annotations
@@ -446,10 +447,14 @@ def novelty(
     """Per target: min L2 to the reference set, nearest reference, max error-set IoU, accuracy.
 
     ``targets`` and ``reference`` are SQL filters over ``checkpoint_info``; the reference set is
-    taken in each target's weight space (default ``kind = 'training'``), the target itself
-    excluded. ``aligned`` uses permutation-aligned L2 (one-hidden-layer MLPs). The error-set eval
-    set is ``eval_set`` or the one where most targets have predictions. With ``save`` the result
-    is stored as one ``relations`` row per space (kind 'novelty', with the selections, the
+    taken in each target's weight space, the target itself excluded; without ``reference``, a
+    generator run's samples are compared with the reference set the run recorded
+    (``reference_sets``) and other targets with ``kind = 'training'`` (a note on stderr says
+    which). ``own_lineage``: the nearest reference is the target's own prompt, source or parent
+    (``wdb.query.reference.own_lineage``). ``aligned`` uses permutation-aligned L2
+    (one-hidden-layer MLPs). The error-set eval set is ``eval_set`` or the one where most targets
+    have predictions. With ``save`` the result is stored as one ``relations`` row per space and
+    reference set (kind 'novelty', with the selections, the
     reference fingerprint, index version and time), its ``neighbors`` (k per target) and
     ``similarity`` rows; ``relation_status`` tells whether it is still current. Rows carry
     ``relation_id``. ``workers`` (or ``WDB_ENGINE``) runs the neighbour search on Dask
@@ -458,19 +463,17 @@ def novelty(
     """
     from wdb.memory import budget
     from wdb.query import engine as engines
+    from wdb.query import reference as refs
 
     mem = budget(memory)
     run_on = engines.spec(workers)
     tgt = select(db, targets)
     if not len(tgt):
         raise NotFound(f"no checkpoints match targets '{targets}'")
-    ref_sql = reference or DEFAULT_REFERENCE
     forced_es = _eval_set_id(db, eval_set)
     out: list[dict] = []
-    by_space: dict[int, list[int]] = {}
-    for p, info in enumerate(tgt.info):
-        by_space.setdefault(int(info["space_id"]), []).append(p)
-    for space_id, picks in sorted(by_space.items()):
+    by_space = refs.groups(db, tgt, reference, DEFAULT_REFERENCE)
+    for (space_id, ref_sql), picks in sorted(by_space.items()):
         space = db.space(space_id)
         t0 = time.time()
         t_ids = tgt.ids[picks]
@@ -547,12 +550,14 @@ def novelty(
                     "kind": ti["kind"],
                     "min_l2": None if nid < 0 else float(nn_d[j, 0]),
                     "nearest_id": None if nid < 0 else nid,
+                    "own_lineage": None,
                     "max_iou": None if max_id[j] < 0 else float(max_iou[j]),
                     "max_iou_id": None if max_id[j] < 0 else int(max_id[j]),
                     "accuracy": mvals.get(int(cid), {}).get("accuracy"),
                     "path": info.get("path", info.get("index_version")),
                 }
             )
+        refs.mark_lineage(db, rows)
         rid = _save(db, rel, rows, nn_ids, nn_d) if save else None
         for r in rows:
             r["relation_id"] = rid

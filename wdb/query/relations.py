@@ -56,6 +56,7 @@ def _save(db, rel: dict, rows: list[dict], nn_ids: np.ndarray, nn_d: np.ndarray)
         if nn_ids[j, rank] >= 0
     ]
     cols = ("checkpoint_id", "min_l2", "nearest_id", "max_iou", "max_iou_id", "accuracy")
+    cols += ("own_lineage",) if rows and "own_lineage" in rows[0] else ()
     with db.write_lock(), db.catalog.begin() as conn:
         rid = int(
             conn.execute(relations.insert().values(**rel).returning(relations.c.id)).scalar_one()

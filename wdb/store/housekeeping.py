@@ -3,9 +3,9 @@
 ``Housekeeping`` is a mixin of :class:`wdb.db.Database`.
 
 ``rm`` removes a selection in one catalog transaction: the checkpoints, their metrics and
-outputs rows, the neighbour and similarity rows that mention them (a relation left with no rows
-goes too; the others become stale, as ``relation_status`` says), the generator's own network
-reference, and runs left without checkpoints with their tags. The bytes are then reclaimed by
+outputs rows, the reference-set, neighbour and similarity rows that mention them (a relation
+left with no rows goes too; the others become stale, as ``relation_status`` says), the
+generator's own network reference, and runs left without checkpoints with their tags. The bytes are then reclaimed by
 :func:`wdb.store.reclaim.reclaim`, which decides from the catalog alone what is still needed: rm
 never deletes bytes itself, so rows that other checkpoints share stay. Both steps hold the write
 lock. Without ``yes`` nothing changes and the report says what would go.
@@ -126,6 +126,12 @@ def _delete(conn: Any, runs: list[dict], ckpts: list[dict], count_only: bool) ->
         if not count_only:
             q(sa.text(f"DELETE FROM {table} WHERE {cond}"), ids)
     rows["relations"] = len(emptied)
+    rows["reference_sets"] = int(
+        q(
+            sa.text(f"SELECT count(*) FROM reference_sets WHERE {_in(conn, 'checkpoint_id', 'c')}"),
+            ids,
+        ).scalar()
+    )
     rows["run_tags"] = int(
         q(sa.text(f"SELECT count(*) FROM run_tags WHERE {_in(conn, 'run_id', 'r')}"), ids).scalar()
     )
@@ -140,6 +146,7 @@ def _delete(conn: Any, runs: list[dict], ckpts: list[dict], count_only: bool) ->
         ),
         ids,
     )
+    q(sa.text(f"DELETE FROM reference_sets WHERE {_in(conn, 'checkpoint_id', 'c')}"), ids)
     q(sa.text(f"DELETE FROM checkpoints WHERE {_in(conn, 'id', 'c')}"), ids)
     _forget_family(conn, ids, {int(c["space_id"]) for c in ckpts})
     q(sa.text(f"DELETE FROM run_tags WHERE {_in(conn, 'run_id', 'r')}"), ids)

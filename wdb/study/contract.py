@@ -11,11 +11,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+#: ``Samples.info`` keys through which a sample names the checkpoint it came from
+from wdb.query.reference import LINEAGE_KEYS  # noqa: F401
+
 #: entry-point group of generators (see ``wdb.plugins``); the built-ins are registered there too.
 GROUP = "wdb.generators"
 
 #: Config keys the framework itself records (never method options).
-FRAMEWORK_KEYS = ("seed", "from_run", "timings", "source")
+FRAMEWORK_KEYS = ("seed", "from_run", "timings", "source", "reference")
 
 
 @dataclass
@@ -92,6 +95,12 @@ class MethodInfo:
     #: what stands for its training set in baselines and experiments: ``training``, or
     #: ``reconstructed`` (its autoencoder's reconstructions, Hyper-Representations)
     reference: str = "training"
+    #: the paper's reference set for its samples, recorded with every generator run
+    #: (``wdb.study.reference``; table ``reference_sets``): ``all`` checkpoints of what stands
+    #: for its training set (``reference`` above), or only the ``final`` step of each training
+    #: run (G.pt: final checkpoints; HR: reconstructions of the last epoch). A generator may
+    #: instead define ``reference_set(train, samples)`` (see :class:`Generator`).
+    reference_steps: str = "all"
     extra_baselines: tuple[str, ...] = ()  # further baselines in its space (P-diff: average...)
     beats_noise: bool = False  # the paper's finding 3: does it beat the noise baseline?
     #: ``wdb demo`` sizes: size → {zoo_size, zoo_runs, gen (overrides), n, n_baseline}
@@ -119,6 +128,16 @@ class Generator(Protocol):
     - ``INFO`` (optional :class:`MethodInfo`): how the study shows and compares it.
     - ``reconstructor(model, layout, config) -> (rows -> rows)`` (optional, autoencoders): the
       symmetry experiment passes transformed training weights through it.
+    - ``reference_set(train, samples) -> checkpoint ids`` (optional): the reference set its
+      samples are compared against, recorded in ``reference_sets`` when the run finishes and
+      used by default by ``wdb query novelty``, ``wdb analyze`` and the report. ``samples`` is
+      what was written: dicts with ``checkpoint_id``, ``kind`` and ``info`` (its
+      ``Samples.info`` entry). Without it, ``INFO.reference`` and ``INFO.reference_steps``
+      decide (default: every training checkpoint the run was fitted on).
+    - Lineage: a sample's ``Samples.info`` may name the checkpoint it came from under
+      ``prompt_checkpoint``, ``source_checkpoint`` or ``parent_checkpoint``
+      (``LINEAGE_KEYS``); novelty then flags (``own_lineage``) a sample whose nearest reference
+      is that checkpoint.
 
     The config handed to ``fit``/``sample`` is read-only: results are returned, never written into
     it, so what is recorded is exactly what was asked plus what the method reported.

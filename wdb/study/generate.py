@@ -13,7 +13,8 @@ run*:
 5. write the generator's own network (run ``genmodel_<gid>``, kind ``model``) and every sample
    (each row its own run ``gen_<run id>``), then flip the status to ``done`` with the wall time and
    the config as finally resolved (methods may record derived values in it, e.g. the ``sigma_used``
-   of the noise baseline).
+   of the noise baseline), after recording the reference set the method declares for its samples
+   (``reference_sets``, ``wdb.study.reference``).
 
 Failure: any exception or ``KeyboardInterrupt`` during 4 or 5 deletes whatever rows of this
 generator run were already committed, marks the run ``failed`` with the error, and re-raises. So
@@ -188,7 +189,7 @@ def _discard_outputs(db, gid: int, error: str) -> None:
     """Delete every row this generator run wrote and mark it failed (one transaction)."""
     import sqlalchemy as sa
 
-    from wdb.catalog.schema import checkpoints, generator_runs, metrics, runs
+    from wdb.catalog.schema import checkpoints, generator_runs, metrics, reference_sets, runs
 
     with db.catalog.begin() as conn:
         run_ids = sa.select(runs.c.id).where(runs.c.generator_run_id == gid)
@@ -196,6 +197,7 @@ def _discard_outputs(db, gid: int, error: str) -> None:
         conn.execute(sa.delete(metrics).where(metrics.c.checkpoint_id.in_(ck_ids)))
         conn.execute(sa.delete(checkpoints).where(checkpoints.c.run_id.in_(run_ids)))
         conn.execute(sa.delete(runs).where(runs.c.generator_run_id == gid))
+        conn.execute(sa.delete(reference_sets).where(reference_sets.c.generator_run_id == gid))
         conn.execute(
             sa.update(generator_runs)
             .where(generator_runs.c.id == gid)
@@ -263,6 +265,26 @@ def _write_samples(
                 {"run": it.run, "checkpoint_id": cid, "kind": it.kind, "space": space.name}
             )
     return written
+
+
+def _record_reference(
+    db,
+    gid: int,
+    method: Any,
+    train: TrainingSet,
+    blocks: list[Samples],
+    written: list[dict],
+    config: dict,
+) -> None:
+    """Record the reference set the method declares for its samples (``wdb.study.reference``)
+    in ``reference_sets``, and its description in the run's config (``reference``)."""
+    from wdb.study import reference
+
+    infos = [(b.info[i] if b.info else {}) for b in blocks for i in range(len(b.rows))]
+    samples = [dict(w, info=i) for w, i in zip(written, infos, strict=True)]
+    ids, described = reference.reference_ids(method, train, samples)
+    reference.record(db, gid, ids)
+    config["reference"] = described
 
 
 def _check_samples(blocks: Any, train: TrainingSet, method: str) -> list[Samples]:
@@ -414,6 +436,7 @@ def generate(
         if state is not None and model_id is None:
             model_id = _store_model(db, gid, name, state)
         written = _write_samples(db, gid, name, ts, blocks)
+        _record_reference(db, gid, mod, ts, blocks, written, work_config)
         timings["write_s"] = round(time.perf_counter() - t0, 3)
         wall = round(time.perf_counter() - t_start, 3)
         work_config["timings"] = timings
