@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from wdb.errors import BadInput
+from wdb.store.tensors import FLOAT8, float8_narrow
 
 FORMATS = ("safetensors", "pt")
 
@@ -105,6 +106,8 @@ _ST_DTYPES = {
     "float32": "F32",
     "float16": "F16",
     "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
     "int64": "I64",
     "int32": "I32",
     "int16": "I16",
@@ -112,6 +115,10 @@ _ST_DTYPES = {
     "uint8": "U8",
     "bool": "BOOL",
 }
+
+
+#: bytes per value of the dtypes numpy cannot name
+_ITEMSIZE = {"bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 
 def _stream_safetensors(db, info: dict, path: Path, memory: int | str | None) -> int:
@@ -123,7 +130,7 @@ def _stream_safetensors(db, info: dict, path: Path, memory: int | str | None) ->
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for e in space.layout.entries:
-        size = e.size * (2 if e.dtype == "bfloat16" else np.dtype(e.dtype).itemsize)
+        size = e.size * (_ITEMSIZE.get(e.dtype) or np.dtype(e.dtype).itemsize)
         header[e.name] = {
             "dtype": _ST_DTYPES[e.dtype],
             "shape": list(e.shape),
@@ -142,6 +149,8 @@ def _stream_safetensors(db, info: dict, path: Path, memory: int | str | None) ->
                 from wdb.store.tensors import to_torch
 
                 arr = to_torch(arr, e.dtype).view(torch.int16).numpy()
+            elif e.dtype in FLOAT8:
+                arr = float8_narrow(arr, e.dtype, e.name)  # the bit patterns, no torch needed
             fh.write(np.ascontiguousarray(arr).data)
     return len(space.layout.entries)
 
