@@ -119,13 +119,13 @@ def dcp_folders(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         return []
-    found, others = [], False
+    found = []
     for p, dcp in _walk(path, MAX_DEPTH - 1):
         if dcp:
             found.append(p)
         elif p.suffix.lower() in STATE_SUFFIXES or p.name.endswith(".index.json"):
-            others = True
-    return [] if others else found
+            return []  # other weight files: the generic reader's folder
+    return found
 
 
 def detect(path: Path) -> bool:

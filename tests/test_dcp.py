@@ -178,3 +178,13 @@ def test_cli_reads_a_dcp_folder(tmp_path: Path):
 
     got = load_file(out)
     _same({k: got[k] for k in _model(6)}, _model(6))
+
+
+def test_detect_leaves_mixed_folders_to_the_generic_reader(tmp_path: Path):
+    import ingest.dcp
+
+    _save({"model": _model(7)}, tmp_path / "runs" / "step-1")
+    assert ingest.dcp.detect(tmp_path / "runs") and ingest.dcp.detect(tmp_path / "runs" / "step-1")
+    torch.save(_model(7), tmp_path / "runs" / "other.pt")
+    assert not ingest.dcp.detect(tmp_path / "runs")
+    assert not ingest.dcp.detect(tmp_path / "runs" / "other.pt")
