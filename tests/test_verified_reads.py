@@ -244,6 +244,36 @@ def test_column_slices_check_only_the_blocks_they_read(db) -> None:
             db.weights(ids, cols=cols)
 
 
+def test_slices_hash_2048_column_blocks_and_mix_with_older_widths(db) -> None:
+    """New rows of a space wider than a chunk are hashed per 2,048 columns (a slice hashes
+    the 2,048-column blocks it falls in, not the 8,192-column chunk width); rows hashed per
+    chunk width by an earlier wdb share the array and are still checked."""
+    from wdb.store.verify import chunk_hashes
+
+    layout = Layout.from_arrays({"w": np.zeros(20_000, np.float32)})
+    rows = np.random.default_rng(2).normal(size=(4, layout.n_params)).astype(np.float32)
+    ids = db.add_checkpoints(layout, rows, run="fine", kind="training")
+    texts = [r["chunk_hashes"] for r in db.sql("SELECT chunk_hashes FROM checkpoints ORDER BY id")]
+    assert all(t.startswith("2048:") and len(t) == 5 + 32 * 10 for t in texts)
+    old = chunk_hashes(rows[1], 8192)  # what rows written before this change hold
+    db.sql(f"UPDATE checkpoints SET chunk_hashes = '{old}' WHERE id = {ids[1]}", write=True)
+    db = wdb.open(db.path)  # no cached hashes
+    for cols in (slice(100, 200), slice(4000, 4200), np.array([7, 12_000, 19_999]), None):
+        want = rows if cols is None else rows[:, cols]
+        np.testing.assert_array_equal(db.weights(ids, cols=cols), want)
+    path = db.space(layout.hash[:12]).array_path
+    for i in (0, 1):  # one bit of column 5000 (block 2 of 2,048, chunk 0 of 8,192) flipped
+        bad = rows[i].copy()
+        bad[5000] = np.nextafter(bad[5000], np.float32(1))
+        db.weights_store.write(path, i, bad[None])
+    db = wdb.open(db.path)
+    np.testing.assert_array_equal(db.weights([ids[0]], cols=slice(100, 200)), rows[:1, 100:200])
+    with pytest.raises(DamagedChunk, match="run 'fine' step 0"):
+        db.weights([ids[0]], cols=slice(4900, 5100))
+    with pytest.raises(DamagedChunk, match="run 'fine' step 1"):  # its block is the chunk
+        db.weights([ids[1]], cols=slice(100, 200))
+
+
 def test_rows_from_before_block_hashes_fall_back_to_sha256(db) -> None:
     layout = Layout.from_arrays({"w": np.zeros(6, np.float32)})
     rows = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)

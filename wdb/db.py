@@ -270,18 +270,8 @@ class Database(Listings, Housekeeping):
     # -- runs and checkpoints: listings in wdb.query.listing (Listings) --------------------
     def _locate(self, ids: Sequence[int]) -> list[dict]:
         """Rows of checkpoints and their hashes (one query; primes the verifier)."""
-        ids = [int(i) for i in ids]
-        if not ids:
-            return []
-        hashes = self.weights_store.verifier
-        rows = hashes.select(hashes.in_list("c.id", "ids"), {"ids": ids})
-        by_id = {r["id"]: r for r in rows}
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise NotFound(f"checkpoint ids not found: {missing[:10]}")
-        for path in {r["array_path"] for r in rows}:
-            hashes.prime(path, (r for r in rows if r["array_path"] == path))
-        return [by_id[i] for i in ids]
+        names, found = self.weights_store.verifier.locate(ids)
+        return [dict(zip(names, t, strict=True)) for t in found]
 
     def checkpoint(self, run: str, step: int | None = None) -> dict:
         """One checkpoint of a run (the given step, or its last one), its row's hashes fetched
@@ -293,14 +283,15 @@ class Database(Listings, Housekeeping):
 
     def weights(self, ids: Sequence[int], cols: Any = None) -> np.ndarray:
         """Rows of the given checkpoints, ``[n, D]`` in the order given (one space only)."""
-        located = self._locate(ids)
-        if not located:
+        names, found = self.weights_store.verifier.locate(ids)  # tuples: no dict per row
+        if not found:
             return np.empty((0, 0), dtype=np.float32)
-        space_ids = {r["space_id"] for r in located}
+        at = {k: i for i, k in enumerate(names)}
+        space_ids = {t[at["space_id"]] for t in found}
         if len(space_ids) > 1:
             raise WdbError(f"checkpoints span {len(space_ids)} weight spaces; select one space")
-        rows = np.array([r["row"] for r in located], dtype=np.int64)
-        return self.weights_store.read(located[0]["array_path"], rows, cols)
+        rows = np.array([t[at["row"]] for t in found], dtype=np.int64)
+        return self.weights_store.read(found[0][at["array_path"]], rows, cols)
 
     def iter_weights(
         self, ids: Sequence[int], batch: int = 4096

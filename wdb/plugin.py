@@ -36,6 +36,8 @@ _NAMES: dict[str, str] = {
     "sniff": "wdb.files.formats:sniff",
     "read_weights": "wdb.files.formats:read_weights",
     "SHARD_NAME": "wdb.files.checkpoint:SHARD_NAME",
+    "CONTAINER_KEYS": "wdb.files.checkpoint:CONTAINER_KEYS",
+    "check_finite": "wdb.files.checkpoint:check_finite",
     "STATE_SUFFIXES": "wdb.files.checkpoint:STATE_SUFFIXES",
     # generators: the contract, its types and the method registry
     "Generator": "wdb.study.contract:Generator",

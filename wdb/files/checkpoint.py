@@ -18,7 +18,7 @@ import numpy as np
 from wdb.errors import BadInput
 from wdb.files.torch import _STORAGE_NAMES, _np_dtype, _Tensor, torch_load
 from wdb.store.spaces import Entry, Layout, storage_dtype_of
-from wdb.store.tensors import FLOAT_DTYPES, state_to_numpy
+from wdb.store.tensors import FLOAT8, FLOAT_DTYPES, float8_widen, state_to_numpy
 from wdb.store.write import RowStream
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", "")
@@ -463,7 +463,7 @@ def _shard_tensors(path: Path, names: list[str]) -> Iterable[tuple[str, np.ndarr
 
     safetensors shards are read tensor by tensor with plain reads into a fresh array (not
     through a memory map, whose touched pages would count against this process until the whole
-    shard is done); bf16 is widened exactly to float32, as everywhere in wdb.
+    shard is done); bf16 and float8 are widened exactly to float32, as everywhere in wdb.
     """
     if path.suffix == ".safetensors":
         header, base = _safetensors_header(path)
@@ -480,7 +480,10 @@ def _shard_tensors(path: Path, names: list[str]) -> Iterable[tuple[str, np.ndarr
                     or fh.readinto(memoryview(raw).cast("B")) != raw.nbytes
                 ):
                     raise BadInput(f"{path.name}: '{name}' is truncated or its offsets are wrong")
-                arr = (raw.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else raw
+                if dtype == "bfloat16":
+                    arr = (raw.astype(np.uint32) << 16).view(np.float32)
+                else:
+                    arr = float8_widen(raw, dtype) if dtype in FLOAT8 else raw
                 yield name, arr.reshape(shape), dtype
         return
     try:
@@ -506,6 +509,8 @@ _ST_DTYPES = {
     "F32": "float32",
     "F16": "float16",
     "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
     "I64": "int64",
     "I32": "int32",
     "I16": "int16",

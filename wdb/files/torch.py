@@ -58,7 +58,10 @@ class _StorageType:
 
 
 def _np_dtype(name: str) -> np.dtype:
-    return np.dtype("uint16") if name == "bfloat16" else np.dtype(name)
+    """The numpy dtype a tensor's raw bytes are read as (bit patterns for bf16 and float8)."""
+    if name == "bfloat16":
+        return np.dtype("uint16")
+    return np.dtype("uint8") if name.startswith("float8_") else np.dtype(name)
 
 
 class _FastUnpickler(pickle.Unpickler):

@@ -21,6 +21,7 @@ import numpy as np
 
 from wdb.errors import BadInput
 from wdb.store.spaces import Entry, Layout
+from wdb.store.tensors import FLOAT_DTYPES
 
 
 @dataclass
@@ -47,7 +48,7 @@ def layers(layout: Layout) -> list[Layer]:
             chain.append(Layer(e))
         elif chain and len(e.shape) == 1 and e.shape[0] == chain[-1].n_out:
             chain[-1].attached.append(e)
-        elif len(e.shape) == 0 or e.dtype not in ("float16", "bfloat16", "float32", "float64"):
+        elif len(e.shape) == 0 or e.dtype not in FLOAT_DTYPES:
             continue  # scalars such as num_batches_tracked carry no units
         else:
             raise BadInput(f"cannot read '{e.name}' {list(e.shape)} as part of a layer chain")

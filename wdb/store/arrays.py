@@ -131,12 +131,12 @@ class ArrayStore:
         hashes (``wdb.store.verify.chunk_hashes``)."""
         import hashlib
 
-        from wdb.store.verify import block_digest
+        from wdb.store.verify import block_digest, hash_width
 
         arr = self.array(path)
         if row + 1 > arr.shape[0]:
             arr.resize((row + 1, *arr.shape[1:]))
-        width = int(arr.chunks[1])
+        width, hashed = int(arr.chunks[1]), hash_width(arr)
         buf = np.empty(min(width, n), dtype=arr.dtype)
         digest = hashlib.sha256()
         blocks: list[bytes] = []
@@ -151,17 +151,17 @@ class ArrayStore:
                 buf[fill : fill + take] = seg[:take]
                 fill, seg = fill + take, seg[take:]
                 if fill == buf.size:
-                    blocks.append(block_digest(buf))
+                    blocks += [block_digest(buf[a : a + hashed]) for a in range(0, fill, hashed)]
                     arr[row, col : col + fill] = buf
                     col, fill = col + fill, 0
                     buf = buf[: min(width, n - col)] if n > col else buf[:0]
         if fill:
-            blocks.append(block_digest(buf[:fill]))
+            blocks += [block_digest(buf[a : min(fill, a + hashed)]) for a in range(0, fill, hashed)]
             arr[row, col : col + fill] = buf[:fill]
             col += fill
         if col != n:
             raise ValueError(f"row stream gave {col} values, expected {n}")
-        return digest.hexdigest(), f"{width}:{b''.join(blocks).hex()}"
+        return digest.hexdigest(), f"{hashed}:{b''.join(blocks).hex()}"
 
     def truncate(self, path: str, n_rows: int) -> None:
         arr = self.array(path)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from wdb.errors import BadInput
-from wdb.store.export_pt import meta_state, raw_bytes, write_torch_files
+from wdb.store.export_pt import ITEMSIZE, meta_state, raw_bytes, write_torch_files
 
 FORMATS = ("safetensors", "pt")
 
@@ -103,6 +103,8 @@ _ST_DTYPES = {
     "float32": "F32",
     "float16": "F16",
     "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
     "int64": "I64",
     "int32": "I32",
     "int16": "I16",
@@ -120,7 +122,7 @@ def _safetensors_header(entries: list) -> tuple[bytes, list[int]]:
     header: dict = {"__metadata__": {"format": "pt"}}
     offsets, offset = [], 0
     for e in entries:
-        size = e.size * (2 if e.dtype == "bfloat16" else np.dtype(e.dtype).itemsize)
+        size = e.size * (ITEMSIZE.get(e.dtype) or np.dtype(e.dtype).itemsize)
         header[e.name] = {
             "dtype": _ST_DTYPES[e.dtype],
             "shape": list(e.shape),

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+#: bytes per value of the dtypes numpy cannot name (stored widened to float32)
+ITEMSIZE = {"bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
 _LOCAL = struct.Struct("<4s5H3L2H")  # local file header, 30 bytes
 _CENTRAL = struct.Struct("<4s6H3L5H2L")  # central directory entry, 46 bytes
 
@@ -30,7 +32,11 @@ _CENTRAL = struct.Struct("<4s6H3L5H2L")  # central directory entry, 46 bytes
 def raw_bytes(dtype: str, arr: np.ndarray) -> np.ndarray:
     """A tensor's values (storage form, :func:`wdb.store.tensors.from_storage`) as the bytes
     its original dtype has in a file (flat ``uint8``): bf16 is narrowed back from its exact
-    float32 widening."""
+    float32 widening, float8 to its bit patterns."""
+    from wdb.store.tensors import FLOAT8, float8_narrow
+
+    if dtype in FLOAT8:
+        return float8_narrow(arr, dtype).reshape(-1)
     if dtype == "bfloat16":
         import torch
 

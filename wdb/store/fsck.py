@@ -39,7 +39,7 @@ import numpy as np
 
 from wdb.store.compact import leftovers
 from wdb.store.spaces import row_sha256
-from wdb.store.verify import chunk_hashes
+from wdb.store.verify import chunk_hashes, hash_width
 
 #: ``(source, checkpoint id) -> row`` (storage dtype): a checkpoint re-read from its source file
 Reread = Callable[[str, int], np.ndarray]
@@ -85,7 +85,7 @@ def _check_space(db, space: dict, report: FsckReport, fix: bool, reread: Reread 
             )
         return
     arr = db.weights_store.array(path)
-    width_cols = int(arr.chunks[1])
+    width_cols = hash_width(arr)
     n_rows = db.weights_store.n_rows(path)
     inside = []
     for c in ck:

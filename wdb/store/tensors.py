@@ -1,7 +1,11 @@
 """Convert state-dict values between torch, numpy and wdb's storage form without losing bits.
 
-wdb stores numpy arrays plus a dtype *name*: numpy has no bfloat16, so bf16 tensors travel as
-their exact float32 widening and are narrowed back on the way out. torch is imported only when a
+wdb stores numpy arrays plus a dtype *name*: numpy has no bfloat16 or float8, so bf16 and float8
+(``float8_e4m3fn``, ``float8_e5m2``) tensors travel as their exact float32 widening and are
+narrowed back on the way out. float8 goes through a 256-entry table of its own rather than
+torch's conversion, because torch maps several float8 NaN bit patterns to one float32 NaN:
+the table gives each of the 256 bit patterns its own float32 bit pattern, so the way back is
+bit-exact (wdb refuses NaN in weights at ingest anyway; the table does not rely on it). torch is imported only when a
 torch tensor is actually seen, so commands that never touch torch stay fast.
 """
 
@@ -15,8 +19,52 @@ import numpy as np
 from wdb.errors import BadInput
 
 #: dtype names wdb accepts, as numpy/torch spell them.
-FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2")
 INT_DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64")
+#: float8 formats: (exponent bits, mantissa bits, has infinities). e4m3fn ("fn": finite) has
+#: no infinities and one NaN pattern per sign (S.1111.111); e5m2 is IEEE-like (the top byte
+#: of a float16): exponent 11111 is Inf with mantissa 0, NaN otherwise.
+FLOAT8 = {"float8_e4m3fn": (4, 3, False), "float8_e5m2": (5, 2, True)}
+_F8_TABLES: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _f8_table(dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(float32 bits of each of the 256 float8 patterns, those bits sorted, the pattern of each
+    sorted entry): widening is a lookup, narrowing a binary search."""
+    if dtype not in _F8_TABLES:
+        ebits, mbits, has_inf = FLOAT8[dtype]
+        b = np.arange(256, dtype=np.uint32)
+        sign, e, m = b >> 7, (b >> mbits) & ((1 << ebits) - 1), b & ((1 << mbits) - 1)
+        bias, top = (1 << (ebits - 1)) - 1, (1 << ebits) - 1
+        frac = m.astype(np.float64) / (1 << mbits)
+        mag = np.where(e == 0, np.ldexp(frac, 1 - bias), np.ldexp(1 + frac, e.astype(int) - bias))
+        val = np.where(sign == 1, -mag, mag).astype(np.float32)
+        bits = val.view(np.uint32).copy()
+        nan = (e == top) & (m != 0) if has_inf else (e == top) & (m == (1 << mbits) - 1)
+        inf = (e == top) & (m == 0) if has_inf else np.zeros(256, bool)
+        bits[inf] = (sign[inf] << 31) | 0x7F800000
+        # a quiet float32 NaN carrying the pattern's low 7 bits: distinct, and kept by casts
+        bits[nan] = (sign[nan] << 31) | 0x7FC00000 | (b[nan] & 0x7F)
+        order = np.argsort(bits, kind="stable")
+        _F8_TABLES[dtype] = (bits, bits[order], order.astype(np.uint8))
+    return _F8_TABLES[dtype]
+
+
+def float8_widen(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """float8 bit patterns (uint8) → float32 values, exactly and one-to-one."""
+    table = _f8_table(dtype)[0]
+    return table[np.asarray(bits, dtype=np.uint8)].view(np.float32)
+
+
+def float8_narrow(values: np.ndarray, dtype: str, name: str = "?") -> np.ndarray:
+    """float32 values (as :func:`float8_widen` made them) → float8 bit patterns (uint8); a
+    value that is not one of the 256 is refused rather than rounded."""
+    _, keys, patterns = _f8_table(dtype)
+    u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    at = np.minimum(np.searchsorted(keys, u), 255)
+    if not np.array_equal(keys[at], u):
+        raise BadInput(f"'{name}' holds values that are not {dtype} (not stored exactly)")
+    return patterns[at]
 
 
 def to_numpy(value: Any, name: str = "?") -> tuple[np.ndarray, str]:
@@ -30,6 +78,8 @@ def to_numpy(value: Any, name: str = "?") -> tuple[np.ndarray, str]:
         dtype = str(t.dtype).removeprefix("torch.")
         if dtype == "bfloat16":
             return t.float().numpy(), "bfloat16"
+        if dtype in FLOAT8:
+            return float8_widen(t.view(torch.uint8).numpy(), dtype), dtype
         if dtype not in FLOAT_DTYPES + INT_DTYPES:
             raise BadInput(f"entry '{name}' has unsupported dtype {dtype}")
         return t.numpy().copy(), dtype
@@ -60,12 +110,15 @@ def to_torch(arr: np.ndarray, dtype: str) -> Any:
     """numpy array in storage form → torch tensor of the original dtype (bit-exact)."""
     import torch
 
+    if dtype in FLOAT8:
+        bits = float8_narrow(arr, dtype)
+        return torch.from_numpy(bits.reshape(np.shape(arr))).view(getattr(torch, dtype))
     t = torch.from_numpy(np.array(arr, copy=True, order="C"))
     return t.to(getattr(torch, dtype))
 
 
 def from_storage(arr: np.ndarray, dtype: str) -> np.ndarray:
-    """Storage-dtype values → numpy array of the original dtype (bf16 stays float32)."""
-    if dtype == "bfloat16":
+    """Storage-dtype values → numpy array of the original dtype (bf16, float8 stay float32)."""
+    if dtype == "bfloat16" or dtype in FLOAT8:
         return arr.astype(np.float32, copy=False)
     return arr.astype(dtype, copy=False)

@@ -2,12 +2,16 @@
 catalog holds for it, or the read fails with :class:`wdb.errors.DamagedChunk`.
 
 What is hashed. ``checkpoints.chunk_hashes`` (revision 0006) holds, per checkpoint, the
-xxh3_128 digest of each column block of its row (the row's part of one Zarr chunk): the text
-``"<width>:<hex><hex>..."``, 32 hex digits per block of ``width`` columns (the array's chunk
-width when the row was written). A full-row read hashes every block of the row; a column slice
-(a few columns of many rows) decodes whole chunks anyway (a chunk is the unit Zarr decodes), so
-it reads the blocks its columns fall in, checks those blocks' digests, and slices the columns
-out: the check costs hashing bytes that were decoded regardless, and never a whole-row read.
+xxh3_128 digest of each column block of its row: the text ``"<width>:<hex><hex>..."``, 32 hex
+digits per block of ``width`` columns. ``width`` is :func:`hash_width` when the row was written:
+2,048 columns in arrays of several rows per chunk (``HASH_COLS``; rows written before it used
+the chunk width, 8,192, and both kinds share arrays), the chunk width in wide arrays (one row
+per chunk, where a family's borrowed chunks are matched by their block hash). A full-row read
+hashes every block of the row; a column slice (a few columns of many rows) reads the blocks its
+columns fall in, checks those blocks' digests, and slices the columns out: never a whole-row
+read, and with 2,048-column blocks a 100-column slice hashes and copies a quarter of what a
+chunk-wide block cost (``benchmarks/bench_verify.py``: the slice case's check went from about
++12-20% to under 10% of its read).
 A hash inside each chunk's encoding would also catch damage, but it is a format change and
 cannot tell a deleted chunk (Zarr reads it as fill values, and zarr 3.1 has no setting that
 makes a missing chunk an error) from a chunk of zeros; the catalog's hashes say what the bytes
@@ -28,13 +32,14 @@ reported, so a cache entry made stale by a deleted checkpoint cannot raise a fal
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import xxhash
 
-from wdb.errors import DamagedChunk
+from wdb.errors import DamagedChunk, NotFound
 from wdb.store.family import DamagedFamily
 
 if TYPE_CHECKING:
@@ -65,6 +70,20 @@ class Expected(NamedTuple):
     damaged: str | None
     #: every checkpoint known to point at this row (a shared row has several)
     ids: tuple[int, ...] = ()
+
+
+#: columns per hashed block of rows written now in arrays of several rows per chunk (when the
+#: chunk width is a multiple of it): a column slice hashes the 2,048-column blocks its columns
+#: fall in, not the whole 8,192-column chunk width (4x less hashing and copying; the catalog
+#: text is 32 hex digits per block, 0.4% of a float32 row). Wide arrays (one row per chunk)
+#: hash per chunk: a family's borrowed chunks are found by their chunk's block hash.
+HASH_COLS = 2048
+
+
+def hash_width(arr: Any) -> int:
+    """Columns per hashed block for rows written now into the Zarr array ``arr``."""
+    rows, width = int(arr.chunks[0]), int(arr.chunks[1])
+    return HASH_COLS if rows > 1 and width % HASH_COLS == 0 else width
 
 
 def chunk_hashes(row: np.ndarray, width: int) -> str:
@@ -133,6 +152,27 @@ class RowHashes:
         cols, rows = self._select(where, params)
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
+    def locate(self, ids: Iterable[int]) -> tuple[list[str], list[tuple]]:
+        """(column names, one tuple per checkpoint in the order of ``ids``) as :meth:`select`
+        gives them, in one query whose tuples also prime the cache (a one-shot read of a few
+        thousand checkpoints would otherwise spend as long building dicts as hashing bytes).
+        A missing id is :class:`NotFound`."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return [], []
+        names, found = self._select(self.in_list("c.id", "ids"), {"ids": ids})
+        at_id, at_path = names.index("id"), names.index("array_path")
+        by_id = {t[at_id]: t for t in found}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise NotFound(f"checkpoint ids not found: {missing[:10]}")
+        paths = {t[at_path] for t in found}
+        for path in paths:
+            self._store(
+                path, found if len(paths) == 1 else [t for t in found if t[at_path] == path]
+            )
+        return names, [by_id[i] for i in ids]
+
     def in_list(self, column: str, name: str) -> str:
         if self._duckdb:
             return f"{column} IN (SELECT unnest(CAST(:{name} AS BIGINT[])))"
@@ -141,18 +181,32 @@ class RowHashes:
     def prime(self, path: str, records: Iterable[dict]) -> None:
         """Remember expectations already fetched (``Database.weights`` gets them with the
         rows' locations, saving a second query)."""
-        keys = ("row", "id", "run", "step", "sha256", "chunk_hashes", "damaged")
-        self._store(path, (tuple(r.get(k) for k in keys) for r in records))
+        pick = operator.itemgetter("row", "id", "run", "step", "sha256", "chunk_hashes", "damaged")
+        self._store(path, map(pick, records))
 
     def _store(self, path: str, tuples: Iterable[tuple]) -> None:
+        """Parse and cache fetched rows. A one-shot read of a few thousand checkpoints spends
+        more here than hashing their bytes, so the loop stays lean: the width of the previous
+        row's hash text is reused when its prefix is the same (it always is within an array)."""
         cache = self._by_path.setdefault(path, {})
-        for row, cid, run, step, sha, text, damaged, *_ in tuples:
-            width, hexs = _parse(text) if text else (0, None)
-            digests = None if hexs is None else bytes.fromhex(hexs)
-            prev = cache.get(int(row))
-            ids = (int(cid),) if prev is None else tuple(sorted({int(cid), *prev.ids}))
-            # the last one stored is named (``Database._locate`` primes the one being read)
-            cache[int(row)] = Expected(int(cid), run, int(step), sha, width, digests, damaged, ids)
+        get, fromhex, new = cache.get, bytes.fromhex, tuple.__new__
+        prefix, width, cut = "", 0, 0
+        for t in tuples:  # (row, id, run, step, sha256, chunk_hashes, damaged, ...)
+            text = t[5]
+            if text:
+                if not prefix or not text.startswith(prefix):
+                    width, _ = _parse(text)
+                    prefix = f"{width}:"
+                    cut = len(prefix)
+                digests = fromhex(text[cut:])
+            else:
+                width, digests, prefix = 0, None, ""
+            row, cid = int(t[0]), int(t[1])
+            prev = get(row)
+            ids = (cid,) if prev is None else tuple(sorted({cid, *prev.ids}))
+            # the last one stored is named (``Database._locate`` primes the one being read);
+            # tuple.__new__: a namedtuple's own constructor costs as much as the parsing
+            cache[row] = new(Expected, (cid, t[2], t[3], t[4], width, digests, t[6], ids))
 
     def get(self, path: str, rows: np.ndarray, refresh: bool = False) -> dict[int, Expected]:
         """Expectations of ``rows`` (unique) that a checkpoint references."""
@@ -193,38 +247,40 @@ class RowHashes:
             self._check(store, path, rows, data, 0, None, expect)
             return data
         widths = {e.width for e in expect.values()}
-        if len(widths) != 1 or 0 in widths:  # rows from before block hashes: whole rows
+        if 0 in widths:  # rows from before block hashes: whole rows
             data = self._guarded(store, path, rows, None, expect)
             self._check(store, path, rows, data, 0, None, expect)
             return data[:, cols]
-        (width,) = widths
         arr = store.array(path)
         n_cols = int(arr.shape[1])
-        if isinstance(cols, slice) and cols.step in (None, 1):  # a column block: no index array
-            lo, hi, _ = cols.indices(n_cols)  # (one of a 1B-parameter row is 8 GB)
+        if isinstance(cols, slice) and cols.step in (None, 1):  # a tensor: no index arrays
+            lo, hi, _ = cols.indices(n_cols)
             if hi <= lo:
                 return store.read(path, rows, cols, verify=False)
-            blocks = np.arange(lo // width, (hi - 1) // width + 1)
-            idx, scalar = slice(lo, hi), False
+            blocks = _Blocks(range(lo, hi))
+            scalar, n_out = False, hi - lo
         else:
             idx = np.arange(n_cols)[cols]
             scalar = np.ndim(idx) == 0
             idx = np.atleast_1d(idx)
             if idx.size == 0:
                 return store.read(path, rows, cols, verify=False)
-            blocks = np.unique(idx // width)
-        c0, c1 = int(blocks[0]) * width, min(n_cols, (int(blocks[-1]) + 1) * width)
-        if isinstance(idx, slice):
-            take, n_out = slice(idx.start - c0, idx.stop - c0), idx.stop - idx.start
-        else:
-            take, n_out = idx - c0, idx.size
+            blocks = _Blocks(idx)
+            lo, n_out = int(idx.min()), idx.size
+        # the columns read: every block the asked columns fall in, whatever each row's width
+        # (rows hashed before and after a change of block width can share an array)
+        c0 = min(int(blocks[w][0]) * w for w in widths)
+        c1 = max(min(n_cols, (int(blocks[w][-1]) + 1) * w) for w in widths)
+        pick: Any = (
+            idx - c0 if isinstance(blocks.cols, np.ndarray) else slice(lo - c0, lo - c0 + n_out)
+        )
         out = np.empty((rows.size, n_out), dtype=arr.dtype)
         step = max(1, SLICE_BYTES // max(1, (c1 - c0) * arr.dtype.itemsize))
         for a in range(0, rows.size, step):
             part = rows[a : a + step]
             data = self._guarded(store, path, part, slice(c0, c1), expect)
             self._check(store, path, part, data, c0, blocks, expect)
-            out[a : a + step] = data[:, take]
+            out[a : a + step] = data[:, pick]
         return out[:, 0] if scalar else out
 
     def _guarded(
@@ -267,7 +323,7 @@ class RowHashes:
         rows: np.ndarray,
         data: np.ndarray,
         c0: int,
-        blocks: np.ndarray | None,
+        blocks: _Blocks | None,
         expect: dict[int, Expected],
     ) -> None:
         """Compare ``data`` (columns from ``c0``) with the expected hashes: every block of a
@@ -318,11 +374,30 @@ class RowHashes:
         )
 
 
+class _Blocks(dict):
+    """Hash width → the numbers of the blocks the asked columns (a ``range`` or an index
+    array) fall in, computed on first use."""
+
+    def __init__(self, cols: range | np.ndarray) -> None:
+        super().__init__()
+        self.cols = cols
+
+    def __missing__(self, width: int) -> np.ndarray:
+        c = self.cols
+        got = (
+            np.arange(c.start // width, (c.stop - 1) // width + 1)
+            if isinstance(c, range)
+            else np.unique(c // width)
+        )
+        self[width] = got
+        return got
+
+
 def _mismatches(
     rows: np.ndarray,
     data: np.ndarray,
     c0: int,
-    blocks: np.ndarray | None,
+    blocks: _Blocks | None,
     expect: dict[int, Expected],
 ) -> dict[int, int]:
     """Rows whose bytes in ``data`` differ from ``expect`` → column offset (in ``data``) of the
@@ -357,8 +432,10 @@ def _mismatches(
                 ]
                 bad[r] = (diff[0] // 16 if diff else 0) * e.width
             continue
-        for b in blocks.tolist():
+        for b in blocks[e.width].tolist():
             a = b * e.width - c0
+            if a < 0 or a >= data.shape[1]:  # a width first seen on a refresh: not read here
+                continue
             seg = flat[at + a * size : at + min(rb, (a + e.width) * size)]
             if digest(seg) != e.digests[b * 16 : (b + 1) * 16]:
                 bad[r] = a

@@ -25,7 +25,7 @@ from wdb.catalog.dialect import insert_many, next_ids
 from wdb.errors import BadInput
 from wdb.store.lineage import Plan, place
 from wdb.store.spaces import Layout, row_sha256
-from wdb.store.verify import chunk_hashes
+from wdb.store.verify import chunk_hashes, hash_width
 
 #: what a checkpoint is: a training checkpoint, a generator's sample, a baseline's sample, an
 #: autoencoder reconstruction, or a generator's own network.
@@ -288,7 +288,7 @@ def _write_bytes(
     from wdb.store import family
 
     store, path = db.weights_store, space.array_path
-    width = int(store.array(path).chunks[1])
+    width = hash_width(store.array(path))
     todo = [i for i, p in enumerate(plans) if not p.shared]
     written: dict[int, Any] = {}
     hashes: list[str | None] = [
