@@ -84,6 +84,55 @@ def test_scan_matches_numpy_oracle(d, budget):
         assert np.allclose(dist[j], want, rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("d,budget", [(700, 24 * KB), (20_000, 96 * KB)])
+def test_all_targets_in_one_pass_equal_each_target_alone(d, budget):
+    # the kernel sums every target of a pass against each reference value read once; the
+    # budget splits targets into passes and references into blocks (whole rows, then column
+    # blocks), and each target's distances are the same bits as when it is searched alone
+    rng = np.random.default_rng(d)
+    refs = rng.normal(size=(45, d)).astype(np.float32)
+    qs = (refs[:9] + 0.1 * rng.normal(size=(9, d))).astype(np.float32)
+    q_ids = np.array([-1, 7, -1, -1, 2, -1, -1, -1, 8])  # some are references themselves
+    ids, dist, plan = scan.knn(refs, np.arange(45), qs, q_ids, 3, budget)
+    if d < 1000:  # several passes of whole rows, several reads each
+        assert plan.whole_rows and 1 < plan.queries < 9 and plan.rows < 45
+    else:  # one pass, each row in column blocks
+        assert not plan.whole_rows and plan.cols < d and plan.queries == 9
+    for j in range(len(qs)):
+        one_i, one_d, _ = scan.knn(refs, np.arange(45), qs[j : j + 1], q_ids[j : j + 1], 3, budget)
+        assert ids[j].tolist() == one_i[0].tolist()
+        assert dist[j].tobytes() == one_d[0].tobytes()
+        o, want = oracle(refs, qs[j], 3, exclude=q_ids[j] if q_ids[j] >= 0 else None)
+        assert ids[j].tolist() == o.tolist()
+        assert np.allclose(dist[j], want, rtol=1e-13, atol=0)
+
+
+def test_numpy_path_matches_the_kernel_and_the_oracle(monkeypatch):
+    # float16 rows and processes without numba sum with numpy, on the same kind of grid
+    from wdb.query import kernel
+
+    rng = np.random.default_rng(1)
+    refs = rng.normal(size=(30, 3000)).astype(np.float32)
+    qs = rng.normal(size=(4, 3000)).astype(np.float32)
+    half = scan.knn(
+        refs.astype(np.float16), np.arange(30), qs.astype(np.float16), [-1] * 4, 5, 1 << 20
+    )
+    for j in range(4):
+        o, want = oracle(refs.astype(np.float16), qs[j].astype(np.float16), 5)
+        assert half[0][j].tolist() == o.tolist()
+        assert np.allclose(half[1][j], want, rtol=1e-13, atol=0)
+    calls = []
+    real = kernel.accumulate
+    monkeypatch.setattr(kernel, "accumulate", lambda *a: calls.append(1) or real(*a))
+    fast = scan.knn(refs, np.arange(30), qs, np.full(4, -1), 5, 64 * KB)
+    n_fast = len(calls)
+    monkeypatch.setattr(kernel, "_kernel", False)  # as if numba were missing
+    slow = scan.knn(refs, np.arange(30), qs, np.full(4, -1), 5, 64 * KB)
+    assert n_fast > 0 and len(calls) == n_fast  # the second scan summed with numpy only
+    assert fast[0].tolist() == slow[0].tolist()
+    assert np.allclose(fast[1], slow[1], rtol=1e-13, atol=0)
+
+
 @pytest.mark.parametrize("d", [48, 20_000])
 def test_nearest_and_novelty_within_a_tiny_budget(db, d):
     train, t_ids, gen, g_ids = _family(db, d, 30, seed=d)
