@@ -301,3 +301,30 @@ def test_a_killed_worker_is_retried_or_the_query_fails_in_one_line(db, tmp_path,
             wq.novelty(db, "kind = 'generated'", k=2, save=True, workers=2)
     assert "\n" not in str(err.value)
     assert n_relations() == before
+
+
+def test_evaluate_batches_fit_the_memory_budget(db, monkeypatch):
+    # `wdb evaluate --memory`: a batch holds as many checkpoints as fit (read READ_FACTOR
+    # times over), not --batch's 256 of any size
+    from click.testing import CliRunner
+
+    from wdb.cli.main import cli
+    from wdb.study import tasks
+
+    t = tasks.get("mnist-mlp")
+    layout = t.layout()
+    rng = np.random.default_rng(0)
+    rows = (rng.normal(size=(10, layout.n_params)) * 0.1).astype(np.float32)
+    db.add_checkpoints(layout, rows, run="r", kind="training", zoo="z")
+    sizes = []
+    real = type(t).evaluate_rows
+    monkeypatch.setattr(
+        type(t), "evaluate_rows", lambda self, r, ctx: sizes.append(len(r)) or real(self, r, ctx)
+    )
+    budget = str(layout.n_params * 4 * scan.READ_FACTOR * 4)  # four rows
+    args = ["--db", str(db.path), "evaluate", "--task", "mnist-mlp", "--memory", budget]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert sizes == [4, 4, 2]
+    res = CliRunner().invoke(cli, [*args[:-1], "lots"])
+    assert res.exit_code != 0 and "not a size" in res.output
