@@ -15,8 +15,10 @@ between workers (column blocks start on the grid: ``wdb.query.scan`` cuts them a
 its tile, itself a multiple of ``GROUP``). It is exact to float64 rounding, like the oracle:
 float32 values subtract exactly in float64 and only squares and sums round.
 
-Rows of other dtypes (float16) and processes without numba use the numpy path
-(``wdb.query.scan._accumulate``), which sums on the same kind of grid.
+Small scans (below ``wdb.query.scan.FAST_MIN`` value-query pairs: loading the kernel costs
+about a second in a fresh process), rows of other dtypes (float16) and processes without numba
+use the numpy path (``wdb.query.scan._accumulate``), which sums on the same kind of grid; the
+plan decides once per scan, so every worker of a scan sums alike.
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ TILE = 4096
 #: row dtypes the kernel takes (others go through numpy)
 KINDS = (np.dtype(np.float32), np.dtype(np.float64))
 
-_kernel = None
-
-
-def _compile():
+try:  # imported with this module (scan imports it lazily): about 0.3 s
     import numba
+except ImportError:  # pragma: no cover - numba is a dependency; the numpy path remains
+    numba = None
+
+if numba is not None:
 
     @numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, inline="never")
-    def group(r, q, a, b):  # pragma: no cover - compiled
+    def _group(r, q, a, b):  # pragma: no cover - compiled
         s = 0.0
         for x in range(a, b):
             d = np.float64(r[x]) - np.float64(q[x])
@@ -45,7 +48,7 @@ def _compile():
         return s
 
     @numba.njit(cache=True, nogil=True)
-    def accumulate(R, Q, acc):  # pragma: no cover - compiled
+    def _accumulate(R, Q, acc):  # pragma: no cover - compiled
         m, c = R.shape
         t = Q.shape[0]
         for t0 in range(0, c, TILE):
@@ -56,32 +59,22 @@ def _compile():
                     q = Q[j]
                     total = acc[j, i]
                     for g0 in range(t0, t1, GROUP):
-                        total += group(r, q, g0, min(t1, g0 + GROUP))
+                        total += _group(r, q, g0, min(t1, g0 + GROUP))
                     acc[j, i] = total
 
-    return accumulate
+
+#: the compiled kernel, or False (tests set it False to take the numpy path)
+_kernel = _accumulate if numba is not None else False
 
 
 def kernel():
-    """The compiled kernel, or None where numba is not installed (compiled on first use and
-    cached on disk by numba)."""
-    global _kernel
-    if _kernel is None:
-        try:
-            _kernel = _compile()
-        except ImportError:
-            _kernel = False
+    """The compiled kernel (compiled on first use, then cached on disk by numba), or None."""
     return _kernel or None
-
-
-def compiled() -> bool:
-    """Whether the kernel is available in this process (numba installed)."""
-    return kernel() is not None
 
 
 def usable(R: np.ndarray, Q: np.ndarray) -> bool:
     """Whether the kernel sums these blocks (float32 / float64 rows, numba installed)."""
-    return R.dtype in KINDS and Q.dtype in KINDS and compiled()
+    return R.dtype in KINDS and Q.dtype in KINDS and kernel() is not None
 
 
 def accumulate(R: np.ndarray, Q: np.ndarray, acc: np.ndarray) -> None:

@@ -39,6 +39,10 @@ AHEAD = 1
 CHUNK_COLS = 1 << 20
 #: columns summed by one einsum; tiles are whole groups (see ``_accumulate``)
 GROUP = 256
+#: value-query pairs (references x values x queries) from which a scan sums with the compiled
+#: kernel (``wdb.query.kernel``): below, loading it (about 1 s in a fresh process) would cost
+#: more than it saves, and a zoo-sized query stays as quick as before
+FAST_MIN = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Plan:
     whole_rows: bool = True
     sub: int = 1  # reference rows per float64 tile
     ahead: bool = True  # the next block is read while this one is summed
+    fast: bool = False  # summed by the compiled kernel (decided once: workers sum alike)
 
     def describe(self) -> str:
         what = "whole rows" if self.whole_rows else f"column blocks of {self.cols}"
@@ -87,7 +92,8 @@ def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int, fast: bool) -
                     per_row = dim * isz * (READ_FACTOR + ahead) + q * 8
                     b = (blocks - (q + 1) * dim * isz - topk) // per_row  # +1: the family's row
                     if b >= 1:
-                        return Plan(q, int(min(b, max(n, 1))), dim, w, dim, True, sub, ahead > 0)
+                        rows = int(min(b, max(n, 1)))
+                        return Plan(q, rows, dim, w, dim, True, sub, ahead > 0, fast)
             room = blocks - q * max(n, 1) * 8 - topk  # partial sums of every reference
             # a column read holds the block and its reordered copy: 2 per value; then the
             # block read ahead and the family's last decoded range
@@ -96,7 +102,7 @@ def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int, fast: bool) -
                 c = c // CHUNK_COLS * CHUNK_COLS
             if c >= w:
                 b = min(max(n, 1), (room - (2 * q + 1) * c * isz) // ((2 + AHEAD) * c * isz))
-                return Plan(q, int(max(b, 1)), int(min(c, dim)), w, dim, False, sub)
+                return Plan(q, int(max(b, 1)), int(min(c, dim)), w, dim, False, sub, True, fast)
         q = q // 2 if q > 1 else 0
     return None
 
@@ -104,9 +110,11 @@ def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int, fast: bool) -
 def plan(n: int, nq: int, dim: int, itemsize: int, k: int, budget: int, what: str = "") -> Plan:
     """A plan for ``nq`` queries against ``n`` references of ``dim`` values, or a one-line
     BadInput saying the smallest budget that works."""
-    from wdb.query.kernel import compiled
+    import importlib.util
 
-    fast = itemsize in (4, 8) and compiled()  # float32 / float64 rows: the kernel sums
+    # float32 / float64 rows of a big enough scan: the kernel sums (numba imported only then)
+    fast = itemsize in (4, 8) and n * dim * max(1, nq) >= FAST_MIN
+    fast = fast and importlib.util.find_spec("numba") is not None
     got = _fit(n, nq, dim, itemsize, k, budget, fast)
     if got is not None:
         return got
@@ -204,7 +212,9 @@ def source(rows: Any) -> StoredRows | MemoryRows:
 
 
 # -- the scan ---------------------------------------------------------------------------------
-def _accumulate(R: np.ndarray, Q: np.ndarray, acc: np.ndarray, tile: int, rb: int) -> None:
+def _accumulate(
+    R: np.ndarray, Q: np.ndarray, acc: np.ndarray, tile: int, rb: int, fast: bool = False
+) -> None:
     """``acc[j, i] += sum((R[i] - Q[j])**2)`` over the block's columns, one float64 tile of
     ``tile`` columns at a time. The sum is the same whatever the tile: each ``GROUP`` columns
     are summed by one einsum, and the groups are added to ``acc`` strictly left to right
@@ -212,13 +222,15 @@ def _accumulate(R: np.ndarray, Q: np.ndarray, acc: np.ndarray, tile: int, rb: in
     float32 rows are cast inside the subtraction (no float64 copy of the block) for one query,
     once per tile for several; every float64 array is one reused tile.
 
-    float32 and float64 rows go to the compiled kernel (:mod:`wdb.query.kernel`: one pass over
-    the block for all queries, same kind of grid); this numpy path sums the other dtypes."""
-    from wdb.query import kernel
+    With ``fast`` (the plan's), float32 and float64 rows go to the compiled kernel
+    (:mod:`wdb.query.kernel`: one pass over the block for all queries, the same kind of grid);
+    this numpy path sums small scans and the other dtypes."""
+    if fast:
+        from wdb.query import kernel
 
-    if kernel.usable(R, Q):
-        kernel.accumulate(R, Q, acc)
-        return
+        if kernel.usable(R, Q):
+            kernel.accumulate(R, Q, acc)
+            return
     b, c = R.shape
     for c0 in range(0, c, tile):
         w = min(tile, c - c0)
@@ -316,7 +328,7 @@ def topk_sq(
             spans = [slice(r0, min(n, r0 + plan_.rows)) for r0 in range(0, n, plan_.rows)]
             for rs, R in _ahead(refs, [(rs, None) for rs in spans], plan_.ahead):
                 acc = np.zeros((Q.shape[0], R.shape[0]))
-                _accumulate(R, Q, acc, plan_.tile, plan_.sub)
+                _accumulate(R, Q, acc, plan_.tile, plan_.sub, plan_.fast)
                 del R
                 best = _top(acc, ref_ids[rs], qid, k, best)
         else:
@@ -326,7 +338,7 @@ def topk_sq(
                 Q = queries.read(qs, cs)
                 spans = [(slice(r0, min(n, r0 + plan_.rows)), cs) for r0 in range(0, n, plan_.rows)]
                 for rs, R in _ahead(refs, spans):
-                    _accumulate(R, Q, acc[:, rs], plan_.tile, plan_.sub)
+                    _accumulate(R, Q, acc[:, rs], plan_.tile, plan_.sub, plan_.fast)
                     del R
             best = _top(acc, ref_ids, qid, k, best)
         out_d[qs], out_i[qs] = best
