@@ -12,7 +12,8 @@ groups on a grid fixed from the row's first column; within a group the compiler 
 the sum (the only reassociation allowed), the group sums are added to the total strictly left to
 right. So a reference's distance does not depend on how rows or columns were batched or split
 between workers (column blocks start on the grid: ``wdb.query.scan`` cuts them at multiples of
-its tile, itself a multiple of ``GROUP``). It is exact to float64 rounding, like the oracle:
+its tile, itself a multiple of ``GROUP``). The order inside a group is the compiled code's, so
+machines with other vector widths (a Dask cluster of unlike hosts) may differ in the last bit. It is exact to float64 rounding, like the oracle:
 float32 values subtract exactly in float64 and only squares and sums round.
 
 Small scans (below ``wdb.query.scan.FAST_MIN`` value-query pairs: loading the kernel costs
