@@ -99,3 +99,33 @@ def test_deeper_mlp_refused():
     )
     with pytest.raises(BadInput, match="exactly one hidden layer"):
         neuron_layout(lay)
+
+
+@pytest.mark.parametrize("budget", [6_000, 40_000, 1 << 30])
+def test_aligned_scan_in_blocks_within_a_budget_is_exact(budget):
+    # references read a block of rows at a time (a few rows under the tiny budgets): the
+    # branch and bound of each block starts from the best of the blocks before it
+    from wdb.query.align import scan_knn
+    from wdb.query.scan import MemoryRows
+
+    lay = mlp_layout(30, 6, 5)
+    nl = neuron_layout(lay)
+    rng = np.random.default_rng(5)
+    protos = rng.normal(size=(4, lay.n_params))
+    refs = np.stack(
+        [
+            permute(protos[i % 4], lay, [rng.permutation(6)]) + 0.05 * rng.normal(size=lay.n_params)
+            for i in range(60)
+        ]
+    ).astype(np.float32)
+    qs = refs[[3, 17, 40]]
+    got = scan_knn(MemoryRows(refs), qs, nl, 5, [3, 17, -1], budget)
+    whole = AlignedSearch(refs, nl).knn_many(qs, 5, [3, 17, -1])
+    for j, q in enumerate(qs):
+        ref = brute_aligned(q, refs, nl)
+        if j < 2:
+            ref[[3, 17][j]] = np.inf
+        order = np.argsort(ref, kind="stable")[:5]
+        assert got[j].index.tolist() == order.tolist() == whole[j].index.tolist()
+        assert np.allclose(got[j].distance, ref[order], rtol=1e-9, atol=0)
+        assert np.array_equal(got[j].distance, whole[j].distance)

@@ -41,6 +41,13 @@ def _family(db, d: int, n: int, seed: int, targets: int = 6):
     return train, np.array(t_ids), gen, g_ids
 
 
+@pytest.fixture(params=[False, True], ids=["numpy", "kernel"])
+def fast(request, monkeypatch):
+    """Sum with numpy or with the compiled kernel (``wdb.query.kernel``), whatever the size."""
+    monkeypatch.setattr(scan, "FAST_MIN", 0 if request.param else 1 << 62)
+    return request.param
+
+
 def test_memory_sizes_parse_and_resolve(monkeypatch):
     assert memory.parse_bytes("512MB") == 512 << 20
     assert memory.parse_bytes("1GB") == 1 << 30
@@ -70,22 +77,81 @@ def test_plans_are_sized_in_bytes():
 
 
 @pytest.mark.parametrize("d,budget", [(64, 16 * KB), (20_000, 64 * KB), (20_000, 48 * KB)])
-def test_scan_matches_numpy_oracle(d, budget):
+def test_scan_matches_numpy_oracle(d, budget, fast):
     rng = np.random.default_rng(d + budget)
     refs = rng.normal(size=(37, d)).astype(np.float32)
     qs = np.concatenate([refs[[3, 20]], rng.normal(size=(3, d)).astype(np.float32)])
     ref_ids = np.arange(100, 137)
     q_ids = np.array([103, 120, -1, -1, -1])  # the first two are references themselves
     ids, dist, plan = scan.knn(refs, ref_ids, qs, q_ids, 4, budget)
-    assert plan.whole_rows == (d * 4 * scan.READ_FACTOR < budget)
+    assert plan.whole_rows == (d * 4 * scan.READ_FACTOR < budget) and plan.fast == fast
     for j in range(len(qs)):
         o, want = oracle(refs, qs[j], 4, exclude=(q_ids[j] - 100) if q_ids[j] >= 0 else None)
         assert ids[j].tolist() == (o + 100).tolist()
         assert np.allclose(dist[j], want, rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("d,budget", [(700, 24 * KB), (20_000, 96 * KB)])
+def test_all_targets_in_one_pass_equal_each_target_alone(d, budget, fast):
+    # the kernel sums every target of a pass against each reference value read once; the
+    # budget splits targets into passes and references into blocks (whole rows, then column
+    # blocks), and each target's distances are the same bits as when it is searched alone
+    budget = budget if fast else 4 * budget  # numpy's float64 tiles take their share
+    rng = np.random.default_rng(d)
+    refs = rng.normal(size=(45, d)).astype(np.float32)
+    qs = (refs[:9] + 0.1 * rng.normal(size=(9, d))).astype(np.float32)
+    q_ids = np.array([-1, 7, -1, -1, 2, -1, -1, -1, 8])  # some are references themselves
+    ids, dist, plan = scan.knn(refs, np.arange(45), qs, q_ids, 3, budget)
+    if d < 1000:  # several passes of whole rows, several reads each
+        assert plan.whole_rows and 1 < plan.queries < 9 and plan.rows < 45
+    else:  # one pass, each row in column blocks
+        assert not plan.whole_rows and plan.cols < d and plan.queries == 9
+    for j in range(len(qs)):
+        one_i, one_d, _ = scan.knn(refs, np.arange(45), qs[j : j + 1], q_ids[j : j + 1], 3, budget)
+        assert ids[j].tolist() == one_i[0].tolist()
+        assert dist[j].tobytes() == one_d[0].tobytes()
+        o, want = oracle(refs, qs[j], 3, exclude=q_ids[j] if q_ids[j] >= 0 else None)
+        assert ids[j].tolist() == o.tolist()
+        assert np.allclose(dist[j], want, rtol=1e-13, atol=0)
+
+
+def test_numpy_path_matches_the_kernel_and_the_oracle(monkeypatch):
+    # float16 rows and processes without numba sum with numpy, on the same kind of grid
+    from wdb.query import kernel
+
+    rng = np.random.default_rng(1)
+    refs = rng.normal(size=(30, 3000)).astype(np.float32)
+    qs = rng.normal(size=(4, 3000)).astype(np.float32)
+    monkeypatch.setattr(scan, "FAST_MIN", 0)
+    half = scan.knn(
+        refs.astype(np.float16), np.arange(30), qs.astype(np.float16), [-1] * 4, 5, 1 << 20
+    )
+    assert not half[2].fast
+    for j in range(4):
+        o, want = oracle(refs.astype(np.float16), qs[j].astype(np.float16), 5)
+        assert half[0][j].tolist() == o.tolist()
+        assert np.allclose(half[1][j], want, rtol=1e-13, atol=0)
+    calls = []
+    real = kernel.accumulate
+    monkeypatch.setattr(kernel, "accumulate", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(scan, "FAST_MIN", 1 << 62)  # a small scan: numpy sums
+    slow = scan.knn(refs, np.arange(30), qs, np.full(4, -1), 5, 64 * KB)
+    assert not slow[2].fast and not calls
+    monkeypatch.setattr(scan, "FAST_MIN", 0)
+    fast = scan.knn(refs, np.arange(30), qs, np.full(4, -1), 5, 64 * KB)
+    assert fast[2].fast and calls
+    n_calls = len(calls)
+    monkeypatch.setattr(kernel, "_kernel", False)  # as if numba were missing: numpy sums
+    missing = scan.knn(refs, np.arange(30), qs, np.full(4, -1), 5, 64 * KB)
+    assert len(calls) == n_calls
+    assert missing[0].tolist() == fast[0].tolist()
+    assert np.allclose(missing[1], fast[1], rtol=1e-13, atol=0)
+    assert fast[0].tolist() == slow[0].tolist()
+    assert np.allclose(fast[1], slow[1], rtol=1e-13, atol=0)
+
+
 @pytest.mark.parametrize("d", [48, 20_000])
-def test_nearest_and_novelty_within_a_tiny_budget(db, d):
+def test_nearest_and_novelty_within_a_tiny_budget(db, d, fast):
     train, t_ids, gen, g_ids = _family(db, d, 30, seed=d)
     run = db.checkpoints("checkpoint_id = :i", {"i": g_ids[1]})[0]["run"]
     got = wq.nearest(db, run, k=3, memory="64KB")
@@ -101,7 +167,7 @@ def test_nearest_and_novelty_within_a_tiny_budget(db, d):
         assert np.isclose(r["min_l2"], want[0], rtol=1e-13, atol=0)
 
 
-def test_novelty_reads_each_reference_once_for_all_targets(db, monkeypatch):
+def test_novelty_reads_each_reference_once_for_all_targets(db, monkeypatch, fast):
     d, n = 20_000, 30
     _family(db, d, n, seed=5)
     read = []
@@ -161,7 +227,7 @@ def test_cli_memory_option_and_bad_budget(db):
     assert res.exit_code != 0 and "not a size" in res.output
 
 
-def test_scan_partitions_on_two_workers_merge_to_the_local_answer(db):
+def test_scan_partitions_on_two_workers_merge_to_the_local_answer(db, fast):
     pytest.importorskip("distributed", reason="Dask is not installed (pip install -e '.[dask]')")
     train, t_ids, gen, g_ids = _family(db, 20_000, 25, seed=13)
     local = wq.novelty(db, "kind = 'generated'", k=3, save=False, memory="128KB")
@@ -252,3 +318,30 @@ def test_a_killed_worker_is_retried_or_the_query_fails_in_one_line(db, tmp_path,
             wq.novelty(db, "kind = 'generated'", k=2, save=True, workers=2)
     assert "\n" not in str(err.value)
     assert n_relations() == before
+
+
+def test_evaluate_batches_fit_the_memory_budget(db, monkeypatch):
+    # `wdb evaluate --memory`: a batch holds as many checkpoints as fit (read READ_FACTOR
+    # times over), not --batch's 256 of any size
+    from click.testing import CliRunner
+
+    from wdb.cli.main import cli
+    from wdb.study import tasks
+
+    t = tasks.get("mnist-mlp")
+    layout = t.layout()
+    rng = np.random.default_rng(0)
+    rows = (rng.normal(size=(10, layout.n_params)) * 0.1).astype(np.float32)
+    db.add_checkpoints(layout, rows, run="r", kind="training", zoo="z")
+    sizes = []
+    real = type(t).evaluate_rows
+    monkeypatch.setattr(
+        type(t), "evaluate_rows", lambda self, r, ctx: sizes.append(len(r)) or real(self, r, ctx)
+    )
+    budget = str(layout.n_params * 4 * scan.READ_FACTOR * 4)  # four rows
+    args = ["--db", str(db.path), "evaluate", "--task", "mnist-mlp", "--memory", budget]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert sizes == [4, 4, 2]
+    res = CliRunner().invoke(cli, [*args[:-1], "lots"])
+    assert res.exit_code != 0 and "not a size" in res.output

@@ -511,13 +511,13 @@ class Database(Listings, Housekeeping):
         batch: int = 256,
         params: dict | None = None,
         workers: int | None = None,
+        memory: int | str | None = None,
     ) -> EvalReport:
         """Evaluate checkpoints on their task; see :func:`wdb.study.evaluate.evaluate`."""
         from wdb.study.evaluate import evaluate
 
-        return evaluate(
-            self, where, task=task, force=force, batch=batch, params=params, workers=workers
-        )
+        opts = dict(force=force, batch=batch, params=params, workers=workers, memory=memory)
+        return evaluate(self, where, task=task, **opts)
 
     def generate(
         self,

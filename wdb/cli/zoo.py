@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from wdb.cli.common import PluginChoice, emit, get_db, output_options, workers_option
+from wdb.cli.common import (
+    PluginChoice,
+    emit,
+    get_db,
+    memory_option,
+    output_options,
+    workers_option,
+)
 
 
 @click.group()
@@ -57,13 +64,16 @@ def train(task: str, out: str, runs: int | None, size: str, seed: int) -> None:
 )
 @click.option("--force", is_flag=True, help="Re-evaluate checkpoints already evaluated.")
 @click.option("--batch", type=int, default=256, show_default=True)
+@memory_option
 @workers_option("Compute the batches")
 @output_options
 @click.pass_context
-def evaluate(ctx, where, task, force, batch, workers, fmt) -> None:
+def evaluate(ctx, where, task, force, batch, memory, workers, fmt) -> None:
     """Evaluate checkpoints on their task; store metrics and per-item outputs."""
     db = get_db(ctx)
-    report = db.evaluate(where=where, task=task, force=force, batch=batch, workers=workers)
+    report = db.evaluate(
+        where=where, task=task, force=force, batch=batch, workers=workers, memory=memory
+    )
     emit(report.rows(), fmt, title=f"evaluated {report.evaluated}, skipped {report.skipped}")
 
 

@@ -196,17 +196,27 @@ class AlignedSearch:
         return out
 
     def _solve(self, qn, qr, costs, rest, k: int, exclude: int) -> AlignedResult:
+        best: list[tuple[float, int, float]] = []
+        tol = _tolerance(self.nl.hidden, costs, rest)
+        solved = self.visit(qn, qr, costs, rest, k, exclude, best, tol)
+        return _finish(best, k, solved)
+
+    def visit(
+        self, qn, qr, costs, rest, k: int, exclude: int, best: list, tol: float, offset: int = 0
+    ) -> int:
+        """Branch and bound over these references for one query: solve the assignment in
+        increasing lower-bound order until the next bound exceeds the k-th best found so far
+        (``best``, which may hold earlier blocks' references, their positions plus ``offset``),
+        and add ``(gram cost, position, exact distance)`` for each solved one to ``best``. The
+        exact distance (direct differences under the optimal permutation) is computed while
+        the reference is in memory. Returns how many assignments were solved."""
         lsap = _lsap()
-        h = self.nl.hidden
         lower = np.maximum(costs.min(2).sum(1), costs.min(1).sum(1)) + rest
         if 0 <= exclude < self.n:
             lower[exclude] = np.inf
-        k = min(k, int(np.isfinite(lower).sum()))
         order = np.argsort(lower, kind="stable")
         # Gram-form costs carry float64 rounding: keep visiting while a reference could still
-        # tie within it, then recompute the winners from direct differences.
-        tol = 1e-9 * h * (1.0 + float(costs.max(initial=0.0)) + float(rest.max(initial=0.0)))
-        best: list[tuple[float, int, np.ndarray]] = []
+        # tie within it; the winners are ranked by their exact distances (``_finish``).
         solved = 0
         for pos in order:
             lb = lower[pos]
@@ -215,17 +225,59 @@ class AlignedSearch:
             c = costs[pos]
             rows, cols = lsap(c)
             solved += 1
-            best.append((float(c[rows, cols].sum() + rest[pos]), int(pos), cols))
+            exact = _exact(qn, qr, self.rn[pos], self.rr[pos], cols)
+            best.append((float(c[rows, cols].sum() + rest[pos]), int(pos) + offset, exact))
             best.sort(key=lambda t: (t[0], t[1]))
             del best[k + 8 :]
-        final = sorted(
-            (_exact(qn, qr, self.rn[pos], self.rr[pos], perm), pos) for _, pos, perm in best
-        )[:k]
-        return AlignedResult(
-            np.array([p for _, p in final], dtype=np.int64),
-            np.array([d for d, _ in final], dtype=np.float64),
-            solved,
-        )
+        return solved
+
+
+def _tolerance(h: int, costs: np.ndarray, rest: np.ndarray) -> float:
+    return 1e-9 * h * (1.0 + float(costs.max(initial=0.0)) + float(rest.max(initial=0.0)))
+
+
+def _finish(best: list, k: int, solved: int) -> AlignedResult:
+    final = sorted((d, p) for _, p, d in best)[:k]
+    return AlignedResult(
+        np.array([p for _, p in final], dtype=np.int64),
+        np.array([d for d, _ in final], dtype=np.float64),
+        solved,
+    )
+
+
+def scan_knn(
+    refs, queries: np.ndarray, nl: NeuronLayout, k: int, exclude: list[int], budget: int
+) -> list[AlignedResult]:
+    """Exact aligned k-NN of each query over references read a block of rows at a time, so
+    that the float64 neuron groups and cost matrices stay within ``budget`` bytes (issue 25):
+    ``refs`` is a row source (``wdb.query.scan``); each block is searched by branch and bound
+    against the best found in the blocks before it."""
+    from wdb.query.scan import READ_FACTOR
+
+    n, d = refs.shape
+    h = nl.hidden
+    qb = max(1, min(64, len(queries)))
+    per_ref = d * (refs.dtype.itemsize * READ_FACTOR + 8) + 8 * h * (h * qb + 2)
+    m = max(1, min(n, budget // per_ref))
+    best: list[list] = [[] for _ in range(len(queries))]
+    tol = [0.0] * len(queries)
+    solved = [0] * len(queries)
+    for s in range(0, n, m):
+        block = refs.read(slice(s, min(n, s + m)))
+        search = AlignedSearch(block, nl)
+        del block
+        for b0 in range(0, len(queries), qb):
+            qn, qr = split(queries[b0 : b0 + qb], nl)
+            costs, rest = search.costs(qn, qr)
+            for j in range(qn.shape[0]):
+                g = b0 + j
+                tol[g] = max(tol[g], _tolerance(h, costs[j], rest[j]))
+                ex = exclude[g] - s
+                solved[g] += search.visit(
+                    qn[j], qr[j], costs[j], rest[j], k, ex, best[g], tol[g], s
+                )
+            del costs, rest
+    return [_finish(b, k, n_) for b, n_ in zip(best, solved, strict=True)]
 
 
 def aligned_knn(

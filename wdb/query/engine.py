@@ -127,7 +127,7 @@ def _knn_part(handle, space, q_rows, q_ids, ref, k, aligned, budget):
 
     db = handle.open()
     if aligned:
-        return aligned_knn(db, space, q_rows, q_ids, ref, k)
+        return aligned_knn(db, space, q_rows, q_ids, ref, k, budget)
     return knn(db, space, q_rows, q_ids, ref, k, budget)
 
 
@@ -198,7 +198,7 @@ def knn(
     if aligned:
         q_rows = src.read(slice(None))
         if engine == "local" or len(q_rows) < 2:
-            return query.aligned_knn(db, space, q_rows, q_ids, ref, k)
+            return query.aligned_knn(db, space, q_rows, q_ids, ref, k, budget)
     elif engine == "local":
         return query.knn(db, space, src, q_ids, ref, k, budget)
     elif query.path_for(db, space, len(ref), budget) == "scan":

@@ -238,10 +238,18 @@ def knn(
 
 
 def aligned_knn(
-    db, space, q_rows: np.ndarray, q_ids: Sequence[int | None], ref: RefSet, k: int
+    db,
+    space,
+    q_rows: np.ndarray,
+    q_ids: Sequence[int | None],
+    ref: RefSet,
+    k: int,
+    budget: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Exact k nearest references by permutation-aligned L2 over the whole reference set."""
-    from wdb.query.align import AlignedSearch, neuron_layout
+    """Exact k nearest references by permutation-aligned L2 over the whole reference set,
+    read a block of rows at a time within the memory budget (``wdb.query.align.scan_knn``)."""
+    from wdb.memory import budget as resolve
+    from wdb.query.align import neuron_layout, scan_knn
 
     nl = neuron_layout(space.layout)
     q_rows = np.atleast_2d(q_rows)
@@ -249,10 +257,10 @@ def aligned_knn(
     out_i = np.full((nq, k), -1, dtype=np.int64)
     out_d = np.full((nq, k), np.nan)
     pos = ref.position()
-    search = AlignedSearch(_read(db, space, ref.rows), nl)
     solved = 0
     exclude = [pos.get(-1 if i is None else int(i), -1) for i in q_ids]
-    for j, res in enumerate(search.knn_many(q_rows, k, exclude)):
+    found = scan_knn(stored(db, space, ref.rows), q_rows, nl, k, exclude, resolve(budget))
+    for j, res in enumerate(found):
         out_i[j, : len(res.index)] = ref.ids[res.index]
         out_d[j, : len(res.index)] = res.distance
         solved += res.solved
@@ -383,7 +391,7 @@ def _nearest(db, run, step, k, among, aligned, eval_set, mem) -> list[dict]:
         )
     if aligned:
         q_rows = q_src if isinstance(q_src, np.ndarray) else q_src.read(slice(None))
-        ids, dist, info = aligned_knn(db, space, q_rows, [qid], ref, k)
+        ids, dist, info = aligned_knn(db, space, q_rows, [qid], ref, k, mem)
     else:
         ids, dist, info = knn(db, space, q_src, [qid], ref, k, mem)
     if info.get("approximate"):

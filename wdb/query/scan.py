@@ -39,12 +39,16 @@ AHEAD = 1
 CHUNK_COLS = 1 << 20
 #: columns summed by one einsum; tiles are whole groups (see ``_accumulate``)
 GROUP = 256
+#: value-query pairs (references x values x queries) from which a scan sums with the compiled
+#: kernel (``wdb.query.kernel``): below, loading it (about 1 s in a fresh process) would cost
+#: more than it saves, and a zoo-sized query stays as quick as before
+FAST_MIN = 1 << 28
 
 
 @dataclass(frozen=True)
 class Plan:
     """How one scan reads: query rows per pass, reference rows and columns per read, and the
-    float64 tile width (the summation grid)."""
+    float64 tile width (the summation grid of the numpy path)."""
 
     queries: int
     rows: int
@@ -53,29 +57,43 @@ class Plan:
     dim: int
     whole_rows: bool = True
     sub: int = 1  # reference rows per float64 tile
+    ahead: bool = True  # the next block is read while this one is summed
+    fast: bool = False  # summed by the compiled kernel (decided once: workers sum alike)
 
     def describe(self) -> str:
         what = "whole rows" if self.whole_rows else f"column blocks of {self.cols}"
         return f"{self.rows} rows x {what}, {self.queries} queries per pass"
 
 
-def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int) -> Plan | None:
-    """The widest plan within ``budget`` bytes, or None when even one column tile does not fit."""
+def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int, fast: bool) -> Plan | None:
+    """The widest plan within ``budget`` bytes, or None when even one column tile does not fit.
+
+    ``fast``: the compiled kernel sums (``wdb.query.kernel``), which holds no float64 tiles.
+    Preferred, for all the queries in one pass: whole rows read ahead, then whole rows without
+    read-ahead (a wide row is read once, where column blocks of a delta row would decode it
+    once per block), then column blocks; only then fewer queries per pass."""
     q = max(1, nq)
     while q >= 1:
-        # float64 tiles (the queries' and two of the references'): at most a quarter
         w = min(dim, TILE_COLS)
-        while w > GROUP and (q + 2) * w * 8 * 2 > budget // 4:
-            w = max(GROUP, w // 2 // GROUP * GROUP)
-        sub = max(1, min((1 << 17) // w, (budget // 4 // (16 * w) - q) // 2))
-        tiles = (q + 2 * sub) * w * 8 * 2  # x2: the group sums and their concatenation
+        if fast:  # column blocks only need to start on the kernel's grid
+            w, sub, tiles = min(dim, GROUP), 1, 0
+        else:  # float64 tiles (the queries' and two of the references'): at most a quarter
+            while w > GROUP and (q + 2) * w * 8 * 2 > budget // 4:
+                w = max(GROUP, w // 2 // GROUP * GROUP)
+            sub = max(1, min((1 << 17) // w, (budget // 4 // (16 * w) - q) // 2))
+            tiles = (q + 2 * sub) * w * 8 * 2  # x2: the group sums and their concatenation
         blocks = budget - tiles  # raw rows read, partial sums, top-k lists
         if tiles <= budget // 4:
             topk = q * (k + 1) * 16
-            per_row = dim * isz * (READ_FACTOR + AHEAD) + q * 8
-            b = (blocks - (q + 1) * dim * isz - topk) // per_row  # +1: the family's row
-            if b >= 1 and q * dim * isz * READ_FACTOR <= blocks:  # the queries' own read
-                return Plan(q, int(min(b, max(n, 1))), dim, w, dim, True, sub)
+            # the queries are read a block of rows at a time into their array: while the last
+            # block is read, the others are held (``_queries``)
+            if (q + READ_FACTOR) * dim * isz <= blocks:
+                for ahead in (AHEAD, 0):
+                    per_row = dim * isz * (READ_FACTOR + ahead) + q * 8
+                    b = (blocks - (q + 1) * dim * isz - topk) // per_row  # +1: the family's row
+                    if b >= 1:
+                        rows = int(min(b, max(n, 1)))
+                        return Plan(q, rows, dim, w, dim, True, sub, ahead > 0, fast)
             room = blocks - q * max(n, 1) * 8 - topk  # partial sums of every reference
             # a column read holds the block and its reordered copy: 2 per value; then the
             # block read ahead and the family's last decoded range
@@ -84,7 +102,7 @@ def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int) -> Plan | Non
                 c = c // CHUNK_COLS * CHUNK_COLS
             if c >= w:
                 b = min(max(n, 1), (room - (2 * q + 1) * c * isz) // ((2 + AHEAD) * c * isz))
-                return Plan(q, int(max(b, 1)), int(min(c, dim)), w, dim, False, sub)
+                return Plan(q, int(max(b, 1)), int(min(c, dim)), w, dim, False, sub, True, fast)
         q = q // 2 if q > 1 else 0
     return None
 
@@ -92,15 +110,20 @@ def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int) -> Plan | Non
 def plan(n: int, nq: int, dim: int, itemsize: int, k: int, budget: int, what: str = "") -> Plan:
     """A plan for ``nq`` queries against ``n`` references of ``dim`` values, or a one-line
     BadInput saying the smallest budget that works."""
-    got = _fit(n, nq, dim, itemsize, k, budget)
+    import importlib.util
+
+    # float32 / float64 rows of a big enough scan: the kernel sums (numba imported only then)
+    fast = itemsize in (4, 8) and n * dim * max(1, nq) >= FAST_MIN
+    fast = fast and importlib.util.find_spec("numba") is not None
+    got = _fit(n, nq, dim, itemsize, k, budget, fast)
     if got is not None:
         return got
     lo, hi = budget, max(2 * budget, 1 << 10)
-    while _fit(n, 1, dim, itemsize, k, hi) is None:
+    while _fit(n, 1, dim, itemsize, k, hi, fast) is None:
         lo, hi = hi, hi * 2
     while hi - lo > max(1, lo // 100):
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if _fit(n, 1, dim, itemsize, k, mid) is not None else (mid, hi)
+        lo, hi = (lo, mid) if _fit(n, 1, dim, itemsize, k, mid, fast) is not None else (mid, hi)
     raise BadInput(
         f"memory budget {human(budget)} is too small for {what or 'this scan'} "
         f"({n} rows of {dim} values); the smallest that works is {human(hi)} (--memory / WDB_MEMORY)"
@@ -189,13 +212,25 @@ def source(rows: Any) -> StoredRows | MemoryRows:
 
 
 # -- the scan ---------------------------------------------------------------------------------
-def _accumulate(R: np.ndarray, Q: np.ndarray, acc: np.ndarray, tile: int, rb: int) -> None:
+def _accumulate(
+    R: np.ndarray, Q: np.ndarray, acc: np.ndarray, tile: int, rb: int, fast: bool = False
+) -> None:
     """``acc[j, i] += sum((R[i] - Q[j])**2)`` over the block's columns, one float64 tile of
     ``tile`` columns at a time. The sum is the same whatever the tile: each ``GROUP`` columns
     are summed by one einsum, and the groups are added to ``acc`` strictly left to right
     (``np.add.accumulate``), so plans and workers with other budgets give the same bits. The
     float32 rows are cast inside the subtraction (no float64 copy of the block) for one query,
-    once per tile for several; every float64 array is one reused tile."""
+    once per tile for several; every float64 array is one reused tile.
+
+    With ``fast`` (the plan's), float32 and float64 rows go to the compiled kernel
+    (:mod:`wdb.query.kernel`: one pass over the block for all queries, the same kind of grid);
+    this numpy path sums small scans and the other dtypes."""
+    if fast:
+        from wdb.query import kernel
+
+        if kernel.usable(R, Q):
+            kernel.accumulate(R, Q, acc)
+            return
     b, c = R.shape
     for c0 in range(0, c, tile):
         w = min(tile, c - c0)
@@ -236,11 +271,26 @@ def _top(acc: np.ndarray, ids: np.ndarray, q_ids: np.ndarray, k: int, best) -> t
     return merge([best, (acc, np.broadcast_to(ids, acc.shape))], k)
 
 
-def _ahead(src: StoredRows | MemoryRows, spans: list) -> Any:
+def _queries(src: StoredRows | MemoryRows, qs: slice, step: int) -> np.ndarray:
+    """The query rows ``qs`` whole, read ``step`` rows at a time into one array: reading them
+    at once would hold ``READ_FACTOR`` copies of all of them."""
+    if isinstance(src, MemoryRows) or qs.stop - qs.start <= step:
+        return src.read(qs)
+    first = src.read(slice(qs.start, qs.start + step))
+    out = np.empty((qs.stop - qs.start, first.shape[1]), first.dtype)
+    out[:step] = first
+    del first
+    for a in range(qs.start + step, qs.stop, step):
+        b = min(qs.stop, a + step)
+        out[a - qs.start : b - qs.start] = src.read(slice(a, b))
+    return out
+
+
+def _ahead(src: StoredRows | MemoryRows, spans: list, ahead: bool = True) -> Any:
     """``(rows, block)`` for each ``(rows, cols)`` span, the next block read in a thread while
     the caller sums this one (decoding releases the GIL). At most two blocks are held: the
-    plan counts one more block per read (``AHEAD``)."""
-    if len(spans) < 2 or isinstance(src, MemoryRows):
+    plan counts one more block per read (``AHEAD``), or says not to read ahead."""
+    if len(spans) < 2 or isinstance(src, MemoryRows) or not ahead:
         for rs, cs in spans:
             yield rs, src.read(rs, cs)
         return
@@ -274,11 +324,11 @@ def topk_sq(
         qid = q_ids[qs]
         best = (out_d[qs], out_i[qs])
         if plan_.whole_rows:
-            Q = queries.read(qs)
+            Q = _queries(queries, qs, plan_.rows)
             spans = [slice(r0, min(n, r0 + plan_.rows)) for r0 in range(0, n, plan_.rows)]
-            for rs, R in _ahead(refs, [(rs, None) for rs in spans]):
+            for rs, R in _ahead(refs, [(rs, None) for rs in spans], plan_.ahead):
                 acc = np.zeros((Q.shape[0], R.shape[0]))
-                _accumulate(R, Q, acc, plan_.tile, plan_.sub)
+                _accumulate(R, Q, acc, plan_.tile, plan_.sub, plan_.fast)
                 del R
                 best = _top(acc, ref_ids[rs], qid, k, best)
         else:
@@ -288,7 +338,7 @@ def topk_sq(
                 Q = queries.read(qs, cs)
                 spans = [(slice(r0, min(n, r0 + plan_.rows)), cs) for r0 in range(0, n, plan_.rows)]
                 for rs, R in _ahead(refs, spans):
-                    _accumulate(R, Q, acc[:, rs], plan_.tile, plan_.sub)
+                    _accumulate(R, Q, acc[:, rs], plan_.tile, plan_.sub, plan_.fast)
                     del R
             best = _top(acc, ref_ids, qid, k, best)
         out_d[qs], out_i[qs] = best

@@ -56,6 +56,7 @@ def evaluate(
     batch: int = 256,
     params: dict | None = None,
     workers: int | None = None,
+    memory: int | str | None = None,
 ) -> EvalReport:
     """Evaluate the checkpoints matching ``where`` (SQL over ``checkpoint_info``) on their task.
 
@@ -63,8 +64,15 @@ def evaluate(
     the rows are read and the results written here, in the same order, with the same values.
     The batches stay those of ``batch``: a vectorised task's numbers depend on which models
     share a batch (measured: mnist-mlp's loss moved in the last bits when 37 checkpoints were
-    cut into batches of 10), so a small selection needs a smaller ``batch`` to spread."""
+    cut into batches of 10), so a small selection needs a smaller ``batch`` to spread.
+
+    ``memory`` (bytes or "1GB"; default ``WDB_MEMORY`` or 1 GB, ``wdb.memory``) caps a batch's
+    rows: a batch holds at most as many checkpoints as fit, read ``READ_FACTOR`` times over
+    (issue 25: 256 checkpoints of 100 MB were one 25 GB read). Only batches of big checkpoints
+    are cut, and those then differ from ``batch``'s (see above)."""
+    from wdb.memory import budget
     from wdb.query import engine as engines
+    from wdb.query.scan import READ_FACTOR
     from wdb.study import tasks as registry
 
     if batch < 1:
@@ -96,10 +104,13 @@ def evaluate(
             )
         plan.append((t, space, cks))
 
+    mem = budget(memory)
     report = EvalReport()
     with engines.on_demand(engines.spec(workers)) as cluster_for:
-        for t, _space, cks in plan:
-            _evaluate_task(db, t, cks, force, batch, cluster_for, report)
+        for t, space, cks in plan:
+            row = space.n_params * np.dtype(space.layout.storage_dtype).itemsize
+            fits = max(1, mem // (row * READ_FACTOR))
+            _evaluate_task(db, t, cks, force, min(batch, fits), cluster_for, report)
     for stats in report.by_task.values():
         for key in ("accuracy", "mesh_empty"):
             if key in stats:
