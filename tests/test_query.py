@@ -294,3 +294,23 @@ def test_add_metrics_replaces_only_its_own_keys(db):
     }
     assert len(got) == len(first)  # replaced, not duplicated; nothing else dropped
     assert {k for k, v in got.items() if v == 1.0} == {(c, a, "accuracy") for c in ids[:2]}
+
+
+def test_a_newer_eval_set_wins_a_tie(db):
+    """Re-evaluated on a task's new eval set, a store compares error sets there: when two sets
+    cover the same checkpoints, nearest takes the newer one."""
+    from wdb.query.similarity import iou_matrix
+    from wdb.store.outputs import ensure_eval_set, write_outputs
+
+    rng = np.random.default_rng(8)
+    lay, train, t_ids, g_ids, err, acc = _with_predictions(db, rng)
+    labels = rng.integers(0, 3, 200)
+    newer = ensure_eval_set(db, "toy:hard", "toy", "hard", labels)
+    preds = rng.integers(0, 3, (305, 200))
+    write_outputs(db, newer, "predictions", t_ids + g_ids, preds)
+    run = db.checkpoints("checkpoint_id = :i", {"i": g_ids[2]})[0]["run"]
+    (got,) = db.nearest(run=run, k=1)
+    hard = preds != labels
+    assert got["checkpoint_id"] == t_ids[2]
+    assert got["error_iou"] == iou_matrix(hard[[302]], hard[[2]])[0, 0]
+    assert got["error_iou"] != iou_matrix(err[[302]], err[[2]])[0, 0]

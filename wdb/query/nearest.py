@@ -327,11 +327,13 @@ def _output_sets(db, ids: Sequence[int]) -> dict[int, set[int]]:
 def _pick_eval_set(
     sets: dict[int, set[int]], must: Sequence[int], others: Sequence[int]
 ) -> int | None:
-    """The eval set where most of ``must`` (then of ``others``) have outputs."""
+    """The eval set where most of ``must`` (then of ``others``) have outputs; on a tie the
+    newest (a store re-evaluated on a task's new eval set, as mnist-bn's ``test-perturbed-v1``,
+    compares on it, not on the set it replaced)."""
     best, key = None, None
     must_s, others_s = set(must), set(others)
     for es, have in sets.items():
-        k = (len(have & must_s), len(have & others_s), -es)
+        k = (len(have & must_s), len(have & others_s), es)
         if k[0] and k[1] and (key is None or k > key):
             best, key = es, k
     return best
