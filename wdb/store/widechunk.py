@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -181,13 +182,26 @@ def _key(arr: Any, row: int, c: int) -> str:
     return f"{prefix}/{key}" if prefix else key
 
 
-def _blob(arr: Any, row: int, c: int) -> np.ndarray | None:
-    """The stored bytes of chunk ``c`` of ``row`` (None: no such chunk)."""
+def _blobs(arr: Any, places: list[tuple[int, int]]) -> dict[tuple[int, int], Any]:
+    """The stored bytes of chunks ``(row, c)`` (None: no such chunk), fetched together: one
+    trip through Zarr's event loop for them all (one per chunk had cost a few thread hops
+    each, which a loaded machine makes slow)."""
+    import asyncio
+
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    got = sync(arr.store_path.store.get(_key(arr, row, c), default_buffer_prototype()))
-    return None if got is None else got.as_numpy_array()
+    store, proto = arr.store_path.store, default_buffer_prototype()
+
+    async def fetch() -> list:
+        return await asyncio.gather(*(store.get(_key(arr, r, c), proto) for r, c in places))
+
+    got = sync(fetch())
+    return {p: None if g is None else g.as_numpy_array() for p, g in zip(places, got, strict=True)}
+
+
+#: chunks of a row fetched at once (with their key row's), the next window while one decodes
+WINDOW = 8
 
 
 def direct(arr: Any) -> bool:
@@ -240,15 +254,16 @@ def read_row(
     from wdb.store.codec import _pool
 
     width, n = int(arr.chunks[1]), int(arr.shape[1])
+    blobs: dict[tuple[int, int], Any] = {}
 
     def one(c: int) -> None:
         a, b = c * width, min(n, (c + 1) * width)
         kind, src = tokens.get(c, ("v", row))
         dest = out[a:b] if b - a == width else np.empty(width, dtype=arr.dtype)
-        blob = _blob(arr, src, c)
+        blob = blobs.get((src, c))
         if kind == "x":
             ksrc = key_tokens.get(c, ("v", key_row))[1]
-            key = _blob(arr, ksrc, c)
+            key = blobs.get((ksrc, c))
             if blob is None or key is None:
                 raise KeyError(f"chunk {c} of row {src if blob is None else ksrc} is missing")
             try:
@@ -267,4 +282,20 @@ def read_row(
         if b - a != width:
             out[a:b] = dest[: b - a]
 
-    list(_pool().map(one, range(-(-n // width))))
+    n_chunks = -(-n // width)
+
+    def places(window: range) -> list[tuple[int, int]]:
+        got = [(tokens.get(c, ("v", row))[1], c) for c in window]
+        keyed = [c for c in window if tokens.get(c, "v")[0] == "x"]
+        return got + [(key_tokens.get(c, ("v", key_row))[1], c) for c in keyed]
+
+    windows = [range(w, min(n_chunks, w + WINDOW)) for w in range(0, n_chunks, WINDOW)]
+    with ThreadPoolExecutor(1, thread_name_prefix="wdb-fetch") as fetcher:
+        ahead = fetcher.submit(_blobs, arr, places(windows[0]))
+        for k, window in enumerate(windows):
+            got = ahead.result()
+            if k + 1 < len(windows):  # the next window's bytes are read while this one decodes
+                ahead = fetcher.submit(_blobs, arr, places(windows[k + 1]))
+            blobs.clear()
+            blobs.update(got)
+            list(_pool().map(one, window))
