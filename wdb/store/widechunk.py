@@ -17,6 +17,7 @@ row chunk by chunk, a residual chunk together with its key row's chunk.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -254,9 +255,8 @@ def read_row(
     from wdb.store.codec import _pool
 
     width, n = int(arr.chunks[1]), int(arr.shape[1])
-    blobs: dict[tuple[int, int], Any] = {}
 
-    def one(c: int) -> None:
+    def one(c: int, blobs: dict[tuple[int, int], Any]) -> None:
         a, b = c * width, min(n, (c + 1) * width)
         kind, src = tokens.get(c, ("v", row))
         dest = out[a:b] if b - a == width else np.empty(width, dtype=arr.dtype)
@@ -290,12 +290,17 @@ def read_row(
         return got + [(key_tokens.get(c, ("v", key_row))[1], c) for c in keyed]
 
     windows = [range(w, min(n_chunks, w + WINDOW)) for w in range(0, n_chunks, WINDOW)]
+    pool, running = _pool(), deque()
     with ThreadPoolExecutor(1, thread_name_prefix="wdb-fetch") as fetcher:
         ahead = fetcher.submit(_blobs, arr, places(windows[0]))
         for k, window in enumerate(windows):
             got = ahead.result()
             if k + 1 < len(windows):  # the next window's bytes are read while this one decodes
                 ahead = fetcher.submit(_blobs, arr, places(windows[k + 1]))
-            blobs.clear()
-            blobs.update(got)
-            list(_pool().map(one, window))
+            running.append([pool.submit(one, c, got) for c in window])
+            if len(running) > 1:  # two windows decoding at most (memory), no pause between
+                for f in running.popleft():
+                    f.result()
+        for futures in running:
+            for f in futures:
+                f.result()
