@@ -87,6 +87,33 @@ def test_wide_chunks_are_built_a_slice_at_a_time_and_round_trip():
         assert codec.decode(blob, x.shape, x.dtype).tobytes() == x.tobytes()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int32", "uint8", "float64"])
+def test_a_residual_chunk_decodes_with_its_key_straight_into_the_row(dtype):
+    """``widechunk.decode_row_chunk``: values, and residual XOR key, placed straight into a
+    slice of a row, equal the long way (decode, then XOR) on every bit pattern, for chunks
+    over and under the wide coder's size."""
+    from wdb.store import widechunk
+
+    rng = np.random.default_rng(3)
+    dt = np.dtype(dtype)
+    u = np.dtype(f"u{dt.itemsize}")
+    for n in (1000, codec.SCRATCH_MAX_BYTES // dt.itemsize + 7):
+        key = rng.integers(0, 2 ** (8 * dt.itemsize), n, dtype=u, endpoint=False)
+        key[: len(SPECIAL.get(dtype, []))] = SPECIAL.get(dtype, [])
+        resid = np.zeros(n, dtype=u)
+        resid[::97] = 1  # a near-empty residual, as a frozen layer's
+        kb = codec.encode(key.view(dt).tobytes(), (1, n), dt, 1)
+        rb = codec.encode(resid.view(dt).tobytes(), (1, n), dt, 1)
+        row = np.full(n + 10, 7, dtype=dt)
+        widechunk.decode_row_chunk(kb, row[5:-5])
+        assert row[5:-5].view(u).tobytes() == key.tobytes()
+        widechunk.decode_row_chunk(rb, row[5:-5], kb)
+        assert row[5:-5].view(u).tobytes() == (key ^ resid).tobytes()
+        assert row[:5].view(u).tolist() == np.full(5, 7, dtype=dt).view(u).tolist()
+    with pytest.raises(ValueError):  # a damaged chunk says so, as decode does
+        widechunk.decode_row_chunk(kb[: len(kb) // 2], np.empty(n, dtype=dt))
+
+
 def _modes(blob: bytes, rows: int) -> list[int]:
     return list(blob[2 : 2 + rows])
 

@@ -240,3 +240,76 @@ def test_rm_keeps_a_delta_childs_parent_and_reclaims_the_rest(db):
     assert db.checkpoints() == []
     assert db.sql("SELECT count(*) AS n FROM family_rows")[0]["n"] == 0
     assert db.fsck().ok
+
+
+def test_a_folder_of_torch_files_goes_in_streamed_and_reads_back_exactly(db, tmp_path):
+    """``db.ingest(folder)``: files are loaded ahead of the writer by a reading thread, a wide
+    row goes to the store as a stream of its tensors (no flattened copy), hashed once, and
+    re-checked by xxh3 as it is written; the family's parents are found and every row reads
+    back bit-exactly, through the chunk-by-chunk delta reader."""
+    import torch
+
+    from wdb.ingest import pool
+    from wdb.store.write import RowStream
+
+    rows = _family()
+    order = {"run": "a_run", "copy": "b_copy", "frozen": "c_frozen", "full": "d_full"}
+    rows = {f"{order[k.split(':')[0]]}:{k.split(':')[1]}": v for k, v in rows.items()}
+    for key, row in rows.items():  # one folder per run, read in name order: parents first
+        run, step = key.split(":")
+        (tmp_path / "src" / run).mkdir(parents=True, exist_ok=True)
+        state = {"big": torch.from_numpy(row[:BIG].copy()), "small": torch.from_numpy(row[BIG:])}
+        state["saved_by"] = run  # the copy: the same tensors, not the same bytes
+        torch.save(state, tmp_path / "src" / run / f"step_{step}.pt")
+    loaded = pool.read_ahead((f, None) for f in _found(tmp_path / "src"))
+    got = next(iter(loaded))[1]
+    assert got[0] == "ok" and isinstance(got[2], RowStream) and got[2].xxh3
+    report = db.ingest(tmp_path / "src", zoo="fam")
+    src = {k: str(tmp_path / "src" / k.split(":")[0] / f"step_{k.split(':')[1]}.pt") for k in rows}
+    assert report.ok() and report.checkpoints_added == len(rows) and not report.duplicates
+    by_source = {c["source"]: c for c in db.checkpoints()}
+    assert by_source[src["b_copy:0"]]["row"] == by_source[src["a_run:0"]]["row"]  # shared
+    ids = {k: by_source[src[k]]["checkpoint_id"] for k in rows}
+    lin = _lineage(db)
+    for child, parent in [
+        ("d_full:0", "a_run:3"),
+        ("c_frozen:0", "a_run:3"),
+        ("a_run:2", "a_run:1"),
+    ]:
+        assert lin[ids[child]]["parent_id"] == ids[parent], child
+    fresh = type(db)(db.path)
+    for key, cid in ids.items():
+        assert fresh.weights([cid])[0].tobytes() == rows[key].tobytes(), key
+    assert db.fsck().ok
+
+
+def _found(folder):
+    from wdb.ingest.pipeline import _Ingest
+    from wdb.ingest.start import begin
+
+    return begin(_Ingest, None, folder, "fam", "training", None, False, None, False)[1]
+
+
+def test_a_damaged_chunk_of_a_delta_row_itself_is_named_as_that_chunk(db):
+    """A delta row's own residual that does not decode is that checkpoint's damaged chunk
+    (``DamagedChunk``), not its parent's fault; its parent still reads."""
+    import fsspec
+
+    from wdb.errors import DamagedChunk
+
+    rows = _family()
+    ids = _ingest(db, {k: rows[k] for k in ("run:0", "run:1")})
+    space = db.ensure_space(_layout())
+    arr = db.weights_store.array(space.array_path)
+    fam = db.sql("SELECT * FROM family_rows WHERE parent_row IS NOT NULL")[0]
+    c = int(fam["delta_chunks"].split(",")[0])
+    fs, root = fsspec.core.url_to_fs(db.weights_store.root)
+    path = f"{root}/{family._chunk_key(arr, int(fam['row']), c)}"
+    blob = fs.cat_file(path)
+    fs.pipe_file(path, blob[:10] + bytes(len(blob) - 10))
+    fresh = type(db)(db.path)
+    with pytest.raises(DamagedChunk) as err:
+        fresh.weights([ids["run:1"]])
+    assert f"checkpoint {ids['run:1']}" in str(err.value)
+    assert not isinstance(err.value, family.DamagedFamily)
+    assert fresh.weights([ids["run:0"]])[0].tobytes() == rows["run:0"].tobytes()

@@ -50,8 +50,8 @@ KILLER = textwrap.dedent(
         import time
         import ingest.folder
         orig_load = ingest.folder.read_checkpoint
-        def slow(path):
-            time.sleep(0.05)
+        def slow(path):  # ~5 s in all: still running well after the first bytes land
+            time.sleep(0.2)  # (files are read ahead of the writer, beside its commits)
             return orig_load(path)
         ingest.folder.read_checkpoint = slow
     wdb.open(db_path).ingest(zoo)

@@ -67,7 +67,7 @@ import numpy as np
 from wdb.errors import BadInput, WdbError
 from wdb.files.checkpoint import STEP_KEYS, Loaded, as_loaded, digest
 from wdb.files.formats import NOT_STORED
-from wdb.ingest.pool import flat_row, prefetched
+from wdb.ingest.pool import prefetched, read_ahead, row_hash, row_of
 from wdb.ingest.readers import Found
 from wdb.ingest.start import begin
 from wdb.ingest.stops import explained
@@ -192,7 +192,7 @@ class _Ingest:
             else:
                 layout, row, got = self._row(f.load())
                 self.adopt(f, got)
-                sha = digest(row)
+                sha = row_hash(row)
         except WdbError as exc:
             self.skip(f.source, str(exc))
             return None
@@ -214,8 +214,9 @@ class _Ingest:
         """A reader's loaded object → (layout, row, the :class:`Loaded` it was read as)."""
         got = as_loaded(obj)
         if got.stream is not None and got.layout is not None:
-            return got.layout, RowStream(got.layout.n_params, got.stream), got
-        return (*flat_row(got, self.layout_cache), got)
+            size = np.dtype(got.layout.storage_dtype).itemsize
+            return got.layout, RowStream(got.layout.n_params, got.stream, itemsize=size), got
+        return (*row_of(got, self.layout_cache), got)
 
     @staticmethod
     def adopt(f: Found, got: Loaded) -> None:
@@ -267,7 +268,8 @@ class _Ingest:
             )
             return
         self.keys[key] = item.found.source
-        if self.strict and not isinstance(item.row, RowStream):  # a stream holds no memory
+        # a stream of shards holds no memory; one of a mapped file holds its pages
+        if self.strict and (not isinstance(item.row, RowStream) or item.row.mapped):
             self.buffered += item.nbytes
             if self.buffered > self.buffer_budget:
                 item.row = None  # re-read at commit time
@@ -425,7 +427,7 @@ class _Ingest:
         except WdbError as exc:
             self.skip(f.source, str(exc))
             return None
-        if digest(row) != it.sha256:
+        if row_hash(row) != it.sha256:
             self.skip(f.source, "file changed while being ingested")
             return None
         return row
@@ -558,7 +560,7 @@ def ingest(
             job.report.generator_run_id = job.generator_run_id
         try:
             bar = progress(total=len(found), desc=f"ingest {path.name}")
-            for f, pre in prefetched(found):
+            for f, pre in read_ahead(prefetched(found)):
                 item = job.prepare(f, pre)
                 if item is not None:
                     job.add(item)

@@ -61,6 +61,9 @@ class ArrayStore:
         #: decodes delta rows of wide spaces (``wdb.store.family.DeltaIndex``); the database
         #: sets it on its weight store
         self.family: Any = None
+        #: the key row the last write decoded, ``(path, row, values, digest)``
+        #: (``wdb.store.write``): checked against the catalog before it is used again
+        self.family_key: tuple | None = None
 
     @property
     def group(self) -> zarr.Group:
@@ -179,10 +182,10 @@ class ArrayStore:
         which checks them itself, and the verifier's own read)."""
         if verify and self.verifier is not None:
             return self.verifier.read(self, path, rows, cols)
-        out = self._read_raw(path, rows, cols)
-        if self.family is not None and out.ndim == 2 and self.array(path).chunks[0] == 1:
-            out = self.family.patch(self, path, np.asarray(rows, dtype=np.int64), cols, out)
-        return out
+        arr = self.array(path)
+        if self.family is not None and len(arr.shape) == 2 and arr.chunks[0] == 1:
+            return self.family.read(self, path, np.asarray(rows, dtype=np.int64), cols)
+        return self._read_raw(path, rows, cols)
 
     def _read_raw(self, path: str, rows: np.ndarray | list[int], cols=None) -> np.ndarray:
         """Rows as stored. Contiguous runs of sorted rows are read as slices."""

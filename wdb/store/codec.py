@@ -300,39 +300,36 @@ def _undelta(words: np.ndarray, modes: np.ndarray, kind: str, tmp: np.ndarray) -
     _ordered(words, kind, out=words, tmp=tmp.reshape(words.shape), inverse=True)
 
 
-def _row_planes(u: np.ndarray, kind: str) -> np.ndarray:
-    """The byte planes ``[itemsize, n]`` of one long row, built a slice at a time: the whole
-    row's rotated words and their temporary (8 MiB for a 4 MiB chunk, in each encoding
-    thread) are what had pushed a sharded ingest's peak memory past 1.5x its largest shard."""
-    size, t = u.itemsize, u.dtype.type
-    planes = np.empty((size, u.size), dtype=np.uint8)
-    width = SCRATCH_MAX_BYTES // (2 * size)
-    words, tmp = _scratch("slice", width, t), _scratch("slice_tmp", width, t)
-    for a in range(0, u.size, width):
-        b = min(u.size, a + width)
-        w = words[: b - a]
-        if kind == "f":
-            _rotate(u[a:b], True, out=w, tmp=tmp[: b - a])
-        else:
-            np.copyto(w, u[a:b])
-        planes[:, a:b] = w.view(np.uint8).reshape(-1, size).T
-    return planes
-
-
-def _zstd(level: int | None = None) -> zstandard.ZstdCompressor | zstandard.ZstdDecompressor:
+def _zstd(
+    level: int | None = None, literal: bool = False
+) -> zstandard.ZstdCompressor | zstandard.ZstdDecompressor:
     """This thread's zstd compressor for ``level`` (no level: its decompressor). They keep
     their context from call to call, where numcodecs' ``Zstd`` makes one per call: measured,
     3 us against 30 us to decode the 2.4 KB plane of one row of 2,410 params, and a chunk
-    decodes eight planes. Contexts are not thread-safe: one per thread."""
+    decodes eight planes. Contexts are not thread-safe: one per thread.
+
+    ``literal``: a byte plane of a wide space's chunk, coded with ``LITERAL_PARAMS`` at
+    level 1..3 (see ``wdb.store.widechunk``); any zstd decoder reads the result."""
     cache = _local.__dict__.setdefault("zstd", {})
-    z = cache.get(level)
-    if z is None:
+    literal = literal and level is not None and level <= 3
+    z = cache.get((level, literal))
+    if z is None and literal:
+        params = zstandard.ZstdCompressionParameters.from_level(level, **LITERAL_PARAMS)
+        z = cache[(level, literal)] = zstandard.ZstdCompressor(compression_params=params)
+    elif z is None:
         z = zstandard.ZstdDecompressor() if level is None else zstandard.ZstdCompressor(level)
-        cache[level] = z
+        cache[(level, literal)] = z
     return z
 
 
-def _code(data: np.ndarray, bits: float, level: int, copy: bool) -> tuple[int, bytes | np.ndarray]:
+#: zstd's match finder for byte planes of wide chunks (``wdb.store.widechunk``)
+LITERAL_PARAMS = dict(strategy=zstandard.STRATEGY_FAST, window_log=17, min_match=7)
+LITERAL_PARAMS.update(hash_log=6, chain_log=6, search_log=1)
+
+
+def _code(
+    data: np.ndarray, bits: float, level: int, copy: bool, literal: bool = False
+) -> tuple[int, bytes | np.ndarray]:
     """One byte stream's coder and bytes. Noise (an estimated ``bits`` a byte above 7.9: low
     mantissa bytes) is stored as it is, as zstd would end up doing after spending the time; a
     near-constant stream (under 1.5 bits) that zstd leaves above one bit a byte is also tried
@@ -340,7 +337,7 @@ def _code(data: np.ndarray, bits: float, level: int, copy: bool) -> tuple[int, b
     copied out."""
     if bits > 7.9:
         return STORED, (data.copy() if copy else data)
-    blob, coder = _zstd(level).compress(data), ZSTD
+    blob, coder = _zstd(level, literal).compress(data), ZSTD
     # bit planes only where zstd is stuck at Huffman's floor (a residual's near-empty top plane
     # is runs of zeros that zstd codes in under 0.5 bits a byte; the trial was 0.7 ms a chunk)
     if bits < 1.5 and len(blob) > data.size // 8:
@@ -383,12 +380,16 @@ def encode(data: bytes | np.ndarray, shape: tuple[int, ...], dtype: np.dtype, le
     n = u.size
     modes = np.zeros(n_rows, dtype=np.uint8)
     if n_rows == 1 and n * size > SCRATCH_MAX_BYTES:  # a wide space's chunk: no row above
-        planes = _row_planes(u, kind)
+        from wdb.store.widechunk import row_planes
+
+        planes = row_planes(u, kind)
         step = max(1, n // (SAMPLES * 32))
         counts = np.stack([np.bincount(pl[::step], minlength=256) for pl in planes])
         plane_bits = _bits(counts) / planes[0, ::step].size
         # contiguous views: stored planes need no copy
-        streams = [_code(planes[p], plane_bits[p], level, copy=False) for p in range(size)]
+        streams = [
+            _code(planes[p], plane_bits[p], level, copy=False, literal=True) for p in range(size)
+        ]
     else:
         words = _scratch("words", n, t)
         if kind == "f":

@@ -45,10 +45,16 @@ keeps residuals), fsck's tail reclaim and object stores (zarr over fsspec) all k
 unchanged, and there is no second namespace of files to garbage-collect. The cost: a program
 reading the array with plain zarr sees residuals in delta rows; ``family_rows`` says which.
 
-Reading: :class:`DeltaIndex` patches rows that ``ArrayStore.read`` returns: a delta row is
-decoded (parent first, recursively), XORed, and its xxh3_128 digest checked against
-``family_rows.digest``; a missing or damaged parent is :class:`DamagedFamily` naming both
-checkpoints, never wrong bytes.
+Reading: :meth:`DeltaIndex.read` is ``ArrayStore.read`` for wide spaces. A whole delta row
+is not read as stored first: it is decoded chunk by chunk on the codec's threads, a residual
+chunk together with its key row's chunk (their byte planes XORed as they are placed into the
+row, ``wdb.store.widechunk``), a borrowed chunk from the row that holds it; its xxh3_128
+digest is then checked against ``family_rows.digest``. Before this, a delta row was read as
+stored, its key row read whole, then the two XORed: two placements and rotations of every
+chunk, and the slowest member of the bench's family read in 3.2x a plain row's time. Rows of
+first-round chains (a key row that is itself a delta) take that older path. A missing or
+damaged parent is :class:`DamagedFamily` naming both checkpoints, never wrong bytes; a chunk
+of the row's own that does not decode is that row's damaged chunk (``wdb.store.verify``).
 """
 
 from __future__ import annotations
@@ -167,29 +173,6 @@ def format_tokens(tokens: dict[int, tuple[str, int]], row: int) -> str:
     return ",".join(parts)
 
 
-def estimate(chunk: np.ndarray) -> int:
-    """The bytes ``chunk`` would take coded alone, from the order-0 entropy of its byte planes
-    on a sample (what the codec itself estimates to choose a plane's coder): some 2% of the
-    cost of coding it, so a delta that is clearly smaller is kept without that second coding."""
-    from wdb.store.codec import _rotate
-
-    u = _bits(chunk)
-    step = max(1, u.size // 65536)
-    sample = np.ascontiguousarray(u[::step])
-    if chunk.dtype.kind == "f":
-        sample = _rotate(sample, True, out=np.empty_like(sample), tmp=np.empty_like(sample))
-    planes = sample.view(np.uint8).reshape(-1, u.itemsize)
-    counts = np.stack([np.bincount(planes[:, p], minlength=256) for p in range(u.itemsize)])
-    bits = _entropy_bits(counts) / max(1, sample.size)
-    return int(np.minimum(bits, 8.0).sum() / 8 * u.size)
-
-
-def _entropy_bits(counts: np.ndarray) -> np.ndarray:
-    from wdb.store.codec import _bits as codec_bits
-
-    return codec_bits(counts)
-
-
 @dataclass
 class Written:
     """What :func:`write_row` stored: the ``family_rows`` entry and the bytes it saved."""
@@ -223,29 +206,6 @@ class Parent:
     same_key: bool = False
 
 
-def _chunks(n: int, width: int, segments: Iterator[np.ndarray], dtype: np.dtype):
-    """Yield ``(index, chunk)``: the row's values in ``width``-column chunks, the last one padded
-    with zeros to ``width`` (as Zarr stores edge chunks); memory one chunk."""
-    buf = np.zeros(width, dtype=dtype)
-    col, fill, c = 0, 0, 0
-    for seg in segments:
-        seg = np.ascontiguousarray(seg, dtype=dtype).reshape(-1)
-        while seg.size:
-            take = min(width - fill, seg.size)
-            buf[fill : fill + take] = seg[:take]
-            fill, seg = fill + take, seg[take:]
-            if fill == width:
-                yield c, buf
-                c, col, fill = c + 1, col + width, 0
-                buf = np.zeros(width, dtype=dtype)
-    if fill:
-        buf[fill:] = 0
-        yield c, buf
-        col += fill
-    if col != n:
-        raise ValueError(f"row stream gave {col} values, expected {n}")
-
-
 def write_row(
     store: ArrayStore,
     path: str,
@@ -266,6 +226,7 @@ def write_row(
 
     from wdb.store.codec import _pool
     from wdb.store.verify import block_digest
+    from wdb.store.widechunk import chunks, estimate
 
     arr = store.array(path)
     if row + 1 > arr.shape[0]:
@@ -283,10 +244,10 @@ def write_row(
         blob, saved, tok = None, 0, None
         if key is not None:
             a = c * width
-            pc = np.zeros(width, dtype=dtype)
-            got = key[a : a + width]
-            pc[: got.size] = got
-            delta = _encode((_bits(chunk) ^ _bits(pc)).view(dtype), dtype)
+            pc = key[a : a + width]
+            if pc.size < width:  # the edge chunk: zero padded, as stored
+                pc = np.concatenate([pc, np.zeros(width - pc.size, dtype=dtype)])
+            delta = _encode(np.bitwise_xor(_bits(chunk), _bits(pc)).view(dtype), dtype)
             guess = estimate(chunk)
             if len(delta) < CLEARLY * guess:
                 blob, saved, tok = delta, guess - len(delta), ("x", row)
@@ -316,7 +277,7 @@ def write_row(
     pending = []
     pool: ThreadPoolExecutor = _pool()
     blocks: list[bytes] = []
-    for c, chunk in _chunks(n, width, segments, dtype):
+    for c, chunk in chunks(n, width, segments, dtype):
         a = c * width
         valid = chunk[: max(0, min(width, n - a))]
         hasher.update(valid.data)
@@ -472,24 +433,42 @@ class DeltaIndex:
         row: int,
         depth: int = 0,
         raw: np.ndarray | None = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The values of ``row`` (``raw``: its stored row, when already read), the key row
-        decoded first; digest-checked."""
+        """The values of ``row`` (``raw``: its stored row, when already read; ``out``: where
+        to put them), the key row decoded first; digest-checked."""
         arr = store.array(path)
         info = self.deltas(path, np.array([row]))
-        raw = np.asarray(arr[row]) if raw is None else raw
         if row not in info:
+            if raw is None:
+                raw = np.asarray(arr[row])
+            if out is not None:
+                out[:] = raw
+                return out
             return raw
         parent_row, tokens, want = info[row]
         if depth > 64:
             raise DamagedFamily(f"{self._name(path, row)}: delta chain loops in {path}")
-        key = None
+        from wdb.store.widechunk import OwnChunk
+
         try:
-            if any(kind == "x" for kind, _ in tokens.values()):
-                if parent_row >= arr.shape[0]:
-                    raise IndexError(f"row {parent_row} is past the array end")
-                key = self.decode(store, path, parent_row, depth + 1)
-            _fill_borrowed(arr, row, raw, tokens, key)
+            direct = None if raw is not None else self._direct(store, path, row, info, out)
+            if direct is not None:
+                raw = direct
+            else:
+                if raw is None:
+                    raw = np.asarray(arr[row])
+                if out is not None:
+                    out[:] = raw
+                    raw = out
+                key = None
+                if any(kind == "x" for kind, _ in tokens.values()):
+                    if parent_row >= arr.shape[0]:
+                        raise IndexError(f"row {parent_row} is past the array end")
+                    key = self.decode(store, path, parent_row, depth + 1)
+                _fill_borrowed(arr, row, raw, tokens, key)
+        except OwnChunk as exc:  # the row's own bytes: the verified reader names the chunk
+            raise exc.__cause__ from None
         except Exception as exc:
             raise DamagedFamily(
                 f"{self._name(path, row)}: its delta parent {self._name(path, parent_row)} "
@@ -502,6 +481,54 @@ class DeltaIndex:
                 "row is damaged"
             )
         return raw
+
+    def _direct(
+        self, store: ArrayStore, path: str, row: int, info: dict, out: np.ndarray | None
+    ) -> np.ndarray | None:
+        """Delta row ``row`` decoded chunk by chunk straight into ``out`` (None: a new array)
+        by ``wdb.store.widechunk.read_row``; None (nothing done) where that does not apply:
+        another codec, or a key row that is itself a delta (a first-round chain)."""
+        from wdb.store import widechunk
+
+        arr = store.array(path)
+        if not widechunk.direct(arr):
+            return None
+        parent_row, tokens, _ = info[row]
+        key_tokens: dict[int, tuple[str, int]] = {}
+        if any(kind == "x" for kind, _ in tokens.values()):
+            if parent_row >= arr.shape[0]:
+                raise IndexError(f"row {parent_row} is past the array end")
+            if parent_row in info:
+                key_tokens = info[parent_row][1]
+                if any(kind == "x" for kind, _ in key_tokens.values()):
+                    return None
+        if out is None:
+            out = np.empty(int(arr.shape[1]), dtype=arr.dtype)
+        widechunk.read_row(arr, row, tokens, parent_row, key_tokens, out)
+        return out
+
+    def read(self, store: ArrayStore, path: str, rows: np.ndarray, cols: Any) -> np.ndarray:
+        """``store``'s rows with the delta rows decoded. Whole rows: the delta rows are not
+        read as stored first (their chunks are decoded once, with their key row's: see
+        :meth:`_direct`), only the others."""
+        info = self.deltas(path, rows)
+        listed = rows.tolist()
+        if cols is not None or not any(r in info for r in listed):
+            return self.patch(store, path, rows, cols, store._read_raw(path, rows, cols))
+        arr = store.array(path)
+        out = np.empty((rows.size, *arr.shape[1:]), dtype=arr.dtype)
+        plain = [i for i, r in enumerate(listed) if r not in info]
+        if plain:
+            out[plain] = store._read_raw(path, rows[plain])
+        first: dict[int, int] = {}
+        for i, r in enumerate(listed):
+            if r in info:
+                if r in first:
+                    out[i] = out[first[r]]
+                else:
+                    self.decode(store, path, int(r), out=out[i])
+                    first[r] = i
+        return out
 
     def patch(
         self, store: ArrayStore, path: str, rows: np.ndarray, cols: Any, out: np.ndarray
