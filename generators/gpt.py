@@ -160,6 +160,7 @@ def default_config(size: str) -> dict:
         "weight_decay": 0.0,
         "ema": 0.99 if small else 0.999,
         "diffusion_steps": 100 if small else 1000,
+        "sample_steps": 0,
         "beta_start": 1e-4,
         "beta_end": 2e-2,
         "weight_std": 0.538,
@@ -523,6 +524,7 @@ def sample(
             method="ddpm",
             generator=gen,
             desc="sample gpt",
+            steps=int(config.get("sample_steps") or 0) or None,
         )
     out = (x / scale).numpy().astype(np.float32)
     info = [
