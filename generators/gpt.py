@@ -93,7 +93,9 @@ Deviations from the original and why:
   demo pipeline (``benchmarks/exp_budget.py``, ``target_min``, 100 sampling steps, 1000 runs):
   1500 steps 0.844, **3000 steps 0.851** (training checkpoints 0.895), the demo plan. Cost,
   CPU seconds of the whole G.pt stage without the zoo (fit, sampling, baselines, evaluation,
-  analysis; loaded machine): 130 s at 1500 steps, 220 s at 3000. The memorisation analysis
+  analysis; loaded machine): 130 s at 1500 steps, 220 s at 3000; training the zoo: 54 s for
+  1000 runs vs 14 s for 250 (1 thread). So the demo's G.pt stage costs about 2 min more than
+  with the old plan (estimated from these parts, not timed end to end). The memorisation analysis
   at either: novelty ratio 0.97 (median aligned min-L2 5.59 generated vs 5.77 among training
   final checkpoints): a G.pt that reaches 0.85 still does not copy its training set.
 
