@@ -4,7 +4,8 @@ Runs the demo's G.pt pipeline (zoo → fit → samples → noise baselines → m
 a fresh database with the ``mnist-mlp`` zoo resized, and prints finding 1's G.pt line (median
 min-aligned-L2 to the final training checkpoints, generated vs training, and their ratio; the
 paper: far below 1) with the wall time of each stage. The paper's G.pt trains on ~200 checkpoints
-per run over tens of thousands of runs; the demo uses 250 runs x 5 checkpoints.
+per run over tens of thousands of runs; the demo uses 1000 runs x 5 checkpoints (see
+benchmarks/exp_budget.py for the generator's training budget).
 
     .venv/bin/python benchmarks/exp_gpt_scale.py --runs 250 --epochs 3 --ckpts 20 [--steps 1500]
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=250)
+    ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--ckpts", type=int, default=5, help="checkpoints kept per run")
     ap.add_argument("--steps", type=int, default=1500, help="G.pt training steps")
@@ -37,7 +38,7 @@ def main() -> None:
     gpt.INFO.plans["demo"] = {
         **gpt.INFO.plans["demo"],
         "zoo_runs": args.runs,
-        "gen": {"size": "default", "train_steps": args.steps},
+        "gen": {**gpt.INFO.plans["demo"]["gen"], "train_steps": args.steps},
     }
     root = Path(args.keep or tempfile.mkdtemp(prefix="wdb-gpt-"))
     db = wdb.open(root / "db")

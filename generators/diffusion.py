@@ -46,16 +46,22 @@ class LinearSchedule:
         method: str = "ddpm",
         generator: torch.Generator | None = None,
         desc: str = "sampling",
+        steps: int | None = None,
     ) -> torch.Tensor:
         """Run the reverse process. ``model(x_t, t) -> eps or x0`` as ``predict`` says.
 
         ``ddpm``: ancestral sampling with the posterior variance (all steps). ``ddim``: the
-        deterministic DDIM update (eta = 0) over all steps. ``desc`` labels the progress bar
-        (``wdb.progress``: a bar on a terminal, a line every 10 s in a log, else silent).
+        deterministic DDIM update (eta = 0) over all steps. ``steps`` (fewer than the schedule's)
+        visits that many evenly spaced timesteps instead (DDIM's respacing; ``ddpm`` then draws
+        from the posterior between consecutive visited steps, DDIM's eta = 1). ``desc`` labels
+        the progress bar (``wdb.progress``: a bar on a terminal, a line every 10 s in a log,
+        else silent).
         """
         from wdb.plugin import progress
 
         x = torch.randn(shape, generator=generator)
+        if steps is not None and 0 < steps < self.steps:
+            return self._strided(model, x, steps, predict, method, generator, desc)
         steps = range(self.steps - 1, -1, -1)
         for i in progress(steps, total=self.steps, desc=desc):
             t = torch.full((shape[0],), i, dtype=torch.long)
@@ -76,6 +82,26 @@ class LinearSchedule:
                 x = mean + math.sqrt(var) * torch.randn(shape, generator=generator)
             else:
                 x = mean
+        return x
+
+    def _strided(self, model, x, steps, predict, method, generator, desc) -> torch.Tensor:
+        """The reverse process over ``steps`` evenly spaced timesteps (Song et al. 2021, eq. 12)."""
+        from wdb.plugin import progress
+
+        ts = torch.linspace(self.steps - 1, 0, steps).round().long().tolist()
+        eta = 1.0 if method == "ddpm" else 0.0
+        for k in progress(range(len(ts)), total=len(ts), desc=desc):
+            i = ts[k]
+            t = torch.full((x.shape[0],), i, dtype=torch.long)
+            out = model(x, t)
+            x0 = out if predict == "x0" else self.x0_from_eps(x, t, out)
+            eps = out if predict == "eps" else self.eps_from_x0(x, t, out)
+            ab = self.alpha_bar[i].item()
+            ab_prev = self.alpha_bar[ts[k + 1]].item() if k + 1 < len(ts) else 1.0
+            sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+            x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn(x.shape, generator=generator)
         return x
 
 

@@ -191,3 +191,34 @@ def test_unit_tokens_partition_the_row_and_are_permutation_equivariant():
     b = run(permute(x_t, layout, perms), permute(start, layout, perms))
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert not np.allclose(a, run(x_t, start), atol=1e-3)  # the permutation did change the row
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+def test_strided_sampling_visits_steps_and_ends_on_x0(method):
+    """``steps`` < the schedule's: that many model calls, the last update returns its x0."""
+    from generators.diffusion import LinearSchedule
+
+    x0 = torch.linspace(-1, 1, 12).reshape(3, 4)
+    seen = []
+
+    def model(x_t, t):
+        seen.append(int(t[0]))
+        return x0
+
+    out = LinearSchedule(100).sample(
+        model,
+        (3, 4),
+        predict="x0",
+        method=method,
+        generator=torch.Generator().manual_seed(0),
+        steps=7,
+    )
+    assert len(seen) == 7 and seen[0] == 99 and seen[-1] == 0 and seen == sorted(seen)[::-1]
+    torch.testing.assert_close(out, x0)
+
+
+def test_sample_steps_untrained_model_returns_its_prompts():
+    ts = synthetic()
+    _, (s,), _ = fit_sample(ts, n=4, train_steps=0, sample_steps=3)
+    src = np.array([i["prompt_checkpoint"] for i in s.info])
+    np.testing.assert_allclose(s.rows, ts.weights[np.searchsorted(ts.ids, src)], atol=1e-5)
