@@ -180,8 +180,8 @@ FAULTY = textwrap.dedent(
         import ingest.folder
         orig_load = ingest.folder.read_checkpoint
 
-        def slow(path):
-            time.sleep(0.05)
+        def slow(path):  # long enough that a loaded machine's Ctrl-C lands mid-ingest, even
+            time.sleep(0.2)  # with the next files read ahead while this one is written
             return orig_load(path)
 
         ingest.folder.read_checkpoint = slow
