@@ -161,8 +161,12 @@ def test_a_million_problems_print_a_capped_list_and_a_count(tmp_path: Path) -> N
 # with the given errno, or every read of a checkpoint is slowed down (for a Ctrl-C from outside).
 FAULTY = textwrap.dedent(
     """
-    import errno, os, sys, time
+    import errno, os, signal, sys, time
     from wdb.store.arrays import ArrayStore
+
+    # a terminal's Ctrl-C: the process starts with Python's own SIGINT handler even when the
+    # test process (pytest, after a library left SIGINT ignored) would pass SIG_IGN down
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     fault = os.environ["FAULT"]
     orig_write, state = ArrayStore.write, {"n": 0}
