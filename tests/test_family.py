@@ -165,7 +165,10 @@ def test_equal_chunks_of_a_delta_parent_are_borrowed_not_written(db):
     assert type(db)(db.path).weights([ids["frozen:0"]])[0].tobytes() == rows["frozen:0"].tobytes()
 
 
-def test_missing_parent_is_an_error_naming_both(db):
+def _first_delta_chunk(db, whose: str) -> tuple:
+    """Ingest steps 0 and 1 of the family (1 a delta on 0); return (rows, ids, fs, key) with
+    ``key`` the stored chunk, of the delta row (``whose='row'``) or of its parent
+    (``'parent_row'``), at the delta's first residual chunk."""
     import fsspec
 
     rows = _family()
@@ -175,7 +178,12 @@ def test_missing_parent_is_an_error_naming_both(db):
     fam = db.sql("SELECT * FROM family_rows WHERE parent_row IS NOT NULL")[0]
     c = int(fam["delta_chunks"].split(",")[0])
     fs, root = fsspec.core.url_to_fs(db.weights_store.root)
-    fs.rm(f"{root}/{family._chunk_key(arr, int(fam['parent_row']), c)}")
+    return rows, ids, fs, f"{root}/{family._chunk_key(arr, int(fam[whose]), c)}"
+
+
+def test_missing_parent_is_an_error_naming_both(db):
+    rows, ids, fs, key = _first_delta_chunk(db, "parent_row")
+    fs.rm(key)
     fresh = type(db)(db.path)  # a new reader: nothing cached
     with pytest.raises(family.DamagedFamily) as err:
         fresh.weights([ids["run:1"]])
@@ -293,18 +301,9 @@ def _found(folder):
 def test_a_damaged_chunk_of_a_delta_row_itself_is_named_as_that_chunk(db):
     """A delta row's own residual that does not decode is that checkpoint's damaged chunk
     (``DamagedChunk``), not its parent's fault; its parent still reads."""
-    import fsspec
-
     from wdb.errors import DamagedChunk
 
-    rows = _family()
-    ids = _ingest(db, {k: rows[k] for k in ("run:0", "run:1")})
-    space = db.ensure_space(_layout())
-    arr = db.weights_store.array(space.array_path)
-    fam = db.sql("SELECT * FROM family_rows WHERE parent_row IS NOT NULL")[0]
-    c = int(fam["delta_chunks"].split(",")[0])
-    fs, root = fsspec.core.url_to_fs(db.weights_store.root)
-    path = f"{root}/{family._chunk_key(arr, int(fam['row']), c)}"
+    rows, ids, fs, path = _first_delta_chunk(db, "row")
     blob = fs.cat_file(path)
     fs.pipe_file(path, blob[:10] + bytes(len(blob) - 10))
     fresh = type(db)(db.path)

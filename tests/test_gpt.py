@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from generators import gpt
+from tests.toyzoo import write_toy_mlp_zoo
 from wdb import plugin as P
-from wdb.store.write import NewCheckpoint
 from wdb.study import generate as G
 from wdb.study.tasks import get
 
@@ -102,26 +102,7 @@ def test_condition_falls_back_to_error_then_none():
 
 
 def test_generate_writes_lineage_and_reloads(db):
-    layout = _layout()
-    space = db.ensure_space(layout)
-    rng = np.random.default_rng(0)
-    items = []
-    for r in range(5):
-        base = rng.normal(0, 0.03, layout.n_params).astype(np.float32)
-        split = "test" if r == 4 else "train"
-        for s in range(3):
-            items.append(
-                NewCheckpoint(
-                    run=f"toy-{r}",
-                    step=s,
-                    row=base + 0.01 * s,
-                    zoo="toy",
-                    split=split,
-                    metrics={"loss": 2.3 - 0.5 * s},
-                    run_config={"task": "mnist-mlp", "seed": r},
-                )
-            )
-    db.write_checkpoints(space, items)
+    write_toy_mlp_zoo(db)
     rep = G.generate(
         db, "gpt", train="zoo = 'toy' AND split = 'train'", n=3, overrides=dict(TINY), seed=2
     )

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.toyzoo import write_toy_mlp_zoo
 from wdb import plugin as P
 from wdb import plugins
 from wdb.cli.main import cli
@@ -231,28 +232,7 @@ def test_duckdb_md_reference_queries_run(db, method):
 
 
 def test_builtin_gpt_records_final_checkpoints_and_flags_its_prompts(db):
-    from wdb.store.write import NewCheckpoint
-    from wdb.study.tasks import get
-
-    layout = get("mnist-mlp").layout()
-    space = db.ensure_space(layout)
-    rng = np.random.default_rng(0)
-    items = []
-    for r in range(5):
-        base = rng.normal(0, 0.03, layout.n_params).astype(np.float32)
-        for s in range(3):
-            items.append(
-                NewCheckpoint(
-                    run=f"toy-{r}",
-                    step=s,
-                    row=base + 0.01 * s,
-                    zoo="toy",
-                    split="test" if r == 4 else "train",
-                    metrics={"loss": 2.3 - 0.5 * s},
-                    run_config={"task": "mnist-mlp", "seed": r},
-                )
-            )
-    db.write_checkpoints(space, items)
+    write_toy_mlp_zoo(db)
     tiny = {"size": "small", "width": 16, "train_steps": 6, "diffusion_steps": 12, "batch": 8}
     gid = db.generate(
         "gpt", train="zoo = 'toy' AND split = 'train'", n=3, overrides=tiny, seed=2

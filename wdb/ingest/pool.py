@@ -56,6 +56,15 @@ def _poolable(f: Found) -> bool:
         return False
 
 
+def _layout_of(got: Loaded, cache: dict[tuple, Layout]) -> Layout:
+    """The layout of a loaded state dict; equal layouts are one object from ``cache``."""
+    key = tuple((k, a.shape, got.dtypes[k]) for k, a in got.arrays.items())
+    layout = cache.get(key)
+    if layout is None:
+        layout = cache[key] = Layout.from_arrays(got.arrays, got.dtypes)
+    return layout
+
+
 def row_of(got: Loaded, cache: dict[tuple, Layout]) -> tuple[Layout, np.ndarray | RowStream]:
     """:func:`flat_row`, except that a row of a wide space (``wdb.store.arrays.WIDE`` values or
     more) is a :class:`RowStream` of its tensors (views of the file as loaded: a mapped
@@ -65,10 +74,7 @@ def row_of(got: Loaded, cache: dict[tuple, Layout]) -> tuple[Layout, np.ndarray 
 
     if got.row is not None and got.layout is not None:
         return got.layout, got.row
-    key = tuple((k, a.shape, got.dtypes[k]) for k, a in got.arrays.items())
-    layout = cache.get(key)
-    if layout is None:
-        layout = cache[key] = Layout.from_arrays(got.arrays, got.dtypes)
+    layout = _layout_of(got, cache)
     if layout.n_params < WIDE:
         return layout, layout.flatten(got.arrays)
     if set(got.arrays) != set(layout.names):
@@ -106,10 +112,7 @@ def flat_row(got: Loaded, cache: dict[tuple, Layout]) -> tuple[Layout, np.ndarra
     layout once per batch rather than once per file."""
     if got.row is not None and got.layout is not None:
         return got.layout, got.row
-    key = tuple((k, a.shape, got.dtypes[k]) for k, a in got.arrays.items())
-    layout = cache.get(key)
-    if layout is None:
-        layout = cache[key] = Layout.from_arrays(got.arrays, got.dtypes)
+    layout = _layout_of(got, cache)
     return layout, layout.flatten(got.arrays)
 
 
