@@ -87,12 +87,15 @@ def test_wide_chunks_are_built_a_slice_at_a_time_and_round_trip():
         assert codec.decode(blob, x.shape, x.dtype).tobytes() == x.tobytes()
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int32", "uint8", "float64"])
-def test_a_residual_chunk_decodes_with_its_key_straight_into_the_row(dtype):
+def test_a_residual_chunk_decodes_with_its_key_straight_into_the_row(dtype, compiled, monkeypatch):
     """``widechunk.decode_row_chunk``: values, and residual XOR key, placed straight into a
     slice of a row, equal the long way (decode, then XOR) on every bit pattern, for chunks
-    over and under the wide coder's size."""
-    from wdb.store import widechunk
+    over and under the wide coder's size; placed by the compiled kernel and by numpy."""
+    from wdb.store import placing, widechunk
+
+    monkeypatch.setattr(placing, "ENABLED", compiled and placing.ENABLED)
 
     rng = np.random.default_rng(3)
     dt = np.dtype(dtype)

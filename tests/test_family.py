@@ -312,3 +312,42 @@ def test_a_damaged_chunk_of_a_delta_row_itself_is_named_as_that_chunk(db):
     assert f"checkpoint {ids['run:1']}" in str(err.value)
     assert not isinstance(err.value, family.DamagedFamily)
     assert fresh.weights([ids["run:0"]])[0].tobytes() == rows["run:0"].tobytes()
+
+
+def test_a_scan_keeps_the_key_rows_chunks_and_reads_the_same(db, monkeypatch):
+    """During a scan (``Plan.keep``) a delta row's residual is decoded alone and XORed with
+    its key row's chunk decoded once and kept: the same bits and distances as the oracle, and
+    the key's stored chunks are decoded once for all its delta rows, not once per row."""
+    from wdb.query.scan import knn, plan, rows_of
+    from wdb.store import widechunk
+
+    rows = _family()
+    ids = _ingest(db, rows)
+    fresh = type(db)(db.path)  # nothing cached
+    ck = {c["checkpoint_id"]: c for c in fresh.checkpoints()}
+    space = fresh.ensure_space(_layout())
+    order = sorted({ck[i]["row"] for i in ids.values()})
+    calls = []
+    real = widechunk.decode_row_chunk
+
+    def counting(blob, out, key=None):
+        calls.append(key is not None)
+        return real(blob, out, key)
+
+    monkeypatch.setattr(widechunk, "decode_row_chunk", counting)
+    refs = rows_of(fresh, space.array_path, np.array(order))
+    p = plan(len(order), 1, BIG + SMALL, 4, 3, 1 << 20)
+    assert p.keep == (1 << 20) // 8 and p.whole_rows
+    q = rows["full:0"][None] + np.float32(1e-3)
+    got_ids, got_d, _ = knn(refs, np.array(order), q, np.array([-1]), 3, 1 << 20, p)
+    by_row = {ck[i]["row"]: rows[k] for k, i in ids.items()}
+    d = {r: float(np.linalg.norm(by_row[r].astype(np.float64) - q[0])) for r in order}
+    want = sorted(order, key=lambda r: (d[r], r))[:3]
+    assert got_ids[0].tolist() == want
+    np.testing.assert_allclose(got_d[0], [d[r] for r in want], rtol=1e-12)
+    # 5 delta rows x 5 chunks, every residual decoded alone; row 0's 5 chunks decoded once for
+    # the kept copy (row 0 read as a reference itself is a plain row: Zarr's read)
+    assert calls.count(True) == 0 and calls.count(False) == 5 * 5 + 5
+    calls.clear()  # outside a scan nothing is kept: each delta chunk decodes its key with it
+    assert fresh.weights([ids["run:1"]])[0].tobytes() == rows["run:1"].tobytes()
+    assert calls == [True] * 5

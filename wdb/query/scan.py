@@ -39,6 +39,9 @@ AHEAD = 1
 CHUNK_COLS = 1 << 20
 #: columns summed by one einsum; tiles are whole groups (see ``_accumulate``)
 GROUP = 256
+#: the share of the budget that keeps decoded key-row chunks of a wide family's delta rows
+#: (``wdb.store.widechunk.keep_key_chunks``): a 100 MB key row fits whole in 1 GB's eighth
+KEEP_SHARE = 8
 #: value-query pairs (references x values x queries) from which a scan sums with the compiled
 #: kernel (``wdb.query.kernel``): below, loading it (about 1 s in a fresh process) would cost
 #: more than it saves, and a zoo-sized query stays as quick as before
@@ -59,6 +62,7 @@ class Plan:
     sub: int = 1  # reference rows per float64 tile
     ahead: bool = True  # the next block is read while this one is summed
     fast: bool = False  # summed by the compiled kernel (decided once: workers sum alike)
+    keep: int = 0  # bytes of decoded key-row chunks kept (``wdb.store.widechunk``), budgeted
 
     def describe(self) -> str:
         what = "whole rows" if self.whole_rows else f"column blocks of {self.cols}"
@@ -115,7 +119,17 @@ def plan(n: int, nq: int, dim: int, itemsize: int, k: int, budget: int, what: st
     # float32 / float64 rows of a big enough scan: the kernel sums (numba imported only then)
     fast = itemsize in (4, 8) and n * dim * max(1, nq) >= FAST_MIN
     fast = fast and importlib.util.find_spec("numba") is not None
+    from dataclasses import replace
+
+    from wdb.store.arrays import WIDE
+
+    # rows of a wide space may be delta rows: a share of the budget keeps their key's chunks
+    # (only where that costs no other read: as many queries per pass, whole rows as before)
     got = _fit(n, nq, dim, itemsize, k, budget, fast)
+    keep = budget // KEEP_SHARE if dim >= WIDE and n > 1 and got is not None else 0
+    kept = _fit(n, nq, dim, itemsize, k, budget - keep, fast) if keep else None
+    if kept is not None and (kept.queries, kept.whole_rows) == (got.queries, got.whole_rows):
+        return replace(kept, keep=keep)
     if got is not None:
         return got
     lo, hi = budget, max(2 * budget, 1 << 10)
@@ -315,6 +329,13 @@ def topk_sq(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Squared distances and ids ``[nq, k]`` of each query's k nearest references (inf / -1
     where fewer), each query's own id excluded; reads as ``plan_`` says."""
+    from wdb.store.widechunk import keep_key_chunks
+
+    with keep_key_chunks(plan_.keep):
+        return _topk_sq(refs, ref_ids, queries, q_ids, k, plan_)
+
+
+def _topk_sq(refs, ref_ids, queries, q_ids, k, plan_) -> tuple[np.ndarray, np.ndarray]:
     nq, dim = len(queries), plan_.dim
     n = len(refs)
     out_d = np.full((nq, k), np.inf)

@@ -16,7 +16,9 @@ row chunk by chunk, a residual chunk together with its key row's chunk.
 
 from __future__ import annotations
 
+import contextlib
 import struct
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 from numcodecs import Blosc
 
+from wdb.store import placing
 from wdb.store.codec import (
     _UINT,
     BITS,
@@ -118,6 +121,12 @@ def decode_row_chunk(
         return
     size, t = dtype.itemsize, _UINT[dtype.itemsize]
     words = out.view(t)
+    if placing.usable(size):  # one compiled pass (wdb.store.placing)
+        rotate = _kind(dtype) == "f"
+        if kplanes is not None:
+            placing.place(kplanes, words, rotate, xor=False)
+        placing.place(planes, words, rotate, xor=kplanes is not None)
+        return
     by_plane = words.view(np.uint8).reshape(n, size)
     for p in range(size):
         if kplanes is None:
@@ -221,6 +230,64 @@ def direct(arr: Any) -> bool:
     )
 
 
+class _Kept:
+    """Decoded key-row chunks kept for the delta rows read after them, up to ``cap`` bytes.
+
+    Why: every delta row of a family is a residual against the same key row, and reading it had
+    decoded that key row's chunk again each time (half of a nearest query's decoding on a
+    fine-tune family). A key chunk's values are decoded once and XORed into each residual: XOR
+    commutes with the byte planes and the bit rotation (see :func:`decode_row_chunk`), so the
+    bits are the same. First come, kept: nothing is evicted while a scan runs, so a key row
+    larger than ``cap`` keeps its first chunks for every row (an LRU would keep none of a
+    cyclic scan's)."""
+
+    def __init__(self, cap: int):
+        self.cap, self.used, self.users = cap, 0, 1
+        self.chunks: dict[tuple[str, int, int], np.ndarray] = {}
+        self.lock = threading.Lock()
+
+    def get(self, where: tuple[str, int, int]) -> np.ndarray | None:
+        return self.chunks.get(where)
+
+    def room(self, nbytes: int) -> bool:
+        """Reserve ``nbytes`` if they fit (the caller then :meth:`put`s)."""
+        with self.lock:
+            if self.used + nbytes > self.cap:
+                return False
+            self.used += nbytes
+            return True
+
+    def put(self, where: tuple[str, int, int], values: np.ndarray) -> None:
+        self.chunks[where] = values
+
+
+_KEPT: _Kept | None = None
+_KEPT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def keep_key_chunks(nbytes: int) -> Iterator[None]:
+    """While open, delta rows read by :func:`read_row` keep their key rows' decoded chunks (up
+    to ``nbytes``, which the caller counts in its memory budget); dropped when the outermost
+    closes (scans open at once in one process share the first one's)."""
+    global _KEPT
+    with _KEPT_LOCK:
+        if _KEPT is None:
+            _KEPT = _Kept(nbytes) if nbytes > 0 else None
+            mine = _KEPT
+        else:
+            _KEPT.users += 1
+            mine = None
+    try:
+        yield
+    finally:
+        with _KEPT_LOCK:
+            if mine is not None:
+                _KEPT = None
+            elif _KEPT is not None:
+                _KEPT.users -= 1
+
+
 class OwnChunk(Exception):
     """A chunk stored at the row being read does not decode (not its parent's fault)."""
 
@@ -255,6 +322,7 @@ def read_row(
     from wdb.store.codec import _pool
 
     width, n = int(arr.chunks[1]), int(arr.shape[1])
+    kept, name = _KEPT, str(arr.store_path)
 
     def one(c: int, blobs: dict[tuple[int, int], Any]) -> None:
         a, b = c * width, min(n, (c + 1) * width)
@@ -263,11 +331,21 @@ def read_row(
         blob = blobs.get((src, c))
         if kind == "x":
             ksrc = key_tokens.get(c, ("v", key_row))[1]
-            key = blobs.get((ksrc, c))
-            if blob is None or key is None:
+            values = None if kept is None else kept.get((name, ksrc, c))
+            key = None if values is not None else blobs.get((ksrc, c))
+            if blob is None or (key is None and values is None):
                 raise KeyError(f"chunk {c} of row {src if blob is None else ksrc} is missing")
+            if values is None and kept is not None and kept.room(width * arr.dtype.itemsize):
+                values = np.empty(width, dtype=arr.dtype)  # decoded once, kept for the next rows
+                decode_row_chunk(key, values)
+                kept.put((name, ksrc, c), values)
             try:
-                decode_row_chunk(blob, dest, key)
+                if values is None:
+                    decode_row_chunk(blob, dest, key)
+                else:
+                    decode_row_chunk(blob, dest)
+                    words = dest.view(_UINT[dest.itemsize])
+                    np.bitwise_xor(words, values.view(words.dtype), out=words)
             except Exception as exc:
                 _blame(exc, blob, src == row, dest)
         elif blob is None:
@@ -287,7 +365,10 @@ def read_row(
     def places(window: range) -> list[tuple[int, int]]:
         got = [(tokens.get(c, ("v", row))[1], c) for c in window]
         keyed = [c for c in window if tokens.get(c, "v")[0] == "x"]
-        return got + [(key_tokens.get(c, ("v", key_row))[1], c) for c in keyed]
+        keys = [(key_tokens.get(c, ("v", key_row))[1], c) for c in keyed]
+        if kept is not None:  # a key chunk kept decoded is not read again
+            keys = [(r, c) for r, c in keys if kept.get((name, r, c)) is None]
+        return got + keys
 
     windows = [range(w, min(n_chunks, w + WINDOW)) for w in range(0, n_chunks, WINDOW)]
     pool, running = _pool(), deque()
