@@ -238,7 +238,13 @@ class Catalog:
             import duckdb
 
             held = self._reader
-            con = held or self._retry(lambda: duckdb.connect(self.duckdb_file, read_only=True))
+            # a cursor of the held connection (its own, as DuckDB asks of each thread: a scan
+            # reads on its reader thread beside the caller's)
+            con = (
+                held.cursor()
+                if held is not None
+                else self._retry(lambda: duckdb.connect(self.duckdb_file, read_only=True))
+            )
             try:
                 if hardened:
                     con.execute(
@@ -249,8 +255,7 @@ class Catalog:
                 cols = [d[0] for d in cur.description] if cur.description else []
                 return cols, cur.fetchall() if cols else []
             finally:
-                if held is None:
-                    con.close()
+                con.close()
         import sqlalchemy as sa
 
         with self.engine.connect() as conn:

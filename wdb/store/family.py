@@ -367,38 +367,34 @@ class DeltaIndex:
         ] = {}
 
     def _load(self, path: str) -> tuple[int, int, dict]:
-        import sqlalchemy as sa
-
         try:
             return self._query(path)
-        except sa.exc.DBAPIError:  # a catalog before revision 0007: no delta rows
+        except Exception as exc:  # a catalog before revision 0007: no delta rows
+            if "family_rows" not in str(exc):
+                raise
             entry = (-1, 1 << 62, {})
             self._cache[path] = entry
             return entry
 
     def _query(self, path: str) -> tuple[int, int, dict]:
-        import sqlalchemy as sa
-
-        with self.catalog.begin() as conn:
-            sid = conn.execute(
-                sa.text("SELECT id FROM spaces WHERE array_path = :p"), {"p": path}
-            ).scalar()
-            if sid is None:  # no space yet: nothing to cache
-                return (-1, -1, {})
-            else:
-                top = conn.execute(
-                    sa.text("SELECT max(row) FROM checkpoints WHERE space_id = :s"), {"s": sid}
-                ).scalar()
-                rows = {}
-                for r, p, chunks, dig in conn.execute(
-                    sa.text(
-                        "SELECT row, parent_row, delta_chunks, digest FROM family_rows "
-                        "WHERE space_id = :s AND parent_row IS NOT NULL"
-                    ),
-                    {"s": sid},
-                ):
-                    rows[int(r)] = (int(p), parse_tokens(chunks, int(r)), dig)
-                entry = (int(sid), -1 if top is None else int(top), rows)
+        """Read-only (``Catalog.query_rows``): a read of rows opens no write transaction."""
+        q = self.catalog.query_rows
+        _, got = q(
+            "SELECT s.id, (SELECT max(row) FROM checkpoints c WHERE c.space_id = s.id) "
+            "FROM spaces s WHERE s.array_path = :p",
+            {"p": path},
+        )
+        if not got:  # no space yet: nothing to cache
+            return (-1, -1, {})
+        sid, top = got[0]
+        rows = {}
+        for r, p, chunks, dig in q(
+            "SELECT row, parent_row, delta_chunks, digest FROM family_rows "
+            "WHERE space_id = :s AND parent_row IS NOT NULL",
+            {"s": sid},
+        )[1]:
+            rows[int(r)] = (int(p), parse_tokens(chunks, int(r)), dig)
+        entry = (int(sid), -1 if top is None else int(top), rows)
         self._cache[path] = entry
         return entry
 
@@ -411,20 +407,15 @@ class DeltaIndex:
         return entry[2]
 
     def _name(self, path: str, row: int) -> str:
-        import sqlalchemy as sa
-
         sid = self._cache.get(path, (None,))[0]
-        with self.catalog.begin() as conn:
-            got = conn.execute(
-                sa.text(
-                    "SELECT c.id, r.name, c.step FROM checkpoints c JOIN runs r ON r.id = c.run_id "
-                    "WHERE c.space_id = :s AND c.row = :r ORDER BY c.id LIMIT 1"
-                ),
-                {"s": sid, "r": row},
-            ).first()
-        if got is None:
+        _, got = self.catalog.query_rows(
+            "SELECT c.id, r.name, c.step FROM checkpoints c JOIN runs r ON r.id = c.run_id "
+            "WHERE c.space_id = :s AND c.row = :r ORDER BY c.id LIMIT 1",
+            {"s": sid, "r": row},
+        )
+        if not got:
             return f"row {row} (no checkpoint)"
-        return f"checkpoint {got[0]} (run '{got[1]}' step {got[2]})"
+        return f"checkpoint {got[0][0]} (run '{got[0][1]}' step {got[0][2]})"
 
     def decode(
         self,
