@@ -74,6 +74,13 @@ def test_plans_are_sized_in_bytes():
     wide = scan.plan(40, 6, 20_000, 4, 3, 128 * KB)
     assert not wide.whole_rows and wide.cols % wide.tile == 0
     assert wide.queries == 6  # all targets share each reference read
+    # 6 targets of 100 MB under 1 GB: whole rows would hold one reference at a time, each
+    # streaming all six targets again; column blocks of whole chunks hold every reference
+    big = scan.plan(20, 6, 25_000_000, 4, 3, 1 << 30)
+    assert not big.whole_rows and big.rows == 20 and big.queries == 6
+    assert big.cols % scan.CHUNK_COLS == 0 and big.keep > 0
+    one = scan.plan(20, 1, 25_000_000, 4, 3, 1 << 30)  # one target: whole rows, key kept
+    assert one.whole_rows and one.keep == (1 << 30) // scan.KEEP_SHARE
 
 
 @pytest.mark.parametrize("d,budget", [(64, 16 * KB), (20_000, 64 * KB), (20_000, 48 * KB)])

@@ -577,7 +577,7 @@ class Database(Listings, Housekeeping):
 
 def _decode_families(db: Database) -> None:
     """Reads of the weight store decode delta rows of wide spaces (``wdb.store.family``)."""
-    from wdb.store.family import DeltaIndex
+    from wdb.store.deltaread import DeltaIndex
 
     db.weights_store.family = DeltaIndex(db.catalog)
 

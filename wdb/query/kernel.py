@@ -42,9 +42,12 @@ if numba is not None:
 
     @numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, inline="never")
     def _group(r, q, a, b):  # pragma: no cover - compiled
+        # over slices from 0: indexed from ``a`` the loop compiled to code 5x slower (0.85 vs
+        # 4.2 G value pairs/s on 16k float32 values in cache), though it was vectorized too
+        rr, qq = r[a:b], q[a:b]
         s = 0.0
-        for x in range(a, b):
-            d = np.float64(r[x]) - np.float64(q[x])
+        for x in range(rr.size):
+            d = np.float64(rr[x]) - np.float64(qq[x])
             s += d * d
         return s
 
@@ -82,4 +85,7 @@ def accumulate(R: np.ndarray, Q: np.ndarray, acc: np.ndarray) -> None:
     """``acc[j, i] += sum((R[i] - Q[j])**2)`` in float64 over the block's columns, on the
     ``GROUP`` grid (the block's first column is on it)."""
     if R.shape[0] and Q.shape[0] and R.shape[1]:
-        kernel()(R, Q, acc)
+        # contiguous blocks only (a view of rows in memory is copied: the plan counts that
+        # copy): the compiled code for strided rows sums a group in another order, and a
+        # distance must have the same bits whatever the plan
+        kernel()(np.ascontiguousarray(R), np.ascontiguousarray(Q), acc)

@@ -32,7 +32,7 @@ TILE_COLS = 1 << 15
 #: a whole-row read (``ArrayStore.read``) may hold about this many copies of its rows at once
 READ_FACTOR = 3
 #: blocks held besides the one being read: the one being summed (read-ahead, ``_ahead``); a
-#: family's last decoded row (``wdb.store.family.DeltaIndex``) is one more row on top
+#: family's last decoded row (``wdb.store.deltaread.DeltaIndex``) is one more row on top
 AHEAD = 1
 #: column blocks are cut at multiples of this when wider (a wide space's chunk width,
 #: ``wdb.store.arrays.WIDE_COLS``; a multiple of ``TILE_COLS``)
@@ -91,14 +91,19 @@ def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int, fast: bool) -
             topk = q * (k + 1) * 16
             # the queries are read a block of rows at a time into their array: while the last
             # block is read, the others are held (``_queries``)
+            room = blocks - q * max(n, 1) * 8 - topk  # partial sums of every reference
             if (q + READ_FACTOR) * dim * isz <= blocks:
                 for ahead in (AHEAD, 0):
                     per_row = dim * isz * (READ_FACTOR + ahead) + q * 8
                     b = (blocks - (q + 1) * dim * isz - topk) // per_row  # +1: the family's row
                     if b >= 1:
                         rows = int(min(b, max(n, 1)))
-                        return Plan(q, rows, dim, w, dim, True, sub, ahead > 0, fast)
-            room = blocks - q * max(n, 1) * 8 - topk  # partial sums of every reference
+                        whole = Plan(q, rows, dim, w, dim, True, sub, ahead > 0, fast)
+                        cut = _shared_blocks(n, q, dim, isz, room, w, sub, fast)
+                        return cut if cut is not None and cut.rows >= 2 * rows else whole
+            cut = _shared_blocks(n, q, dim, isz, room, w, sub, fast)
+            if cut is not None:
+                return cut
             # a column read holds the block and its reordered copy: 2 per value; then the
             # block read ahead and the family's last decoded range
             c = (room // (isz * (2 * q + 2 + 2 * AHEAD))) // w * w if room > 0 else 0
@@ -108,6 +113,27 @@ def _fit(n: int, nq: int, dim: int, isz: int, k: int, budget: int, fast: bool) -
                 b = min(max(n, 1), (room - (2 * q + 1) * c * isz) // ((2 + AHEAD) * c * isz))
                 return Plan(q, int(max(b, 1)), int(min(c, dim)), w, dim, False, sub, True, fast)
         q = q // 2 if q > 1 else 0
+    return None
+
+
+def _shared_blocks(
+    n: int, q: int, dim: int, isz: int, room: int, w: int, sub: int, fast: bool
+) -> Plan | None:
+    """Column blocks wide enough for as many reference rows at once as fit (all of them, if
+    they do), for several queries: each query's values then stay in cache while every row of
+    the block is summed against them. With whole rows too big to hold more than one or two at a
+    time, every reference row had streamed all the queries' values again (novelty of 6 targets
+    of 100 MB: 600 MB per reference). Columns are whole chunks of a wide space (each chunk of a
+    row decoded once); None when that leaves no more rows than whole rows do."""
+    if q < 2 or n < 2:
+        return None
+    b = n
+    while b >= 2:
+        c = room // (isz * (2 * q + 1 + (2 + AHEAD) * b))
+        c = c // CHUNK_COLS * CHUNK_COLS if c >= CHUNK_COLS else c // w * w
+        if c >= min(dim, CHUNK_COLS) and c < dim:
+            return Plan(q, int(b), int(c), w, dim, False, sub, True, fast)
+        b //= 2
     return None
 
 
@@ -128,7 +154,8 @@ def plan(n: int, nq: int, dim: int, itemsize: int, k: int, budget: int, what: st
     got = _fit(n, nq, dim, itemsize, k, budget, fast)
     keep = budget // KEEP_SHARE if dim >= WIDE and n > 1 and got is not None else 0
     kept = _fit(n, nq, dim, itemsize, k, budget - keep, fast) if keep else None
-    if kept is not None and (kept.queries, kept.whole_rows) == (got.queries, got.whole_rows):
+    same = kept is not None and (kept.queries, kept.whole_rows) == (got.queries, got.whole_rows)
+    if same and (nq <= 1 or kept.rows >= min(got.rows, 2)):  # (one query: no reuse to lose)
         return replace(kept, keep=keep)
     if got is not None:
         return got

@@ -58,7 +58,7 @@ class ArrayStore:
         #: checks every row read against the catalog (``wdb.store.verify.RowHashes``); the
         #: database sets it on its weight store
         self.verifier: Any = None
-        #: decodes delta rows of wide spaces (``wdb.store.family.DeltaIndex``); the database
+        #: decodes delta rows of wide spaces (``wdb.store.deltaread.DeltaIndex``); the database
         #: sets it on its weight store
         self.family: Any = None
         #: the key row the last write decoded, ``(path, row, values, digest)``

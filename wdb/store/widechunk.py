@@ -313,19 +313,23 @@ def read_row(
     key_row: int,
     key_tokens: dict[int, tuple[str, int]],
     out: np.ndarray,
+    span: range | None = None,
 ) -> None:
     """Decode a delta row of ``arr`` into ``out``, chunk by chunk on the codec's threads: a
     chunk stored as values from the row that holds them (``tokens``, see
     ``wdb.store.family.parse_tokens``), a residual together with the key row's chunk (itself
     perhaps borrowed: ``key_tokens``). A missing chunk of another row is a ``KeyError``; a
-    chunk of the row's own that does not decode, :class:`OwnChunk`."""
+    chunk of the row's own that does not decode, :class:`OwnChunk`. ``span``: only those
+    chunks, ``out`` then holding their columns (a column block of a scan)."""
     from wdb.store.codec import _pool
 
     width, n = int(arr.chunks[1]), int(arr.shape[1])
+    span = range(-(-n // width)) if span is None else span
+    base = span.start * width
     kept, name = _KEPT, str(arr.store_path)
 
     def one(c: int, blobs: dict[tuple[int, int], Any]) -> None:
-        a, b = c * width, min(n, (c + 1) * width)
+        a, b = c * width - base, min(n, (c + 1) * width) - base
         kind, src = tokens.get(c, ("v", row))
         dest = out[a:b] if b - a == width else np.empty(width, dtype=arr.dtype)
         blob = blobs.get((src, c))
@@ -360,8 +364,6 @@ def read_row(
         if b - a != width:
             out[a:b] = dest[: b - a]
 
-    n_chunks = -(-n // width)
-
     def places(window: range) -> list[tuple[int, int]]:
         got = [(tokens.get(c, ("v", row))[1], c) for c in window]
         keyed = [c for c in window if tokens.get(c, "v")[0] == "x"]
@@ -370,7 +372,7 @@ def read_row(
             keys = [(r, c) for r, c in keys if kept.get((name, r, c)) is None]
         return got + keys
 
-    windows = [range(w, min(n_chunks, w + WINDOW)) for w in range(0, n_chunks, WINDOW)]
+    windows = [range(w, min(span.stop, w + WINDOW)) for w in range(span.start, span.stop, WINDOW)]
     pool, running = _pool(), deque()
     with ThreadPoolExecutor(1, thread_name_prefix="wdb-fetch") as fetcher:
         ahead = fetcher.submit(_blobs, arr, places(windows[0]))
