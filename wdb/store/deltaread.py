@@ -182,7 +182,9 @@ class DeltaIndex:
             n, width = int(arr.shape[1]), int(arr.chunks[1])  # by the verified reader)
             lo, hi, _ = cols.indices(n)
             span = range(lo // width, (max(lo, hi - 1)) // width + 1)
-            out = np.empty(min(n, span.stop * width) - span.start * width, dtype=arr.dtype)
+            size = min(n, span.stop * width) - span.start * width
+            if out is None or size != hi - lo:  # not whole chunks: decode them aside
+                out = np.empty(size, dtype=arr.dtype)
             with self._faults(path, row, parent_row):
                 widechunk.read_row(arr, row, tokens, parent_row, key_tokens, out, span)
             base = span.start * width
@@ -215,7 +217,7 @@ class DeltaIndex:
                 elif cols is None:
                     self.decode(store, path, int(r), out=out[i])
                 else:
-                    out[i] = self._columns(store, path, int(r), info, cols)
+                    self._columns(store, path, int(r), info, cols, out[i])
                 first[r] = i
         return out
 
@@ -236,18 +238,21 @@ class DeltaIndex:
         return out
 
     def _columns(
-        self, store: ArrayStore, path: str, row: int, info: dict, cols: slice
-    ) -> np.ndarray:
+        self, store: ArrayStore, path: str, row: int, info: dict, cols: slice, out: np.ndarray
+    ) -> None:
         """Columns ``cols`` of delta row ``row``: only the chunks they fall in are decoded
         (:meth:`_direct`), so a scan's column blocks decode each chunk of a row once, not the
-        whole row once per block; else (another codec, a chained key) the row decoded whole
-        and kept for the next block (:meth:`_whole`)."""
+        whole row once per block (whole chunks are decoded straight into ``out``); else
+        (another codec, a chained key) the row decoded whole and kept for the next block
+        (:meth:`_whole`)."""
         last = getattr(self._local, "last", None)
         if last is None or last[0] != (store.root, path, row):
-            part = self._direct(store, path, row, info, None, cols)
+            part = self._direct(store, path, row, info, out, cols)
             if part is not None:
-                return part
-        return self._whole(store, path, row)[cols]
+                if not np.may_share_memory(part, out):  # decoded aside: not whole chunks
+                    out[:] = part
+                return
+        out[:] = self._whole(store, path, row)[cols]
 
     def _whole(self, store: ArrayStore, path: str, row: int) -> np.ndarray:
         """A delta row decoded whole for a column read, the last one kept per thread: a scan

@@ -274,6 +274,12 @@ class RowHashes:
         pick: Any = (
             idx - c0 if isinstance(blocks.cols, np.ndarray) else slice(lo - c0, lo - c0 + n_out)
         )
+        if not isinstance(pick, np.ndarray) and (c0, c1) == (lo, lo + n_out):
+            # the columns are whole blocks (a scan's column block): read as they are, no
+            # copy (and nothing read beyond them to bound in slices)
+            data = self._guarded(store, path, rows, slice(c0, c1), expect)
+            self._check(store, path, rows, data, c0, blocks, expect)
+            return data[:, 0] if scalar else data
         out = np.empty((rows.size, n_out), dtype=arr.dtype)
         step = max(1, SLICE_BYTES // max(1, (c1 - c0) * arr.dtype.itemsize))
         for a in range(0, rows.size, step):
