@@ -1,11 +1,12 @@
-"""Byte planes back into words in one compiled pass: interleave, rotate back, XOR in place.
+"""Words to byte planes and back in one compiled pass: rotate, split / interleave, XOR in place.
 
 Why: a wide chunk (``wdb.store.widechunk``) decodes to one byte plane per byte of its values;
 numpy put them back with one strided byte copy per plane and then three whole-array passes to
 rotate the words back (four more for a delta row: its key's planes XORed in). On a 4 MiB chunk of
 float32 that took 2.4 ms of a plain chunk's 3.3 ms and 3.2 ms of a delta chunk's 8.5 ms, more than
 zstd's decoding of the planes: the reading of a family's rows was bound by it. Here one loop
-reads each plane byte once and writes each word once.
+reads each plane byte once and writes each word once; the writer's split into planes
+(``wdb.store.widechunk.row_planes``) likewise.
 
 Only 2- and 4-byte values (bf16 / float16, float32: the checkpoints people keep) take the kernel;
 other sizes, and processes without numba, keep numpy's way (:func:`usable` says which). The bits
@@ -47,6 +48,26 @@ if numba is not None:
                 w = np.uint16((w >> np.uint16(1)) | (w << np.uint16(15)))
             out[i] = (out[i] ^ w) if xor else w
 
+    @numba.njit(cache=True, nogil=True)
+    def _split4(words, planes, rotate):  # pragma: no cover - compiled
+        for i in range(words.size):
+            w = words[i]
+            if rotate:
+                w = (w << np.uint32(1)) | (w >> np.uint32(31))
+            planes[0, i] = w & np.uint32(255)
+            planes[1, i] = (w >> np.uint32(8)) & np.uint32(255)
+            planes[2, i] = (w >> np.uint32(16)) & np.uint32(255)
+            planes[3, i] = w >> np.uint32(24)
+
+    @numba.njit(cache=True, nogil=True)
+    def _split2(words, planes, rotate):  # pragma: no cover - compiled
+        for i in range(words.size):
+            w = words[i]
+            if rotate:
+                w = np.uint16((w << np.uint16(1)) | (w >> np.uint16(15)))
+            planes[0, i] = w & np.uint16(255)
+            planes[1, i] = w >> np.uint16(8)
+
 
 def usable(itemsize: int) -> bool:
     """Whether values of ``itemsize`` bytes are placed by the compiled kernel."""
@@ -61,3 +82,9 @@ def place(planes: list[np.ndarray], words: np.ndarray, rotate: bool, xor: bool) 
         _place4(planes[0], planes[1], planes[2], planes[3], words, rotate, xor)
     else:
         _place2(planes[0], planes[1], words, rotate, xor)
+
+
+def split(words: np.ndarray, planes: np.ndarray, rotate: bool) -> None:
+    """The inverse of :func:`place`: ``planes`` ``[itemsize, n]`` (uint8) of ``words``, each
+    rotated left by one bit first when ``rotate``. Requires :func:`usable`."""
+    (_split4 if words.itemsize == 4 else _split2)(words, planes, rotate)

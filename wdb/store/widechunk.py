@@ -50,6 +50,9 @@ def row_planes(u: np.ndarray, kind: str) -> np.ndarray:
     thread) are what had pushed a sharded ingest's peak memory past 1.5x its largest shard."""
     size, t = u.itemsize, u.dtype.type
     planes = np.empty((size, u.size), dtype=np.uint8)
+    if placing.usable(size):  # one compiled pass (wdb.store.placing)
+        placing.split(u, planes, kind == "f")
+        return planes
     width = SCRATCH_MAX_BYTES // (2 * size)
     words, tmp = _scratch("slice", width, t), _scratch("slice_tmp", width, t)
     for a in range(0, u.size, width):
