@@ -153,6 +153,25 @@ def _loadable(f: Found) -> bool:
     )
 
 
+def _room(ahead: Iterable[tuple]) -> bool:
+    """Whether another file may be loaded ahead: none is loading, and the files loaded hold
+    less than ``READ_AHEAD_BYTES``, each counted as its row when that is larger than its file
+    (bf16 widened to float32 is twice its file: counted as files, six 50 MB files read ahead had
+    held 600 MB and pushed a bf16 family's ingest past 1.5 GB)."""
+    held = 0
+    for _, _, fut, size in ahead:
+        if fut is None:
+            continue
+        if not fut.done():
+            return False
+        got = None if fut.cancelled() or fut.exception() else fut.result()
+        if got and got[0] == "ok":
+            layout = got[1]
+            size = max(size, layout.n_params * np.dtype(layout.storage_dtype).itemsize)
+        held += size
+    return held < READ_AHEAD_BYTES
+
+
 def read_ahead(
     items: Iterable[tuple[Found, tuple | None]],
 ) -> Iterable[tuple[Found, tuple | None]]:
@@ -167,13 +186,12 @@ def read_ahead(
 
     ahead: deque = deque()  # (found, pre, future or None, bytes)
     layouts: dict[tuple, Layout] = {}  # the reading thread's own (see flat_row)
-    held = 0
     it = iter(items)
     pool = ThreadPoolExecutor(1, thread_name_prefix="wdb-read")
     try:
         done = False
         while True:
-            while not done and (not ahead or held < READ_AHEAD_BYTES):
+            while not done and (not ahead or _room(ahead)):
                 nxt = next(it, None)
                 if nxt is None:
                     done = True
@@ -188,11 +206,9 @@ def read_ahead(
                         size = 0
                     fut = pool.submit(_prepare, f, layouts)
                 ahead.append((f, pre, fut, size))
-                held += size
             if not ahead:
                 return
             f, pre, fut, size = ahead.popleft()
-            held -= size
             yield f, (fut.result() if fut is not None else pre)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
