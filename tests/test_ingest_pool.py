@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,3 +104,30 @@ def test_pool_is_used_only_where_it_pays(tmp_path, monkeypatch):
     monkeypatch.setenv("WDB_INGEST_WORKERS", "many")
     with pytest.raises(wdb.errors.BadInput, match="WDB_INGEST_WORKERS"):
         importer.ingest_workers()
+
+
+def test_read_ahead_counts_a_widened_row_not_its_file(monkeypatch):
+    """The ingest's read-ahead holds at most ``READ_AHEAD_BYTES``, a loaded file counted as
+    its row where that is larger (bf16 files widened to float32: twice their bytes), a file
+    still loading by the ratio the last loaded one showed, one at a time before any has."""
+    from concurrent.futures import Future
+
+    from wdb.ingest import pool
+    from wdb.store.spaces import Layout
+
+    monkeypatch.setattr(pool, "READ_AHEAD_BYTES", 10_000)
+    layout = Layout.from_arrays({"w": np.zeros(1000, np.float32)})  # a row of 4,000 bytes
+
+    def loaded() -> Future:
+        f: Future = Future()
+        f.set_result(("ok", layout, None, "", None))
+        return f
+
+    seen: dict = {}
+    assert pool._room([], seen)
+    assert not pool._room([(None, None, Future(), 2000)], seen)  # loading, no ratio yet
+    assert pool._room([(None, None, loaded(), 2000)], seen) and seen["ratio"] == 2.0
+    # 4,000 loaded + 2,000 x 2 loading = 8,000: room; one more loaded = 12,000: none
+    assert pool._room([(None, None, loaded(), 2000), (None, None, Future(), 2000)], seen)
+    full = [(None, None, loaded(), 2000)] * 2 + [(None, None, Future(), 2000)]
+    assert not pool._room(full, seen)

@@ -237,13 +237,11 @@ def _tensors_to_numpy(state: Mapping) -> tuple[dict[str, np.ndarray], dict[str, 
 
 def check_finite(name: str, arr: np.ndarray, dtype: str) -> None:
     """Refuse NaN/Inf in a float tensor (one line naming the tensor)."""
-    # a float64 sum is finite iff no value is NaN/Inf (for float16/32 it cannot overflow;
-    # for float64 an overflowing sum falls through to the exact test)
-    if (
-        dtype in FLOAT_DTYPES
-        and not np.isfinite(arr.sum(dtype=np.float64))
-        and not np.isfinite(arr).all()
-    ):
+    # a sum is NaN/Inf if any value is; one that overflows (float32 sums of huge values)
+    # falls through to the exact test. Summed in float32 (float64 rows in float64): half the
+    # time of a float64 sum (which had been a sixth of the ingest reading thread's time)
+    acc = np.float64 if arr.dtype == np.float64 else np.float32
+    if dtype in FLOAT_DTYPES and not np.isfinite(arr.sum(dtype=acc)) and not np.isfinite(arr).all():
         kind = "NaN" if np.isnan(arr).any() else "Inf"
         raise BadInput(f"'{name}' contains {kind} values")
 

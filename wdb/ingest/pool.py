@@ -153,23 +153,30 @@ def _loadable(f: Found) -> bool:
     )
 
 
-def _room(ahead: Iterable[tuple]) -> bool:
-    """Whether another file may be loaded ahead: none is loading, and the files loaded hold
-    less than ``READ_AHEAD_BYTES``, each counted as its row when that is larger than its file
-    (bf16 widened to float32 is twice its file: counted as files, six 50 MB files read ahead had
-    held 600 MB and pushed a bf16 family's ingest past 1.5 GB)."""
-    held = 0
+def _room(ahead: Iterable[tuple], seen: dict) -> bool:
+    """Whether another file may be loaded ahead: the files loaded and loading hold less than
+    ``READ_AHEAD_BYTES``, each counted as its row when that is larger than its file (bf16
+    widened to float32 is twice its file), a file still loading as the last loaded one's
+    ratio says (``seen["ratio"]``; one at a time until a file has loaded). Counted as files,
+    six 50 MB bf16 files read ahead had held 600 MB and pushed a bf16 family's ingest past
+    1.5 GB."""
+    held, pending = 0, 0
     for _, _, fut, size in ahead:
         if fut is None:
             continue
         if not fut.done():
-            return False
+            pending += size
+            continue
         got = None if fut.cancelled() or fut.exception() else fut.result()
-        if got and got[0] == "ok":
+        if got and got[0] == "ok" and size:
             layout = got[1]
-            size = max(size, layout.n_params * np.dtype(layout.storage_dtype).itemsize)
+            row = layout.n_params * np.dtype(layout.storage_dtype).itemsize
+            seen["ratio"] = max(1.0, row / size)
+            size = max(size, row)
         held += size
-    return held < READ_AHEAD_BYTES
+    if pending and "ratio" not in seen:
+        return False
+    return held + pending * seen.get("ratio", 1.0) < READ_AHEAD_BYTES
 
 
 def read_ahead(
@@ -187,11 +194,12 @@ def read_ahead(
     ahead: deque = deque()  # (found, pre, future or None, bytes)
     layouts: dict[tuple, Layout] = {}  # the reading thread's own (see flat_row)
     it = iter(items)
+    seen: dict = {}  # a loaded file's row bytes per file byte (_room)
     pool = ThreadPoolExecutor(1, thread_name_prefix="wdb-read")
     try:
         done = False
         while True:
-            while not done and (not ahead or _room(ahead)):
+            while not done and (not ahead or _room(ahead, seen)):
                 nxt = next(it, None)
                 if nxt is None:
                     done = True
