@@ -19,7 +19,7 @@ worker, and merge each worker's top-k.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -145,8 +145,6 @@ def plan(n: int, nq: int, dim: int, itemsize: int, k: int, budget: int, what: st
     # float32 / float64 rows of a big enough scan: the kernel sums (numba imported only then)
     fast = itemsize in (4, 8) and n * dim * max(1, nq) >= FAST_MIN
     fast = fast and importlib.util.find_spec("numba") is not None
-    from dataclasses import replace
-
     from wdb.store.arrays import WIDE
 
     # rows of a wide space may be delta rows: a share of the budget keeps their key's chunks

@@ -271,24 +271,23 @@ _KEPT_LOCK = threading.Lock()
 @contextlib.contextmanager
 def keep_key_chunks(nbytes: int) -> Iterator[None]:
     """While open, delta rows read by :func:`read_row` keep their key rows' decoded chunks (up
-    to ``nbytes``, which the caller counts in its memory budget); dropped when the outermost
-    closes (scans open at once in one process share the first one's)."""
+    to ``nbytes``, which the caller counts in its memory budget); dropped when the last scan
+    using them closes (scans open at once in one process share the first one's)."""
     global _KEPT
     with _KEPT_LOCK:
-        if _KEPT is None:
-            _KEPT = _Kept(nbytes) if nbytes > 0 else None
-            mine = _KEPT
-        else:
+        if _KEPT is not None:
             _KEPT.users += 1
-            mine = None
+        elif nbytes > 0:
+            _KEPT = _Kept(nbytes)
+        using = _KEPT is not None
     try:
         yield
     finally:
-        with _KEPT_LOCK:
-            if mine is not None:
-                _KEPT = None
-            elif _KEPT is not None:
+        if using:
+            with _KEPT_LOCK:
                 _KEPT.users -= 1
+                if _KEPT.users == 0:
+                    _KEPT = None
 
 
 class OwnChunk(Exception):
