@@ -49,10 +49,13 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 
 class Pin(WorkerPlugin):
-    # a Dask worker plugin: each worker on its own core
+    # a Dask worker plugin: each worker on its own core, every thread of it (affinity is per
+    # thread: pinning only the calling one left the task thread and the pools free to roam)
     def setup(self, worker):
         import os
-        os.sched_setaffinity(0, {int(worker.name) % os.cpu_count()})
+        core = {int(worker.name) % os.cpu_count()}
+        for tid in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(tid), core)
 
 
 def go():
