@@ -36,7 +36,8 @@ digits are another task, not a harder test of this one; per-item probabilities w
 paper's measure (IoU of error sets) by another one, and are as close to 1 for neighbouring steps.
 What no eval set can change: consecutive checkpoints are 0.013 apart in L2 (1/100 of the noise
 baseline's move), so a checkpoint's nearest training model still shares ~99.8 % of its error
-set; what this set removes are the exact ties (docs/eval-sets.md).
+set; what this set removes are the exact ties. Nor does spacing the checkpoints out: measured
+over lr and spacing with ``benchmarks/exp_pdiff_iou.py``, in docs/eval-sets.md.
 The clean ``mnist-bn:test`` outputs of older stores stay as they were (another eval set).
 """
 
@@ -120,7 +121,22 @@ def _net():
 def perturbed_test() -> tuple[np.ndarray, np.ndarray]:
     """The eval split ``test-perturbed-v1``: the 1,000 MNIST-5k test items as they are, then
     ``PERTURBATION["copies"]`` randomly rotated, shifted, zoomed and noised copies of them (copy
-    ``c`` of item ``i`` is item ``N_CLEAN * c + i``), normalised like every MNIST input.
+    ``c`` of item ``i`` is item ``N_CLEAN * c + i``), normalised like every MNIST input."""
+    return perturbed(*mnist_split("test"), **PERTURBATION)
+
+
+def perturbed(
+    X: np.ndarray,
+    y: np.ndarray,
+    copies: int,
+    rotate: float,
+    shift: float,
+    zoom: float,
+    noise: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``X`` (normalised MNIST rows) followed by ``copies`` perturbed copies of each item, and
+    the labels to match (the perturbation: ``PERTURBATION``'s comment).
 
     Deterministic: the transforms come from numpy's PCG64 with a fixed seed (a stream numpy keeps
     stable across versions) and are applied by torch's bilinear ``grid_sample`` on the CPU.
@@ -128,28 +144,24 @@ def perturbed_test() -> tuple[np.ndarray, np.ndarray]:
     import torch
     import torch.nn.functional as F
 
-    p = PERTURBATION
-    X, y = mnist_split("test")
     img = (X.reshape(-1, 28, 28) * MNIST_STD + MNIST_MEAN).astype(np.float32)
-    rng = np.random.default_rng(p["seed"])
-    n = len(img) * p["copies"]
-    theta = np.deg2rad(rng.uniform(-p["rotate"], p["rotate"], n))
-    zoom = rng.uniform(1 - p["zoom"], 1 + p["zoom"], n)
-    shift = rng.uniform(-p["shift"], p["shift"], (n, 2)) * 2 / 28  # pixels → grid units
-    noise = rng.normal(0.0, p["noise"], (n, 28, 28))
-    # output pixel → input pixel: rotate by theta, shrink by zoom (> 1 enlarges the digit)
+    rng = np.random.default_rng(seed)
+    n = len(img) * copies
+    theta = np.deg2rad(rng.uniform(-rotate, rotate, n))
+    scale = rng.uniform(1 - zoom, 1 + zoom, n)
+    move = rng.uniform(-shift, shift, (n, 2)) * 2 / 28  # pixels → grid units
+    pixel_noise = rng.normal(0.0, noise, (n, 28, 28))
+    # output pixel → input pixel: rotate by theta, shrink by scale (> 1 enlarges the digit)
     M = np.zeros((n, 2, 3), np.float32)
-    M[:, 0, 0], M[:, 0, 1] = np.cos(theta) / zoom, -np.sin(theta) / zoom
-    M[:, 1, 0], M[:, 1, 1] = np.sin(theta) / zoom, np.cos(theta) / zoom
-    M[:, :, 2] = shift
-    src = torch.from_numpy(np.tile(img, (p["copies"], 1, 1))[:, None])
+    M[:, 0, 0], M[:, 0, 1] = np.cos(theta) / scale, -np.sin(theta) / scale
+    M[:, 1, 0], M[:, 1, 1] = np.sin(theta) / scale, np.cos(theta) / scale
+    M[:, :, 2] = move
+    src = torch.from_numpy(np.tile(img, (copies, 1, 1))[:, None])
     grid = F.affine_grid(torch.from_numpy(M), [n, 1, 28, 28], align_corners=False)
     moved = F.grid_sample(src, grid, align_corners=False)[:, 0].numpy()
-    moved = np.clip(moved + noise, 0.0, 1.0)
+    moved = np.clip(moved + pixel_noise, 0.0, 1.0)
     Xp = ((moved - MNIST_MEAN) / MNIST_STD).reshape(n, 784).astype(np.float32)
-    X_all = np.concatenate([X, Xp])
-    y_all = np.tile(y, p["copies"] + 1)
-    return X_all, y_all
+    return np.concatenate([X, Xp]), np.tile(y, copies + 1)
 
 
 def head_forward(base: dict, affine: dict, h):
@@ -191,6 +203,61 @@ def head_logits(base: dict, affine: dict, h, chunk: int = 512):
         x = torch.relu_(torch.baddbmm(c2, x, w2))
         out.append(x @ base["fc3.weight"].T + base["fc3.bias"])
     return torch.cat(out, 1) if out else torch.empty(len(s1), 0, 10)
+
+
+def train_base(Xtr, ytr, epochs: int, rng: np.random.Generator, tick=None):
+    """The base model: Adam (lr 1e-3, batch 64) for ``epochs`` epochs; returned in eval mode."""
+    import torch
+    import torch.nn.functional as F
+
+    model = _net()
+    opt = Adam(model.parameters(), lr=1e-3)
+    spe = len(Xtr) // 64
+    for _epoch in range(epochs):
+        model.train()
+        order = torch.from_numpy(rng.permutation(len(Xtr)))
+        for b in range(spe):
+            idx = order[b * 64 : (b + 1) * 64]
+            loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
+            loss.backward()
+            opt.step()
+            if tick is not None:
+                tick()
+    return model.eval()
+
+
+def bn_epoch(
+    base: dict,
+    h_tr,
+    ytr,
+    steps: int,
+    rng: np.random.Generator,
+    lr: float = BN_LR,
+    every: int = 1,
+):
+    """The BN-only training: AdamW on bn1/bn2's affine tensors over the cached features
+    ``h_tr``, batch ``BN_BATCH``; yields the affine tensors (``{name: [1, 128]}``, live: copy
+    what you keep) after every ``every``-th step, ``steps`` times. The zoo's recipe is
+    ``every=1`` (consecutive steps, as P-diff); ``benchmarks/exp_pdiff_iou.py`` varies ``lr``
+    and ``every``. Batches follow one permutation and a new one each time it is used up (never,
+    at the zoo's 300 steps of a 307-batch epoch)."""
+    import torch
+    import torch.nn.functional as F
+
+    affine = {k: base[k].clone()[None].requires_grad_() for k in BN_NAMES}
+    opt = Adam(affine.values(), lr=lr, weight_decay=0.01)
+    n_batches = len(h_tr) // BN_BATCH
+    order = torch.from_numpy(rng.permutation(len(h_tr)))
+    for step in range(1, steps * every + 1):
+        b = (step - 1) % n_batches
+        if b == 0 and step > 1:
+            order = torch.from_numpy(rng.permutation(len(h_tr)))
+        idx = order[b * BN_BATCH : (b + 1) * BN_BATCH]
+        loss = F.cross_entropy(head_forward(base, affine, h_tr[idx])[0], ytr[idx])
+        loss.backward()
+        opt.step()
+        if step % every == 0:
+            yield affine
 
 
 class MnistBN(ClassifierTask):
@@ -399,7 +466,6 @@ class MnistBN(ClassifierTask):
     ) -> Path:
         """Base model, then one BN-only epoch saving after every step (``runs`` = checkpoints)."""
         import torch
-        import torch.nn.functional as F
 
         from wdb.progress import progress
 
@@ -411,21 +477,11 @@ class MnistBN(ClassifierTask):
         Xte, yte = (torch.from_numpy(a) for a in self.data("test"))
         writer = ZooWriter(out, self.name, size, seed)
         base_run, bn_run = f"{writer.zoo}-base", f"{writer.zoo}-bn"
-        model = _net()
-        opt = Adam(model.parameters(), lr=1e-3)
         rng = np.random.default_rng(seed)
-        spe = len(Xtr) // 64
-        bar = progress(total=cfg["base_epochs"] * spe + n_ckpt, desc=f"train {self.name}")
-        for _epoch in range(cfg["base_epochs"]):
-            model.train()
-            order = torch.from_numpy(rng.permutation(len(Xtr)))
-            for b in range(spe):
-                idx = order[b * 64 : (b + 1) * 64]
-                loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
-                loss.backward()
-                opt.step()
-                bar.update(1)
-        model.eval()
+        bar = progress(
+            total=cfg["base_epochs"] * (len(Xtr) // 64) + n_ckpt, desc=f"train {self.name}"
+        )
+        model = train_base(Xtr, ytr, cfg["base_epochs"], rng, tick=lambda: bar.update(1))
         with torch.no_grad():
             m = classifier_metrics(model(Xte)[None], yte.numpy())
         base_cfg = {"task": self.name, "seed": seed, "role": "base", "epochs": cfg["base_epochs"]}
@@ -443,8 +499,6 @@ class MnistBN(ClassifierTask):
         base = {k: v.detach().clone() for k, v in model.state_dict().items()}
         with torch.no_grad():
             h_tr, h_te = model.features(Xtr), model.features(Xte)
-        affine = {k: base[k].clone()[None].requires_grad_() for k in BN_NAMES}
-        opt = Adam(affine.values(), lr=BN_LR, weight_decay=0.01)
         bn_cfg = {
             "task": self.name,
             "seed": seed,
@@ -454,13 +508,7 @@ class MnistBN(ClassifierTask):
             "lr": BN_LR,
             "batch": BN_BATCH,
         }
-        order = torch.from_numpy(rng.permutation(len(Xtr)))
-        for step in range(1, n_ckpt + 1):
-            b = (step - 1) % (len(Xtr) // BN_BATCH)
-            idx = order[b * BN_BATCH : (b + 1) * BN_BATCH]
-            loss = F.cross_entropy(head_forward(base, affine, h_tr[idx])[0], ytr[idx])
-            loss.backward()
-            opt.step()
+        for step, affine in enumerate(bn_epoch(base, h_tr, ytr, n_ckpt, rng), 1):
             with torch.no_grad():
                 m = classifier_metrics(head_forward(base, affine, h_te), yte.numpy())
             writer.add(
