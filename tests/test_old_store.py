@@ -4,10 +4,15 @@
 package layout moved and before any format change of this line of work) from the files made by
 ``make_zoo.py`` beside it, which the archive also holds as ``zoo/``. Every later format change
 must keep this test passing (an upgrade in ``wdb init``/open, or a reader for the old format).
+
+``tests/data/store_24f9982/store.tar.gz`` is a family of wide (1,048,576-parameter) checkpoints
+written by wdb at commit 24f9982: a key row, delta rows against the previous step, a found and a
+declared parent, a re-save sharing its row (``make_family.py`` beside it says how).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import tarfile
 from pathlib import Path
 
@@ -16,19 +21,26 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+import wdb
 from wdb.cli.main import cli
 
-FIXTURE = Path(__file__).parent / "data" / "store_f3bd864" / "store.tar.gz"
+DATA = Path(__file__).parent / "data"
+FIXTURE = DATA / "store_f3bd864" / "store.tar.gz"
+FAMILY = DATA / "store_24f9982"
+
+
+def _extract(archive: Path, into: Path, monkeypatch) -> Path:
+    # the fixture's catalog is the DuckDB file inside it, whatever catalog the suite runs on
+    monkeypatch.delenv("WDB_CATALOG_URL", raising=False)
+    monkeypatch.delenv("WDB_STORE_URL", raising=False)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into
 
 
 @pytest.fixture
 def old_store(tmp_path, monkeypatch):
-    # the fixture's catalog is the DuckDB file inside it, whatever catalog the suite runs on
-    monkeypatch.delenv("WDB_CATALOG_URL", raising=False)
-    monkeypatch.delenv("WDB_STORE_URL", raising=False)
-    with tarfile.open(FIXTURE) as tar:
-        tar.extractall(tmp_path, filter="data")
-    return tmp_path
+    return _extract(FIXTURE, tmp_path, monkeypatch)
 
 
 def _wdb(store: Path, *args: str) -> str:
@@ -65,3 +77,36 @@ def test_old_store_opens_verifies_and_exports_bit_exactly(old_store):
     out = old_store / "b.safetensors"
     _wdb(store, "export", "run_b", "--step", "7", "--format", "safetensors", "--out", str(out))
     _same(load_file(out), load_file(old_store / "zoo/run_b/step_7.safetensors"))
+
+
+def _family_files() -> dict:
+    spec = importlib.util.spec_from_file_location("make_family", FAMILY / "make_family.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.family()
+
+
+def test_old_family_store_reads_its_deltas_bit_exactly(tmp_path, monkeypatch):
+    store = _extract(FAMILY / "store.tar.gz", tmp_path, monkeypatch) / "store"
+    _wdb(store, "fsck")
+    db = wdb.open(store)
+    lineage = {
+        (r["child_run"], r["reason"], r["parent_run"], r["parent_step"])
+        for r in db.sql("SELECT * FROM lineage_info")
+    }
+    assert lineage == {
+        ("run", "previous_step", "run", 0),
+        ("run", "previous_step", "run", 1),
+        ("resave", "found", "run", 0),
+        ("tuned", "found", "run", 2),
+        ("frozen", "declared", "run", 2),
+    }
+    assert db.sql("SELECT count(*) AS n FROM family_rows WHERE parent_row IS NOT NULL")[0]["n"] == 4
+    for key, want in _family_files().items():
+        run, step = key.split("/step_")
+        out = tmp_path / f"{run}_{step}.safetensors"
+        _wdb(store, "export", run, "--step", step, "--format", "safetensors", "--out", str(out))
+        got = load_file(out)
+        assert set(got) == set(want), key
+        for name, arr in want.items():
+            assert got[name].numpy().tobytes() == arr.tobytes(), (key, name)
