@@ -92,7 +92,8 @@ def test_wide_chunks_are_built_a_slice_at_a_time_and_round_trip():
 def test_a_residual_chunk_decodes_with_its_key_straight_into_the_row(dtype, compiled, monkeypatch):
     """``widechunk.decode_row_chunk``: values, and residual XOR key, placed straight into a
     slice of a row, equal the long way (decode, then XOR) on every bit pattern, for chunks
-    over and under the wide coder's size; placed by the compiled kernel and by numpy."""
+    over and under the wide coder's size; placed by the compiled kernel and by numpy; and a
+    residual XORed onto the key's values already in the row (``onto``)."""
     from wdb.store import placing, widechunk
 
     monkeypatch.setattr(placing, "ENABLED", compiled and placing.ENABLED)
@@ -113,6 +114,10 @@ def test_a_residual_chunk_decodes_with_its_key_straight_into_the_row(dtype, comp
         widechunk.decode_row_chunk(rb, row[5:-5], kb)
         assert row[5:-5].view(u).tobytes() == (key ^ resid).tobytes()
         assert row[:5].view(u).tolist() == np.full(5, 7, dtype=dt).view(u).tolist()
+        row[5:-5] = key.view(dt)  # a kept key chunk's values: the residual XORed onto them
+        widechunk.decode_row_chunk(rb, row[5:-5], onto=True)
+        assert row[5:-5].view(u).tobytes() == (key ^ resid).tobytes()
+        assert row[-5:].view(u).tolist() == np.full(5, 7, dtype=dt).view(u).tolist()
     with pytest.raises(ValueError):  # a damaged chunk says so, as decode does
         widechunk.decode_row_chunk(kb[: len(kb) // 2], np.empty(n, dtype=dt))
 

@@ -330,9 +330,9 @@ def test_a_scan_keeps_the_key_rows_chunks_and_reads_the_same(db, monkeypatch):
     calls = []
     real = widechunk.decode_row_chunk
 
-    def counting(blob, out, key=None):
+    def counting(blob, out, key=None, onto=False):
         calls.append(key is not None)
-        return real(blob, out, key)
+        return real(blob, out, key, onto)
 
     monkeypatch.setattr(widechunk, "decode_row_chunk", counting)
     refs = rows_of(fresh, space.array_path, np.array(order))

@@ -101,10 +101,13 @@ def decode_row_chunk(
     blob: bytes | np.ndarray,
     out: np.ndarray,
     key: bytes | np.ndarray | None = None,
+    onto: bool = False,
 ) -> None:
     """Decode a one-row chunk (a wide space's) straight into ``out`` (its values, the chunk's
     width, the storage dtype); with ``key``, the chunk is a residual (the XOR of a row's bit
-    patterns with a key row's) and ``key`` the key row's chunk: ``out`` gets the values.
+    patterns with a key row's) and ``key`` the key row's chunk: ``out`` gets the values. With
+    ``onto``, ``out`` already holds the key row's values (a scan's kept chunk) and the residual
+    is XORed onto them in the same pass.
 
     Why not :func:`decode` twice and an XOR: XOR commutes with the byte planes and with the
     bit rotation, so the residual's and the key's planes are XORed as they are placed into
@@ -115,12 +118,17 @@ def decode_row_chunk(
     n = out.size
     planes = _one_row_planes(blob, n, dtype)
     kplanes = None if key is None else _one_row_planes(key, n, dtype)
+    if onto and key is not None:
+        raise ValueError("decode_row_chunk: onto= takes the key's values in out, not a key")
     if planes is None or (key is not None and kplanes is None):  # another kind: the long way
         words = decode(blob, (1, n), dtype).view(_UINT[dtype.itemsize])
         if key is not None:
             kw = decode(key, (1, n), dtype).view(words.dtype)
             np.bitwise_xor(words, kw, out=words)
-        out.view(words.dtype)[:] = words
+        if onto:
+            np.bitwise_xor(out.view(words.dtype), words, out=out.view(words.dtype))
+        else:
+            out.view(words.dtype)[:] = words
         return
     size, t = dtype.itemsize, _UINT[dtype.itemsize]
     words = out.view(t)
@@ -128,7 +136,12 @@ def decode_row_chunk(
         rotate = _kind(dtype) == "f"
         if kplanes is not None:
             placing.place(kplanes, words, rotate, xor=False)
-        placing.place(planes, words, rotate, xor=kplanes is not None)
+        placing.place(planes, words, rotate, xor=onto or kplanes is not None)
+        return
+    if onto:  # the numpy path places planes in place: XOR the key's values on at the end
+        keyed = words.copy()
+        decode_row_chunk(blob, out)
+        np.bitwise_xor(words, keyed, out=words)
         return
     by_plane = words.view(np.uint8).reshape(n, size)
     for p in range(size):
@@ -349,9 +362,8 @@ def read_row(
                 if values is None:
                     decode_row_chunk(blob, dest, key)
                 else:
-                    decode_row_chunk(blob, dest)
-                    words = dest.view(_UINT[dest.itemsize])
-                    np.bitwise_xor(words, values.view(words.dtype), out=words)
+                    dest[:] = values
+                    decode_row_chunk(blob, dest, onto=True)
             except Exception as exc:
                 _blame(exc, blob, src == row, dest)
         elif blob is None:
