@@ -443,6 +443,43 @@ def _nearest(db, run, step, k, among, aligned, eval_set, mem) -> list[dict]:
 
 
 # -- novelty ----------------------------------------------------------------------------------
+def _novelty_outputs(db, t_ids: np.ndarray, ref: RefSet, forced_es: int | None) -> dict:
+    """What :func:`novelty` reads besides the neighbours: the eval set, each target's max
+    error-set IoU with the references (and which one), its metrics, the reference's
+    fingerprint. Independent of the search, so it runs while a cluster searches."""
+    from wdb.query.similarity import max_iou as engine_iou
+    from wdb.store.outputs import error_masks
+
+    sets = _output_sets(db, [*t_ids.tolist(), *ref.ids.tolist()])
+    es = forced_es if forced_es is not None else _pick_eval_set(sets, t_ids, ref.ids)
+    max_iou = np.full(len(t_ids), np.nan)
+    max_id = np.full(len(t_ids), -1, dtype=np.int64)
+    if es is not None and sets.get(es):
+        have_t = [j for j, i in enumerate(t_ids) if int(i) in sets[es]]
+        have_r = [int(i) for i in ref.ids if int(i) in sets[es]]
+        if have_t and have_r:
+            r_pos = {i: j for j, i in enumerate(have_r)}
+            tm = error_masks(db, [int(t_ids[j]) for j in have_t], es)
+            rm = error_masks(db, have_r, es)
+            exclude = np.array([r_pos.get(int(t_ids[j]), -1) for j in have_t])
+            best, arg = engine_iou(tm, rm, exclude)
+            max_iou[have_t] = best
+            max_id[have_t] = np.where(arg >= 0, np.array(have_r)[np.maximum(arg, 0)], -1)
+    t_metrics = _metrics(db, t_ids)
+    mvals, _chosen = pick_metrics(t_metrics, t_ids)
+    if es is not None:  # accuracy on the same eval set as the error sets when it exists
+        acc_rows = [r for r in t_metrics if r["eval_set_id"] == es and r["name"] == "accuracy"]
+        for r in acc_rows:
+            mvals[int(r["checkpoint_id"])]["accuracy"] = r["value"]
+    return {
+        "es": es,
+        "max_iou": max_iou,
+        "max_id": max_id,
+        "mvals": mvals,
+        "fingerprint": _reference_fingerprint(db, ref, es),
+    }
+
+
 def novelty(
     db,
     targets: str,
@@ -490,39 +527,21 @@ def novelty(
         t_info = [tgt.info[p] for p in picks]
         ref = select(db, ref_sql, space_id)
         q_rows = stored(db, space, tgt.rows[picks])  # read block by block by the scan
+        side: dict = {}
+
+        def meanwhile(t_ids=t_ids, ref=ref, side=side) -> None:
+            side.update(_novelty_outputs(db, t_ids, ref, forced_es))
+
         if len(ref):
             nn_ids, nn_d, info = engines.knn(
-                db, space, q_rows, list(t_ids), ref, k, aligned, run_on, mem
+                db, space, q_rows, list(t_ids), ref, k, aligned, run_on, mem, meanwhile
             )
         else:
             nn_ids = np.full((len(picks), k), -1, dtype=np.int64)
             nn_d = np.full((len(picks), k), np.nan)
             info = {"index_version": None, "approximate": False}
-        # error sets
-        sets = _output_sets(db, [*t_ids.tolist(), *ref.ids.tolist()])
-        es = forced_es if forced_es is not None else _pick_eval_set(sets, t_ids, ref.ids)
-        max_iou = np.full(len(picks), np.nan)
-        max_id = np.full(len(picks), -1, dtype=np.int64)
-        if es is not None and sets.get(es):
-            from wdb.query.similarity import max_iou as engine_iou
-            from wdb.store.outputs import error_masks
-
-            have_t = [j for j, i in enumerate(t_ids) if int(i) in sets[es]]
-            have_r = [int(i) for i in ref.ids if int(i) in sets[es]]
-            if have_t and have_r:
-                r_pos = {i: j for j, i in enumerate(have_r)}
-                tm = error_masks(db, [int(t_ids[j]) for j in have_t], es)
-                rm = error_masks(db, have_r, es)
-                exclude = np.array([r_pos.get(int(t_ids[j]), -1) for j in have_t])
-                best, arg = engine_iou(tm, rm, exclude)
-                max_iou[have_t] = best
-                max_id[have_t] = np.where(arg >= 0, np.array(have_r)[np.maximum(arg, 0)], -1)
-        t_metrics = _metrics(db, t_ids)
-        mvals, chosen = pick_metrics(t_metrics, t_ids)
-        if es is not None:  # accuracy on the same eval set as the error sets when it exists
-            acc_rows = [r for r in t_metrics if r["eval_set_id"] == es and r["name"] == "accuracy"]
-            for r in acc_rows:
-                mvals[int(r["checkpoint_id"])]["accuracy"] = r["value"]
+            meanwhile()
+        es, max_iou, max_id, mvals = side["es"], side["max_iou"], side["max_id"], side["mvals"]
         metric = ("aligned_l2" if aligned else "l2") + ("+error_iou" if es is not None else "")
         rel = {
             "kind": "novelty",
@@ -530,7 +549,7 @@ def novelty(
             "space_id": space_id,
             "target_selection": targets,
             "reference_selection": ref_sql,
-            "reference_fingerprint": _reference_fingerprint(db, ref, es),
+            "reference_fingerprint": side["fingerprint"],
             "index_version": info.get("index_version"),
             "params": json.dumps(
                 {
