@@ -27,7 +27,10 @@ def _in_list(db, column: str, name: str = "ids") -> str:
 
 
 def _reference_fingerprint(db, ref: RefSet, eval_set_id: int | None) -> str:
-    parts = [f"{i}:{r}:{x['sha256']}" for i, r, x in zip(ref.ids, ref.rows, ref.info, strict=True)]
+    ids, rows = ref.ids.tolist(), ref.rows.tolist()  # Python ints format 3x faster than numpy's
+    info = ref.info
+    sha = info.column("sha256") if hasattr(info, "column") else [x["sha256"] for x in info]
+    parts = [f"{i}:{r}:{h}" for i, r, h in zip(ids, rows, sha, strict=True)]
     if eval_set_id is not None and len(ref):
         preds = db.sql(
             "SELECT checkpoint_id, array_path, row FROM predictions WHERE eval_set_id = :e AND "
