@@ -311,9 +311,9 @@ def pick_metrics(rows: list[dict], ids: Sequence[int]) -> tuple[dict[int, dict],
 
 
 def _output_sets(db, ids: Sequence[int]) -> dict[int, set[int]]:
-    """eval_set_id -> checkpoints (among ``ids``) that have predictions or error masks there."""
-    ids = np.unique(np.asarray(ids, dtype=np.int64)).tolist()
-    if not ids:
+    """eval_set_id -> checkpoints (among ``ids``) with predictions or error masks there."""
+    ids = sorted(set(map(int, ids)))
+    if not ids or not db.sql("SELECT 1 AS x FROM predictions LIMIT 1"):  # 200k ids cost ~0.5 s
         return {}
     rows = db.sql(
         "SELECT eval_set_id, checkpoint_id FROM predictions WHERE "
