@@ -309,6 +309,10 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Loaded:
     kind = kind or {".safetensors": "safetensors", ".npz": "npz"}.get(suffix, "torch")
     if path.stat().st_size == 0:
         raise BadInput("empty file (truncated?)")
+    if kind == "safetensors" and path.stat().st_size >= STREAM_MIN_BYTES:
+        streamed = _stream_safetensors(path)
+        if streamed is not None:
+            return streamed
     if kind == "safetensors":
         try:
             from safetensors.torch import load_file as st_load
@@ -365,6 +369,12 @@ def read_sharded(index: Path) -> Loaded:
     tensors in ``weight_map`` order; every shard must hold exactly the tensors the index names.
     """
     shards = read_index(index)
+    meta = {"shards": len(shards), "shard_format": shards[0][0].suffix.lstrip(".")}
+    return _streamed(shards, meta)
+
+
+def _streamed(shards: list[tuple[Path, list[str]]], meta: dict) -> Loaded:
+    """Files' named tensors, in that order, as one streamed row (:class:`Loaded` ``stream``)."""
     entries, offset = [], 0
     for path, names in shards:
         for name, shape, dtype in _shard_specs(path, names):
@@ -378,8 +388,28 @@ def read_sharded(index: Path) -> Loaded:
                 check_finite(name, arr, dtype)
                 yield layout.segment(layout.entry(name), arr)
 
-    meta = {"shards": len(shards), "shard_format": shards[0][0].suffix.lstrip(".")}
     return Loaded(meta=meta, layout=layout, stream=stream)
+
+
+#: a single ``.safetensors`` file this large or larger is streamed tensor by tensor: loaded
+#: whole, a 512 MB bf16 file had peaked at 1.9 GB (its tensors, then widened to float32)
+STREAM_MIN_BYTES = 64 << 20
+
+
+def _stream_safetensors(path: Path) -> Loaded | None:
+    """A big ``.safetensors`` file as a streamed row, its tensors in offset order: the order
+    ``safetensors.torch.load_file`` gives them, so the layout (and the space) is the one the
+    whole-file read makes. None where the library should read it: a header the streamed read
+    refuses (the library's error then names the problem) or tensors sharing an offset (empty
+    ones, whose order the library decides)."""
+    try:
+        header, _ = _safetensors_header(path)
+    except BadInput:
+        return None
+    starts = sorted((int(info["data_offsets"][0]), name) for name, info in header.items())
+    if len({start for start, _ in starts}) != len(starts):
+        return None
+    return _streamed([(path, [name for _, name in starts])], {})
 
 
 def _safetensors_header(path: Path) -> tuple[dict, int]:
