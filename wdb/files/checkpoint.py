@@ -18,7 +18,7 @@ import numpy as np
 from wdb.errors import BadInput
 from wdb.files.torch import _STORAGE_NAMES, _np_dtype, _Tensor, torch_load
 from wdb.store.spaces import Entry, Layout, storage_dtype_of
-from wdb.store.tensors import FLOAT8, FLOAT_DTYPES, float8_widen, state_to_numpy
+from wdb.store.tensors import FLOAT8, FLOAT_DTYPES, bf16_widen, float8_widen, state_to_numpy
 from wdb.store.write import RowStream
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", "")
@@ -509,7 +509,7 @@ def _shard_tensors(path: Path, names: list[str]) -> Iterable[tuple[str, np.ndarr
                 ):
                     raise BadInput(f"{path.name}: '{name}' is truncated or its offsets are wrong")
                 if dtype == "bfloat16":
-                    arr = (raw.astype(np.uint32) << 16).view(np.float32)
+                    arr = bf16_widen(raw)
                 else:
                     arr = float8_widen(raw, dtype) if dtype in FLOAT8 else raw
                 yield name, arr.reshape(shape), dtype

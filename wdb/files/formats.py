@@ -179,7 +179,9 @@ def _loaded(arrays: dict, dtypes: dict, meta: dict | None = None):
 
 def _bf16(raw: np.ndarray) -> np.ndarray:
     """bfloat16 bits (uint16) → float32, exactly (bf16 is the top half of a float32)."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    from wdb.store.tensors import bf16_widen
+
+    return bf16_widen(raw)
 
 
 _PLAIN = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}

@@ -126,7 +126,9 @@ class _FastUnpickler(pickle.Unpickler):
             )
             arr = np.array(view, copy=True)
         if dtype == "bfloat16":  # exact widening: bf16 is the top half of a float32
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            from wdb.store.tensors import bf16_widen
+
+            arr = bf16_widen(arr)
         return _Tensor(arr, dtype)
 
 
