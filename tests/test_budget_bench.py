@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmod import load
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location(
-        "exp_budget", ROOT / "benchmarks" / "exp_budget.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("exp_budget")
 
 
 def _rec(method, budget, acc, ratio):

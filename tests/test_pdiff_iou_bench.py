@@ -3,22 +3,15 @@ tiny run of the experiment through the zoo's own BN training."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmod import load
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location(
-        "exp_pdiff_iou", ROOT / "benchmarks" / "exp_pdiff_iou.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("exp_pdiff_iou")
 
 
 def test_max_iou_excludes_self():
