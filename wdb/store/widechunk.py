@@ -114,12 +114,12 @@ def decode_row_chunk(
     ``out`` and the words rotated back once. One placement, one rotation and no temporaries
     instead of two of each, a copy and an XOR pass: reading a delta row had taken 2-3x a
     plain row's time, mostly in placing and rotating words twice."""
+    if onto and key is not None:
+        raise ValueError("decode_row_chunk: onto= takes the key's values in out, not a key")
     dtype = out.dtype
     n = out.size
     planes = _one_row_planes(blob, n, dtype)
     kplanes = None if key is None else _one_row_planes(key, n, dtype)
-    if onto and key is not None:
-        raise ValueError("decode_row_chunk: onto= takes the key's values in out, not a key")
     if planes is None or (key is not None and kplanes is None):  # another kind: the long way
         words = decode(blob, (1, n), dtype).view(_UINT[dtype.itemsize])
         if key is not None:
@@ -138,11 +138,7 @@ def decode_row_chunk(
             placing.place(kplanes, words, rotate, xor=False)
         placing.place(planes, words, rotate, xor=onto or kplanes is not None)
         return
-    if onto:  # the numpy path places planes in place: XOR the key's values on at the end
-        keyed = words.copy()
-        decode_row_chunk(blob, out)
-        np.bitwise_xor(words, keyed, out=words)
-        return
+    keyed = words.copy() if onto else None  # the numpy path overwrites: XORed on at the end
     by_plane = words.view(np.uint8).reshape(n, size)
     for p in range(size):
         if kplanes is None:
@@ -155,6 +151,8 @@ def decode_row_chunk(
         for a in range(0, n, width):
             b = min(n, a + width)
             _rotate(words[a:b], False, out=words[a:b], tmp=tmp[: b - a])
+    if keyed is not None:
+        np.bitwise_xor(words, keyed, out=words)
 
 
 def estimate(chunk: np.ndarray) -> int:
