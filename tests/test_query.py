@@ -314,3 +314,18 @@ def test_a_newer_eval_set_wins_a_tie(db):
     assert got["checkpoint_id"] == t_ids[2]
     assert got["error_iou"] == iou_matrix(hard[[302]], hard[[2]])[0, 0]
     assert got["error_iou"] != iou_matrix(err[[302]], err[[2]])[0, 0]
+
+
+def test_output_sets_read_all_or_by_ids_alike(db):
+    """``behaviour.output_sets`` reads the whole table and filters when it has no more rows
+    than ids are asked for, else asks for the ids: the same answer either way."""
+    from wdb.query.behaviour import output_sets
+
+    rng = np.random.default_rng(5)
+    _lay, _train, t_ids, g_ids, _err, _acc = _with_predictions(db, rng)
+    (es,) = {r["eval_set_id"] for r in db.sql("SELECT eval_set_id FROM predictions")}
+    every = t_ids + g_ids
+    assert db.sql("SELECT count(*) AS n FROM predictions")[0]["n"] == len(every)
+    assert output_sets(db, every + [10**9]) == {es: set(every)}  # read all, filtered here
+    assert output_sets(db, every[:7]) == {es: set(every[:7])}  # by ids
+    assert output_sets(db, [10**9]) == {}

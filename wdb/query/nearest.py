@@ -27,6 +27,7 @@ import numpy as np
 
 from wdb.catalog.guard import read
 from wdb.errors import BadInput, NotFound
+from wdb.query.behaviour import eval_set_id, metrics_of, output_sets, pick_eval_set, pick_metrics
 from wdb.query.records import Records
 from wdb.query.relations import _fp, _in_list, _reference_fingerprint, _save, relation_status  # noqa: F401
 
@@ -42,7 +43,7 @@ class RefSet:
 
     ids: np.ndarray
     rows: np.ndarray
-    info: Sequence[dict]  # a dict per checkpoint (``wdb.query.records.Records``: made when read)
+    info: Records  # a dict per checkpoint, made when read
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -271,85 +272,6 @@ def aligned_knn(
     return out_i, out_d, info
 
 
-# -- metrics and error sets -------------------------------------------------------------------
-def _metrics(db, ids: Sequence[int]) -> list[dict]:
-    ids = sorted({int(i) for i in ids})
-    if not ids:
-        return []
-    return db.sql(
-        "SELECT m.checkpoint_id, m.name, m.value, m.eval_set_id, e.name AS eval_set, e.split "
-        "FROM metrics m JOIN eval_sets e ON e.id = m.eval_set_id WHERE "
-        + _in_list(db, "m.checkpoint_id"),
-        {"ids": ids},
-    )
-
-
-def pick_metrics(rows: list[dict], ids: Sequence[int]) -> tuple[dict[int, dict], dict[str, str]]:
-    """One eval set per metric name: the one covering most of ``ids``, computed before reported.
-
-    Mixing eval sets within one column would compare numbers measured on different data.
-    """
-    by_name: dict[str, dict[int, list[dict]]] = {}
-    for r in rows:
-        by_name.setdefault(r["name"], {}).setdefault(r["eval_set_id"], []).append(r)
-    values: dict[int, dict] = {int(i): {} for i in ids}
-    chosen: dict[str, str] = {}
-    for name in sorted(by_name):
-        sets = by_name[name]
-
-        def score(es: int, sets=sets) -> tuple:
-            rs = sets[es]
-            reported = rs[0]["split"] == "reported"
-            return (-len({r["checkpoint_id"] for r in rs}), reported, es)
-
-        es = min(sets, key=score)
-        chosen[name] = sets[es][0]["eval_set"]
-        for r in sets[es]:
-            if int(r["checkpoint_id"]) in values:
-                values[int(r["checkpoint_id"])][name] = r["value"]
-    return values, chosen
-
-
-def _output_sets(db, ids: Sequence[int]) -> dict[int, set[int]]:
-    """eval_set_id -> checkpoints (among ``ids``) with predictions or error masks there."""
-    ids = sorted(set(map(int, ids)))
-    if not ids or not db.sql("SELECT 1 AS x FROM predictions LIMIT 1"):  # 200k ids cost ~0.5 s
-        return {}
-    rows = db.sql(
-        "SELECT eval_set_id, checkpoint_id FROM predictions WHERE "
-        + _in_list(db, "checkpoint_id")
-        + " AND (array_path LIKE 'predictions/%' OR array_path LIKE 'errors/%')",
-        {"ids": ids},
-    )
-    out: dict[int, set[int]] = {}
-    for r in rows:
-        out.setdefault(int(r["eval_set_id"]), set()).add(int(r["checkpoint_id"]))
-    return out
-
-
-def _pick_eval_set(
-    sets: dict[int, set[int]], must: Sequence[int], others: Sequence[int]
-) -> int | None:
-    """The eval set where most of ``must`` (then of ``others``) have outputs; on a tie the
-    newest (a store re-evaluated on a task's new eval set, as mnist-bn's ``test-perturbed-v1``,
-    compares on it, not on the set it replaced)."""
-    best, key = None, None
-    must_s, others_s = set(must), set(others)
-    for es, have in sets.items():
-        k = (len(have & must_s), len(have & others_s), es)
-        if k[0] and k[1] and (key is None or k > key):
-            best, key = es, k
-    return best
-
-
-def _eval_set_id(db, key: int | str | None) -> int | None:
-    if key is None:
-        return None
-    from wdb.store.outputs import eval_set
-
-    return int(eval_set(db, key)["id"])
-
-
 # -- nearest ----------------------------------------------------------------------------------
 def nearest(
     db,
@@ -410,14 +332,14 @@ def _nearest(db, run, step, k, among, aligned, eval_set, mem) -> list[dict]:
     pos = ref.position()
     found = [(int(i), float(d)) for i, d in zip(ids[0], dist[0], strict=True) if i >= 0]
     nb_ids = [i for i, _ in found]
-    values, chosen = pick_metrics(_metrics(db, nb_ids), nb_ids)
+    values, chosen = pick_metrics(metrics_of(db, nb_ids), nb_ids)
     fixed = ("rank", "run", "step", "checkpoint_id", "kind", "distance", "error_iou", "path")
     names = [n for n in chosen if n not in fixed]  # same keys in every row
     iou: dict[int, float] = {}
-    sets = _output_sets(db, [qid, *nb_ids]) if qid is not None else {}
-    es = _eval_set_id(db, eval_set)
+    sets = output_sets(db, [qid, *nb_ids]) if qid is not None else {}
+    es = eval_set_id(db, eval_set)
     if es is None:
-        es = _pick_eval_set(sets, [qid], nb_ids)
+        es = pick_eval_set(sets, [qid], nb_ids)
     if es is not None and qid in sets.get(es, set()):
         from wdb.query.similarity import iou_matrix
         from wdb.store.outputs import error_masks
@@ -455,9 +377,9 @@ def _novelty_outputs(db, t_ids: np.ndarray, ref: RefSet, forced_es: int | None) 
 
     t_list, r_list = t_ids.tolist(), ref.ids.tolist()  # Python ints: hashed 5x faster
     with db.catalog.reading():  # one connection for these reads, none held while computing
-        sets = _output_sets(db, [*t_list, *r_list])
-        es = forced_es if forced_es is not None else _pick_eval_set(sets, t_list, r_list)
-        t_metrics = _metrics(db, t_ids)
+        sets = output_sets(db, [*t_list, *r_list])
+        es = forced_es if forced_es is not None else pick_eval_set(sets, t_list, r_list)
+        t_metrics = metrics_of(db, t_ids)
         fingerprint = _reference_fingerprint(db, ref, es)
     max_iou = np.full(len(t_ids), np.nan)
     max_id = np.full(len(t_ids), -1, dtype=np.int64)
@@ -523,7 +445,7 @@ def novelty(
     tgt = select(db, targets)
     if not len(tgt):
         raise NotFound(f"no checkpoints match targets '{targets}'")
-    forced_es = _eval_set_id(db, eval_set)
+    forced_es = eval_set_id(db, eval_set)
     out: list[dict] = []
     by_space = refs.groups(db, tgt, reference, DEFAULT_REFERENCE)
     for (space_id, ref_sql), picks in sorted(by_space.items()):

@@ -28,8 +28,7 @@ def _in_list(db, column: str, name: str = "ids") -> str:
 
 def _reference_fingerprint(db, ref: RefSet, eval_set_id: int | None) -> str:
     ids, rows = ref.ids.tolist(), ref.rows.tolist()  # Python ints format 3x faster than numpy's
-    info = ref.info
-    sha = info.column("sha256") if hasattr(info, "column") else [x["sha256"] for x in info]
+    sha = ref.info.column("sha256")
     parts = [f"{i}:{r}:{h}" for i, r, h in zip(ids, rows, sha, strict=True)]
     if eval_set_id is not None and len(ref):
         preds = db.sql(
@@ -94,7 +93,8 @@ def relation_status(db, relation_id: int | None = None) -> list[dict]:
             reasons.append("reference set or its predictions changed")
         if "target_fingerprint" in params:
             tgt = select(db, rel["target_selection"], rel["space_id"])
-            fp = _fp([f"{i}:{x['sha256']}" for i, x in zip(tgt.ids, tgt.info, strict=True)])
+            sha = tgt.info.column("sha256")
+            fp = _fp([f"{i}:{h}" for i, h in zip(tgt.ids.tolist(), sha, strict=True)])
             if fp != params["target_fingerprint"]:
                 reasons.append("target selection changed")
         out.append(
