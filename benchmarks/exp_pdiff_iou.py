@@ -2,8 +2,9 @@
 among themselves below 0.95?
 
 Trains the demo zoo's base model once (``mnist_bn.train_base``, 8 epochs), caches its frozen
-features, then for each setting runs the zoo's own BN-only training (``mnist_bn.bn_epoch``) to
-300 checkpoints and measures, per eval set:
+features, then for each setting runs the zoo's own BN-only training (``mnist_bn.bn_epoch``; its
+batch order drawn from this script's seed, so not the demo zoo's exact checkpoints) to 300
+checkpoints and measures, per eval set:
 
 - the checkpoints' accuracy (mean, min, max);
 - each checkpoint's max IoU of error sets with the other 299 (the paper's novelty of a training

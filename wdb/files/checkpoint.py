@@ -307,9 +307,10 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Loaded:
         return read_weights(path, kind)
     suffix = path.suffix.lower()
     kind = kind or {".safetensors": "safetensors", ".npz": "npz"}.get(suffix, "torch")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise BadInput("empty file (truncated?)")
-    if kind == "safetensors" and path.stat().st_size >= STREAM_MIN_BYTES:
+    if kind == "safetensors" and size >= STREAM_MIN_BYTES:
         streamed = _stream_safetensors(path)
         if streamed is not None:
             return streamed

@@ -67,9 +67,9 @@ def _array(data: bytes) -> np.ndarray:
     if len(buf) != int(np.prod(shape, dtype=np.int64)) * itemsize:
         raise _Corrupt(f"an array of shape {tuple(shape)} {name} has {len(buf)} bytes")
     if name == "bfloat16":
-        from wdb.files.formats import _bf16
+        from wdb.store.tensors import bf16_widen
 
-        return _Bf16(_bf16(np.frombuffer(buf, np.uint16)).reshape(shape))
+        return _Bf16(bf16_widen(np.frombuffer(buf, np.uint16)).reshape(shape))
     return np.frombuffer(buf, dtype=name).reshape(shape)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from wdb.errors import BadInput
 from wdb.files.names import WEIGHT_SUFFIXES
+from wdb.store.tensors import bf16_widen
 
 NOT_STORED = "not stored: "
 #: the first bytes of a legacy (non-zip) ``torch.save`` file: a pickled magic number.
@@ -177,13 +178,6 @@ def _loaded(arrays: dict, dtypes: dict, meta: dict | None = None):
     return Loaded(arrays, dtypes, meta or {})
 
 
-def _bf16(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (uint16) → float32, exactly (bf16 is the top half of a float32)."""
-    from wdb.store.tensors import bf16_widen
-
-    return bf16_widen(raw)
-
-
 _PLAIN = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
 
 
@@ -200,7 +194,7 @@ def read_onnx(path: Path):
     for init in model.graph.initializer:
         if init.data_type == onnx.TensorProto.BFLOAT16:
             arr = numpy_helper.to_array(init)
-            arrays[init.name] = _bf16(np.asarray(arr).view(np.uint16))
+            arrays[init.name] = bf16_widen(np.asarray(arr))
             dtypes[init.name] = "bfloat16"
             continue
         arr = numpy_helper.to_array(init)
@@ -247,7 +241,7 @@ def read_gguf(path: Path):
         if kind in _GGUF_FLOATS or kind in _GGUF_INTS:
             dtype = _GGUF_FLOATS.get(kind) or _GGUF_INTS[kind]
             if dtype == "bfloat16":
-                arrays[t.name] = _bf16(data.view(np.uint16)).reshape(shape)
+                arrays[t.name] = bf16_widen(data).reshape(shape)
             else:
                 arrays[t.name] = np.ascontiguousarray(data.view(dtype).reshape(shape))
             dtypes[t.name] = dtype

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from wdb.errors import BadInput
+from wdb.store.tensors import bf16_widen
 
 _STORAGE_DTYPES = {
     "FloatStorage": "float32",
@@ -126,8 +127,6 @@ class _FastUnpickler(pickle.Unpickler):
             )
             arr = np.array(view, copy=True)
         if dtype == "bfloat16":  # exact widening: bf16 is the top half of a float32
-            from wdb.store.tensors import bf16_widen
-
             arr = bf16_widen(arr)
         return _Tensor(arr, dtype)
 
