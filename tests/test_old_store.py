@@ -5,9 +5,10 @@ package layout moved and before any format change of this line of work) from the
 ``make_zoo.py`` beside it, which the archive also holds as ``zoo/``. Every later format change
 must keep this test passing (an upgrade in ``wdb init``/open, or a reader for the old format).
 
-``tests/data/store_24f9982/store.tar.gz`` is a family of wide (1,048,576-parameter) checkpoints
-written by wdb at commit 24f9982: a key row, delta rows against the previous step, a found and a
-declared parent, a re-save sharing its row (``make_family.py`` beside it says how).
+``tests/data/store_62a2249/store.tar.gz`` is a family of wide (1,048,576-parameter) checkpoints
+written by wdb at commit 62a2249 (before the changes since): a key row, delta rows against the
+previous step, a found and a declared parent, a re-save sharing its row (``make_family.py``
+beside it says how).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from wdb.cli.main import cli
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "store_f3bd864" / "store.tar.gz"
-FAMILY = DATA / "store_24f9982"
+FAMILY = DATA / "store_62a2249"
 
 
 def _extract(archive: Path, into: Path, monkeypatch) -> Path:

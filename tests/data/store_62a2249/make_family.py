@@ -1,5 +1,5 @@
 """The files behind ``store.tar.gz``: a family of 1,048,576-parameter checkpoints (one wide
-chunk each), written by wdb at commit 24f9982 with delta rows, a shared re-save and a found
+chunk each), written by wdb at commit 62a2249 with delta rows, a shared re-save and a found
 parent. The test regenerates these files (numpy's PCG64 stream is stable) and compares every
 export with them, so the archive holds only the store. How the store was made::
 
