@@ -36,6 +36,31 @@ def test_novelty_on_two_workers_is_bit_identical(db, n_ref):
     ]
 
 
+def test_a_cluster_scan_splits_the_references_finer_than_one_part_per_worker(db):
+    """Many references, one query: the scan is cut into SPLIT parts per worker (the next part
+    goes to the first worker free) and the merged answer is the in-process one, bit for bit;
+    big queries against few references keep one part per worker."""
+    from wdb.query import engine
+    from wdb.store.spaces import Layout
+
+    assert engine.partitions(1000, 2, 1000 * 8, 8) == 2 * engine.SPLIT
+    assert engine.partitions(10, 2, 10 * 8, 10 * 8) == 2  # re-reading big queries would cost more
+    assert engine.partitions(3, 4, 3 * 8, 8) == 3  # never more parts than references
+    rng = np.random.default_rng(5)
+    layout = Layout.from_arrays({"w": np.zeros((4, 5), np.float32)})
+    train = rng.normal(size=(200, layout.n_params)).astype(np.float32)  # <= BRUTE_MAX: the scan
+    db.add_checkpoints(layout, train, run="train", kind="training", zoo="z")
+    db.add_checkpoints(layout, train[7:8] + 0.01, run="gen", kind="generated", zoo="z")
+    tgt, ref = query.select(db, "kind = 'generated'"), query.select(db, "kind = 'training'")
+    space = db.space(int(tgt.info[0]["space_id"]))
+    q = query.stored(db, space, tgt.rows)
+    local = engine.knn(db, space, q, list(tgt.ids), ref, 4, False, "local")
+    dist = engine.knn(db, space, q, list(tgt.ids), ref, 4, False, "local:2")
+    assert dist[2]["parts"] == 2 * engine.SPLIT
+    assert (local[0] == dist[0]).all() and local[1].tobytes() == dist[1].tobytes()
+    assert local[0][0, 0] == ref.ids[7]
+
+
 def _results(db, eval_name: str) -> tuple[dict, dict]:
     """Every metric value (as float64 bytes) and every stored output row, per checkpoint."""
     from wdb.store.outputs import eval_set, read_outputs

@@ -329,3 +329,30 @@ def test_output_sets_read_all_or_by_ids_alike(db):
     assert output_sets(db, every + [10**9]) == {es: set(every)}  # read all, filtered here
     assert output_sets(db, every[:7]) == {es: set(every[:7])}  # by ids
     assert output_sets(db, [10**9]) == {}
+
+
+def test_a_selection_reads_keys_first_and_the_rest_when_asked(db):
+    """``select`` reads ids and Zarr rows at once, hashes and runs when first used; a
+    checkpoint deleted in between is an error naming the selection, never a shifted row; the
+    records travel (pickled, as to a Dask worker) whole."""
+    import pickle
+
+    from wdb.errors import WdbError
+
+    rng = np.random.default_rng(3)
+    lay = layout()
+    ids = add_training(db, lay, rng.normal(size=(6, 48)).astype(np.float32))
+    sel = wq.select(db, "kind = 'training'")
+    assert sel.ids.tolist() == list(ids) and sel.info._got is None  # keys only so far
+    assert sel.info.column("checkpoint_id") == list(ids) and sel.info._got is None
+    shipped = pickle.loads(pickle.dumps(sel.info))
+    assert [r["run"] for r in shipped] == [f"train_{i:04d}" for i in range(6)]
+    again = wq.select(db, "kind = 'training'")
+    db.rm("run = 'train_0003'", yes=True)
+    with pytest.raises(WdbError, match="selection 'kind = 'training'' changed while it was read"):
+        again.info.column("sha256")
+    fresh = wq.select(db, "kind = 'training'")
+    db.add_checkpoints(
+        lay, rng.normal(size=(1, 48)).astype(np.float32), run="late", kind="training"
+    )
+    assert [r["run"] for r in fresh.info] == [f"train_{i:04d}" for i in (0, 1, 2, 4, 5)]

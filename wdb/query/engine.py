@@ -111,7 +111,14 @@ def _start(engine: str) -> Iterator[Any]:
         env = {"OMP_NUM_THREADS": "1", "WDB_PROGRESS": "0"}
         spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC}
         with (
-            dask.config.set({"distributed.nanny.pre-spawn-environ": spawn}),
+            dask.config.set(
+                {
+                    "distributed.nanny.pre-spawn-environ": spawn,
+                    # one task per worker at a time: the next scan partition goes to the first
+                    # worker free, not to one that queued it while still busy (default 1.1)
+                    "distributed.scheduler.worker-saturation": 1.0,
+                }
+            ),
             LocalCluster(
                 n_workers=n,
                 threads_per_worker=1,
@@ -151,9 +158,25 @@ def _scan_part(refs, ref_ids, queries, q_ids, k, plan):
     return topk_sq(refs, ref_ids, queries, q_ids, k, plan)
 
 
+#: partitions of a cluster scan per worker. One each left the cluster waiting for its slowest
+#: worker (on 2 cores the driver shares one worker's core while it reads the catalog); with
+#: several, the next partition goes to whichever worker is free (a local cluster's scheduler
+#: hands a worker one task at a time: ``worker-saturation`` 1.0). 200k x 2k novelty, 2 pinned
+#: workers, medians of 3: 1 per worker 5.9-6.0 s, 4 per worker 5.3-5.8 s, 8 per worker 4.5-5.4 s.
+SPLIT = 8
+
+
+def partitions(n_refs: int, workers: int, ref_bytes: int, query_bytes: int) -> int:
+    """How many partitions a cluster scan cuts the references into: :data:`SPLIT` per worker,
+    fewer where every partition's read of all the queries would come to more than a quarter of
+    the references' bytes (big targets against few references), at least one per worker."""
+    per = max(1, min(SPLIT, ref_bytes // max(1, 4 * query_bytes * workers)))
+    return max(1, min(n_refs, workers * per))
+
+
 def _scan(c, db, space, q_rows, q_ids: list, ref, k: int, budget: int, meanwhile=None) -> tuple:
-    """The byte-bounded scan with the references split into one partition per worker; each
-    worker keeps its top-k, this process merges them (``wdb.query.scan.merge``). The plan is
+    """The byte-bounded scan with the references split into :func:`partitions`; each worker
+    keeps its top-k of each, this process merges them (``wdb.query.scan.merge``). The plan is
     made here, for a worker's share of the budget, so every worker sums on the same grid."""
     from wdb.query.nearest import stored
     from wdb.query.scan import finish, merge, plan, source
@@ -164,7 +187,9 @@ def _scan(c, db, space, q_rows, q_ids: list, ref, k: int, budget: int, meanwhile
     qid = np.array([-1 if i is None else int(i) for i in q_ids], dtype=np.int64)
     isz = max(refs.dtype.itemsize, queries.dtype.itemsize)
     plan_ = plan(len(ref), len(queries), space.n_params, isz, k, budget // n, "a worker's scan")
-    bounds = np.linspace(0, len(ref), min(len(ref), n) + 1).astype(int)
+    row_bytes = space.n_params * isz
+    parts = partitions(len(ref), n, len(ref) * row_bytes, len(queries) * row_bytes)
+    bounds = np.linspace(0, len(ref), parts + 1).astype(int)
     futures = [
         c.submit(
             _scan_part,

@@ -28,7 +28,7 @@ import numpy as np
 from wdb.catalog.guard import read
 from wdb.errors import BadInput, NotFound
 from wdb.query.behaviour import eval_set_id, metrics_of, output_sets, pick_eval_set, pick_metrics
-from wdb.query.records import Records
+from wdb.query.records import LazyRecords, Records
 from wdb.query.relations import _fp, _in_list, _reference_fingerprint, _save, relation_status  # noqa: F401
 
 DEFAULT_REFERENCE = "kind = 'training'"
@@ -62,26 +62,32 @@ def select(db, where: str | None, space_id: int | None = None) -> RefSet:
     if where := db.selection(where):
         clauses.append(f"({where})")
     clause = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    try:
-        cols, got = read(
-            db.catalog,
-            "SELECT checkpoint_id, row, sha256, run, step, kind, space_id FROM checkpoint_info "
-            f"{clause} ORDER BY checkpoint_id",
-            params,
-            what=f"selection '{where.strip()}' over checkpoint_info" if where else "SQL",
-        )
-    except Exception as exc:
-        mod = type(exc).__module__
-        if "duckdb" in mod or mod.startswith("sqlalchemy"):
-            msg = str(exc).splitlines()[0]
-            raise BadInput(f"selection '{where}' over checkpoint_info failed: {msg}") from None
-        raise
-    info = Records(cols, got)
-    return RefSet(
-        np.array(info.column("checkpoint_id"), dtype=np.int64),
-        np.array(info.column("row"), dtype=np.int64),
-        info,
+    what = f"selection '{where.strip()}' over checkpoint_info" if where else "SQL"
+
+    def fetch(cols: str) -> tuple[list[str], list[tuple]]:
+        try:
+            return read(
+                db.catalog,
+                f"SELECT {cols} FROM checkpoint_info {clause} ORDER BY checkpoint_id",
+                params,
+                what=what,
+            )
+        except Exception as exc:
+            mod = type(exc).__module__
+            if "duckdb" in mod or mod.startswith("sqlalchemy"):
+                msg = str(exc).splitlines()[0]
+                raise BadInput(f"selection '{where}' over checkpoint_info failed: {msg}") from None
+            raise
+
+    _, keys = fetch("checkpoint_id, row")
+    key = np.array(keys, dtype=np.int64).reshape(-1, 2)
+    ids, rows = key[:, 0].copy(), key[:, 1].copy()
+    info = LazyRecords(
+        {"checkpoint_id": ids.tolist(), "row": rows.tolist()},
+        lambda: fetch("checkpoint_id, row, sha256, run, step, kind, space_id"),
+        f"the selection '{where}'" if where else "the selection",
     )
+    return RefSet(ids, rows, info)
 
 
 def _read(db, space, rows: np.ndarray) -> np.ndarray:
@@ -368,10 +374,13 @@ def _nearest(db, run, step, k, among, aligned, eval_set, mem) -> list[dict]:
 
 
 # -- novelty ----------------------------------------------------------------------------------
-def _novelty_outputs(db, t_ids: np.ndarray, ref: RefSet, forced_es: int | None) -> dict:
+def _novelty_outputs(
+    db, t_ids: np.ndarray, ref: RefSet, forced_es: int | None, save: bool = True
+) -> dict:
     """What :func:`novelty` reads besides the neighbours: the eval set, each target's max
     error-set IoU with the references (and which one), its metrics, the reference's
-    fingerprint. Independent of the search, so it runs while a cluster searches."""
+    fingerprint (only when the relation is saved: it is stored, not shown). Independent of the
+    search, so it runs while a cluster searches."""
     from wdb.query.similarity import max_iou as engine_iou
     from wdb.store.outputs import error_masks
 
@@ -380,7 +389,7 @@ def _novelty_outputs(db, t_ids: np.ndarray, ref: RefSet, forced_es: int | None) 
         sets = output_sets(db, [*t_list, *r_list])
         es = forced_es if forced_es is not None else pick_eval_set(sets, t_list, r_list)
         t_metrics = metrics_of(db, t_ids)
-        fingerprint = _reference_fingerprint(db, ref, es)
+        fingerprint = _reference_fingerprint(db, ref, es) if save else None
     max_iou = np.full(len(t_ids), np.nan)
     max_id = np.full(len(t_ids), -1, dtype=np.int64)
     if es is not None and sets.get(es):
@@ -458,7 +467,7 @@ def novelty(
         side: dict = {}
 
         def meanwhile(t_ids=t_ids, ref=ref, side=side) -> None:
-            side.update(_novelty_outputs(db, t_ids, ref, forced_es))
+            side.update(_novelty_outputs(db, t_ids, ref, forced_es, save))
 
         if len(ref):
             nn_ids, nn_d, info = engines.knn(
