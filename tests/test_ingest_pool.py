@@ -131,3 +131,40 @@ def test_read_ahead_counts_a_widened_row_not_its_file(monkeypatch):
     assert pool._room([(None, None, loaded(), 2000), (None, None, Future(), 2000)], seen)
     full = [(None, None, loaded(), 2000)] * 2 + [(None, None, Future(), 2000)]
     assert not pool._room(full, seen)
+
+
+def test_read_ahead_keeps_loading_while_the_writer_works(tmp_path, monkeypatch):
+    """Files the writer takes as soon as they load still teach the read-ahead their row size,
+    so the next files load while the writer works on this one (it had learnt only from files
+    that waited in its queue: with a fast writer, never, and it read one file at a time)."""
+    import time
+    from types import SimpleNamespace
+
+    from wdb.ingest import pool
+    from wdb.store.spaces import Layout
+
+    monkeypatch.setattr(pool, "READ_AHEAD_BYTES", 1000)
+    layout = Layout.from_arrays({"w": np.zeros(50, np.float32)})  # 200 row bytes per 100 B file
+    started: dict[int, float] = {}
+
+    def prepare(f, layouts):
+        started[f.i] = time.perf_counter()
+        time.sleep(0.01)
+        return ("ok", layout, None, "", None)
+
+    monkeypatch.setattr(pool, "_prepare", prepare)
+    files = []
+    for i in range(6):
+        p = tmp_path / f"{i}.pt"
+        p.write_bytes(b"x" * 100)
+        files.append(
+            SimpleNamespace(i=i, source=str(p), problem=None, companion=False, layout=None)
+        )
+    taken: dict[int, float] = {}
+    for f, got in pool.read_ahead((f, None) for f in files):
+        assert got[0] == "ok"
+        taken[f.i] = time.perf_counter()
+        time.sleep(0.05)  # the writer's work on this file
+    assert list(taken) == list(range(6))
+    # some file began loading before the writer had taken the one before it
+    assert any(started[i] < taken[i - 1] for i in range(1, 6))

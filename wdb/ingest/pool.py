@@ -167,16 +167,22 @@ def _room(ahead: Iterable[tuple], seen: dict) -> bool:
         if not fut.done():
             pending += size
             continue
-        got = None if fut.cancelled() or fut.exception() else fut.result()
-        if got and got[0] == "ok" and size:
-            layout = got[1]
-            row = layout.n_params * np.dtype(layout.storage_dtype).itemsize
-            seen["ratio"] = max(1.0, row / size)
-            size = max(size, row)
-        held += size
+        held += _learn(fut, size, seen)
     if pending and "ratio" not in seen:
         return False
     return held + pending * seen.get("ratio", 1.0) < READ_AHEAD_BYTES
+
+
+def _learn(fut: Any, size: int, seen: dict) -> int:
+    """A loaded file's bytes as held (its row's when larger), noting its row bytes per file
+    byte in ``seen["ratio"]``: how :func:`_room` counts the files still loading."""
+    got = None if fut.cancelled() or fut.exception() else fut.result()
+    if got and got[0] == "ok" and size:
+        layout = got[1]
+        row = layout.n_params * np.dtype(layout.storage_dtype).itemsize
+        seen["ratio"] = max(1.0, row / size)
+        return max(size, row)
+    return size
 
 
 def read_ahead(
@@ -217,6 +223,9 @@ def read_ahead(
             if not ahead:
                 return
             f, pre, fut, size = ahead.popleft()
+            if fut is not None:
+                fut.result()  # waits; a file taken as soon as it loaded still teaches the ratio
+                _learn(fut, size, seen)
             yield f, (fut.result() if fut is not None else pre)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
