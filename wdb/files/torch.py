@@ -12,7 +12,6 @@ import re
 import struct
 import warnings
 import zipfile
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 
 from wdb.errors import BadInput
 from wdb.store.tensors import bf16_widen
+from wdb.store.verify import crc32
 
 _STORAGE_DTYPES = {
     "FloatStorage": "float32",
@@ -190,7 +190,7 @@ def _zip_records(data: bytes) -> dict[str, memoryview]:
         if start + usize > len(data):
             raise _Decline("member past the end of the file")
         member = view[start : start + usize]
-        if zlib.crc32(member) != crc:
+        if crc32(member) != crc:
             raise _bad_member(name)
         out[name] = member
     if pos != cd_off + cd_size:

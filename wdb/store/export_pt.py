@@ -16,12 +16,13 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
-import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from wdb.store.verify import crc32
 
 #: bytes per value of the dtypes numpy cannot name (stored widened to float32)
 ITEMSIZE = {"bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
@@ -118,7 +119,7 @@ def write_torch_files(files: dict[Path, list], tensors: Iterator[tuple[Any, np.n
             if raw.nbytes != slot.nbytes:
                 raise RuntimeError(f"'{e.name}': {raw.nbytes} bytes for {slot.nbytes} reserved")
             os.pwrite(fds[slot.path], raw, slot.offset)
-            slot.crc, slot.done = zlib.crc32(raw), slot.nbytes
+            slot.crc, slot.done = crc32(raw), slot.nbytes
         for name, slot in slots.items():
             if slot.done != slot.nbytes:
                 raise RuntimeError(f"'{name}': no bytes came from the store")
