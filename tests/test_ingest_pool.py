@@ -168,3 +168,38 @@ def test_read_ahead_keeps_loading_while_the_writer_works(tmp_path, monkeypatch):
     assert list(taken) == list(range(6))
     # some file began loading before the writer had taken the one before it
     assert any(started[i] < taken[i - 1] for i in range(1, 6))
+
+
+def test_made_ahead_keeps_order_raises_in_place_and_stops_with_its_caller():
+    """``made_ahead``: the items in order; an error making one is raised where that item would
+    come; a caller that stops early stops the making thread too (no thread left blocked)."""
+    import threading
+    import time
+
+    from wdb.ingest.pool import made_ahead
+
+    assert list(made_ahead(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("tensor 3 is damaged")
+
+    got = []
+    with pytest.raises(ValueError, match="tensor 3 is damaged"):
+        for x in made_ahead(failing()):
+            got.append(x)
+    assert got == [1, 2]
+    made = []
+
+    def endless():
+        while True:
+            made.append(len(made))
+            yield made[-1]
+
+    it = made_ahead(endless())
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()
+    time.sleep(0.3)
+    assert len(made) <= 5  # one ahead, one waiting to be put, then it stopped
+    assert not any(t.name == "wdb-made-ahead" and t.is_alive() for t in threading.enumerate())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -95,7 +95,10 @@ def row_hash(row: np.ndarray | RowStream) -> str:
     if not isinstance(row, RowStream):
         return digest(row)
     sha, xxh, n = hashlib.sha256(), xxhash.xxh3_128(), 0
-    for seg in row.segments():
+    # a stream read from its files (shards, a big safetensors): the next tensor is read,
+    # widened and checked on a thread of its own while this one is hashed (1.59 -> 1.0 s for a
+    # 512 MB bf16 file); views of a mapped file cost nothing to make
+    for seg in row.segments() if row.mapped else made_ahead(row.segments()):
         data = np.ascontiguousarray(seg).data
         sha.update(data)
         xxh.update(data)
@@ -104,6 +107,47 @@ def row_hash(row: np.ndarray | RowStream) -> str:
         raise BadInput(f"the checkpoint's tensors hold {n} values, its layout {row.n}")
     row.xxh3 = xxh.hexdigest()
     return sha.hexdigest()
+
+
+def made_ahead(items: Iterator[Any]) -> Iterator[Any]:
+    """``items`` made one ahead on a thread of their own (the iterator is advanced only there):
+    at most two in memory, one being used and the next. An error making one is raised here, in
+    its place; when the caller stops early, the thread stops at its next item."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(1)
+    stop = threading.Event()
+
+    def put(x: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def make() -> None:
+        try:
+            for x in items:
+                if not put(("item", x)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the caller, raised there
+            put(("error", exc))
+
+    threading.Thread(target=make, name="wdb-made-ahead", daemon=True).start()
+    try:
+        while True:
+            kind, x = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise x
+            yield x
+    finally:
+        stop.set()
 
 
 def flat_row(got: Loaded, cache: dict[tuple, Layout]) -> tuple[Layout, np.ndarray]:

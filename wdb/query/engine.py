@@ -162,7 +162,7 @@ def _scan_part(refs, ref_ids, queries, q_ids, k, plan):
 #: worker (on 2 cores the driver shares one worker's core while it reads the catalog); with
 #: several, the next partition goes to whichever worker is free (a local cluster's scheduler
 #: hands a worker one task at a time: ``worker-saturation`` 1.0). 200k x 2k novelty, 2 pinned
-#: workers, medians of 3: 1 per worker 5.9-6.0 s, 4 per worker 5.3-5.8 s, 8 per worker 4.5-5.4 s.
+#: workers, medians of 3 queries in 2 rounds: 1 per worker 5.9-6.1 s, 4: 5.3-5.8 s, 8: 4.5-5.4 s.
 SPLIT = 8
 
 
