@@ -203,3 +203,29 @@ def test_made_ahead_keeps_order_raises_in_place_and_stops_with_its_caller():
     time.sleep(0.3)
     assert len(made) <= 5  # one ahead, one waiting to be put, then it stopped
     assert not any(t.name == "wdb-made-ahead" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_streams_hashing_pass_also_takes_its_sketch():
+    """``row_hash`` of a stream takes its sketch on the way; finding its parent then uses that
+    sketch (the same as the whole row's) and does not read the stream a second time."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from wdb.ingest.pool import row_hash
+    from wdb.store import family, lineage
+    from wdb.store.write import RowStream
+
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(size=m).astype(np.float32) for m in (70_000, 5, 30_000)]
+    reads = []
+
+    def segments():
+        reads.append(1)
+        yield from parts
+
+    rs = RowStream(100_005, segments)
+    assert row_hash(rs) == hashlib.sha256(np.concatenate(parts).data).hexdigest()
+    assert rs.sketch == family.sketch(np.concatenate(parts)) and len(reads) == 1
+    assert lineage._sketch_of(SimpleNamespace(row=rs)) == rs.sketch and len(reads) == 1
+    rs.sketch = None  # a stream hashed elsewhere: sketched by a pass of its own, alike
+    assert lineage._sketch_of(SimpleNamespace(row=rs)) == family.sketch(np.concatenate(parts))

@@ -91,10 +91,14 @@ def row_of(got: Loaded, cache: dict[tuple, Layout]) -> tuple[Layout, np.ndarray 
 
 def row_hash(row: np.ndarray | RowStream) -> str:
     """The row's sha256 (``wdb.files.checkpoint.digest``); a stream's in one pass that also
-    takes its xxh3_128 (``RowStream.xxh3``), so that its write need not take a second sha256."""
+    takes its xxh3_128 (``RowStream.xxh3``), so that its write need not take a second sha256,
+    and its sketch (``RowStream.sketch``), so that finding its parent need not read it again
+    (for bf16 rows, widen it again)."""
     if not isinstance(row, RowStream):
         return digest(row)
-    sha, xxh, n = hashlib.sha256(), xxhash.xxh3_128(), 0
+    from wdb.store.family import Sketcher
+
+    sha, xxh, n, sk = hashlib.sha256(), xxhash.xxh3_128(), 0, Sketcher(row.n)
     # a stream read from its files (shards, a big safetensors): the next tensor is read,
     # widened and checked on a thread of its own while this one is hashed (1.59 -> 1.0 s for a
     # 512 MB bf16 file); views of a mapped file cost nothing to make
@@ -102,10 +106,11 @@ def row_hash(row: np.ndarray | RowStream) -> str:
         data = np.ascontiguousarray(seg).data
         sha.update(data)
         xxh.update(data)
+        sk.add(seg)
         n += seg.size
     if n != row.n:
         raise BadInput(f"the checkpoint's tensors hold {n} values, its layout {row.n}")
-    row.xxh3 = xxh.hexdigest()
+    row.xxh3, row.sketch = xxh.hexdigest(), sk.bytes()
     return sha.hexdigest()
 
 

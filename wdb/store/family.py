@@ -106,6 +106,26 @@ def sketch_positions(n: int) -> np.ndarray:
     return np.sort(rng.choice(n, SKETCH, replace=False))
 
 
+class Sketcher:
+    """A row's sketch taken segment by segment, in the pass that reads it for something else
+    (a stream's hashing): a streamed row is not read again just to sketch it."""
+
+    def __init__(self, n: int) -> None:
+        self.pos = sketch_positions(n)
+        self.out = np.empty(self.pos.size, dtype=np.float32)
+        self.at = 0
+
+    def add(self, seg: np.ndarray) -> None:
+        seg = np.asarray(seg).reshape(-1)
+        pos, a = self.pos, self.at
+        inside = (pos >= a) & (pos < a + seg.size)
+        self.out[inside] = seg[pos[inside] - a]
+        self.at += seg.size
+
+    def bytes(self) -> bytes:
+        return self.out.tobytes()
+
+
 def sketch(row: np.ndarray) -> bytes:
     """The sketch of a whole row, as float32 bytes."""
     vals = np.asarray(row).reshape(-1)[sketch_positions(int(np.asarray(row).size))]

@@ -177,14 +177,12 @@ def _sketch_of(it: Any) -> bytes:
     row = it.row
     if isinstance(row, np.ndarray):
         return family.sketch(row)
-    pos = family.sketch_positions(row.n)  # a RowStream: one pass over its segments
-    out, a = np.empty(pos.size, dtype=np.float32), 0
+    if row.sketch is not None:  # taken by the pass that hashed it
+        return row.sketch
+    sk = family.Sketcher(row.n)  # a RowStream: one pass over its segments
     for seg in row.segments():
-        seg = np.asarray(seg).reshape(-1)
-        inside = (pos >= a) & (pos < a + seg.size)
-        out[inside] = seg[pos[inside] - a]
-        a += seg.size
-    return out.tobytes()
+        sk.add(seg)
+    return sk.bytes()
 
 
 def _parent(plan: Plan, it: Any, known: list[_Known], sketches: dict[int, bytes], hit) -> None:

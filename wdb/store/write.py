@@ -58,6 +58,8 @@ class RowStream:
     #: checks the bytes it streams against it (xxh3, which the write takes anyway) instead of
     #: a second sha256 pass (``wdb.ingest.pool.row_hash``)
     xxh3: str | None = None
+    #: its sketch (``wdb.store.family.sketch``), when the hashing pass also took it
+    sketch: bytes | None = None
     #: bytes per value in the storage dtype
     itemsize: int = 4
     #: the segments are views of a mapped file (its pages count in this process's memory)
