@@ -116,32 +116,30 @@ def row_hash(row: np.ndarray | RowStream) -> str:
 
 def made_ahead(items: Iterator[Any]) -> Iterator[Any]:
     """``items`` made one ahead on a thread of their own (the iterator is advanced only there):
-    at most two in memory, one being used and the next. An error making one is raised here, in
-    its place; when the caller stops early, the thread stops at its next item."""
+    at most two alive at once, the one the caller is using and the next (made while it is
+    used). An error making one is raised here, in its place; when the caller stops early, the
+    thread stops before making another."""
     import queue
     import threading
 
-    q: queue.Queue = queue.Queue(1)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    slots = threading.Semaphore(2)  # an item holds a slot from being made until it is used up
     stop = threading.Event()
-
-    def put(x: tuple) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(x, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
 
     def make() -> None:
         try:
             for x in items:
-                if not put(("item", x)):
+                q.put(("item", x))
+                while not slots.acquire(timeout=0.05):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
                     return
-            put(("end", None))
+            q.put(("end", None))
         except BaseException as exc:  # handed to the caller, raised there
-            put(("error", exc))
+            q.put(("error", exc))
 
+    slots.acquire()  # the first item's slot
     threading.Thread(target=make, name="wdb-made-ahead", daemon=True).start()
     try:
         while True:
@@ -151,6 +149,8 @@ def made_ahead(items: Iterator[Any]) -> Iterator[Any]:
             if kind == "error":
                 raise x
             yield x
+            del x
+            slots.release()  # the caller is done with it: the one after next may be made
     finally:
         stop.set()
 
@@ -272,8 +272,7 @@ def read_ahead(
             if not ahead:
                 return
             f, pre, fut, size = ahead.popleft()
-            if fut is not None:
-                fut.result()  # waits; a file taken as soon as it loaded still teaches the ratio
+            if fut is not None:  # waits for it: a file taken once loaded still teaches the ratio
                 _learn(fut, size, seen)
             yield f, (fut.result() if fut is not None else pre)
     finally:

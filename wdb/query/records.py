@@ -48,8 +48,11 @@ class LazyRecords(Records):
     order; rows it has beyond the keys' are dropped, and a key row it lacks (deleted between the
     two reads) is an error, never a silent gap."""
 
-    def __init__(self, keys: dict[str, list], load: Callable[[], tuple[list[str], list[tuple]]],
-                 what: str) -> None:  # fmt: skip
+    def __init__(
+        self, keys: dict[str, list], load: Callable[[], tuple[list[str], list[tuple]]], what: str
+    ) -> None:
+        self.columns = list(keys)  # until loaded: the key columns
+        self._at = {c: j for j, c in enumerate(self.columns)}
         self._keys = keys
         self._load = load
         self._what = what
