@@ -170,15 +170,15 @@ def test_read_ahead_keeps_loading_while_the_writer_works(tmp_path, monkeypatch):
     assert any(started[i] < taken[i - 1] for i in range(1, 6))
 
 
-def test_made_ahead_keeps_order_raises_in_place_and_stops_with_its_caller():
-    """``made_ahead``: the items in order; an error making one is raised where that item would
-    come; a caller that stops early stops the making thread too (no thread left blocked)."""
+def test_one_ahead_keeps_order_raises_in_place_and_stops_with_its_caller():
+    """``wdb.memory.one_ahead`` (a stream's tensors while it is hashed, a scan's blocks): the
+    items in order; an error making one is raised where that item would come; a caller that
+    stops early stops the making thread too (no thread left behind)."""
     import threading
-    import time
 
-    from wdb.ingest.pool import made_ahead
+    from wdb.memory import one_ahead
 
-    assert list(made_ahead(iter(range(50)))) == list(range(50))
+    assert list(one_ahead(iter(range(50)))) == list(range(50))
 
     def failing():
         yield 1
@@ -187,7 +187,7 @@ def test_made_ahead_keeps_order_raises_in_place_and_stops_with_its_caller():
 
     got = []
     with pytest.raises(ValueError, match="tensor 3 is damaged"):
-        for x in made_ahead(failing()):
+        for x in one_ahead(failing()):
             got.append(x)
     assert got == [1, 2]
     made = []
@@ -197,12 +197,11 @@ def test_made_ahead_keeps_order_raises_in_place_and_stops_with_its_caller():
             made.append(len(made))
             yield made[-1]
 
-    it = made_ahead(endless())
+    it = one_ahead(endless(), "wdb-test-ahead")
     assert [next(it) for _ in range(3)] == [0, 1, 2]
     it.close()
-    time.sleep(0.3)
-    assert len(made) <= 5  # one ahead, one waiting to be put, then it stopped
-    assert not any(t.name == "wdb-made-ahead" and t.is_alive() for t in threading.enumerate())
+    assert len(made) == 4  # the three taken and the one made ahead, then it stopped
+    assert not any(t.name.startswith("wdb-test-ahead") for t in threading.enumerate())
 
 
 def test_a_streams_hashing_pass_also_takes_its_sketch():

@@ -111,3 +111,28 @@ def test_old_family_store_reads_its_deltas_bit_exactly(tmp_path, monkeypatch):
         assert set(got) == set(want), key
         for name, arr in want.items():
             assert got[name].numpy().tobytes() == arr.tobytes(), (key, name)
+
+
+def test_todays_ingest_sketches_rows_as_the_old_version_did(tmp_path, monkeypatch):
+    """Sketches (what a found parent is matched by) are stored per row; the old store's, made by
+    62a2249, must equal what today's ingest (the hashing pass, then the write) stores for the
+    same files, or a new checkpoint would be matched against old rows on a different scale."""
+    from safetensors.numpy import save_file
+
+    old = wdb.open(_extract(FAMILY / "store.tar.gz", tmp_path, monkeypatch) / "store")
+    zoo = tmp_path / "zoo"
+    for key, tensors in _family_files().items():
+        (zoo / key).parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(zoo / f"{key}.safetensors"))
+    new = wdb.open(tmp_path / "new")
+    new.init()
+    for run in ("run", "tuned"):
+        new.ingest(zoo / run)
+    sql = (
+        "SELECT r.name AS run, c.step, f.sketch FROM checkpoints c JOIN runs r ON r.id = c.run_id "
+        "JOIN family_rows f ON f.space_id = c.space_id AND f.row = c.row WHERE r.name IN ('run', 'tuned')"
+    )
+    sketches = [
+        {(x["run"], x["step"]): bytes(x["sketch"]) for x in db.sql(sql)} for db in (old, new)
+    ]
+    assert len(sketches[0]) == 4 and sketches[0] == sketches[1]

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from wdb.errors import BadInput
 
+T = TypeVar("T")
 DEFAULT = 1 << 30
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*$", re.IGNORECASE)
@@ -49,3 +52,18 @@ def human(n: int) -> str:
         if n >= size:
             return f"{n / size:.3g}{unit}"
     return f"{n}B"
+
+
+def one_ahead(items: Iterable[T], name: str = "wdb-ahead") -> Iterator[T]:
+    """``items`` with the next one made on a thread of its own while the caller uses this one
+    (reading, decoding and widening release the GIL): at most two alive at once. An error
+    making one is raised in its place; a caller that stops early waits for the one in making."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it, end = iter(items), object()
+    with ThreadPoolExecutor(1, thread_name_prefix=name) as ex:
+        nxt = ex.submit(next, it, end)
+        while (x := nxt.result()) is not end:
+            nxt = ex.submit(next, it, end)
+            yield x
+            del x

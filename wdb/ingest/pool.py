@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ import xxhash
 from wdb.errors import BadInput, WdbError
 from wdb.files.checkpoint import Loaded, as_loaded, digest
 from wdb.ingest.readers import Found
+from wdb.memory import one_ahead
 from wdb.store.spaces import Layout
 from wdb.store.write import RowStream
 
@@ -102,7 +103,7 @@ def row_hash(row: np.ndarray | RowStream) -> str:
     # a stream read from its files (shards, a big safetensors): the next tensor is read,
     # widened and checked on a thread of its own while this one is hashed (1.59 -> 1.0 s for a
     # 512 MB bf16 file); views of a mapped file cost nothing to make
-    for seg in row.segments() if row.mapped else made_ahead(row.segments()):
+    for seg in row.segments() if row.mapped else one_ahead(row.segments(), "wdb-segments"):
         data = np.ascontiguousarray(seg).data
         sha.update(data)
         xxh.update(data)
@@ -112,47 +113,6 @@ def row_hash(row: np.ndarray | RowStream) -> str:
         raise BadInput(f"the checkpoint's tensors hold {n} values, its layout {row.n}")
     row.xxh3, row.sketch = xxh.hexdigest(), sk.bytes()
     return sha.hexdigest()
-
-
-def made_ahead(items: Iterator[Any]) -> Iterator[Any]:
-    """``items`` made one ahead on a thread of their own (the iterator is advanced only there):
-    at most two alive at once, the one the caller is using and the next (made while it is
-    used). An error making one is raised here, in its place; when the caller stops early, the
-    thread stops before making another."""
-    import queue
-    import threading
-
-    q: queue.SimpleQueue = queue.SimpleQueue()
-    slots = threading.Semaphore(2)  # an item holds a slot from being made until it is used up
-    stop = threading.Event()
-
-    def make() -> None:
-        try:
-            for x in items:
-                q.put(("item", x))
-                while not slots.acquire(timeout=0.05):
-                    if stop.is_set():
-                        return
-                if stop.is_set():
-                    return
-            q.put(("end", None))
-        except BaseException as exc:  # handed to the caller, raised there
-            q.put(("error", exc))
-
-    slots.acquire()  # the first item's slot
-    threading.Thread(target=make, name="wdb-made-ahead", daemon=True).start()
-    try:
-        while True:
-            kind, x = q.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise x
-            yield x
-            del x
-            slots.release()  # the caller is done with it: the one after next may be made
-    finally:
-        stop.set()
 
 
 def flat_row(got: Loaded, cache: dict[tuple, Layout]) -> tuple[Layout, np.ndarray]:

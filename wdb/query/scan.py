@@ -340,15 +340,12 @@ def _ahead(src: StoredRows | MemoryRows, spans: list, ahead: bool = True) -> Any
         for rs, cs in spans:
             yield rs, src.read(rs, cs)
         return
-    from concurrent.futures import ThreadPoolExecutor
+    from wdb.memory import one_ahead
 
-    with ThreadPoolExecutor(1, thread_name_prefix="wdb-scan") as ex:
-        nxt = ex.submit(src.read, *spans[0])
-        for i, (rs, _) in enumerate(spans):
-            block = nxt.result()
-            nxt = ex.submit(src.read, *spans[i + 1]) if i + 1 < len(spans) else None
-            yield rs, block
-            del block
+    blocks = one_ahead((src.read(rs, cs) for rs, cs in spans), "wdb-scan")
+    for (rs, _), block in zip(spans, blocks, strict=True):
+        yield rs, block
+        del block
 
 
 def topk_sq(

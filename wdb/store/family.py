@@ -254,8 +254,7 @@ def write_row(
     dtype, width = arr.dtype, int(arr.chunks[1])
     hasher = xxhash.xxh3_128()
     sha = hashlib.sha256() if sha256 else None
-    pos = sketch_positions(n)
-    sk = np.empty(pos.size, dtype=np.float32)
+    sk = Sketcher(n)
     out = Written(digest="", sketch=b"")
     lock = threading.Lock()
     key = parent.key if parent is not None else None
@@ -304,8 +303,7 @@ def write_row(
         blocks.append(block_digest(valid))
         if sha is not None:
             sha.update(valid.data)
-        inside = (pos >= a) & (pos < a + width)
-        sk[inside] = valid[pos[inside] - a]
+        sk.add(valid)
         tok = borrowed(c, blocks[-1])
         if tok is not None:
             _del_chunk(arr, row, c)  # a crashed earlier write may have left bytes there
@@ -317,7 +315,7 @@ def write_row(
             pending.pop(0).result()
     for f in pending:
         f.result()
-    out.digest, out.sketch = hasher.hexdigest(), sk.tobytes()
+    out.digest, out.sketch = hasher.hexdigest(), sk.bytes()
     out.sha256 = sha.hexdigest() if sha is not None else None
     out.chunk_hashes = f"{width}:{b''.join(blocks).hex()}"
     return out
