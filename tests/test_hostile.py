@@ -273,6 +273,22 @@ def test_ctrl_c_ends_in_one_line_and_a_rerun_resumes(tmp_path: Path) -> None:
     _consistent_then_resumed(db_path, zoo, want)
 
 
+def test_a_ctrl_c_that_duckdb_turned_into_its_error_is_still_a_ctrl_c() -> None:
+    """SIGINT during a DuckDB call comes back as "Query interrupted" (seen in CI: the signal
+    landed in ``connection.begin()``); the ingest still ends as a Ctrl-C, in one line, exit 130."""
+    from wdb.ingest.stops import IngestInterrupted, explained
+
+    stopped = "stopped: interrupted \\(Ctrl-C\\)"
+    with pytest.raises(IngestInterrupted, match=stopped) as got, explained("zoo", lambda: 2):
+        try:
+            raise RuntimeError("Query interrupted")
+        except RuntimeError as exc:
+            raise RuntimeError("catalog write failed") from exc
+    assert got.value.exit_code == 130
+    with pytest.raises(RuntimeError, match="a bug"), explained("zoo", lambda: 0):
+        raise RuntimeError("a bug")
+
+
 def test_stop_causes_are_recognised_through_wrapping() -> None:
     from wdb.ingest.stops import stop_cause
 

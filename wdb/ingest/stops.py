@@ -58,6 +58,19 @@ def stop_cause(exc: BaseException) -> str | None:
     return None
 
 
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is DuckDB's answer to a Ctrl-C that arrived during
+    one of its calls: it stops the call and raises "Query interrupted" instead of letting the
+    ``KeyboardInterrupt`` through."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if str(exc).strip().startswith("Query interrupted"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def resume_line(why: str, path: str, committed: int) -> str:
     """The one line printed when an ingest of ``path`` stopped after ``committed`` new rows."""
     return (
@@ -79,6 +92,9 @@ def explained(path: str, committed: Callable[[], int]) -> Iterator[None]:
     except WdbError:
         raise
     except Exception as exc:
+        if interrupted(exc):  # Ctrl-C that reached DuckDB mid-call comes back as its error
+            why = "interrupted (Ctrl-C)"
+            raise IngestInterrupted(resume_line(why, path, committed())) from None
         why = stop_cause(exc)
         if why is None:
             raise
