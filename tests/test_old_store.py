@@ -9,6 +9,10 @@ must keep this test passing (an upgrade in ``wdb init``/open, or a reader for th
 written by wdb at commit 62a2249 (before the changes since): a key row, delta rows against the
 previous step, a found and a declared parent, a re-save sharing its row (``make_family.py``
 beside it says how).
+
+``tests/data/store_c07b2c4/store.tar.gz`` holds bfloat16 checkpoints (a wide family and a small
+space) written by wdb at commit c07b2c4, the last version that stored bf16 rows widened to
+float32 (``make_bf16.py`` beside it says how).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from wdb.cli.main import cli
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "store_f3bd864" / "store.tar.gz"
 FAMILY = DATA / "store_62a2249"
+BF16 = DATA / "store_c07b2c4"
 
 
 def _extract(archive: Path, into: Path, monkeypatch) -> Path:
@@ -136,3 +141,57 @@ def test_todays_ingest_sketches_rows_as_the_old_version_did(tmp_path, monkeypatc
         {(x["run"], x["step"]): bytes(x["sketch"]) for x in db.sql(sql)} for db in (old, new)
     ]
     assert len(sketches[0]) == 4 and sketches[0] == sketches[1]
+
+
+def _bf16_files() -> dict:
+    spec = importlib.util.spec_from_file_location("make_bf16", BF16 / "make_bf16.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.family()
+
+
+def test_old_bf16_store_reads_bit_exactly(tmp_path, monkeypatch):
+    """Rows stored widened to float32 by c07b2c4 export as the files' bf16 tensors, bit for bit."""
+    store = _extract(BF16 / "store.tar.gz", tmp_path, monkeypatch) / "store"
+    _wdb(store, "fsck")
+    db = wdb.open(store)
+    assert {r["dtype"] for r in db.spaces()} == {"float32"}
+    for key, want in _bf16_files().items():
+        run, step = key.split("/step_")
+        out = tmp_path / f"{run}_{step}.safetensors"
+        _wdb(store, "export", run, "--step", step, "--format", "safetensors", "--out", str(out))
+        _same(load_file(out), want)
+        got = db.state_dict(db.checkpoint(run, int(step)))
+        _same(got, want)
+
+
+def test_bf16_checkpoints_ingested_today_join_the_old_spaces(tmp_path, monkeypatch):
+    """The same architecture ingested today goes into the old store's space (rows as that space
+    stores them), its parent found among the old rows; a re-save shares the old row."""
+    store = _extract(BF16 / "store.tar.gz", tmp_path, monkeypatch) / "store"
+    files = _bf16_files()
+    zoo = tmp_path / "zoo"
+    for run, key in (("again", "run/step_1"), ("copy", "tuned/step_0"), ("small2", "small/step_2")):
+        (zoo / run).mkdir(parents=True)
+        tensors = files[key]
+        if run == "again":  # a fine-tune of run step 1: a parent to find
+            tensors = {k: v.clone() for k, v in tensors.items()}
+            tensors["small"][::97] += 1 / 1024
+        torch.save(tensors, zoo / run / "step_0.pt")
+        _wdb(store, "ingest", str(zoo / run))
+    _wdb(store, "fsck")
+    db = wdb.open(store)
+    spaces = db.spaces()
+    assert [(s["dtype"], s["checkpoints"]) for s in spaces] == [("float32", 5), ("float32", 4)]
+    lineage = {
+        (r["child_run"], r["reason"], r["parent_run"], r["parent_step"])
+        for r in db.sql("SELECT * FROM lineage_info WHERE child_run IN ('again', 'copy')")
+    }
+    assert lineage == {("again", "found", "run", 1), ("copy", "found", "tuned", 0)}
+    shared = db.sql(
+        "SELECT count(DISTINCT row) AS n FROM checkpoints c JOIN runs r ON r.id = c.run_id "
+        "WHERE r.name IN ('copy', 'tuned')"
+    )
+    assert shared[0]["n"] == 1
+    for run, key in (("copy", "tuned/step_0"), ("small2", "small/step_2")):
+        _same(db.state_dict(db.checkpoint(run, 0)), files[key])
