@@ -38,6 +38,7 @@ from wdb.query.listing import Listings
 from wdb.store.arrays import ArrayStore
 from wdb.store.housekeeping import Housekeeping
 from wdb.store.spaces import Layout
+from wdb.store.tensors import to_stored, values_of
 from wdb.store.verify import RowHashes
 from wdb.store.write import (  # noqa: F401  (KINDS, CommitResult: re-exported)
     KINDS,
@@ -312,12 +313,12 @@ class Database(Listings, Housekeeping):
         quarter of the budget each, one tensor when it alone is bigger), so an export of a big
         checkpoint never holds the whole row."""
         from wdb.memory import budget
-        from wdb.store.tensors import from_storage
+        from wdb.store.tensors import from_storage, value_dtype
 
         info = checkpoint if isinstance(checkpoint, dict) else self._locate([checkpoint])[0]
         space = self.space(int(info["space_id"]))
         entries = space.layout.entries
-        isz = np.dtype(space.layout.storage_dtype).itemsize
+        isz = value_dtype(space.layout.storage_dtype).itemsize
         limit = budget(memory)
         row_at = np.array([int(info["row"])])
         if space.n_params * isz * 3 <= limit:
@@ -383,7 +384,8 @@ class Database(Listings, Housekeeping):
             )
         if not np.isfinite(rows).all():
             raise BadInput("rows contain NaN or Inf values")
-        rows = rows.astype(space.layout.storage_dtype, copy=False)
+        # a bf16 space stores bf16: float32 values are rounded as torch's cast rounds
+        rows = to_stored(rows, space.layout.storage_dtype, space.name, exact=False)
         n = rows.shape[0]
         if run is None:
             names: list[str | None] = [None] * n
@@ -567,12 +569,13 @@ class Database(Listings, Housekeeping):
         got = read_checkpoint(source)
         if got.layout is not None:  # a reader that gives the row itself
             row = got.row if got.row is not None else got.materialise()
-        else:
-            have = Layout.from_arrays(got.arrays, got.dtypes)
-            if have.hash != layout.hash:
-                raise BadInput("its tensors no longer match the checkpoint's layout")
-            row = have.flatten(got.arrays)
-        return np.asarray(row, dtype=layout.storage_dtype)
+            values = values_of(np.asarray(row), got.layout.storage_dtype)
+            return to_stored(values, layout.storage_dtype, source)
+        have = Layout.from_arrays(got.arrays, got.dtypes)
+        # (a bf16 space made before 2-byte storage holds the same tensors as float32)
+        if layout.hash not in (have.hash, have.as_float32().hash):
+            raise BadInput("its tensors no longer match the checkpoint's layout")
+        return layout.flatten(got.arrays)
 
 
 def _decode_families(db: Database) -> None:

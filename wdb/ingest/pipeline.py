@@ -67,11 +67,12 @@ import numpy as np
 from wdb.errors import BadInput, WdbError
 from wdb.files.checkpoint import STEP_KEYS, Loaded, as_loaded, digest
 from wdb.files.formats import NOT_STORED
-from wdb.ingest.pool import prefetched, read_ahead, row_hash, row_of
+from wdb.ingest.pool import prefetched, read_ahead, row_hash, row_of, widened
 from wdb.ingest.readers import Found
 from wdb.ingest.start import begin
 from wdb.ingest.stops import explained
-from wdb.store.spaces import Layout
+from wdb.store.spaces import Layout, storage_dtype_of
+from wdb.store.tensors import BITS, to_stored
 from wdb.store.write import RowStream
 
 #: checkpoints per commit (one Zarr write + one catalog transaction each), and the most row
@@ -146,6 +147,21 @@ class _Ingest:
         #: ``--base``; else each file's declared base (``wdb.ingest.declared``), if stored
         self.base: str | None = None
         self.bases: dict[str, str | None] = {}
+        self._legacy: dict[str, Layout] | None = None
+
+    def legacy(self) -> dict[str, Layout]:
+        """bf16 spaces that versions before 2-byte bf16 storage made (float32 rows), by the
+        layout hash the same tensors get today: their architectures keep going into them, so
+        a family is not split across two spaces by an upgrade."""
+        if self._legacy is None:
+            self._legacy = {}
+            for r in [] if self.db is None else self.db.sql(
+                "SELECT layout FROM spaces WHERE dtype = 'float32' AND layout LIKE '%bfloat16%'"
+            ):
+                old = Layout.from_json(r["layout"])
+                if storage_dtype_of([e.dtype for e in old.entries]) == "bfloat16":
+                    self._legacy[Layout(old.entries, "bfloat16").hash] = old
+        return self._legacy
 
     def base_of(self, source: str | None) -> str | None:
         from wdb.ingest import declared
@@ -206,15 +222,19 @@ class _Ingest:
             self.skip(f.source, f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
             return None
         f.kind = kind
+        old = self.legacy().get(layout.hash)
+        if old is not None:  # a bf16 space made before 2-byte storage: its float32 rows
+            layout, row = old, widened(row)
+            sha = row_hash(row)
         self.layouts.setdefault(layout.hash, layout)
-        nbytes = layout.n_params * np.dtype(layout.storage_dtype).itemsize
+        nbytes = layout.n_params * layout.row_dtype.itemsize
         return _Item(f, layout, row, sha, nbytes)
 
     def _row(self, obj: Any) -> tuple[Layout, np.ndarray | RowStream, Loaded]:
         """A reader's loaded object → (layout, row, the :class:`Loaded` it was read as)."""
         got = as_loaded(obj)
         if got.stream is not None and got.layout is not None:
-            size = np.dtype(got.layout.storage_dtype).itemsize
+            size = got.layout.row_dtype.itemsize
             return got.layout, RowStream(got.layout.n_params, got.stream, itemsize=size), got
         return (*row_of(got, self.layout_cache), got)
 
@@ -399,7 +419,7 @@ class _Ingest:
         self.report.bytes_written += (
             len(result.added)
             * space.layout.n_params
-            * np.dtype(space.layout.storage_dtype).itemsize
+            * space.layout.row_dtype.itemsize
         )
         # ids per (run, step): write_checkpoints returns new ids in order of the new items and existing
         # ids in order of the existing ones; when both kinds are mixed, ask the catalog.
@@ -497,6 +517,8 @@ def _check_row(layout: Layout, row: np.ndarray) -> np.ndarray:
         raise BadInput(f"row dtype {row.dtype} is not numeric")
     if not np.isfinite(row).all():
         raise BadInput("row contains NaN or Inf values")
+    if layout.storage_dtype in BITS:  # narrowed exactly, or refused
+        return to_stored(row, layout.storage_dtype, "row")
     stored = row.astype(layout.storage_dtype)
     back = layout.flatten(layout.unflatten(stored))
     if not np.array_equal(back, stored) or not np.array_equal(

@@ -15,6 +15,7 @@ from wdb.files.checkpoint import Loaded, as_loaded, digest
 from wdb.ingest.readers import Found
 from wdb.memory import one_ahead
 from wdb.store.spaces import Layout
+from wdb.store.tensors import bf16_widen
 from wdb.store.write import RowStream
 
 #: see :func:`ingest_workers`; 0 reads in the writing process), used for folders of at least
@@ -86,7 +87,7 @@ def row_of(got: Loaded, cache: dict[tuple, Layout]) -> tuple[Layout, np.ndarray 
         for e in layout.entries:
             yield layout.segment(e, arrays[e.name])
 
-    size = np.dtype(layout.storage_dtype).itemsize
+    size = layout.row_dtype.itemsize
     return layout, RowStream(layout.n_params, segments, itemsize=size, mapped=True)
 
 
@@ -113,6 +114,17 @@ def row_hash(row: np.ndarray | RowStream) -> str:
         raise BadInput(f"the checkpoint's tensors hold {n} values, its layout {row.n}")
     row.xxh3, row.sketch = xxh.hexdigest(), sk.bytes()
     return sha.hexdigest()
+
+
+def widened(row: np.ndarray | RowStream) -> np.ndarray | RowStream:
+    """A bf16 row's bits as float32 values (for a space made before 2-byte bf16 storage); a
+    stream's segments widened as they come (its hashes and sketch to be taken again)."""
+    if not isinstance(row, RowStream):
+        return bf16_widen(np.asarray(row))
+    segments = row.segments
+    return RowStream(
+        row.n, lambda: (bf16_widen(seg) for seg in segments()), itemsize=4, mapped=row.mapped
+    )
 
 
 def flat_row(got: Loaded, cache: dict[tuple, Layout]) -> tuple[Layout, np.ndarray]:
@@ -188,7 +200,7 @@ def _learn(fut: Any, size: int, seen: dict) -> int:
     got = None if fut.cancelled() or fut.exception() else fut.result()
     if got and got[0] == "ok" and size:
         layout = got[1]
-        row = layout.n_params * np.dtype(layout.storage_dtype).itemsize
+        row = layout.n_params * layout.row_dtype.itemsize
         seen["ratio"] = max(1.0, row / size)
         return max(size, row)
     return size

@@ -210,7 +210,7 @@ class StoredRows:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(_store(self.handle).array(self.path).dtype)
+        return _store(self.handle).value_dtype(self.path)
 
     def subset(self, sel: slice | np.ndarray) -> StoredRows:
         return StoredRows(self.handle, self.path, self.rows[sel])

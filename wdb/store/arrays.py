@@ -23,6 +23,12 @@ created before it keep: zarr records the codecs per array, and ``wdb compact`` r
 Level 1 rather than higher: weights barely compress at any level (a prototype of per-plane zstd
 on the bench's independent runs: 0.842x of raw at level 1, 0.848x at 3, 0.830x at 19) and
 ingest pays for every level.
+
+bf16 spaces (storage dtype ``bfloat16``, ``wdb.store.tensors``) are ``uint16`` arrays of the bit
+patterns, marked by the array attribute ``"values": "bfloat16"`` so that a plain Zarr reader can
+tell. :meth:`ArrayStore.read` gives their values widened to float32, like every other space's;
+:meth:`ArrayStore.read_stored` gives the bits (what the hashes, deltas and fsck work on); the
+writers take values or bits (``wdb.store.tensors.to_stored``).
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class ArrayStore:
         #: the key row the last write decoded, ``(path, row, values, digest)``
         #: (``wdb.store.write``): checked against the catalog before it is used again
         self.family_key: tuple | None = None
+        self._storage: dict[str, str | None] = {}  # path -> "bfloat16" for bit arrays
 
     @property
     def group(self) -> zarr.Group:
@@ -80,6 +87,27 @@ class ArrayStore:
         """Forget the opened group, whose member listing is cached (after arrays were moved
         underneath it, as ``wdb compact`` does)."""
         self._group = None
+        self._storage.clear()
+
+    def storage(self, path: str) -> str | None:
+        """``"bfloat16"`` for an array of bf16 bit patterns, else None (values as stored)."""
+        if path not in self._storage:
+            arr = self.array(path)
+            bits = arr.dtype == np.uint16 and arr.attrs.get("values") == "bfloat16"
+            self._storage[path] = "bfloat16" if bits else None
+        return self._storage[path]
+
+    def value_dtype(self, path: str) -> np.dtype:
+        """The dtype :meth:`read` gives for ``path`` (float32 for bf16 bit arrays)."""
+        return np.dtype(np.float32) if self.storage(path) else np.dtype(self.array(path).dtype)
+
+    def _to_stored(self, path: str, values: np.ndarray) -> np.ndarray:
+        storage = self.storage(path)
+        if storage is None:
+            return values
+        from wdb.store.tensors import to_stored
+
+        return to_stored(values, storage, path)
 
     def create(
         self,
@@ -89,9 +117,15 @@ class ArrayStore:
         rows_per_chunk: int = ROWS_PER_CHUNK,
         attrs: dict | None = None,
     ) -> zarr.Array:
-        """Create an empty array with rows of shape ``n_cols`` (idempotent)."""
+        """Create an empty array with rows of shape ``n_cols`` (idempotent). ``dtype``
+        ``bfloat16`` makes a ``uint16`` array of bit patterns (see the module docstring)."""
         if path in self.group:
             return self.group[path]
+        from wdb.store.tensors import BITS, numpy_storage
+
+        if dtype in BITS:
+            attrs = {**(attrs or {}), "values": dtype}
+            dtype = numpy_storage(dtype).name
         tail = (n_cols,) if isinstance(n_cols, int) else tuple(n_cols)
         chunks = (rows_per_chunk, min(tail[0], COLS_PER_CHUNK), *tail[1:])
         if rows_per_chunk == ROWS_PER_CHUNK and len(tail) == 1 and tail[0] >= WIDE:
@@ -120,6 +154,7 @@ class ArrayStore:
     def write(self, path: str, start: int, rows: np.ndarray) -> None:
         """Write ``rows`` at ``start``, growing the array as needed (append = start == n_rows)."""
         arr = self.array(path)
+        rows = self._to_stored(path, rows)
         stop = start + rows.shape[0]
         if stop > arr.shape[0]:
             arr.resize((stop, *arr.shape[1:]))
@@ -130,8 +165,8 @@ class ArrayStore:
     ) -> tuple[str, str]:
         """Write one row of ``n`` values given as consecutive segments, one column chunk at a
         time (memory: one chunk, not the row); returns the sha256 of the bytes written (the
-        same digest as ``wdb.store.spaces.row_sha256`` of the whole row) and their block
-        hashes (``wdb.store.verify.chunk_hashes``)."""
+        same digest as ``wdb.store.spaces.row_sha256`` of the whole row, stored form) and
+        their block hashes (``wdb.store.verify.chunk_hashes``)."""
         import hashlib
 
         from wdb.store.verify import block_digest, hash_width
@@ -145,7 +180,7 @@ class ArrayStore:
         blocks: list[bytes] = []
         col, fill = 0, 0
         for seg in segments:
-            seg = np.ascontiguousarray(seg, dtype=arr.dtype).reshape(-1)
+            seg = np.ascontiguousarray(self._to_stored(path, seg), dtype=arr.dtype).reshape(-1)
             digest.update(seg.data)
             while seg.size:
                 if buf.size == 0:
@@ -173,8 +208,20 @@ class ArrayStore:
     def read(
         self, path: str, rows: np.ndarray | list[int], cols=None, verify: bool = True
     ) -> np.ndarray:
-        """Rows in the order given, delta rows decoded (``wdb.store.family``): the store's one
-        reader.
+        """Rows' values in the order given (:meth:`read_stored`, bf16 bits widened to float32):
+        the store's one reader."""
+        out = self.read_stored(path, rows, cols, verify)
+        if self.storage(path) is None:
+            return out
+        from wdb.store.tensors import bf16_widen
+
+        return bf16_widen(out)
+
+    def read_stored(
+        self, path: str, rows: np.ndarray | list[int], cols=None, verify: bool = True
+    ) -> np.ndarray:
+        """Rows as stored in the order given (bf16: bit patterns), delta rows decoded
+        (``wdb.store.family``).
 
         With a ``verifier`` (the weight store of a database) every row a checkpoint references
         is checked, after decoding, against the catalog's hashes, and damage raises

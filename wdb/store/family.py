@@ -116,10 +116,12 @@ class Sketcher:
         self.at = 0
 
     def add(self, seg: np.ndarray) -> None:
+        """Take the next segment (values, or a bf16 space's ``uint16`` bits: the sketch is of
+        values either way, so rows of both forms of a bf16 space compare)."""
         seg = np.asarray(seg).reshape(-1)
         pos, a = self.pos, self.at
         inside = (pos >= a) & (pos < a + seg.size)
-        self.out[inside] = seg[pos[inside] - a]
+        self.out[inside] = _values(seg[pos[inside] - a])
         self.at += seg.size
 
     def bytes(self) -> bytes:
@@ -129,7 +131,16 @@ class Sketcher:
 def sketch(row: np.ndarray) -> bytes:
     """The sketch of a whole row, as float32 bytes."""
     vals = np.asarray(row).reshape(-1)[sketch_positions(int(np.asarray(row).size))]
-    return vals.astype(np.float32).tobytes()
+    return _values(vals).astype(np.float32).tobytes()
+
+
+def _values(picked: np.ndarray) -> np.ndarray:
+    """Sketched values: ``uint16`` is a bf16 space's bit patterns (no other row is uint16)."""
+    if picked.dtype == np.uint16:
+        from wdb.store.tensors import bf16_widen
+
+        return bf16_widen(picked)
+    return picked
 
 
 def distance(a: bytes, b: bytes) -> float:

@@ -39,6 +39,7 @@ import numpy as np
 
 from wdb.store.compact import leftovers
 from wdb.store.spaces import row_sha256
+from wdb.store.tensors import numpy_storage
 from wdb.store.verify import chunk_hashes, hash_width
 
 #: ``(source, checkpoint id) -> row`` (storage dtype): a checkpoint re-read from its source file
@@ -96,7 +97,7 @@ def _check_space(db, space: dict, report: FsckReport, fix: bool, reread: Reread 
             )
         else:
             inside.append(c)
-    width = max(1, int(space["n_params"]) * np.dtype(space["dtype"]).itemsize)
+    width = max(1, int(space["n_params"]) * numpy_storage(space["dtype"]).itemsize)
     block = max(1, BLOCK_BYTES // width)
     damaged: list[tuple[dict, str]] = []
     hashes: dict[int, str] = {}  # block hashes to record (rows from before revision 0006)
@@ -105,7 +106,7 @@ def _check_space(db, space: dict, report: FsckReport, fix: bool, reread: Reread 
         part = inside[start : start + block]
         rows = [c["row"] for c in part]
         try:
-            data = db.weights_store.read(path, rows, verify=False)
+            data = db.weights_store.read_stored(path, rows, verify=False)
         except Exception:
             data = None
         for i, c in enumerate(part):
@@ -113,7 +114,7 @@ def _check_space(db, space: dict, report: FsckReport, fix: bool, reread: Reread 
                 row = (
                     data[i]
                     if data is not None
-                    else db.weights_store.read(path, [c["row"]], verify=False)[0]
+                    else db.weights_store.read_stored(path, [c["row"]], verify=False)[0]
                 )
             except Exception as exc:
                 damaged.append((c, f"bytes at row {c['row']} are unreadable ({exc})"))
@@ -198,7 +199,7 @@ def _restore(
         r = int(c["row"])
         if r not in good:
             continue
-        back = db.weights_store.read(path, [r], verify=False)[0]
+        back = db.weights_store.read_stored(path, [r], verify=False)[0]
         if row_sha256(back) == c["sha256"]:
             report.fixed.append(f"{_where(c, name)}: restored from {c['source']}")
             restored.append((c, back))

@@ -5,8 +5,10 @@ canonical JSON of (names, shapes, dtypes, storage dtype), so the same architectu
 the same Zarr array, whoever ingests it.
 
 Storage dtype: one per space, so a row is a plain numeric vector that FAISS and numpy use as is.
-It is float32, unless every float tensor is float16 (then float16, and no integer buffers) or any
-is float64 (then float64). bf16 and fp16 widen to float32 exactly; integer buffers such as BatchNorm's
+It is float32, unless every float tensor is float16 (then float16, and no integer buffers) or
+bfloat16 (then ``bfloat16``, stored as its bit patterns: ``wdb.store.tensors``), or any is
+float64 (then float64). bf16 and fp16 in a mixed space widen to float32 exactly (as every bf16
+space did before: spaces made then keep their float32 rows, and ingest keeps using them); integer buffers such as BatchNorm's
 ``num_batches_tracked`` are stored as numbers and checked to round-trip exactly, so nothing is
 dropped and ``state_dict`` gives back the original dtypes bit for bit.
 """
@@ -23,7 +25,7 @@ from math import prod
 import numpy as np
 
 from wdb.errors import BadInput
-from wdb.store.tensors import FLOAT_DTYPES, from_storage
+from wdb.store.tensors import BITS, FLOAT_DTYPES, from_storage, numpy_storage, to_stored
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,14 @@ class Entry:
 
 
 def storage_dtype_of(dtypes: list[str]) -> str:
-    """The row dtype that holds every tensor of these dtypes exactly (float64 > float16-only > float32)."""
+    """The row dtype that holds every tensor of these dtypes exactly (float64 > float16-only >
+    bfloat16-only > float32)."""
     floats = [d for d in dtypes if d in FLOAT_DTYPES]
     if "float64" in floats:
         return "float64"
-    if floats and all(d == "float16" for d in floats) and len(floats) == len(dtypes):
-        return "float16"
+    for half in ("float16", "bfloat16"):
+        if floats and all(d == half for d in floats) and len(floats) == len(dtypes):
+            return half
     return "float32"
 
 
@@ -111,6 +115,15 @@ class Layout:
         return sum(e.size for e in self.entries)
 
     @property
+    def row_dtype(self) -> np.dtype:
+        """The numpy dtype of a stored row (bf16: its ``uint16`` bit patterns)."""
+        return numpy_storage(self.storage_dtype)
+
+    def as_float32(self) -> Layout:
+        """This layout as versions before 2-byte bf16 storage made it (rows of float32)."""
+        return Layout(self.entries, "float32")
+
+    @property
     def names(self) -> tuple[str, ...]:
         return tuple(e.name for e in self.entries)
 
@@ -126,7 +139,7 @@ class Layout:
 
     def flatten(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         """State dict (numpy form) → one storage row. Refuses anything not exactly storable."""
-        row = np.empty(self.n_params, dtype=self.storage_dtype)
+        row = np.empty(self.n_params, dtype=self.row_dtype)
         if set(arrays) != set(self.names):
             missing = sorted(set(self.names) - set(arrays))
             extra = sorted(set(arrays) - set(self.names))
@@ -145,6 +158,10 @@ class Layout:
         arr = np.asarray(value)
         if tuple(arr.shape) != e.shape:
             raise BadInput(f"'{e.name}' has shape {list(arr.shape)}, expected {list(e.shape)}")
+        if self.storage_dtype in BITS:  # bf16 bits as they are, or values narrowed exactly
+            return to_stored(arr.reshape(-1), self.storage_dtype, e.name)
+        if e.dtype == "bfloat16" and arr.dtype == np.uint16:  # bits, into a float32 row
+            arr = from_storage(arr, e.dtype)
         flat = arr.reshape(-1).astype(self.storage_dtype, copy=False)
         if e.dtype not in FLOAT_DTYPES or e.dtype == "float64":  # narrowing: check it is exact
             back = from_storage(flat, e.dtype)
@@ -155,7 +172,8 @@ class Layout:
         return flat
 
     def unflatten(self, row: np.ndarray) -> dict[str, np.ndarray]:
-        """One storage row → {name: array in the original dtype} (bf16 as float32)."""
+        """One row (values, or a bf16 space's stored bits) → {name: array in the original dtype}
+        (bf16 as float32)."""
         if row.shape[-1] != self.n_params:
             raise BadInput(f"row has {row.shape[-1]} values, space has {self.n_params}")
         return {

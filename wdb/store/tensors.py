@@ -7,6 +7,13 @@ torch's conversion, because torch maps several float8 NaN bit patterns to one fl
 the table gives each of the 256 bit patterns its own float32 bit pattern, so the way back is
 bit-exact (wdb refuses NaN in weights at ingest anyway; the table does not rely on it). torch is imported only when a
 torch tensor is actually seen, so commands that never touch torch stay fast.
+
+Stored bf16. A space whose tensors are all bf16 stores its rows as the 2-byte bit patterns
+(storage dtype ``bfloat16``, a ``uint16`` Zarr array): half the bytes to hash, code, write and
+read of the float32 widening stores before (which spaces made by earlier versions keep).
+Reads give float32 values (:func:`values_of`) as for every other space; only the store, its
+codec and its hashes see the bits. Where a bf16 tensor's array is ``uint16``, it is the bit
+patterns; where it is a float array, its values (:func:`to_stored` takes either).
 """
 
 from __future__ import annotations
@@ -48,6 +55,50 @@ def _f8_table(dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         order = np.argsort(bits, kind="stable")
         _F8_TABLES[dtype] = (bits, bits[order], order.astype(np.uint8))
     return _F8_TABLES[dtype]
+
+
+#: storage dtypes with no numpy dtype of their own, and the numpy dtype that holds their bits
+BITS = {"bfloat16": np.dtype(np.uint16)}
+
+
+def numpy_storage(storage: str) -> np.dtype:
+    """The numpy dtype of a space's stored rows (``uint16`` bit patterns for ``bfloat16``)."""
+    return BITS.get(storage) or np.dtype(storage)
+
+
+def value_dtype(storage: str) -> np.dtype:
+    """The dtype reads give for a space's rows (float32 for ``bfloat16``)."""
+    return np.dtype(np.float32) if storage in BITS else np.dtype(storage)
+
+
+def bf16_narrow(values: np.ndarray, name: str = "?", exact: bool = True) -> np.ndarray:
+    """float32 values → bfloat16 bit patterns (uint16). ``exact``: a value with bits below
+    bf16's refuses (the values came from a bf16 file); otherwise rounded to nearest even, as
+    torch's cast rounds (a generator's float32 sample written into a bf16 space)."""
+    u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    if exact:
+        if np.any(u & np.uint32(0xFFFF)):
+            raise BadInput(f"'{name}' holds values that are not bfloat16 (not stored exactly)")
+        return np.right_shift(u, 16).astype(np.uint16)
+    bias = np.bitwise_and(np.right_shift(u, 16), np.uint32(1)) + np.uint32(0x7FFF)
+    return np.right_shift(u + bias, 16).astype(np.uint16)
+
+
+def to_stored(values: np.ndarray, storage: str, name: str = "?", exact: bool = True) -> np.ndarray:
+    """Values (or, for ``bfloat16``, already its ``uint16`` bits) → a space's stored form."""
+    arr = np.asarray(values)
+    if storage not in BITS:
+        return arr.astype(storage, copy=False)
+    if arr.dtype == np.uint16:
+        return arr
+    if arr.dtype.kind != "f":
+        raise BadInput(f"'{name}': {arr.dtype} values cannot be stored as {storage}")
+    return bf16_narrow(arr, name, exact)
+
+
+def values_of(stored: np.ndarray, storage: str) -> np.ndarray:
+    """A space's stored form → values (bf16 bits widened to float32; others as they are)."""
+    return bf16_widen(stored) if storage in BITS else stored
 
 
 def bf16_widen(bits: np.ndarray) -> np.ndarray:
@@ -124,7 +175,10 @@ def to_torch(arr: np.ndarray, dtype: str) -> Any:
 
 
 def from_storage(arr: np.ndarray, dtype: str) -> np.ndarray:
-    """Storage-dtype values → numpy array of the original dtype (bf16, float8 stay float32)."""
+    """Storage-dtype values → numpy array of the original dtype (bf16, float8 stay float32;
+    a bf16 tensor given as its ``uint16`` bits is widened)."""
+    if dtype == "bfloat16" and arr.dtype == np.uint16:
+        return bf16_widen(arr)
     if dtype == "bfloat16" or dtype in FLOAT8:
         return arr.astype(np.float32, copy=False)
     return arr.astype(dtype, copy=False)

@@ -243,10 +243,10 @@ class RowHashes:
         """``store.read`` checked against the catalog (see the module docstring)."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
-            return store.read(path, rows, cols, verify=False)
+            return store.read_stored(path, rows, cols, verify=False)
         expect = self.get(path, np.unique(rows))
         if not expect:
-            return store.read(path, rows, cols, verify=False)
+            return store.read_stored(path, rows, cols, verify=False)
         if cols is None:
             data = self._guarded(store, path, rows, None, expect)
             self._check(store, path, rows, data, 0, None, expect)
@@ -261,7 +261,7 @@ class RowHashes:
         if isinstance(cols, slice) and cols.step in (None, 1):  # a tensor: no index arrays
             lo, hi, _ = cols.indices(n_cols)
             if hi <= lo:
-                return store.read(path, rows, cols, verify=False)
+                return store.read_stored(path, rows, cols, verify=False)
             blocks = _Blocks(range(lo, hi))
             scalar, n_out = False, hi - lo
         else:
@@ -269,7 +269,7 @@ class RowHashes:
             scalar = np.ndim(idx) == 0
             idx = np.atleast_1d(idx)
             if idx.size == 0:
-                return store.read(path, rows, cols, verify=False)
+                return store.read_stored(path, rows, cols, verify=False)
             blocks = _Blocks(idx)
             lo, n_out = int(idx.min()), idx.size
         # the columns read: every block the asked columns fall in, whatever each row's width
@@ -299,12 +299,12 @@ class RowHashes:
     ) -> np.ndarray:
         """The raw read; a chunk that does not decode becomes a :class:`DamagedChunk`."""
         try:
-            return store.read(path, rows, cols, verify=False)
+            return store.read_stored(path, rows, cols, verify=False)
         except DamagedFamily as exc:  # a delta row whose parent (or own bytes) are damaged
             failed = []
             for r in np.unique(rows).tolist():
                 try:
-                    store.read(path, [r], cols, verify=False)
+                    store.read_stored(path, [r], cols, verify=False)
                 except Exception:
                     failed.append(r)
             ids = tuple(sorted({i for r in failed if r in expect for i in expect[r].ids}))

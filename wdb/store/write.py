@@ -25,6 +25,7 @@ from wdb.catalog.dialect import insert_many, next_ids
 from wdb.errors import BadInput
 from wdb.store.lineage import Plan, place
 from wdb.store.spaces import Layout, row_sha256
+from wdb.store.tensors import BITS, to_stored
 from wdb.store.verify import chunk_hashes, hash_width
 
 #: what a checkpoint is: a training checkpoint, a generator's sample, a baseline's sample, an
@@ -263,6 +264,19 @@ def write_checkpoints(
     return result
 
 
+def as_stored(space: Space, rows: Any) -> np.ndarray:
+    """Rows in ``space``'s stored form. bf16 bits and float values are never cast into each
+    other as numbers: a bf16 space narrows float values exactly (else refuses), and bits
+    given to any other space are refused."""
+    rows = np.asarray(rows)
+    storage = space.layout.storage_dtype
+    if storage in BITS:
+        return to_stored(rows, storage, space.name)
+    if rows.dtype == np.uint16:
+        raise BadInput(f"bf16 bit patterns given for space '{space.name}', which stores {storage}")
+    return rows.astype(storage, copy=False)
+
+
 def _kept_key(conn: Any, store: Any, space: Space) -> tuple[int, np.ndarray] | None:
     """The key row the previous batch of this store decoded, ``(row, values)``, if that row
     still holds the same values (its ``family_rows.digest``): the children of one base come
@@ -333,7 +347,7 @@ def _write_bytes(
     todo = [i for i, p in enumerate(plans) if not p.shared]
     written: dict[int, Any] = {}
     hashes: list[str | None] = [
-        chunk_hashes(np.asarray(it.row, dtype=space.layout.storage_dtype), width)
+        chunk_hashes(as_stored(space, it.row), width)
         if not isinstance(it.row, RowStream) and (not wide or plans[i].shared)
         else None
         for i, it in enumerate(fresh)
@@ -345,9 +359,9 @@ def _write_bytes(
             it, plan = fresh[i], plans[i]
             parent = _parent_of(store, path, plan, written, by_row, key_cache)
             if isinstance(it.row, RowStream):
-                n, segs = it.row.n, it.row.segments()
+                n, segs = it.row.n, (as_stored(space, seg) for seg in it.row.segments())
             else:
-                row = np.asarray(it.row).reshape(-1)
+                row = as_stored(space, it.row).reshape(-1)
                 n, segs = row.size, iter([row])
             stream = isinstance(it.row, RowStream)
             by_sha = stream and it.row.xxh3 is None  # else checked by the xxh3 taken anyway
@@ -363,17 +377,17 @@ def _write_bytes(
         for i in todo:
             it = fresh[i]
             if isinstance(it.row, RowStream):
-                got, hashes[i] = store.write_stream(path, plans[i].row, it.row.n, it.row.segments())
+                segs = (as_stored(space, seg) for seg in it.row.segments())
+                got, hashes[i] = store.write_stream(path, plans[i].row, it.row.n, segs)
                 if got != it.sha256:
                     raise BadInput(f"{it.source or it.run}: file changed while being ingested")
             else:
-                row = np.asarray(it.row, dtype=space.layout.storage_dtype)
-                store.write(path, plans[i].row, row[None])
+                store.write(path, plans[i].row, as_stored(space, it.row)[None])
     elif todo:
         # one item (a large model): a view, not a second copy of its row
         rows = [np.asarray(fresh[i].row) for i in todo]
         block = rows[0][None] if len(rows) == 1 else np.stack(rows)
-        block = block.astype(space.layout.storage_dtype, copy=False)
+        block = as_stored(space, block)
         store.write(path, plans[todo[0]].row, block)
     return written, hashes
 
@@ -395,7 +409,7 @@ def _parent_of(
             if j is not None:  # written in this batch: the catalog does not know its tokens yet
                 values = family.read_key(store, path, plan.key_row, written[j].tokens)
             else:
-                values = store.read(path, [plan.key_row])[0]
+                values = store.read_stored(path, [plan.key_row])[0]
             key_cache[:] = [plan.key_row, values]
         key = key_cache[1]
     j = by_row.get(plan.parent_row)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from wdb.errors import BadInput, WdbError
+from wdb.store.tensors import value_dtype
 
 OUTPUT_KINDS = ("predictions", "points", "errors")
 
@@ -97,7 +98,8 @@ def evaluate(
                 f"'{space.name}' ({space.n_params} params) belongs to no known task; "
                 f"pass --task NAME ({', '.join(registry.names())}) or --task ./my_task.py"
             )
-        if space.layout.hash not in {lay.hash for lay in t.layouts()}:
+        known = {h for lay in t.layouts() for h in (lay.hash, lay.as_float32().hash)}
+        if space.layout.hash not in known:  # (a bf16 space made before 2-byte storage too)
             raise WdbError(
                 f"checkpoint {cks[0]['checkpoint_id']} (run '{cks[0]['run']}'): space "
                 f"'{space.name}' is not a weight space of task '{t.name}'"
@@ -108,7 +110,7 @@ def evaluate(
     report = EvalReport()
     with engines.on_demand(engines.spec(workers)) as cluster_for:
         for t, space, cks in plan:
-            row = space.n_params * np.dtype(space.layout.storage_dtype).itemsize
+            row = space.n_params * value_dtype(space.layout.storage_dtype).itemsize
             fits = max(1, mem // (row * READ_FACTOR))
             _evaluate_task(db, t, cks, force, min(batch, fits), cluster_for, report)
     for stats in report.by_task.values():

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from wdb.errors import BadInput, NotFound, WdbError
+from wdb.store.tensors import to_stored
 from wdb.study.contract import Fitted, GenerateReport, Generator, Samples, TrainingSet
 from wdb.study.methods import code_version, config_view, get_method, resolve_config
 
@@ -251,7 +252,7 @@ def _write_samples(
             NewCheckpoint(
                 run="",
                 step=0,
-                row=rows[i].astype(space.layout.storage_dtype, copy=False),
+                row=to_stored(rows[i], space.layout.storage_dtype, space.name, exact=False),
                 kind=block.kind,
                 zoo=zoo,
                 run_config={**base_config, **(block.info[i] if block.info else {})},
