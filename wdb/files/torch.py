@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from wdb.errors import BadInput
-from wdb.store.tensors import bf16_widen
+from wdb.store.tensors import bf16_out
 from wdb.store.verify import crc32
 
 _STORAGE_DTYPES = {
@@ -126,8 +126,8 @@ class _FastUnpickler(pickle.Unpickler):
                 flat[offset:], shape=size, strides=tuple(s * item for s in stride), writeable=False
             )
             arr = np.array(view, copy=True)
-        if dtype == "bfloat16":  # exact widening: bf16 is the top half of a float32
-            arr = bf16_widen(arr)
+        if dtype == "bfloat16":  # exact widening (bf16 is a float32's top half), or the bits
+            arr = bf16_out(arr)
         return _Tensor(arr, dtype)
 
 

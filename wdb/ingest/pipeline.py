@@ -72,7 +72,7 @@ from wdb.ingest.readers import Found
 from wdb.ingest.start import begin
 from wdb.ingest.stops import explained
 from wdb.store.spaces import Layout, storage_dtype_of
-from wdb.store.tensors import BITS, to_stored
+from wdb.store.tensors import BITS, bf16_as_bits, to_stored
 from wdb.store.write import RowStream
 
 #: checkpoints per commit (one Zarr write + one catalog transaction each), and the most row
@@ -206,7 +206,8 @@ class _Ingest:
                 row = _check_row(layout, row)
                 sha = digest(row)
             else:
-                layout, row, got = self._row(f.load())
+                with bf16_as_bits():  # (as the reading thread does: wdb.ingest.pool)
+                    layout, row, got = self._row(f.load())
                 self.adopt(f, got)
                 sha = row_hash(row)
         except WdbError as exc:

@@ -15,7 +15,7 @@ from wdb.files.checkpoint import Loaded, as_loaded, digest
 from wdb.ingest.readers import Found
 from wdb.memory import one_ahead
 from wdb.store.spaces import Layout
-from wdb.store.tensors import bf16_widen
+from wdb.store.tensors import bf16_as_bits, bf16_widen
 from wdb.store.write import RowStream
 
 #: see :func:`ingest_workers`; 0 reads in the writing process), used for folders of at least
@@ -150,11 +150,11 @@ def _prepare(f: Found, layouts: dict[tuple, Layout], stream: bool = True) -> tup
     the row. Returns ``("ok", layout, row, sha256, Loaded without its tensors)``, ``("skip",
     reason)``, or None for "let the writer do it" (a reader that streams)."""
     try:
-        obj = f.load()
-        got = as_loaded(obj)
-        if got.stream is not None:
-            return None
-        layout, row = row_of(got, layouts) if stream else flat_row(got, layouts)
+        with bf16_as_bits():  # bf16 spaces store the bits: not widened to be narrowed back
+            got = as_loaded(f.load())
+            if got.stream is not None:
+                return None
+            layout, row = row_of(got, layouts) if stream else flat_row(got, layouts)
         light = Loaded(meta=got.meta, numbers=got.numbers)
         return ("ok", layout, row, row_hash(row), light)
     except WdbError as exc:

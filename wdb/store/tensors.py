@@ -18,7 +18,9 @@ patterns; where it is a float array, its values (:func:`to_stored` takes either)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -101,6 +103,34 @@ def values_of(stored: np.ndarray, storage: str) -> np.ndarray:
     return bf16_widen(stored) if storage in BITS else stored
 
 
+_BITS = contextvars.ContextVar("wdb_bf16_bits", default=False)
+
+
+@contextlib.contextmanager
+def bf16_as_bits() -> Iterator[None]:
+    """Within it (in this thread), wdb's own readers give bf16 tensors as their ``uint16`` bit
+    patterns rather than widened: the ingest, which stores bf16 spaces' bits (widening, then
+    narrowing back, had been a third of a bf16 family's ingest). Outside it, and in readers
+    that do not look, bf16 tensors are float32 values, as the reader contract says."""
+    token = _BITS.set(True)
+    try:
+        yield
+    finally:
+        _BITS.reset(token)
+
+
+def bits_wanted() -> bool:
+    """Whether the caller is inside :func:`bf16_as_bits`."""
+    return _BITS.get()
+
+
+def bf16_out(bits: np.ndarray, keep: bool | None = None) -> np.ndarray:
+    """A bf16 tensor's bit patterns as a reader gives them: as they are inside
+    :func:`bf16_as_bits` (or with ``keep``), else widened to float32."""
+    keep = _BITS.get() if keep is None else keep
+    return np.asarray(bits).view(np.uint16) if keep else bf16_widen(bits)
+
+
 def bf16_widen(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) → float32 values, exactly (bf16 is a float32's top half).
     One pass into one new array: ``astype`` then ``<<`` made two (1.7x slower, measured)."""
@@ -134,6 +164,8 @@ def to_numpy(value: Any, name: str = "?") -> tuple[np.ndarray, str]:
         t = value.detach().cpu()
         dtype = str(t.dtype).removeprefix("torch.")
         if dtype == "bfloat16":
+            if _BITS.get():
+                return t.view(torch.int16).numpy().view(np.uint16), "bfloat16"
             return t.float().numpy(), "bfloat16"
         if dtype in FLOAT8:
             return float8_widen(t.view(torch.uint8).numpy(), dtype), dtype
