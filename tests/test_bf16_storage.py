@@ -184,6 +184,9 @@ def test_readers_outside_the_ingest_still_widen_bf16(zoo, monkeypatch) -> None:
     assert np.array_equal(
         seg, files["wide/step_0.safetensors"]["emb"].view(torch.int16).numpy().view(np.uint16)
     )
+    arrays, dtypes = checkpoint.load_file(root / "wide" / "step_0.safetensors")
+    assert dtypes["head"] == "bfloat16" and arrays["head"].dtype == np.float32
+    assert np.array_equal(arrays["head"], files["wide/step_0.safetensors"]["head"].float().numpy())
 
 
 def test_a_bf16_file_holding_nan_is_refused_in_one_line(db, tmp_path: Path) -> None:
@@ -193,3 +196,20 @@ def test_a_bf16_file_holding_nan_is_refused_in_one_line(db, tmp_path: Path) -> N
     torch.save({"w": w}, tmp_path / "zoo" / "bad" / "step_0.pt")
     with pytest.raises(BadInput, match="'w' contains NaN"):
         db.ingest(tmp_path / "zoo", strict=True)
+
+
+def test_a_bf16_state_dict_is_searched_and_logged_as_values(db, zoo) -> None:
+    import wdb
+
+    root, files = zoo
+    db.ingest(root / "small")
+    state = files["small/step_1.pt"]
+    (top,) = db.nearest(state, k=1)
+    assert (top["run"], top["step"], top["distance"]) == ("small", 1, 0.0)
+    bad = {k: v.clone() for k, v in state.items()}
+    bad["b"][0] = float("inf")
+    with pytest.raises(BadInput, match="NaN or Inf"):
+        wdb.log_checkpoint(bad, run="logged", step=0, db=db)
+    wdb.log_checkpoint(state, run="logged", step=0, db=db)
+    assert _space(db, "logged").id == _space(db, "small").id
+    _same(db.state_dict(db.checkpoint("logged", 0)), state)

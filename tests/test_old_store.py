@@ -166,8 +166,9 @@ def test_old_bf16_store_reads_bit_exactly(tmp_path, monkeypatch):
 
 
 def test_bf16_checkpoints_ingested_today_join_the_old_spaces(tmp_path, monkeypatch):
-    """The same architecture ingested today goes into the old store's space (rows as that space
-    stores them), its parent found among the old rows; a re-save shares the old row."""
+    """The same architecture ingested (or logged) today goes into the old store's space (rows
+    as that space stores them), its parent found among the old rows; a re-save shares the old
+    row."""
     store = _extract(BF16 / "store.tar.gz", tmp_path, monkeypatch) / "store"
     files = _bf16_files()
     zoo = tmp_path / "zoo"
@@ -179,10 +180,11 @@ def test_bf16_checkpoints_ingested_today_join_the_old_spaces(tmp_path, monkeypat
             tensors["small"][::97] += 1 / 1024
         torch.save(tensors, zoo / run / "step_0.pt")
         _wdb(store, "ingest", str(zoo / run))
-    _wdb(store, "fsck")
     db = wdb.open(store)
+    wdb.log_checkpoint(files["small/step_0"], run="logged", step=0, db=db)
+    _wdb(store, "fsck")
     spaces = db.spaces()
-    assert [(s["dtype"], s["checkpoints"]) for s in spaces] == [("float32", 5), ("float32", 4)]
+    assert [(s["dtype"], s["checkpoints"]) for s in spaces] == [("float32", 5), ("float32", 5)]
     lineage = {
         (r["child_run"], r["reason"], r["parent_run"], r["parent_step"])
         for r in db.sql("SELECT * FROM lineage_info WHERE child_run IN ('again', 'copy')")

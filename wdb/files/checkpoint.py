@@ -71,7 +71,7 @@ class Loaded:
     def materialise(self) -> np.ndarray:
         """The streamed row as one array (for callers that need it whole)."""
         if self.row is None and self.stream is not None and self.layout is not None:
-            self.row = np.empty(self.layout.n_params, dtype=self.layout.storage_dtype)
+            self.row = np.empty(self.layout.n_params, dtype=self.layout.row_dtype)
             pos = 0
             for seg in self.stream():
                 self.row[pos : pos + seg.size] = seg

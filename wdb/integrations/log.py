@@ -71,7 +71,7 @@ def log_checkpoint(
     checkpoint id. Logging the same step again with the same weights returns the stored id;
     with other weights, or a ``config`` other than the run's, it fails in one line."""
     from wdb.store.spaces import Layout
-    from wdb.store.tensors import state_to_numpy
+    from wdb.store.tensors import BITS, state_to_numpy, values_of
     from wdb.store.write import KINDS, NewCheckpoint, to_json
 
     if not run or not isinstance(run, str):
@@ -84,10 +84,14 @@ def log_checkpoint(
         state_dict = state_dict.state_dict()
     arrays, dtypes = state_to_numpy(state_dict)
     layout = Layout.from_arrays(arrays, dtypes)
-    row = layout.flatten(arrays)
-    if not np.isfinite(row).all():
-        raise BadInput(f"run '{run}' step {step}: the weights contain NaN or Inf values")
     dbase = database(db)
+    if layout.storage_dtype in BITS and dbase.sql(
+        "SELECT id FROM spaces WHERE hash = :h", {"h": layout.as_float32().hash}
+    ):  # a bf16 space made before 2-byte storage: keep logging into it
+        layout = layout.as_float32()
+    row = layout.flatten(arrays)
+    if not np.isfinite(values_of(row, layout.storage_dtype)).all():
+        raise BadInput(f"run '{run}' step {step}: the weights contain NaN or Inf values")
     space = dbase.ensure_space(layout)
     have = dbase.sql("SELECT id, config FROM runs WHERE name = :n", {"n": run})
     if have and config is not None:

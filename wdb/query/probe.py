@@ -23,9 +23,9 @@ def _is_tensors(value: Any) -> bool:
 
 def space_of(db: Any, state: Any) -> tuple[Any, np.ndarray]:
     """The stored weight space ``state`` (a state dict or a module) belongs to, and its row
-    (``[1, D]``, storage dtype), flattened with that space's layout."""
+    (``[1, D]``, values as reads give them), flattened with that space's layout."""
     from wdb.store.spaces import Layout
-    from wdb.store.tensors import state_to_numpy
+    from wdb.store.tensors import state_to_numpy, values_of
 
     if not isinstance(state, Mapping):
         state = state.state_dict()
@@ -38,7 +38,8 @@ def space_of(db: Any, state: Any) -> tuple[Any, np.ndarray]:
     for r in same:
         space = db.space(int(r["id"]))
         try:
-            return space, space.layout.flatten(arrays)[None]
+            row = space.layout.flatten(arrays)  # a bf16 space's bits: searched as values
+            return space, values_of(row, space.layout.storage_dtype)[None]
         except BadInput:
             continue
     raise NotFound(
