@@ -170,6 +170,7 @@ def test_bf16_checkpoints_ingested_today_join_the_old_spaces(tmp_path, monkeypat
     as that space stores them), its parent found among the old rows; a re-save shares the old
     row."""
     store = _extract(BF16 / "store.tar.gz", tmp_path, monkeypatch) / "store"
+    monkeypatch.setenv("WDB_INGEST_BUFFER_MB", "0")  # strict: each file read again to write
     files = _bf16_files()
     zoo = tmp_path / "zoo"
     for run, key in (("again", "run/step_1"), ("copy", "tuned/step_0"), ("small2", "small/step_2")):
@@ -179,7 +180,7 @@ def test_bf16_checkpoints_ingested_today_join_the_old_spaces(tmp_path, monkeypat
             tensors = {k: v.clone() for k, v in tensors.items()}
             tensors["small"][::97] += 1 / 1024
         torch.save(tensors, zoo / run / "step_0.pt")
-        _wdb(store, "ingest", str(zoo / run))
+        _wdb(store, "ingest", "--strict", str(zoo / run))
     db = wdb.open(store)
     wdb.log_checkpoint(files["small/step_0"], run="logged", step=0, db=db)
     _wdb(store, "fsck")

@@ -67,12 +67,20 @@ import numpy as np
 from wdb.errors import BadInput, WdbError
 from wdb.files.checkpoint import STEP_KEYS, Loaded, as_loaded, digest
 from wdb.files.formats import NOT_STORED
-from wdb.ingest.pool import prefetched, read_ahead, row_hash, row_of, widened
+from wdb.ingest.pool import (
+    check_row,
+    into_old_space,
+    old_bf16_layouts,
+    prefetched,
+    read_ahead,
+    row_hash,
+    row_of,
+)
 from wdb.ingest.readers import Found
 from wdb.ingest.start import begin
 from wdb.ingest.stops import explained
-from wdb.store.spaces import Layout, storage_dtype_of
-from wdb.store.tensors import BITS, bf16_as_bits, to_stored
+from wdb.store.spaces import Layout
+from wdb.store.tensors import bf16_as_bits
 from wdb.store.write import RowStream
 
 #: checkpoints per commit (one Zarr write + one catalog transaction each), and the most row
@@ -150,17 +158,9 @@ class _Ingest:
         self._legacy: dict[str, Layout] | None = None
 
     def legacy(self) -> dict[str, Layout]:
-        """bf16 spaces that versions before 2-byte bf16 storage made (float32 rows), by the
-        layout hash the same tensors get today: their architectures keep going into them, so
-        a family is not split across two spaces by an upgrade."""
+        """:func:`wdb.ingest.pool.old_bf16_layouts` of the store, read once."""
         if self._legacy is None:
-            self._legacy = {}
-            for r in [] if self.db is None else self.db.sql(
-                "SELECT layout FROM spaces WHERE dtype = 'float32' AND layout LIKE '%bfloat16%'"
-            ):
-                old = Layout.from_json(r["layout"])
-                if storage_dtype_of([e.dtype for e in old.entries]) == "bfloat16":
-                    self._legacy[Layout(old.entries, "bfloat16").hash] = old
+            self._legacy = old_bf16_layouts(self.db)
         return self._legacy
 
     def base_of(self, source: str | None) -> str | None:
@@ -203,7 +203,7 @@ class _Ingest:
             elif f.layout is not None:
                 layout = f.layout
                 row = np.asarray(f.load())
-                row = _check_row(layout, row)
+                row = check_row(layout, row)
                 sha = digest(row)
             else:
                 with bf16_as_bits():  # (as the reading thread does: wdb.ingest.pool)
@@ -223,9 +223,8 @@ class _Ingest:
             self.skip(f.source, f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
             return None
         f.kind = kind
-        old = self.legacy().get(layout.hash)
-        if old is not None:  # a bf16 space made before 2-byte storage: its float32 rows
-            layout, row = old, widened(row)
+        layout, row, changed = into_old_space(self.legacy(), layout, row)
+        if changed:
             sha = row_hash(row)
         self.layouts.setdefault(layout.hash, layout)
         nbytes = layout.n_params * layout.row_dtype.itemsize
@@ -418,9 +417,7 @@ class _Ingest:
         self.report.checkpoints_added += len(result.added)
         self.report.checkpoints_existing += len(result.existing)
         self.report.bytes_written += (
-            len(result.added)
-            * space.layout.n_params
-            * space.layout.row_dtype.itemsize
+            len(result.added) * space.layout.n_params * space.layout.row_dtype.itemsize
         )
         # ids per (run, step): write_checkpoints returns new ids in order of the new items and existing
         # ids in order of the existing ones; when both kinds are mixed, ask the catalog.
@@ -440,11 +437,13 @@ class _Ingest:
         f = it.found
         try:
             if f.layout is not None:
-                row = _check_row(f.layout, np.asarray(f.load()))
+                layout, row = f.layout, check_row(f.layout, np.asarray(f.load()))
             else:
-                layout, row, _ = self._row(f.load())
-                if layout.hash != it.layout.hash:
-                    raise BadInput("file changed while being ingested")
+                with bf16_as_bits():
+                    layout, row, _ = self._row(f.load())
+            layout, row, _ = into_old_space(self.legacy(), layout, row)
+            if layout.hash != it.layout.hash:
+                raise BadInput("file changed while being ingested")
         except WdbError as exc:
             self.skip(f.source, str(exc))
             return None
@@ -508,25 +507,6 @@ def _mismatch(got: Layout, want: Layout) -> str:
         if a.dtype != b.dtype:
             return f"dtype mismatch: '{a.name}' is {a.dtype}, expected {b.dtype}"
     return "layout mismatch with the zoo's dominant layout"
-
-
-def _check_row(layout: Layout, row: np.ndarray) -> np.ndarray:
-    """A row given directly (flat format): right width, finite, exactly storable."""
-    if row.ndim != 1 or row.shape[0] != layout.n_params:
-        raise BadInput(f"row has {row.shape[-1]} values, the layout has {layout.n_params}")
-    if not np.issubdtype(row.dtype, np.number):
-        raise BadInput(f"row dtype {row.dtype} is not numeric")
-    if not np.isfinite(row).all():
-        raise BadInput("row contains NaN or Inf values")
-    if layout.storage_dtype in BITS:  # narrowed exactly, or refused
-        return to_stored(row, layout.storage_dtype, "row")
-    stored = row.astype(layout.storage_dtype)
-    back = layout.flatten(layout.unflatten(stored))
-    if not np.array_equal(back, stored) or not np.array_equal(
-        stored.astype(row.dtype, copy=False), row
-    ):
-        raise BadInput("row values are not exactly representable in the layout's dtypes")
-    return stored
 
 
 def ingest(

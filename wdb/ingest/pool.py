@@ -14,8 +14,8 @@ from wdb.errors import BadInput, WdbError
 from wdb.files.checkpoint import Loaded, as_loaded, digest
 from wdb.ingest.readers import Found
 from wdb.memory import one_ahead
-from wdb.store.spaces import Layout
-from wdb.store.tensors import bf16_as_bits, bf16_widen
+from wdb.store.spaces import Layout, storage_dtype_of
+from wdb.store.tensors import BITS, bf16_as_bits, bf16_widen, to_stored
 from wdb.store.write import RowStream
 
 #: see :func:`ingest_workers`; 0 reads in the writing process), used for folders of at least
@@ -125,6 +125,53 @@ def widened(row: np.ndarray | RowStream) -> np.ndarray | RowStream:
     return RowStream(
         row.n, lambda: (bf16_widen(seg) for seg in segments()), itemsize=4, mapped=row.mapped
     )
+
+
+def check_row(layout: Layout, row: np.ndarray) -> np.ndarray:
+    """A row given directly (flat format): right width, finite, exactly storable."""
+    if row.ndim != 1 or row.shape[0] != layout.n_params:
+        raise BadInput(f"row has {row.shape[-1]} values, the layout has {layout.n_params}")
+    if not np.issubdtype(row.dtype, np.number):
+        raise BadInput(f"row dtype {row.dtype} is not numeric")
+    if not np.isfinite(row).all():
+        raise BadInput("row contains NaN or Inf values")
+    if layout.storage_dtype in BITS:  # narrowed exactly, or refused
+        return to_stored(row, layout.storage_dtype, "row")
+    stored = row.astype(layout.storage_dtype)
+    back = layout.flatten(layout.unflatten(stored))
+    if not np.array_equal(back, stored) or not np.array_equal(
+        stored.astype(row.dtype, copy=False), row
+    ):
+        raise BadInput("row values are not exactly representable in the layout's dtypes")
+    return stored
+
+
+def old_bf16_layouts(db: Any) -> dict[str, Layout]:
+    """bf16 spaces that versions before 2-byte bf16 storage made (float32 rows), by the
+    layout hash the same tensors get today: the ingest keeps putting their architectures in
+    them, so that an upgrade does not split a family across two spaces (None: no store yet)."""
+    out: dict[str, Layout] = {}
+    if db is None:
+        return out
+    for r in db.sql(
+        "SELECT layout FROM spaces WHERE dtype = 'float32' AND layout LIKE '%bfloat16%'"
+    ):
+        old = Layout.from_json(r["layout"])
+        if storage_dtype_of([e.dtype for e in old.entries]) == "bfloat16":
+            out[Layout(old.entries, "bfloat16").hash] = old
+    return out
+
+
+def into_old_space(
+    old: dict[str, Layout], layout: Layout, row: np.ndarray | RowStream
+) -> tuple[Layout, np.ndarray | RowStream, bool]:
+    """``(layout, row)`` as a bf16 space made before 2-byte storage takes them (float32 rows,
+    ``old`` from :func:`old_bf16_layouts`), or as they are; the flag: the row changed (its
+    hashes are to be taken again)."""
+    was = old.get(layout.hash)
+    if was is None:
+        return layout, row, False
+    return was, widened(row), True
 
 
 def flat_row(got: Loaded, cache: dict[tuple, Layout]) -> tuple[Layout, np.ndarray]:
