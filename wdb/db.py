@@ -304,9 +304,11 @@ class Database(Listings, Housekeeping):
             yield chunk, self.weights(chunk)
 
     def iter_tensors(
-        self, checkpoint: int | dict, memory: int | str | None = None
+        self, checkpoint: int | dict, memory: int | str | None = None, bits: bool = False
     ) -> Iterator[tuple[Any, np.ndarray]]:
-        """``(layout entry, array in its original dtype)`` of one checkpoint, tensor by tensor.
+        """``(layout entry, array in its original dtype)`` of one checkpoint, tensor by tensor
+        (bf16 as float32 values; with ``bits``, a bf16 space's tensors as their ``uint16`` bit
+        patterns, as stored: what an export writes, with no widening and narrowing back).
 
         A row that fits the memory budget (``wdb.memory``; three copies of it while reading) is
         read whole; a wider one is read a group of consecutive tensors at a time (at most a
@@ -321,8 +323,10 @@ class Database(Listings, Housekeeping):
         isz = value_dtype(space.layout.storage_dtype).itemsize
         limit = budget(memory)
         row_at = np.array([int(info["row"])])
+        store = self.weights_store
+        read = store.read_stored if bits and store.storage(space.array_path) else store.read
         if space.n_params * isz * 3 <= limit:
-            row = self.weights_store.read(space.array_path, row_at)[0]
+            row = read(space.array_path, row_at)[0]
             for e in entries:
                 yield e, from_storage(row[e.offset : e.stop], e.dtype).reshape(e.shape)
             return
@@ -333,7 +337,7 @@ class Database(Listings, Housekeeping):
             if nxt is not None and (nxt.stop - group[0].offset) * isz * 4 <= limit:
                 continue
             cols = slice(group[0].offset, group[-1].stop)
-            block = self.weights_store.read(space.array_path, row_at, cols)[0]
+            block = read(space.array_path, row_at, cols)[0]
             for g in group:
                 a, b = g.offset - group[0].offset, g.stop - group[0].offset
                 yield g, from_storage(block[a:b], g.dtype).reshape(g.shape)
@@ -349,7 +353,8 @@ class Database(Listings, Housekeeping):
             return {e.name: a for e, a in self.iter_tensors(checkpoint, memory)}
         from wdb.store.tensors import to_torch
 
-        return {e.name: to_torch(a, e.dtype) for e, a in self.iter_tensors(checkpoint, memory)}
+        tensors = self.iter_tensors(checkpoint, memory, bits=True)
+        return {e.name: to_torch(a, e.dtype) for e, a in tensors}
 
     # -- writing ---------------------------------------------------------------------------
     def add_checkpoints(

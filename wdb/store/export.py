@@ -75,7 +75,7 @@ def export_checkpoint(
 def _write_files(db, info: dict, files: dict[Path, list], fmt: str, memory) -> None:
     """Write every file of ``files`` (path → its layout entries) in one pass over the
     checkpoint's tensors, one read group in memory at a time."""
-    tensors = db.iter_tensors(info, memory)
+    tensors = db.iter_tensors(info, memory, bits=True)
     if fmt == "pt":
         write_torch_files(files, tensors)
         return

@@ -33,11 +33,13 @@ _CENTRAL = struct.Struct("<4s6H3L5H2L")  # central directory entry, 46 bytes
 def raw_bytes(dtype: str, arr: np.ndarray) -> np.ndarray:
     """A tensor's values (storage form, :func:`wdb.store.tensors.from_storage`) as the bytes
     its original dtype has in a file (flat ``uint8``): bf16 is narrowed back from its exact
-    float32 widening, float8 to its bit patterns."""
+    float32 widening (or taken as the bits a bf16 space stores), float8 to its bit patterns."""
     from wdb.store.tensors import FLOAT8, float8_narrow
 
     if dtype in FLOAT8:
         return float8_narrow(arr, dtype).reshape(-1)
+    if dtype == "bfloat16" and arr.dtype == np.uint16:  # a bf16 space's bits, as stored
+        return np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
     if dtype == "bfloat16":
         import torch
 

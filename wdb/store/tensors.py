@@ -202,6 +202,9 @@ def to_torch(arr: np.ndarray, dtype: str) -> Any:
     if dtype in FLOAT8:
         bits = float8_narrow(arr, dtype)
         return torch.from_numpy(bits.reshape(np.shape(arr))).view(getattr(torch, dtype))
+    if dtype == "bfloat16" and arr.dtype == np.uint16:  # the bits, as a bf16 space stores them
+        bits = np.array(arr, copy=True, order="C").view(np.int16)
+        return torch.from_numpy(bits).view(torch.bfloat16)
     t = torch.from_numpy(np.array(arr, copy=True, order="C"))
     return t.to(getattr(torch, dtype))
 
