@@ -128,6 +128,9 @@ def test_export_of_a_bf16_space_gives_the_files_bits(db, zoo, tmp_path: Path) ->
         assert res.exit_code == 0, res.output
         got = load_file(out) if fmt == "safetensors" else torch.load(out, weights_only=True)
         _same(got, files["wide/step_2.safetensors"])
+    # what the export wrote: the stored bits, not values widened and narrowed back
+    first = next(iter(db.iter_tensors(db.checkpoint("wide", 2), bits=True)))[1]
+    assert first.dtype == np.uint16
 
 
 def test_float32_rows_written_into_a_bf16_space_are_rounded_as_torch_rounds(db, zoo) -> None:

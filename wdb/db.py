@@ -324,11 +324,16 @@ class Database(Listings, Housekeeping):
         limit = budget(memory)
         row_at = np.array([int(info["row"])])
         store = self.weights_store
-        read = store.read_stored if bits and store.storage(space.array_path) else store.read
+        raw = bits and store.storage(space.array_path) is not None
+        read = store.read_stored if raw else store.read
+
+        def value(arr: np.ndarray, e: Any) -> np.ndarray:
+            return (arr if raw else from_storage(arr, e.dtype)).reshape(e.shape)
+
         if space.n_params * isz * 3 <= limit:
             row = read(space.array_path, row_at)[0]
             for e in entries:
-                yield e, from_storage(row[e.offset : e.stop], e.dtype).reshape(e.shape)
+                yield e, value(row[e.offset : e.stop], e)
             return
         group: list = []
         for i, e in enumerate(entries):
@@ -340,7 +345,7 @@ class Database(Listings, Housekeeping):
             block = read(space.array_path, row_at, cols)[0]
             for g in group:
                 a, b = g.offset - group[0].offset, g.stop - group[0].offset
-                yield g, from_storage(block[a:b], g.dtype).reshape(g.shape)
+                yield g, value(block[a:b], g)
             del block
             group = []
 
