@@ -192,12 +192,15 @@ def test_readers_outside_the_ingest_still_widen_bf16(zoo, monkeypatch) -> None:
     assert np.array_equal(arrays["head"], files["wide/step_0.safetensors"]["head"].float().numpy())
 
 
-def test_a_bf16_file_holding_nan_is_refused_in_one_line(db, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "value, kind", [(float("nan"), "NaN"), (-float("nan"), "NaN"), (-float("inf"), "Inf")]
+)
+def test_a_bf16_file_holding_nan_is_refused_in_one_line(db, tmp_path: Path, value, kind) -> None:
     (tmp_path / "zoo" / "bad").mkdir(parents=True)
     w = torch.zeros(8, dtype=torch.bfloat16)
-    w[3] = float("nan")
+    w[3] = value
     torch.save({"w": w}, tmp_path / "zoo" / "bad" / "step_0.pt")
-    with pytest.raises(BadInput, match="'w' contains NaN"):
+    with pytest.raises(BadInput, match=f"'w' contains {kind}"):
         db.ingest(tmp_path / "zoo", strict=True)
 
 
