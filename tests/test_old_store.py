@@ -85,8 +85,9 @@ def test_old_store_opens_verifies_and_exports_bit_exactly(old_store):
     _same(load_file(out), load_file(old_store / "zoo/run_b/step_7.safetensors"))
 
 
-def _family_files() -> dict:
-    spec = importlib.util.spec_from_file_location("make_family", FAMILY / "make_family.py")
+def _made_by(script: Path) -> dict:
+    """The files a fixture's script makes (its ``family()``), regenerated in memory."""
+    spec = importlib.util.spec_from_file_location(script.stem, script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.family()
@@ -108,7 +109,7 @@ def test_old_family_store_reads_its_deltas_bit_exactly(tmp_path, monkeypatch):
         ("frozen", "declared", "run", 2),
     }
     assert db.sql("SELECT count(*) AS n FROM family_rows WHERE parent_row IS NOT NULL")[0]["n"] == 4
-    for key, want in _family_files().items():
+    for key, want in _made_by(FAMILY / "make_family.py").items():
         run, step = key.split("/step_")
         out = tmp_path / f"{run}_{step}.safetensors"
         _wdb(store, "export", run, "--step", step, "--format", "safetensors", "--out", str(out))
@@ -126,7 +127,7 @@ def test_todays_ingest_sketches_rows_as_the_old_version_did(tmp_path, monkeypatc
 
     old = wdb.open(_extract(FAMILY / "store.tar.gz", tmp_path, monkeypatch) / "store")
     zoo = tmp_path / "zoo"
-    for key, tensors in _family_files().items():
+    for key, tensors in _made_by(FAMILY / "make_family.py").items():
         (zoo / key).parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(zoo / f"{key}.safetensors"))
     new = wdb.open(tmp_path / "new")
@@ -143,20 +144,13 @@ def test_todays_ingest_sketches_rows_as_the_old_version_did(tmp_path, monkeypatc
     assert len(sketches[0]) == 4 and sketches[0] == sketches[1]
 
 
-def _bf16_files() -> dict:
-    spec = importlib.util.spec_from_file_location("make_bf16", BF16 / "make_bf16.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.family()
-
-
 def test_old_bf16_store_reads_bit_exactly(tmp_path, monkeypatch):
     """Rows stored widened to float32 by c07b2c4 export as the files' bf16 tensors, bit for bit."""
     store = _extract(BF16 / "store.tar.gz", tmp_path, monkeypatch) / "store"
     _wdb(store, "fsck")
     db = wdb.open(store)
     assert {r["dtype"] for r in db.spaces()} == {"float32"}
-    for key, want in _bf16_files().items():
+    for key, want in _made_by(BF16 / "make_bf16.py").items():
         run, step = key.split("/step_")
         out = tmp_path / f"{run}_{step}.safetensors"
         _wdb(store, "export", run, "--step", step, "--format", "safetensors", "--out", str(out))
@@ -171,7 +165,7 @@ def test_bf16_checkpoints_ingested_today_join_the_old_spaces(tmp_path, monkeypat
     row."""
     store = _extract(BF16 / "store.tar.gz", tmp_path, monkeypatch) / "store"
     monkeypatch.setenv("WDB_INGEST_BUFFER_MB", "0")  # strict: each file read again to write
-    files = _bf16_files()
+    files = _made_by(BF16 / "make_bf16.py")
     zoo = tmp_path / "zoo"
     for run, key in (("again", "run/step_1"), ("copy", "tuned/step_0"), ("small2", "small/step_2")):
         (zoo / run).mkdir(parents=True)
