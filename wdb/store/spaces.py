@@ -8,9 +8,10 @@ Storage dtype: one per space, so a row is a plain numeric vector that FAISS and 
 It is float32, unless every float tensor is float16 (then float16, and no integer buffers) or
 bfloat16 (then ``bfloat16``, stored as its bit patterns: ``wdb.store.tensors``), or any is
 float64 (then float64). bf16 and fp16 in a mixed space widen to float32 exactly (as every bf16
-space did before: spaces made then keep their float32 rows, and ingest keeps using them); integer buffers such as BatchNorm's
-``num_batches_tracked`` are stored as numbers and checked to round-trip exactly, so nothing is
-dropped and ``state_dict`` gives back the original dtypes bit for bit.
+space did before: spaces made then keep their float32 rows, and ingest keeps using them);
+integer buffers such as BatchNorm's ``num_batches_tracked`` are stored as numbers and checked to
+round-trip exactly, so nothing is dropped and ``state_dict`` gives back the original dtypes bit
+for bit.
 """
 
 from __future__ import annotations
