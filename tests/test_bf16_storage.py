@@ -144,8 +144,8 @@ def test_float32_rows_written_into_a_bf16_space_are_rounded_as_torch_rounds(db, 
     assert db.fsck().ok
 
 
-def test_a_damaged_chunk_of_a_bf16_space_is_an_error(db, zoo) -> None:
-    root, _ = zoo
+def test_a_damaged_chunk_of_a_bf16_space_is_an_error_and_fsck_restores_it(db, zoo) -> None:
+    root, files = zoo
     db.ingest(root / "small")
     space = _space(db, "small")
     (chunk,) = [
@@ -158,6 +158,10 @@ def test_a_damaged_chunk_of_a_bf16_space_is_an_error(db, zoo) -> None:
     with pytest.raises(DamagedChunk):
         db.weights([info["checkpoint_id"]])
     assert not db.fsck().ok
+    rep = db.fsck(fix=True)  # the source files are still there: their bits restored
+    assert rep.ok and sum("restored from" in f for f in rep.fixed) == 3, rep
+    for step in range(3):
+        _same(db.state_dict(db.checkpoint("small", step)), files[f"small/step_{step}.pt"])
 
 
 def test_nearest_in_a_bf16_space_is_exact_on_the_values(db, zoo) -> None:
