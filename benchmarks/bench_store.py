@@ -7,8 +7,8 @@
        run adjacent;
    (c) P-diff's BN-only steps: the ``mnist-bn`` task's zoo (``size="small"``, 300 BN-only AdamW
        steps of bn1/bn2, 512 params), trained here and read back through ``wdb ingest``;
-   (d) a bf16 model: the (a) weights cast to bfloat16, stored as the store stores bf16 (float32
-       rows, ``wdb.store.spaces.storage_dtype_of``); raw is the bf16 bytes, 2 per parameter;
+   (d) a bf16 model: the (a) weights cast to bfloat16, stored as the store stores a bf16 space
+       (its 2-byte bit patterns, ``uint16``; ``wdb.store.tensors``); raw is 2 bytes a parameter;
    for the store's codec before issue 14 (Blosc zstd1 bitshuffle), ``wdb.rowdelta`` (the store's
    codec now, ``wdb.store.codec``), plain zstd, and ``zipnn`` over the same chunks if it is installed.
 2. Single-row and column-slice read times and append time: old codec vs new on the store's chunk
@@ -106,7 +106,7 @@ def zipnn_bytes(data: np.ndarray, chunks: tuple[int, int], bf16: bool) -> tuple[
     for i in range(0, data.shape[0], chunks[0]):
         for j in range(0, data.shape[1], chunks[1]):
             block = np.ascontiguousarray(data[i : i + chunks[0], j : j + chunks[1]])
-            raw = (block.view(np.uint32) >> 16).astype(np.uint16) if bf16 else block
+            raw = block  # bf16 rows are their bits already (uint16)
             packed = zn.compress(raw.tobytes())
             total += len(packed)
             exact &= bytes(zn.decompress(packed)) == raw.tobytes()
@@ -114,9 +114,9 @@ def zipnn_bytes(data: np.ndarray, chunks: tuple[int, int], bf16: bool) -> tuple[
 
 
 def storage(tmp: Path, name: str, data: np.ndarray, bf16: bool = False) -> dict[str, float]:
-    """Print and return bytes on disk / raw bytes per codec (raw: the checkpoints' own bytes,
-    2 a value for bf16 values held in float32 rows)."""
-    raw = data.size * 2 if bf16 else data.nbytes
+    """Print and return bytes on disk / raw bytes per codec (raw: the checkpoints' own bytes;
+    bf16 rows are given as their bits)."""
+    raw = data.nbytes
     print(f"\n{name}: {data.shape[0]} rows x {data.shape[1]} params, raw {raw / 1e6:.2f} MB")
     chunks = (store.ROWS_PER_CHUNK, min(data.shape[1], store.COLS_PER_CHUNK))
     out = {}
@@ -273,7 +273,7 @@ def main() -> None:
             bn = pdiff_rows(tmp, args.bn_steps)
             print(f"\n(trained the mnist-bn zoo in {time.perf_counter() - t:.1f} s)")
             results["(c)"] = storage(tmp, "(c) P-diff's BN-only steps (mnist-bn, one run)", bn)
-        bf16 = torch.from_numpy(final).to(torch.bfloat16).to(torch.float32).numpy()
+        bf16 = torch.from_numpy(final).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
         results["(d)"] = storage(
             tmp, "(d) bf16 model (the (a) weights in bfloat16)", bf16, bf16=True
         )
