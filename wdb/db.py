@@ -307,8 +307,7 @@ class Database(Listings, Housekeeping):
         self, checkpoint: int | dict, memory: int | str | None = None, bits: bool = False
     ) -> Iterator[tuple[Any, np.ndarray]]:
         """``(layout entry, array in its original dtype)`` of one checkpoint, tensor by tensor
-        (bf16 as float32 values; with ``bits``, a bf16 space's tensors as their ``uint16`` bit
-        patterns, as stored: what an export writes, with no widening and narrowing back).
+        (bf16 as float32; ``bits``: a bf16 space's ``uint16`` bits as stored, for exports).
 
         A row that fits the memory budget (``wdb.memory``; three copies of it while reading) is
         read whole; a wider one is read a group of consecutive tensors at a time (at most a
@@ -326,14 +325,11 @@ class Database(Listings, Housekeeping):
         store = self.weights_store
         raw = bits and store.storage(space.array_path) is not None
         read = store.read_stored if raw else store.read
-
-        def value(arr: np.ndarray, e: Any) -> np.ndarray:
-            return (arr if raw else from_storage(arr, e.dtype)).reshape(e.shape)
-
+        as_is = (lambda arr, _dtype: arr) if raw else from_storage
         if space.n_params * isz * 3 <= limit:
             row = read(space.array_path, row_at)[0]
             for e in entries:
-                yield e, value(row[e.offset : e.stop], e)
+                yield e, as_is(row[e.offset : e.stop], e.dtype).reshape(e.shape)
             return
         group: list = []
         for i, e in enumerate(entries):
@@ -345,7 +341,7 @@ class Database(Listings, Housekeeping):
             block = read(space.array_path, row_at, cols)[0]
             for g in group:
                 a, b = g.offset - group[0].offset, g.stop - group[0].offset
-                yield g, value(block[a:b], g)
+                yield g, as_is(block[a:b], g.dtype).reshape(g.shape)
             del block
             group = []
 
