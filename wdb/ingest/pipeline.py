@@ -70,7 +70,6 @@ from wdb.files.formats import NOT_STORED
 from wdb.ingest.pool import (
     check_row,
     into_old_space,
-    old_bf16_layouts,
     prefetched,
     read_ahead,
     row_hash,
@@ -79,7 +78,7 @@ from wdb.ingest.pool import (
 from wdb.ingest.readers import Found
 from wdb.ingest.start import begin
 from wdb.ingest.stops import explained
-from wdb.store.spaces import Layout
+from wdb.store.spaces import Layout, old_bf16_layouts
 from wdb.store.tensors import bf16_as_bits
 from wdb.store.write import RowStream
 
@@ -158,7 +157,7 @@ class _Ingest:
         self._legacy: dict[str, Layout] | None = None
 
     def legacy(self) -> dict[str, Layout]:
-        """:func:`wdb.ingest.pool.old_bf16_layouts` of the store, read once."""
+        """:func:`wdb.store.spaces.old_bf16_layouts` of the store, read once."""
         if self._legacy is None:
             self._legacy = old_bf16_layouts(self.db)
         return self._legacy

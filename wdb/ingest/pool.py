@@ -14,7 +14,7 @@ from wdb.errors import BadInput, WdbError
 from wdb.files.checkpoint import Loaded, as_loaded, digest
 from wdb.ingest.readers import Found
 from wdb.memory import one_ahead
-from wdb.store.spaces import Layout, storage_dtype_of
+from wdb.store.spaces import Layout
 from wdb.store.tensors import BITS, bf16_as_bits, bf16_widen, to_stored
 from wdb.store.write import RowStream
 
@@ -146,27 +146,11 @@ def check_row(layout: Layout, row: np.ndarray) -> np.ndarray:
     return stored
 
 
-def old_bf16_layouts(db: Any) -> dict[str, Layout]:
-    """bf16 spaces that versions before 2-byte bf16 storage made (float32 rows), by the
-    layout hash the same tensors get today: the ingest keeps putting their architectures in
-    them, so that an upgrade does not split a family across two spaces (None: no store yet)."""
-    out: dict[str, Layout] = {}
-    if db is None:
-        return out
-    for r in db.sql(
-        "SELECT layout FROM spaces WHERE dtype = 'float32' AND layout LIKE '%bfloat16%'"
-    ):
-        old = Layout.from_json(r["layout"])
-        if storage_dtype_of([e.dtype for e in old.entries]) == "bfloat16":
-            out[Layout(old.entries, "bfloat16").hash] = old
-    return out
-
-
 def into_old_space(
     old: dict[str, Layout], layout: Layout, row: np.ndarray | RowStream
 ) -> tuple[Layout, np.ndarray | RowStream, bool]:
     """``(layout, row)`` as a bf16 space made before 2-byte storage takes them (float32 rows,
-    ``old`` from :func:`old_bf16_layouts`), or as they are; the flag: the row changed (its
+    ``old`` from :func:`wdb.store.spaces.old_bf16_layouts`), or as they are; the flag: the row changed (its
     hashes are to be taken again)."""
     was = old.get(layout.hash)
     if was is None:

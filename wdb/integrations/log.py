@@ -70,8 +70,8 @@ def log_checkpoint(
     ``run`` in ``db`` (a path, a ``Database``, or None: ``WDB_DB`` / ``./.wdb``); returns its
     checkpoint id. Logging the same step again with the same weights returns the stored id;
     with other weights, or a ``config`` other than the run's, it fails in one line."""
-    from wdb.store.spaces import Layout
-    from wdb.store.tensors import BITS, state_to_numpy, values_of
+    from wdb.store.spaces import Layout, old_bf16_layouts
+    from wdb.store.tensors import state_to_numpy, values_of
     from wdb.store.write import KINDS, NewCheckpoint, to_json
 
     if not run or not isinstance(run, str):
@@ -85,10 +85,8 @@ def log_checkpoint(
     arrays, dtypes = state_to_numpy(state_dict)
     layout = Layout.from_arrays(arrays, dtypes)
     dbase = database(db)
-    if layout.storage_dtype in BITS and dbase.sql(
-        "SELECT id FROM spaces WHERE hash = :h", {"h": layout.as_float32().hash}
-    ):  # a bf16 space made before 2-byte storage: keep logging into it
-        layout = layout.as_float32()
+    # a bf16 space made before 2-byte storage: keep logging into it, as the ingest does
+    layout = old_bf16_layouts(dbase).get(layout.hash, layout)
     row = layout.flatten(arrays)
     if not np.isfinite(values_of(row, layout.storage_dtype)).all():
         raise BadInput(f"run '{run}' step {step}: the weights contain NaN or Inf values")

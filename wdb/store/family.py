@@ -136,11 +136,9 @@ def sketch(row: np.ndarray) -> bytes:
 
 def _values(picked: np.ndarray) -> np.ndarray:
     """Sketched values: ``uint16`` is a bf16 space's bit patterns (no other row is uint16)."""
-    if picked.dtype == np.uint16:
-        from wdb.store.tensors import bf16_widen
+    from wdb.store.tensors import from_storage
 
-        return bf16_widen(picked)
-    return picked
+    return from_storage(picked, "bfloat16") if picked.dtype == np.uint16 else picked
 
 
 def distance(a: bytes, b: bytes) -> float:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from math import prod
+from typing import Any
 
 import numpy as np
 
@@ -198,6 +199,22 @@ class Layout:
         return np.concatenate(
             [np.arange(e.offset, e.stop) for e in self.entries if e.name in names]
         )
+
+
+def old_bf16_layouts(db: Any) -> dict[str, Layout]:
+    """bf16 spaces that versions before 2-byte bf16 storage made (float32 rows), by the
+    layout hash the same tensors get today: the ingest keeps putting their architectures in
+    them, so that an upgrade does not split a family across two spaces (None: no store yet)."""
+    out: dict[str, Layout] = {}
+    if db is None:
+        return out
+    for r in db.sql(
+        "SELECT layout FROM spaces WHERE dtype = 'float32' AND layout LIKE '%bfloat16%'"
+    ):
+        old = Layout.from_json(r["layout"])
+        if storage_dtype_of([e.dtype for e in old.entries]) == "bfloat16":
+            out[Layout(old.entries, "bfloat16").hash] = old
+    return out
 
 
 def row_sha256(row: np.ndarray) -> str:
