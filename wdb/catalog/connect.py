@@ -227,6 +227,18 @@ class Catalog:
     def query_rows(
         self, sql: str, params: dict | None = None, *, hardened: bool = False
     ) -> tuple[list[str], list[tuple]]:
+        return self._query(sql, params, hardened, columns=False)
+
+    def query_columns(
+        self, sql: str, params: dict | None = None, *, hardened: bool = False
+    ) -> dict[str, Any]:
+        """:meth:`query_rows` as one numpy array per column (name -> array). Why: a selection
+        of 200k checkpoints fetched as tuples and converted took ~0.2 s on DuckDB; its own
+        ``fetchnumpy`` takes a few ms. PostgreSQL's rows are converted here. NULLs in DuckDB's
+        arrays are masked; ask for columns that have none."""
+        return self._query(sql, params, hardened, columns=True)
+
+    def _query(self, sql: str, params: dict | None, hardened: bool, columns: bool) -> Any:
         """Run a read-only query; (column names, row tuples). The one read path: a read-only
         DuckDB connection (the block's shared reader, else our own), or a PostgreSQL
         transaction the server holds read-only and that is rolled back whatever the SQL
@@ -253,6 +265,8 @@ class Catalog:
                     )
                 cur = con.execute(_PARAM.sub(r"$\1", sql), params or None)
                 cols = [d[0] for d in cur.description] if cur.description else []
+                if columns:
+                    return cur.fetchnumpy() if cols else {}
                 return cols, cur.fetchall() if cols else []
             finally:
                 con.close()
@@ -272,6 +286,10 @@ class Catalog:
                     else ([], [])
                 )
                 tx.rollback()  # a read leaves nothing behind, whatever the SQL tried
+            if columns:
+                import numpy as np
+
+                return {c: np.array([r[j] for r in out[1]]) for j, c in enumerate(out[0])}
             return out
 
     def execute(self, sql: str, params: dict | None = None) -> tuple[list[str], list[tuple]]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdb.catalog.guard import read
+from wdb.catalog.guard import read, read_columns
 from wdb.errors import BadInput, NotFound
 from wdb.query.behaviour import eval_set_id, metrics_of, output_sets, pick_eval_set, pick_metrics
 from wdb.query.records import LazyRecords, Records
@@ -64,9 +64,9 @@ def select(db, where: str | None, space_id: int | None = None) -> RefSet:
     clause = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     what = f"selection '{where.strip()}' over checkpoint_info" if where else "SQL"
 
-    def fetch(cols: str) -> tuple[list[str], list[tuple]]:
+    def fetch(cols: str, how=read):
         try:
-            return read(
+            return how(
                 db.catalog,
                 f"SELECT {cols} FROM checkpoint_info {clause} ORDER BY checkpoint_id",
                 params,
@@ -79,9 +79,9 @@ def select(db, where: str | None, space_id: int | None = None) -> RefSet:
                 raise BadInput(f"selection '{where}' over checkpoint_info failed: {msg}") from None
             raise
 
-    _, keys = fetch("checkpoint_id, row")
-    key = np.array(keys, dtype=np.int64).reshape(-1, 2)
-    ids, rows = key[:, 0].copy(), key[:, 1].copy()
+    keys = fetch("checkpoint_id, row", read_columns)
+    ids = np.asarray(keys["checkpoint_id"], dtype=np.int64)
+    rows = np.asarray(keys["row"], dtype=np.int64)
     info = LazyRecords(
         {"checkpoint_id": ids.tolist(), "row": rows.tolist()},
         lambda: fetch("checkpoint_id, row, sha256, run, step, kind, space_id"),
