@@ -223,6 +223,7 @@ def knn(
     engine: str,
     budget: int | None = None,
     meanwhile: Callable[[], Any] | None = None,
+    path: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """``wdb.query.nearest.knn`` (or ``aligned_knn``) over all query rows, on ``engine``.
 
@@ -231,7 +232,9 @@ def knn(
     and the aligned search split the queries. ``meanwhile`` is called once, while the workers
     compute (in process: after the search): the caller's catalog reads that do not need the
     neighbours. Why: on a cluster those reads (error sets, metrics, the reference's fingerprint:
-    ~1 s for 200k references) would otherwise add to the wall time after the scan is back."""
+    ~1 s for 200k references) would otherwise add to the wall time after the scan is back.
+    ``path``: ``nearest.path_for``'s answer when the caller already has it (read with its
+    other catalog reads, on one connection)."""
     from wdb.memory import budget as resolve
     from wdb.query import nearest as query
     from wdb.query.scan import source
@@ -249,7 +252,7 @@ def knn(
             return then(query.aligned_knn(db, space, q_rows, q_ids, ref, k, budget))
     elif engine == "local":
         return then(query.knn(db, space, src, q_ids, ref, k, budget))
-    elif query.path_for(db, space, len(ref), budget) == "scan":
+    elif (path or query.path_for(db, space, len(ref), budget)) == "scan":
         with client(engine) as c:
             ids, dist, info = _scan(c, db, space, src, q_ids, ref, k, budget, meanwhile)
         return ids, dist, dict(info, engine=engine)

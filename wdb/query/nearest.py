@@ -384,9 +384,11 @@ def _novelty_outputs(
     from wdb.query.similarity import max_iou as engine_iou
     from wdb.store.outputs import error_masks
 
-    t_list, r_list = t_ids.tolist(), ref.ids.tolist()  # Python ints: hashed 5x faster
+    t_list = t_ids.tolist()
     with db.catalog.reading():  # one connection for these reads, none held while computing
-        sets = output_sets(db, [*t_list, *r_list])
+        sets = output_sets(db, np.concatenate([t_ids, ref.ids]))
+        # Python ints: hashed 5x faster (and only made where some checkpoint has outputs)
+        r_list = ref.ids.tolist() if sets else []
         es = forced_es if forced_es is not None else pick_eval_set(sets, t_list, r_list)
         t_metrics = metrics_of(db, t_ids)
         fingerprint = _reference_fingerprint(db, ref, es) if save else None
@@ -451,18 +453,23 @@ def novelty(
 
     mem = budget(memory)
     run_on = engines.spec(workers)
-    tgt = select(db, targets)
-    if not len(tgt):
-        raise NotFound(f"no checkpoints match targets '{targets}'")
-    forced_es = eval_set_id(db, eval_set)
+    # the reads before a search share one connection (a DuckDB connect costs 20-40 ms, and on
+    # a cluster nothing is searched until they are done); none is held while searching
+    with db.catalog.reading():
+        tgt = select(db, targets)
+        if not len(tgt):
+            raise NotFound(f"no checkpoints match targets '{targets}'")
+        forced_es = eval_set_id(db, eval_set)
+        by_space = refs.groups(db, tgt, reference, DEFAULT_REFERENCE)
     out: list[dict] = []
-    by_space = refs.groups(db, tgt, reference, DEFAULT_REFERENCE)
     for (space_id, ref_sql), picks in sorted(by_space.items()):
-        space = db.space(space_id)
         t0 = time.time()
         t_ids = tgt.ids[picks]
         t_info = [tgt.info[p] for p in picks]
-        ref = select(db, ref_sql, space_id)
+        with db.catalog.reading():
+            space = db.space(space_id)
+            ref = select(db, ref_sql, space_id)
+            path = path_for(db, space, len(ref), mem) if len(ref) else None
         q_rows = stored(db, space, tgt.rows[picks])  # read block by block by the scan
         side: dict = {}
 
@@ -471,7 +478,7 @@ def novelty(
 
         if len(ref):
             nn_ids, nn_d, info = engines.knn(
-                db, space, q_rows, list(t_ids), ref, k, aligned, run_on, mem, meanwhile
+                db, space, q_rows, list(t_ids), ref, k, aligned, run_on, mem, meanwhile, path
             )
         else:
             nn_ids = np.full((len(picks), k), -1, dtype=np.int64)
