@@ -3,18 +3,24 @@ memory of nearest / novelty (issue 25).
 
 Makes N checkpoints of D float32 values (default 200k x 2k = 1.6 GB raw; a larger store than
 the 1 GB budget, so queries take the byte-bounded scan) with numpy, straight into a database
-through ``Database.add_checkpoints`` in batches, and T targets (kind 'generated'). Then, each
-in a fresh process:
+through ``Database.add_checkpoints`` in batches, and T targets (kind 'generated'). Then five
+modes, each a process of its own:
 
 - ``inproc``: novelty of the T targets in process, pinned to one core, one BLAS thread;
 - ``dask1`` / ``dask2``: the same on a local Dask cluster of 1 or 2 worker processes, each
   pinned to its own core with one thread (a pre-started cluster: start-up not timed; the
-  driver on the last core); each mode runs 3 warm queries in each of ``--rounds`` rounds,
-  modes interleaved, and the median is reported (the machine is noisy);
+  driver on the last core);
+- ``plain1`` / ``plain2``: the scan alone (``wdb.query.scan.topk_sq``, what a worker runs) in
+  1 or 2 forked processes pinned to their cores, each over its share of the references, no Dask
+  and no driver: the scaling these cores allow, measured in the same run;
 - ``nearest`` / ``novelty``: peak RSS of the CLI commands (``ru_maxrss`` of the process).
 
-Prints dask2 vs dask1 (target >= 1.7x) and dask1 vs inproc (target <= 1.15x), and the peaks
-(target <= 1.5 GB).
+All five modes are started and warmed first, then asked for one query each in turn,
+``3 x --rounds`` times: slow swings of the shared machine hit every mode alike. Medians are
+reported, with the min and max.
+
+Prints dask2 vs dask1 (target >= 1.7x) beside plain2 vs plain1, dask1 vs inproc (target
+<= 1.15x), and the peaks (target <= 1.5 GB).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_scan_scale.py [--n 200000] [--d 2000]
         [--targets 6] [--memory 1GB] [--rounds 2] [--dir /tmp/wdb_bench_scan_scale]
@@ -64,15 +70,76 @@ def go():
     return time.perf_counter() - t, [r["nearest_id"] for r in rows]
 
 
+def serve():
+    go()  # warm: the store opened, numba compiled, (on Dask) the workers' imports done
+    print("ready", flush=True)
+    for _ in sys.stdin:  # one query per line asked for
+        w, nn = go()
+        print(json.dumps({"s": w, "nn": nn}), flush=True)
+
+
 if mode == "inproc":
-    go()  # warm, as the workers are
-    runs = [go() for _ in range(3)]
+    serve()
 else:
     with engine.scope(f"local:{int(mode[-1])}"):
         engine._scope["client"].register_plugin(Pin())
-        go()  # warm: workers open the store, import numpy
-        runs = [go() for _ in range(3)]
-print(json.dumps({"s": [w for w, _ in runs], "nn": runs[0][1]}))
+        serve()
+"""
+
+# the scan's own scaling on these cores, with no Dask and no driver: N plain processes (fork),
+# each pinned to its core with one thread, scan their share of the references with the same
+# code the workers run (``wdb.query.scan.topk_sq``, each with 1/N of the budget, as a worker
+# has); they start together at a barrier, and a round's wall is the slowest one's
+PLAIN = r"""
+import json, os, sys, time, multiprocessing as mp
+n, path = int(sys.argv[1]), sys.argv[2]
+
+
+def work(i, bar, out, go):
+    os.sched_setaffinity(0, {i})
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1)
+    import numpy as np
+    from wdb.db import Database
+    from wdb.memory import budget
+    from wdb.query import nearest as wq
+    from wdb.query.scan import plan, source, topk_sq
+    db = Database(path)
+    tgt = wq.select(db, "kind = 'generated'")
+    space = db.space(int(tgt.info[0]["space_id"]))
+    ref = wq.select(db, "kind = 'training'", space.id)
+    b = np.linspace(0, len(ref), n + 1).astype(int)
+    mine = slice(b[i], b[i + 1])
+    refs = wq.stored(db, space, ref.rows[mine])
+    queries = source(wq.stored(db, space, tgt.rows))
+    p = plan(len(refs), len(queries), space.n_params, 4, 1, budget() // n)
+    qid = tgt.ids.astype(np.int64)
+    topk_sq(refs, ref.ids[mine], queries, qid, 1, p)  # warm, as the workers are
+    out.put(0.0)
+    while go.get():
+        bar.wait()
+        t = time.perf_counter()
+        topk_sq(refs, ref.ids[mine], queries, qid, 1, p)
+        out.put(time.perf_counter() - t)
+
+
+if __name__ == "__main__":
+    ctx = mp.get_context("fork")
+    bar, out = ctx.Barrier(n), ctx.Queue()
+    gos = [ctx.Queue() for _ in range(n)]
+    ps = [ctx.Process(target=work, args=(i, bar, out, gos[i])) for i in range(n)]
+    for p in ps:
+        p.start()
+    [out.get() for _ in range(n)]
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        for g in gos:
+            g.put(True)
+        print(json.dumps({"s": max(out.get() for _ in range(n)), "nn": None}), flush=True)
+    for g in gos:
+        g.put(False)
+    for p in ps:
+        p.join()
 """
 
 MEASURE = r"""
@@ -114,7 +181,9 @@ def main() -> None:
     ap.add_argument(
         "--memory", default=None, help="WDB_MEMORY (default 1GB; the store must exceed it)"
     )
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of the three modes (3 runs each)")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="3 x this many queries per mode, modes in turn"
+    )
     ap.add_argument("--reuse", action="store_true", help="measure a kept folder again")
     ap.add_argument("--keep", action="store_true", help="keep the folder afterwards")
     args = ap.parse_args()
@@ -132,20 +201,40 @@ def main() -> None:
             t = time.perf_counter()
             make(root / "db", args.n, args.d, args.targets)
             print(f"made {args.n:,} x {args.d:,} + {args.targets}: {time.perf_counter() - t:.1f} s")
-        got: dict = {}
-        walls: dict = {}
-        for _ in range(args.rounds):  # modes interleaved: each sees the machine's moods alike
-            for mode in ("inproc", "dask1", "dask2"):
-                out = subprocess.run(
-                    [sys.executable, "-c", RUN, mode, db], env=env, capture_output=True, text=True
-                )
-                if out.returncode:
-                    raise SystemExit(f"{mode} failed: {out.stderr.strip().splitlines()[-1]}")
-                got[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-                walls.setdefault(mode, []).extend(got[mode]["s"])
-        for mode, ws in walls.items():
-            got[mode]["s"] = sorted(ws)[len(ws) // 2]  # the median
+        # every mode is started (and warmed) first, then asked one query at a time in turn,
+        # so each sees the machine's moods alike (it is shared and noisy: the same scan has
+        # taken 6.2-8.0 s from one minute to the next); idle modes wait on their stdin
+        modes = ("inproc", "dask1", "dask2", "plain1", "plain2")
+        procs = {}
+        for mode in modes:
+            code, arg = (PLAIN, mode[-1]) if mode.startswith("plain") else (RUN, mode)
+            procs[mode] = p = subprocess.Popen(
+                [sys.executable, "-c", code, arg, db], env=env, text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            if p.stdout.readline().strip() != "ready":
+                raise SystemExit(f"{mode} failed to start (run it alone to see why)")
+        got: dict = {m: {"s": []} for m in modes}
+        try:
+            for _ in range(3 * args.rounds):
+                for mode, p in procs.items():
+                    p.stdin.write("go\n")
+                    p.stdin.flush()
+                    line = p.stdout.readline()
+                    if not line:
+                        raise SystemExit(f"{mode} failed (run it alone to see why)")
+                    one = json.loads(line)
+                    got[mode]["s"].append(one["s"])
+                    got[mode]["nn"] = one["nn"]
+        finally:
+            for p in procs.values():
+                p.stdin.close()
+                p.wait()
+        spread = {m: (min(v["s"]), max(v["s"])) for m, v in got.items()}
+        for v in got.values():
+            v["s"] = sorted(v["s"])[len(v["s"]) // 2]  # the median
         same = got["inproc"]["nn"] == got["dask1"]["nn"] == got["dask2"]["nn"]
+        floor = got["plain1"]["s"] / got["plain2"]["s"]
         wdb = [sys.executable, "-c", "from wdb.cli.main import cli; cli()", "--db", db]
         run = f"r{0:05d}"
         peaks = {}
@@ -165,9 +254,16 @@ def main() -> None:
             f"\n{args.n:,} x {args.d:,} float32, {args.targets} targets, budget {args.memory or '1GB (default)'}"
         )
         for mode, v in got.items():
-            print(f"novelty {mode:<8}{v['s']:>9.2f} s")
+            lo, hi = spread[mode]
+            what = "novelty" if mode[0] != "p" else "scan   "
+            print(f"{what} {mode:<8}{v['s']:>7.2f} s  (min {lo:.2f}, max {hi:.2f})")
         print(f"same neighbours on all three: {same}")
-        print(f"dask2 vs dask1:  {got['dask1']['s'] / got['dask2']['s']:.2f}x (target >= 1.7)")
+        dask = got["dask1"]["s"] / got["dask2"]["s"]
+        print(f"dask2 vs dask1:  {dask:.2f}x (target >= 1.7)")
+        print(
+            f"plain2 vs plain1: {floor:.2f}x (the scan alone in 2 vs 1 pinned processes, no Dask, "
+            f"no driver: what these cores allow); Dask reaches {dask / floor:.0%} of it"
+        )
         print(f"dask1 / inproc:  {got['dask1']['s'] / got['inproc']['s']:.2f}x (target <= 1.15)")
         for name, (wall, mb) in peaks.items():
             print(f"{name:<10} CLI {wall:>7.2f} s  peak RSS {mb:.0f} MB (target <= 1536)")

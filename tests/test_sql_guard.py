@@ -267,3 +267,20 @@ def test_the_guard_alone(dialect):
     for where in ("1; DROP TABLE runs", "SELECT 1", "a = 1) OR (1 = 1"):
         with pytest.raises(BadInput, match="selection"):
             check_selection(where, dialect)
+
+
+def test_columns_are_the_rows_as_arrays_and_as_guarded(filled):
+    """``read_columns`` (a selection's keys as numpy columns) gives what ``read`` gives, on
+    both catalogs, empty results included, and refuses what ``read`` refuses."""
+    sql = "SELECT checkpoint_id, row FROM checkpoint_info WHERE step >= :s ORDER BY checkpoint_id"
+    for s, n in ((1, 4), (99, 0)):
+        cols, rows = guard.read(filled.catalog, sql, {"s": s})
+        got = guard.read_columns(filled.catalog, sql, {"s": s})
+        assert list(got) == cols == ["checkpoint_id", "row"]
+        for j, c in enumerate(cols):
+            assert np.asarray(got[c], dtype=np.int64).tolist() == [r[j] for r in rows]
+        assert len(got["row"]) == n
+    before = counts(filled)
+    with pytest.raises(BadInput):
+        guard.read_columns(filled.catalog, "DELETE FROM checkpoints RETURNING id")
+    assert counts(filled) == before
