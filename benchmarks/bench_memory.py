@@ -8,6 +8,7 @@ command in a fresh process and reads that process's peak resident set
 - ``wdb query nearest`` of one target among the N references,
 - ``wdb query novelty`` of the 6 targets (not saved),
 - ``wdb export`` of one reference to safetensors,
+- ``wdb evaluate`` of the N references with an outside task file (``PROBE_TASK``),
 - a plain numpy pass in a fresh process over the same rows saved as ``.npy`` (query minus each
   row, squared differences summed), page cache warm.
 
@@ -39,6 +40,43 @@ for f in sys.argv[2:]:
     d = np.load(f) - q
     best = min(best, float(np.dot(d, d)))
 print(best ** 0.5)
+"""
+
+# ``wdb evaluate --task`` on the 25M-parameter rows: an outside task (the plugin contract) whose
+# model has the checkpoints' two tensors; its logits use a slice of them (a linear map of 64
+# fixed inputs to 10 classes), so what is measured is reading and loading the rows, batch by batch
+PROBE_TASK = r"""
+import numpy as np
+import torch
+import torch.nn as nn
+
+from wdb.plugin import ClassifierTask
+
+SPLIT, PARAMS = {split}, {params}
+
+
+class Probe(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.zeros(SPLIT))
+        self.b = nn.Parameter(torch.zeros(PARAMS - SPLIT))
+
+    def forward(self, x):
+        return x @ self.a[:640].reshape(64, 10) + self.b[:10]
+
+
+class ProbeTask(ClassifierTask):
+    name = "bench-probe"
+
+    def build_model(self):
+        return Probe()
+
+    def data(self, split="test"):
+        rng = np.random.default_rng(0)
+        return rng.standard_normal((200, 64), dtype=np.float32), rng.integers(0, 10, 200)
+
+
+TASK = ProbeTask
 """
 
 MEASURE = r"""
@@ -117,6 +155,8 @@ def main() -> None:
                     stdout=subprocess.DEVNULL,
                 )  # fmt: skip
             print(f"ingested: {time.perf_counter() - t:.1f} s")
+        probe = PROBE_TASK.format(split=args.params * 3 // 4, params=args.params)
+        (root / "probe_task.py").write_text(probe)
         refs = sorted(str(p) for p in (root / "npy").glob("ref_*.npy"))
         cmds = {
             "nearest": [*wdb, "query", "nearest", "--run", "gen_0", "--k", "3", "--json"],
@@ -124,6 +164,10 @@ def main() -> None:
                 *wdb, "query", "novelty", "--targets", "kind = 'generated'", "--no-save", "--json",
             ],
             "export": [*wdb, "export", "run_0", "--step", "0", "--out", str(root / "x.safetensors")],
+            "evaluate": [
+                *wdb, "evaluate", "--task", str(root / "probe_task.py"), "--where",
+                "kind = 'training'", "--force", "--json",
+            ],
             "numpy pass": [sys.executable, "-c", NUMPY_PASS, str(root / "npy" / "q_0.npy"), *refs],
         }  # fmt: skip
         got = {}
