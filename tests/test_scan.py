@@ -191,6 +191,42 @@ def test_novelty_reads_each_reference_once_for_all_targets(db, monkeypatch, fast
     assert ref_values == n * d  # every reference value read once, not once per target (x6)
 
 
+@pytest.mark.parametrize("ahead", [True, False])
+def test_column_blocks_read_the_targets_ahead_too(db, monkeypatch, fast, ahead):
+    # shared column blocks (novelty of several wide targets): the targets' next block is read
+    # in the read-ahead thread while the references' blocks are summed, where the budget's
+    # read-ahead share holds it (2 x targets <= rows per block), else in the caller as before;
+    # both give the oracle's answer. Chunks are made narrow so that a small space has the
+    # plan a 25M-parameter one gets.
+    monkeypatch.setattr(scan, "CHUNK_COLS", 2048)
+    budget = (384 if fast else 512) * KB if ahead else 192 * KB  # numpy's tiles take a share
+    d, n = 20_000, 24
+    train, t_ids, gen, g_ids = _family(db, d, n, seed=7, targets=4)
+    where = []
+    orig = scan.StoredRows.read
+
+    def watched(self, sel, cols=None):
+        import threading
+
+        where.append((len(self.rows), threading.current_thread().name))
+        return orig(self, sel, cols)
+
+    monkeypatch.setattr(scan.StoredRows, "read", watched)
+    space = db.space(db.checkpoints("checkpoint_id = :i", {"i": g_ids[0]})[0]["space_id"])
+    ref = wq.select(db, "kind = 'training'", space.id)
+    tgt = wq.select(db, "kind = 'generated'", space.id)
+    plan = scan._fit(n, 4, d, 4, 1, budget, fast)
+    assert not plan.whole_rows and plan.queries == 4 and (plan.rows >= 2 * 4) == ahead
+    refs, qs = wq.stored(db, space, ref.rows), wq.stored(db, space, tgt.rows)
+    ids, dist, _ = scan.knn(refs, ref.ids, qs, np.full(4, -1), 1, budget, plan)
+    for j in range(4):
+        o, want = oracle(train, gen[j], 1)
+        assert ids[j, 0] == t_ids[o[0]] and np.isclose(dist[j, 0], want[0], rtol=1e-13, atol=0)
+    target_reads = [name for rows, name in where if rows == 4]
+    assert len(target_reads) == -(-d // plan.cols)  # one read of the targets per column block
+    assert any(name.startswith("wdb-scan") for name in target_reads) == ahead
+
+
 def test_budget_too_small_says_the_smallest_that_works(db):
     _family(db, 20_000, 30, seed=7)
     run = db.checkpoints("kind = 'generated'")[0]["run"]
