@@ -150,8 +150,8 @@ def into_old_space(
     old: dict[str, Layout], layout: Layout, row: np.ndarray | RowStream
 ) -> tuple[Layout, np.ndarray | RowStream, bool]:
     """``(layout, row)`` as a bf16 space made before 2-byte storage takes them (float32 rows,
-    ``old`` from :func:`wdb.store.spaces.old_bf16_layouts`), or as they are; the flag: the row changed (its
-    hashes are to be taken again)."""
+    ``old`` from :func:`wdb.store.spaces.old_bf16_layouts`), or as they are; the flag: the
+    row changed (its hashes are to be taken again)."""
     was = old.get(layout.hash)
     if was is None:
         return layout, row, False

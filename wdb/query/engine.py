@@ -251,7 +251,7 @@ def knn(
         if engine == "local" or len(q_rows) < 2:
             return then(query.aligned_knn(db, space, q_rows, q_ids, ref, k, budget))
     elif engine == "local":
-        return then(query.knn(db, space, src, q_ids, ref, k, budget))
+        return then(query.knn(db, space, src, q_ids, ref, k, budget, path))
     elif (path or query.path_for(db, space, len(ref), budget)) == "scan":
         with client(engine) as c:
             ids, dist, info = _scan(c, db, space, src, q_ids, ref, k, budget, meanwhile)

@@ -148,12 +148,14 @@ def knn(
     ref: RefSet,
     k: int,
     budget: int | None = None,
+    path: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Exact k nearest references (L2) of each query row, each query's own id excluded.
 
     ``q_rows``: an array, or a row source (``stored``) read block by block. Returns ids
     ``[nq, k]`` (-1 where fewer exist), float64 distances ``[nq, k]`` (nan there), and info
     (``path``: scan or index, index version, whether approximate, candidates examined).
+    ``path``: :func:`path_for`'s answer when the caller already read it.
     """
     from wdb.memory import budget as resolve
     from wdb.query.index import ensure, error_bound
@@ -165,7 +167,7 @@ def knn(
     nq = len(src)
     qid = np.array([-1 if i is None else int(i) for i in q_ids], dtype=np.int64)
     k = max(1, int(k))
-    if path_for(db, space, len(ref), budget) == "scan":
+    if (path or path_for(db, space, len(ref), budget)) == "scan":
         ids, dist, plan = scan_knn(stored(db, space, ref.rows), ref.ids, src, qid, k, budget)
         info = {"path": "scan", "index_version": "scan", "approximate": False, "rounds": 0}
         return ids, dist, dict(info, plan=plan.describe())

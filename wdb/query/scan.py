@@ -348,31 +348,33 @@ def _column_reads(refs: Any, queries: Any, qs: slice, plan_: Plan) -> Any:
             yield None, queries.read(qs, cs)
             yield from _ahead(refs, [(rs, cs) for rs in spans])
         return
-    from wdb.memory import one_ahead
-
     todo: list = []
     for cs in cuts:
         todo.append((None, lambda cs=cs: queries.read(qs, cs)))
         todo += [(rs, lambda rs=rs, cs=cs: refs.read(rs, cs)) for rs in spans]
-    blocks = one_ahead((read() for _, read in todo), "wdb-scan")
-    for (at, _), block in zip(todo, blocks, strict=True):
-        yield at, block
-        del block
+    yield from _in_turn(todo, True)
 
 
 def _ahead(src: StoredRows | MemoryRows, spans: list, ahead: bool = True) -> Any:
-    """``(rows, block)`` for each ``(rows, cols)`` span, the next block read in a thread while
-    the caller sums this one (decoding releases the GIL). At most two blocks are held: the
-    plan counts one more block per read (``AHEAD``), or says not to read ahead."""
-    if len(spans) < 2 or isinstance(src, MemoryRows) or not ahead:
-        for rs, cs in spans:
-            yield rs, src.read(rs, cs)
+    """``(rows, block)`` for each ``(rows, cols)`` span, read as :func:`_in_turn` reads. At
+    most two blocks are held: the plan counts one more block per read (``AHEAD``), or says
+    not to read ahead."""
+    ahead = ahead and len(spans) >= 2 and not isinstance(src, MemoryRows)
+    return _in_turn([(rs, lambda rs=rs, cs=cs: src.read(rs, cs)) for rs, cs in spans], ahead)
+
+
+def _in_turn(reads: list, ahead: bool) -> Any:
+    """``(label, block)`` for each ``(label, read)``: with ``ahead``, the next read made in a
+    thread while the caller sums this block (decoding releases the GIL), else each in turn."""
+    if not ahead:
+        for at, read in reads:
+            yield at, read()
         return
     from wdb.memory import one_ahead
 
-    blocks = one_ahead((src.read(rs, cs) for rs, cs in spans), "wdb-scan")
-    for (rs, _), block in zip(spans, blocks, strict=True):
-        yield rs, block
+    blocks = one_ahead((read() for _, read in reads), "wdb-scan")
+    for (at, _), block in zip(reads, blocks, strict=True):
+        yield at, block
         del block
 
 
