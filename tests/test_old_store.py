@@ -18,6 +18,7 @@ float32 (``make_bf16.py`` beside it says how).
 from __future__ import annotations
 
 import importlib.util
+import json
 import tarfile
 from pathlib import Path
 
@@ -83,6 +84,20 @@ def test_old_store_opens_verifies_and_exports_bit_exactly(old_store):
     out = old_store / "b.safetensors"
     _wdb(store, "export", "run_b", "--step", "7", "--format", "safetensors", "--out", str(out))
     _same(load_file(out), load_file(old_store / "zoo/run_b/step_7.safetensors"))
+    # today's query path (selection keys as numpy columns, the byte-bounded scan) on the old
+    # store: the neighbours and distances numpy gives over the source files
+    got = json.loads(
+        _wdb(store, "query", "nearest", "--run", "run_a", "--step", "0", "--among",
+             "run = 'run_a'", "--k", "2", "--json")
+    )  # fmt: skip
+    flat = [
+        torch.cat([t.double().flatten() for _, t in sorted(torch.load(
+            old_store / f"zoo/run_a/epoch_{s}.pt", weights_only=True).items())])
+        for s in range(3)
+    ]  # fmt: skip
+    want = sorted((float((flat[s] - flat[0]).norm()), s) for s in (1, 2))
+    assert [r["step"] for r in got] == [s for _, s in want]
+    assert [r["distance"] for r in got] == pytest.approx([d for d, _ in want], rel=1e-12)
 
 
 def _made_by(script: Path) -> dict:
